@@ -1,0 +1,195 @@
+"""Collegial ensembles implemented as one model each.
+
+A collegial ensemble of ``m`` members (Eq. 4 of the paper) is
+
+    F_e(x) = (1 / sqrt(m)) * sum_j F(x; theta_j)
+
+with independent member weights ``theta_j``. Evaluating the m members one by one is slow;
+these modules evaluate all of them at once:
+
+* :class:`CollegialMLP` -- members are the NTK-parameterised ReLU MLP of Eq. 3. The first
+  layer of every member reads the same input, so the m first layers stack into one dense
+  matrix; hidden layers are block-diagonal and run as one batched matmul over the members;
+  the read-outs sum, so they concatenate into one dense matrix whose NTK scale
+  ``sqrt(1 / (m * n))`` is the member's ``sqrt(1 / n)`` times the ensemble's ``1 / sqrt(m)``.
+* :class:`CollegialBottleneck` -- members are the residual branch of the ResNet bottleneck of
+  Fig. 5 (1x1 -> 3x3 -> 1x1, NTK-parameterised, no bias, no normalisation). The same argument
+  turns it into a dense 1x1, a grouped 3x3 (``groups = m``) and a dense 1x1.
+* :class:`CifarResNeXt` -- ResNeXt-29 for CIFAR (Table 1) in the ordinary parameterisation
+  (Kaiming init, BatchNorm), the network the paper trains.
+
+NTK parameterisation: weights are drawn iid N(0, 1) and each layer multiplies its input by
+``sqrt(c / fan_in)`` (c = 2 before a ReLU, 1 at the read-out), so the NTK has a
+width-independent mean ``E[K(x, x)] = L * |x|^2 / n_0`` for the MLP.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ce_ray.spaces import CIFAR_STAGE_CHANNELS, CIFAR_STAGE_STRIDES, CIFAR_STEM_CHANNELS
+
+
+class CollegialMLP(nn.Module):
+    """``m`` NTK-parameterised ReLU MLPs without bias (Eq. 3), summed and scaled by 1/sqrt(m).
+
+    Args:
+        in_features: input size n_0.
+        widths: hidden widths (n_1, ..., n_{L-1}) of ONE member; L = len(widths) + 1 weight
+            layers. Must be non-empty.
+        out_features: number of outputs n_L of each member (1 in the paper's analysis).
+        multiplicity: number of members m.
+
+    With ``multiplicity=1`` this is exactly the member network F of Eq. 3.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        widths: Sequence[int],
+        out_features: int = 1,
+        multiplicity: int = 1,
+    ) -> None:
+        super().__init__()
+        if not widths:
+            raise ValueError("widths must name at least one hidden layer")
+        self.in_features = in_features
+        self.widths = tuple(int(w) for w in widths)
+        self.out_features = out_features
+        self.multiplicity = m = multiplicity
+        # Layer 1: every member reads the same input, so their matrices stack row-wise.
+        self.input_weight = nn.Parameter(torch.randn(m * self.widths[0], in_features))
+        # Layers 2..L-1: one (m, n_out, n_in) block-diagonal weight each.
+        self.hidden_weights = nn.ParameterList(
+            nn.Parameter(torch.randn(m, n_out, n_in))
+            for n_in, n_out in zip(self.widths[:-1], self.widths[1:], strict=True)
+        )
+        # Layer L: member outputs are summed, so their read-outs concatenate column-wise.
+        self.readout_weight = nn.Parameter(torch.randn(out_features, m * self.widths[-1]))
+
+    @property
+    def depth(self) -> int:
+        """Number of weight layers L."""
+        return len(self.widths) + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m, batch = self.multiplicity, x.shape[0]
+        h = F.relu(F.linear(x, self.input_weight) * math.sqrt(2.0 / self.in_features))
+        # (batch, m * n) -> (m, batch, n): members lead so each hidden layer is one bmm.
+        h = h.view(batch, m, self.widths[0]).transpose(0, 1)
+        for weight in self.hidden_weights:
+            fan_in = weight.shape[2]
+            h = F.relu(torch.bmm(h, weight.transpose(1, 2)) * math.sqrt(2.0 / fan_in))
+        h = h.transpose(0, 1).reshape(batch, m * self.widths[-1])
+        return F.linear(h, self.readout_weight) * math.sqrt(1.0 / (m * self.widths[-1]))
+
+
+class CollegialBottleneck(nn.Module):
+    """``m`` NTK-parameterised bottleneck branches (Fig. 5), summed and scaled by 1/sqrt(m).
+
+    Member j computes ``W3_j relu(W2_j relu(W1_j x))`` with a 1x1 conv ``in -> width``, a 3x3
+    conv ``width -> width`` (padding 1) and a 1x1 conv ``width -> out``. The block's identity
+    shortcut has no parameters, so it changes neither the NTK nor the parameter count and is
+    left to the caller.
+
+    Args:
+        in_channels: n_in.
+        width: bottleneck width n of ONE member.
+        out_channels: n_out.
+        multiplicity: number of members m (the ResNeXt cardinality).
+    """
+
+    def __init__(
+        self, in_channels: int, width: int, out_channels: int, multiplicity: int = 1
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.width, self.out_channels = in_channels, width, out_channels
+        self.multiplicity = m = multiplicity
+        self.conv1_weight = nn.Parameter(torch.randn(m * width, in_channels, 1, 1))
+        self.conv2_weight = nn.Parameter(torch.randn(m * width, width, 3, 3))
+        self.conv3_weight = nn.Parameter(torch.randn(out_channels, m * width, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m, n = self.multiplicity, self.width
+        h = F.relu(F.conv2d(x, self.conv1_weight) * math.sqrt(2.0 / self.in_channels))
+        h = F.conv2d(h, self.conv2_weight, padding=1, groups=m)
+        h = F.relu(h * math.sqrt(2.0 / (9 * n)))
+        return F.conv2d(h, self.conv3_weight) * math.sqrt(1.0 / (m * n))
+
+
+class ResNeXtBlock(nn.Module):
+    """The ResNeXt bottleneck (form c) used by ResNeXt-29: grouped 3x3, BatchNorm, shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, width: int, groups: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, padding=1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = F.relu(self.bn2(self.conv2(h)))
+        return F.relu(self.bn3(self.conv3(h)) + self.shortcut(x))
+
+
+class CifarResNeXt(nn.Module):
+    """ResNeXt-29 for CIFAR, ``m x n d`` in the paper's notation (Table 1).
+
+    A 3x3 stem conv 3 -> 64, three stages of ``blocks_per_stage`` bottlenecks with output
+    channels ``stage_channels`` and strides 1, 2, 2, global average pooling and a linear
+    classifier. A stage with output channels ``c`` has bottleneck width
+    ``D = m * floor(n * c / 256)`` and a 3x3 conv with ``groups = m``.
+
+    Args:
+        cardinality: m, the number of paths (groups).
+        width: n, the per-path bottleneck width of the first stage ("d" in ``m x n d``).
+        num_classes: classifier outputs.
+    """
+
+    stage_channels = CIFAR_STAGE_CHANNELS
+    stage_strides = CIFAR_STAGE_STRIDES
+    stem_channels = CIFAR_STEM_CHANNELS
+
+    def __init__(
+        self, cardinality: int, width: int, num_classes: int = 10, blocks_per_stage: int = 3
+    ):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, self.stem_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(self.stem_channels),
+            nn.ReLU(inplace=True),
+        )
+        blocks: list[nn.Module] = []
+        in_channels = self.stem_channels
+        for out_channels, stride in zip(self.stage_channels, self.stage_strides, strict=True):
+            group_width = cardinality * (width * out_channels // 256)
+            for i in range(blocks_per_stage):
+                blocks.append(
+                    ResNeXtBlock(
+                        in_channels, out_channels, group_width, cardinality, stride if i == 0 else 1
+                    )
+                )
+                in_channels = out_channels
+        self.stages = nn.Sequential(*blocks)
+        self.classifier = nn.Linear(in_channels, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stages(self.stem(x))
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))

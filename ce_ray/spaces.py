@@ -1,0 +1,342 @@
+"""Collegial-ensemble spaces: architecture families indexed by (multiplicity m, width n).
+
+A space maps the scalar width ``n`` to its layer widths (every hidden layer of an MLP; the
+1x1 and 3x3 convs of a bottleneck; n, 2n, 4n per stage of ResNeXt-29) and answers, in closed
+form and vectorised over numpy arrays of ``m`` and ``n``:
+
+* ``num_params(m, n)`` -- the exact trainable-parameter count of ``build(m, n)``;
+* ``flops(m, n)`` -- multiply-accumulates per example of the convolutions and linear layers
+  (normalisation, activations and pooling are not counted);
+* ``fan_in_sum(n)`` -- S(n) = sum_l 1 / fan_in_l of Eq. 9 over the weight layers of the
+  block whose alpha is fitted (a k x k conv with c inputs and g groups has fan-in k*k*c/g);
+* ``block_cost(n, metric)`` -- beta(n), the size of ONE member of that block, from which the
+  paper builds its curves.
+
+Whole networks (``cifar-resnext29``, ``imagenet-resnext*``) fit alpha on the Fig. 5
+bottleneck with n_in = n_out = 256 (the first stage's block), so S(n) and beta(n) come from
+that block while ``num_params``/``flops`` count the whole network.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:  # torch is imported only to build modules: the curves need numpy alone
+    from torch import nn
+    from torchvision.models.resnet import ResNet
+
+    from ce_ray.models import CifarResNeXt, CollegialBottleneck, CollegialMLP
+
+Metric = Literal["params", "flops"]
+METRICS: tuple[str, ...] = ("params", "flops")
+
+IntLike = int | np.ndarray
+
+
+def _as_int(x: IntLike) -> IntLike:
+    """Python ints stay exact; arrays become int64 so closed forms vectorise."""
+    return x if isinstance(x, int | np.integer) else np.asarray(x, dtype=np.int64)
+
+
+def _bottleneck_params(in_channels: IntLike, width: IntLike, out_channels: IntLike) -> IntLike:
+    """Weights of one Fig. 5 bottleneck member: 1x1 in->n, 3x3 n->n, 1x1 n->out, no bias."""
+    return in_channels * width + 9 * width * width + width * out_channels
+
+
+def _bottleneck_fan_in_sum(in_channels: int, width: IntLike) -> np.ndarray:
+    """S(n) of the Fig. 5 bottleneck: fan-ins n_in, 9n and n."""
+    width = np.asarray(width, dtype=np.float64)
+    return 1.0 / in_channels + 1.0 / (9.0 * width) + 1.0 / width
+
+
+@dataclass(frozen=True)
+class Space(ABC):
+    """An architecture family F_{m,n}; subclasses are frozen dataclasses of their options."""
+
+    name: ClassVar[str]
+    default_baseline: ClassVar[int]
+
+    @abstractmethod
+    def build(self, m: int, n: int) -> nn.Module:
+        """The collegial ensemble of ``m`` members of width ``n`` as ONE module."""
+
+    @abstractmethod
+    def num_params(self, m: IntLike, n: IntLike) -> IntLike:
+        """Exact trainable-parameter count of ``build(m, n)``."""
+
+    @abstractmethod
+    def flops(self, m: IntLike, n: IntLike) -> IntLike:
+        """Multiply-accumulates per example of ``build(m, n)`` (convs and linears)."""
+
+    @abstractmethod
+    def fan_in_sum(self, n: IntLike) -> np.ndarray:
+        """S(n) of Eq. 9 for the block whose alpha is fitted."""
+
+    @abstractmethod
+    def block_cost(self, n: IntLike, metric: Metric = "params") -> IntLike:
+        """beta(n): parameters (or FLOPs) of one member of the fitted block."""
+
+    def network_cost(self, m: IntLike, n: IntLike, metric: Metric = "params") -> IntLike:
+        """Parameters (or FLOPs) of the whole network ``build(m, n)``."""
+        _check_metric(metric)
+        return self.num_params(m, n) if metric == "params" else self.flops(m, n)
+
+    def label(self, m: int, n: int) -> str:
+        """The paper's ``m x n d`` notation."""
+        return f"{m}x{n}d"
+
+    def options(self) -> dict[str, int]:
+        """The space's construction options, e.g. for metadata and JSON output."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}")
+
+
+@dataclass(frozen=True)
+class FCSpace(Space):
+    """Ensembles of the Eq. 3 MLP: depth L weight layers, every hidden layer of width n.
+
+    S(n) = 1/n_0 + (L - 1)/n: the fan-ins of the L weight layers (input size for the first
+    layer, n for the others). Each weight is used once per example, so FLOPs == parameters.
+    """
+
+    name: ClassVar[str] = "fc"
+    default_baseline: ClassVar[int] = 500  # Fig. 3
+    input_dim: int = 784
+    depth: int = 6
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        if self.depth < 2:
+            raise ValueError(f"depth must be >= 2 weight layers (one hidden layer); got {self.depth}")
+        if self.input_dim < 1 or self.num_classes < 1:
+            raise ValueError("input_dim and num_classes must be positive integers")
+
+    def build(self, m: int, n: int) -> CollegialMLP:
+        from ce_ray.models import CollegialMLP
+
+        return CollegialMLP(self.input_dim, [n] * (self.depth - 1), self.num_classes, m)
+
+    def num_params(self, m: IntLike, n: IntLike) -> IntLike:
+        m, n = _as_int(m), _as_int(n)
+        member = self.input_dim * n + (self.depth - 2) * n * n + n * self.num_classes
+        return m * member
+
+    def flops(self, m: IntLike, n: IntLike) -> IntLike:
+        return self.num_params(m, n)
+
+    def fan_in_sum(self, n: IntLike) -> np.ndarray:
+        return 1.0 / self.input_dim + (self.depth - 1) / np.asarray(n, dtype=np.float64)
+
+    def block_cost(self, n: IntLike, metric: Metric = "params") -> IntLike:
+        return self.network_cost(1, n, metric)
+
+
+@dataclass(frozen=True)
+class BottleneckSpace(Space):
+    """Ensembles of the Fig. 5 bottleneck branch (``resnext-block``): m paths of width n.
+
+    FLOPs are counted on ``spatial x spatial`` inputs (stride 1, so every conv runs at that
+    resolution).
+    """
+
+    name: ClassVar[str] = "resnext-block"
+    default_baseline: ClassVar[int] = 64
+    in_channels: int = 256
+    out_channels: int = 256
+    spatial: int = 8
+
+    def __post_init__(self) -> None:
+        if min(self.in_channels, self.out_channels, self.spatial) < 1:
+            raise ValueError("in_channels, out_channels and spatial must be positive integers")
+
+    def build(self, m: int, n: int) -> CollegialBottleneck:
+        from ce_ray.models import CollegialBottleneck
+
+        return CollegialBottleneck(self.in_channels, n, self.out_channels, m)
+
+    def num_params(self, m: IntLike, n: IntLike) -> IntLike:
+        m, n = _as_int(m), _as_int(n)
+        return m * _bottleneck_params(self.in_channels, n, self.out_channels)
+
+    def flops(self, m: IntLike, n: IntLike) -> IntLike:
+        return self.spatial * self.spatial * self.num_params(m, n)
+
+    def fan_in_sum(self, n: IntLike) -> np.ndarray:
+        return _bottleneck_fan_in_sum(self.in_channels, n)
+
+    def block_cost(self, n: IntLike, metric: Metric = "params") -> IntLike:
+        return self.network_cost(1, n, metric)
+
+
+# ResNeXt-29's layout; ce_ray.models.CifarResNeXt builds the same network.
+CIFAR_STEM_CHANNELS = 64
+CIFAR_STAGE_CHANNELS = (256, 512, 1024)
+CIFAR_STAGE_STRIDES = (1, 2, 2)
+# torchvision's ResNet bottleneck widens its output by 4 (Bottleneck.expansion).
+IMAGENET_EXPANSION = 4
+
+# The block whose alpha the paper fits for ResNeXt networks: Fig. 5 with n_in = n_out = 256.
+_FITTED_BLOCK_CHANNELS = 256
+
+
+@dataclass(frozen=True)
+class CifarResNeXt29Space(Space):
+    """ResNeXt-29 for CIFAR (Table 1): ``m x n d``, widen factor 4, 32 x 32 inputs."""
+
+    name: ClassVar[str] = "cifar-resnext29"
+    default_baseline: ClassVar[int] = 128
+    num_classes: int = 10
+
+    image_size: ClassVar[int] = 32
+
+    def build(self, m: int, n: int) -> CifarResNeXt:
+        from ce_ray.models import CifarResNeXt
+
+        return CifarResNeXt(m, n, self.num_classes)
+
+    def _count(self, m: IntLike, n: IntLike, flops: bool) -> IntLike:
+        m, n = _as_int(m), _as_int(n)
+        stem = CIFAR_STEM_CHANNELS
+        size = self.image_size
+        # Parameters: conv weights plus BatchNorm's weight and bias (2 per channel).
+        total = 3 * 9 * stem * (size * size if flops else 1) + (0 if flops else 2 * stem)
+        in_ch = stem
+        for out_ch, stride in zip(CIFAR_STAGE_CHANNELS, CIFAR_STAGE_STRIDES, strict=True):
+            group_width = n * out_ch // 256
+            d = m * group_width
+            for block in range(3):
+                s = stride if block == 0 else 1
+                in_area, out_area = size * size, (size // s) ** 2
+                if not flops:
+                    in_area = out_area = 1
+                total = total + in_ch * d * in_area + 9 * d * group_width * out_area
+                total = total + d * out_ch * out_area
+                if not flops:
+                    total = total + 2 * d + 2 * d + 2 * out_ch
+                if s != 1 or in_ch != out_ch:
+                    total = total + in_ch * out_ch * out_area + (0 if flops else 2 * out_ch)
+                in_ch, size = out_ch, size // s
+        return total + in_ch * self.num_classes + (0 if flops else self.num_classes)
+
+    def num_params(self, m: IntLike, n: IntLike) -> IntLike:
+        return self._count(m, n, flops=False)
+
+    def flops(self, m: IntLike, n: IntLike) -> IntLike:
+        return self._count(m, n, flops=True)
+
+    def fan_in_sum(self, n: IntLike) -> np.ndarray:
+        return _bottleneck_fan_in_sum(_FITTED_BLOCK_CHANNELS, n)
+
+    def block_cost(self, n: IntLike, metric: Metric = "params") -> IntLike:
+        _check_metric(metric)
+        area = self.image_size**2 if metric == "flops" else 1  # first stage runs at 32 x 32
+        return area * _bottleneck_params(_FITTED_BLOCK_CHANNELS, _as_int(n), _FITTED_BLOCK_CHANNELS)
+
+
+@dataclass(frozen=True)
+class ImageNetResNeXtSpace(Space):
+    """torchvision's ``ResNet(Bottleneck, layers, groups=m, width_per_group=n)`` (Table 2).
+
+    A stage with ``planes`` has bottleneck width ``floor(planes * n / 64) * m`` and output
+    ``4 * planes`` channels; FLOPs are for 224 x 224 inputs.
+    """
+
+    name: ClassVar[str] = "imagenet-resnext"
+    default_baseline: ClassVar[int] = 64
+    layers: tuple[int, ...] = (3, 4, 6, 3)
+    num_classes: int = 1000
+
+    stage_planes: ClassVar[tuple[int, ...]] = (64, 128, 256, 512)
+    image_size: ClassVar[int] = 224
+
+    def build(self, m: int, n: int) -> ResNet:
+        from torchvision.models.resnet import Bottleneck, ResNet
+
+        return ResNet(
+            Bottleneck, list(self.layers), self.num_classes, groups=m, width_per_group=n
+        )
+
+    def _count(self, m: IntLike, n: IntLike, flops: bool) -> IntLike:
+        m, n = _as_int(m), _as_int(n)
+        size = self.image_size // 2  # the 7x7 stem conv has stride 2
+        total = 3 * 49 * 64 * (size * size) if flops else 3 * 49 * 64 + 2 * 64
+        size //= 2  # max pool
+        in_ch = 64
+        for i, (planes, blocks) in enumerate(zip(self.stage_planes, self.layers, strict=True)):
+            out_ch = planes * IMAGENET_EXPANSION
+            group_width = planes * n // 64
+            width = group_width * m
+            for block in range(blocks):
+                s = 2 if (i > 0 and block == 0) else 1
+                in_area, out_area = (size * size, (size // s) ** 2) if flops else (1, 1)
+                total = total + in_ch * width * in_area + 9 * width * group_width * out_area
+                total = total + width * out_ch * out_area
+                if not flops:
+                    total = total + 2 * width + 2 * width + 2 * out_ch
+                if block == 0:  # torchvision adds a projection to every stage's first block
+                    total = total + in_ch * out_ch * out_area + (0 if flops else 2 * out_ch)
+                in_ch, size = out_ch, size // s
+        return total + in_ch * self.num_classes + (0 if flops else self.num_classes)
+
+    def num_params(self, m: IntLike, n: IntLike) -> IntLike:
+        return self._count(m, n, flops=False)
+
+    def flops(self, m: IntLike, n: IntLike) -> IntLike:
+        return self._count(m, n, flops=True)
+
+    def fan_in_sum(self, n: IntLike) -> np.ndarray:
+        return _bottleneck_fan_in_sum(_FITTED_BLOCK_CHANNELS, n)
+
+    def block_cost(self, n: IntLike, metric: Metric = "params") -> IntLike:
+        _check_metric(metric)
+        area = (self.image_size // 4) ** 2 if metric == "flops" else 1  # first stage: 56 x 56
+        return area * _bottleneck_params(_FITTED_BLOCK_CHANNELS, _as_int(n), _FITTED_BLOCK_CHANNELS)
+
+
+@dataclass(frozen=True)
+class ImageNetResNeXt50Space(ImageNetResNeXtSpace):
+    name: ClassVar[str] = "imagenet-resnext50"
+    layers: tuple[int, ...] = (3, 4, 6, 3)
+
+
+@dataclass(frozen=True)
+class ImageNetResNeXt101Space(ImageNetResNeXtSpace):
+    name: ClassVar[str] = "imagenet-resnext101"
+    layers: tuple[int, ...] = (3, 4, 23, 3)
+
+
+SPACES: dict[str, type[Space]] = {
+    cls.name: cls
+    for cls in (
+        FCSpace,
+        BottleneckSpace,
+        CifarResNeXt29Space,
+        ImageNetResNeXt50Space,
+        ImageNetResNeXt101Space,
+    )
+}
+
+
+def make_space(name: str, **options: int) -> Space:
+    """The space called ``name`` with construction ``options`` (e.g. ``depth=6`` for fc).
+
+    Raises:
+        ValueError: unknown space, or an option the space does not take.
+    """
+    if name not in SPACES:
+        raise ValueError(f"unknown space {name!r}; valid spaces: {', '.join(SPACES)}")
+    cls = SPACES[name]
+    allowed = {f.name for f in fields(cls)}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        takes = ", ".join(sorted(allowed)) or "no options"
+        raise ValueError(f"space {name!r} does not take {', '.join(unknown)} (it takes: {takes})")
+    return cls(**options)
