@@ -60,9 +60,7 @@ def positive_float(text: str) -> float:
 
 
 def _add_space_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--space", required=True, choices=list(SPACES), help="architecture family"
-    )
+    parser.add_argument("--space", required=True, choices=list(SPACES), help="architecture family")
     group = parser.add_argument_group("space options (each applies to the spaces named)")
     group.add_argument(
         "--classes", type=positive_int, help="outputs: fc, cifar-resnext29, imagenet-*"

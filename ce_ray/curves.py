@@ -139,7 +139,8 @@ def curve(
     """
     alpha = check_alpha(alpha)
     if formulation not in FORMULATIONS:
-        raise ValueError(f"formulation must be one of {', '.join(FORMULATIONS)}; got {formulation!r}")
+        allowed = ", ".join(FORMULATIONS)
+        raise ValueError(f"formulation must be one of {allowed}; got {formulation!r}")
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}")
     if cost not in COST_MODELS:
@@ -209,7 +210,9 @@ def _network_cost_affine(space: Space, n: np.ndarray, metric: Metric) -> tuple[f
     return float(one[0] - per_member[0]), per_member
 
 
-def _closest_budget_m(space: Space, n: np.ndarray, metric: Metric, baseline_width: int) -> np.ndarray:
+def _closest_budget_m(
+    space: Space, n: np.ndarray, metric: Metric, baseline_width: int
+) -> np.ndarray:
     """Per width, the integer m >= 1 whose whole-network cost is closest to the baseline's.
 
     The cost is affine and increasing in m, so the answer is the floor or the ceiling of the

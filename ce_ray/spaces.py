@@ -115,7 +115,7 @@ class FCSpace(Space):
 
     def __post_init__(self) -> None:
         if self.depth < 2:
-            raise ValueError(f"depth must be >= 2 weight layers (one hidden layer); got {self.depth}")
+            raise ValueError(f"depth must be >= 2 weight layers (1 hidden layer); got {self.depth}")
         if self.input_dim < 1 or self.num_classes < 1:
             raise ValueError("input_dim and num_classes must be positive integers")
 
@@ -260,9 +260,7 @@ class ImageNetResNeXtSpace(Space):
     def build(self, m: int, n: int) -> ResNet:
         from torchvision.models.resnet import Bottleneck, ResNet
 
-        return ResNet(
-            Bottleneck, list(self.layers), self.num_classes, groups=m, width_per_group=n
-        )
+        return ResNet(Bottleneck, list(self.layers), self.num_classes, groups=m, width_per_group=n)
 
     def _count(self, m: IntLike, n: IntLike, flops: bool) -> IntLike:
         m, n = _as_int(m), _as_int(n)

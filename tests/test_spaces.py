@@ -49,12 +49,6 @@ IMAGENET_TABLE2 = [
 ]  # fmt: skip
 
 
-def printed_millions(count: int, printed: str) -> str:
-    """``count`` in millions with as many significant digits as the paper printed."""
-    digits = len(printed.replace(".", "").lstrip("0"))
-    return f"{count / 1e6:.{digits}g}" if "." in f"{count / 1e6:.{digits}g}" else printed
-
-
 @pytest.mark.parametrize(("m", "n", "printed"), CIFAR10_TABLE1)
 def test_table1_cifar10_counts(m, n, printed):
     decimals = len(printed.split(".")[1])
@@ -94,7 +88,9 @@ def test_counts_vectorise_over_widths(name):
     m = np.array([7, 2, 5, 1])
     expected = [space.num_params(int(a), int(b)) for a, b in zip(m, n, strict=True)]
     assert space.num_params(m, n).tolist() == expected
-    assert space.flops(m, n).tolist() == [space.flops(int(a), int(b)) for a, b in zip(m, n)]
+    assert space.flops(m, n).tolist() == [
+        space.flops(int(a), int(b)) for a, b in zip(m, n, strict=True)
+    ]
     assert space.fan_in_sum(n).shape == n.shape
 
 

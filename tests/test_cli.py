@@ -1,0 +1,105 @@
+"""The ce-ray command line, run as a real process."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ce_ray.curves import CURVE_COLUMNS
+
+
+def ce_ray(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ce_ray.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_params_prints_exact_count():
+    result = ce_ray("params", "--space", "cifar-resnext29", "--m", "37", "--n", "10")
+    assert result.returncode == 0, result.stderr
+    assert "13,743,646" in result.stdout
+
+
+def test_params_json_and_space_options():
+    result = ce_ray(
+        "params", "--space", "fc", "--m", "30", "--n", "48", "--input-dim", "748",
+        "--depth", "6", "--classes", "1", "--json",
+    )  # fmt: skip
+    record = json.loads(result.stdout)
+    assert record["params"] == 30 * (748 * 48 + 4 * 48 * 48 + 48)
+    assert record["options"] == {"input_dim": 748, "depth": 6, "num_classes": 1}
+    assert record["label"] == "30x48d"
+    assert set(record) == {"space", "options", "m", "n", "label", "params", "flops", "fan_in_sum"}
+    block = json.loads(
+        ce_ray(
+            "params", "--space", "resnext-block", "--m", "2", "--n", "3",
+            "--in-channels", "16", "--out-channels", "8", "--json",
+        ).stdout
+    )  # fmt: skip
+    assert block["params"] == 2 * (16 * 3 + 9 * 3 * 3 + 3 * 8)
+
+
+def test_curve_table_and_optimum():
+    result = ce_ray(
+        "curve", "--space", "cifar-resnext29", "--baseline", "128", "--alpha", "1.6",
+        "--formulation", "dual",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "optimum: n=7" in result.stdout
+    assert "15x7d" in result.stdout
+    assert "--all shows every row" in result.stdout
+    assert len(ce_ray(*result.args[3:], "--all").stdout.splitlines()) > 128
+
+
+def test_curve_json_fields():
+    result = ce_ray(
+        "curve", "--space", "resnext-block", "--baseline", "64", "--alpha", "1.6",
+        "--widths", "4:64:4", "--metric", "flops", "--json",
+    )  # fmt: skip
+    data = json.loads(result.stdout)
+    assert {"space", "options", "formulation", "metric", "cost", "alpha"} <= set(data)
+    assert data["metric"] == "flops" and data["formulation"] == "primal"
+    assert [row["n"] for row in data["table"]] == list(range(4, 65, 4))
+    assert set(data["optimum"]) == set(CURVE_COLUMNS) | {"label"}
+    assert data["baseline"]["n"] == 64 and data["baseline"]["m"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["params", "--space", "fc", "--m", "0", "--n", "4"], "argument --m: must be a positive"),
+        (["params", "--space", "fc", "--m", "2", "--n", "1.5"], "argument --n: must be a positive"),
+        (["params", "--space", "fc", "--m", "2", "--n", "-3"], "argument --n"),
+        (["params", "--space", "vgg", "--m", "1", "--n", "2"], "choose from 'fc', 'resnext-block'"),
+        (["params", "--space", "fc", "--m", "1", "--n", "2", "--depth", "1"], "depth must be >= 2"),
+        (
+            ["params", "--space", "cifar-resnext29", "--m", "1", "--n", "2", "--depth", "3"],
+            "--depth does not apply to --space cifar-resnext29 (it takes: --classes)",
+        ),
+        (["curve", "--space", "fc", "--baseline", "50", "--alpha", "0"], "--alpha: must be a"),
+        (["curve", "--space", "fc", "--baseline", "50", "--alpha", "-2"], "--alpha: must be a"),
+        (["curve", "--space", "fc", "--baseline", "50", "--alpha", "inf"], "--alpha: must be a"),
+        (["curve", "--space", "fc", "--baseline", "50", "--alpha", "x"], "--alpha: must be a"),
+        (
+            ["curve", "--space", "fc", "--baseline", "50", "--alpha", "2", "--widths", "1:40"],
+            "baseline width 50 is outside the width grid 1..40",
+        ),
+        (
+            ["curve", "--space", "fc", "--baseline", "5", "--alpha", "2", "--widths", "0:9"],
+            "widths must be positive integers",
+        ),
+        (
+            ["curve", "--space", "fc", "--baseline", "5", "--alpha", "2", "--formulation", "x"],
+            "argument --formulation: invalid choice",
+        ),
+        (["curve", "--space", "fc", "--alpha", "2"], "the following arguments are required"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(args, message):
+    result = ce_ray(*args)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

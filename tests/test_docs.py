@@ -1,0 +1,41 @@
+"""The README's commands and printed outputs match the code."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_ci_runs_the_readme_test_command():
+    ci_commands = [
+        line for line in (ROOT / ".ci/run").read_text().splitlines() if line.startswith("python3")
+    ]
+    assert len(ci_commands) == 1
+    assert f"```bash\n{ci_commands[0]}\n```" in README
+
+
+@pytest.mark.parametrize("formulation", ["primal", "dual"])
+def test_readme_shows_the_real_curve_output(formulation):
+    result = subprocess.run(
+        [sys.executable, "-m", "ce_ray.cli", "curve", "--space", "cifar-resnext29",
+         "--baseline", "128", "--alpha", "1.6", "--formulation", formulation],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert f"```text\n{result.stdout.rstrip()}\n```" in README
+
+
+def test_main_job_runs_on_its_default():
+    command = re.search(r"```bash\n(python3 -m venv .*jobs/primal_curve\.py)\n```", README)
+    assert command, "README lost its main command"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "jobs/primal_curve.py")],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )  # fmt: skip
+    assert "primal curve of cifar-resnext29" in result.stdout
+    assert "dual curve of cifar-resnext29" in result.stdout
+    assert result.stdout.count("optimum: n=") == 2
