@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from ce_ray import fit_alpha
 from ce_ray.curves import COST_MODELS, FORMULATIONS, Curve, curve, parse_widths
 from ce_ray.spaces import METRICS, SPACES, Space, make_space
 
@@ -128,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--widths", help="width grid LO:HI[:STEP] or a comma list (default: 1:BASELINE)"
     )
     curve_parser.add_argument("--all", action="store_true", help="print every row")
+
+    fit = commands.add_parser("fit-alpha", help="fit alpha by sharded Monte-Carlo NTK sampling")
+    fit_alpha.add_arguments(fit)
     return parser
 
 
@@ -240,7 +244,9 @@ def format_curve(result: Curve, all_rows: bool = False) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"params": _params_command, "curve": _curve_command}[args.command]
+    command = {"params": _params_command, "curve": _curve_command, "fit-alpha": fit_alpha.run}[
+        args.command
+    ]
     try:
         command(args)
     except ValueError as error:

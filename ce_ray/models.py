@@ -35,7 +35,29 @@ from torch import nn
 from ce_ray.spaces import CIFAR_STAGE_CHANNELS, CIFAR_STAGE_STRIDES, CIFAR_STEM_CHANNELS
 
 
-class CollegialMLP(nn.Module):
+class _Collegial(nn.Module):
+    """Shared by the one-model ensembles: which slice of each parameter belongs to member j.
+
+    Most weights stack the members along dim 0; the read-out (named in ``_summed``) sums the
+    members, so they sit along its input dimension instead.
+    """
+
+    multiplicity: int
+    _summed: str
+
+    def member_views(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Reshape tensors shaped like ``self.parameters()`` (e.g. their gradients) to
+        ``(m, -1)``: row j holds member j's entries."""
+        m = self.multiplicity
+        views = []
+        for (name, _), tensor in zip(self.named_parameters(), tensors, strict=True):
+            if name == self._summed:  # (out, m * n, ...) -> (m, out * n * ...)
+                tensor = tensor.reshape(tensor.shape[0], m, -1).transpose(0, 1)
+            views.append(tensor.reshape(m, -1))
+        return views
+
+
+class CollegialMLP(_Collegial):
     """``m`` NTK-parameterised ReLU MLPs without bias (Eq. 3), summed and scaled by 1/sqrt(m).
 
     Args:
@@ -47,6 +69,8 @@ class CollegialMLP(nn.Module):
 
     With ``multiplicity=1`` this is exactly the member network F of Eq. 3.
     """
+
+    _summed = "readout_weight"
 
     def __init__(
         self,
@@ -89,7 +113,7 @@ class CollegialMLP(nn.Module):
         return F.linear(h, self.readout_weight) * math.sqrt(1.0 / (m * self.widths[-1]))
 
 
-class CollegialBottleneck(nn.Module):
+class CollegialBottleneck(_Collegial):
     """``m`` NTK-parameterised bottleneck branches (Fig. 5), summed and scaled by 1/sqrt(m).
 
     Member j computes ``W3_j relu(W2_j relu(W1_j x))`` with a 1x1 conv ``in -> width``, a 3x3
@@ -103,6 +127,8 @@ class CollegialBottleneck(nn.Module):
         out_channels: n_out.
         multiplicity: number of members m (the ResNeXt cardinality).
     """
+
+    _summed = "conv3_weight"
 
     def __init__(
         self, in_channels: int, width: int, out_channels: int, multiplicity: int = 1

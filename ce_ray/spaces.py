@@ -80,6 +80,14 @@ class Space(ABC):
     def block_cost(self, n: IntLike, metric: Metric = "params") -> IntLike:
         """beta(n): parameters (or FLOPs) of one member of the fitted block."""
 
+    @abstractmethod
+    def ntk_block(self) -> FCSpace | BottleneckSpace:
+        """The space whose member NTK Algorithm 1 samples to fit alpha for this space.
+
+        It has ONE output (the NTK entry of output 0 of a wider read-out is the same), and
+        its ``fan_in_sum`` is this space's.
+        """
+
     def network_cost(self, m: IntLike, n: IntLike, metric: Metric = "params") -> IntLike:
         """Parameters (or FLOPs) of the whole network ``build(m, n)``."""
         _check_metric(metric)
@@ -138,6 +146,9 @@ class FCSpace(Space):
     def block_cost(self, n: IntLike, metric: Metric = "params") -> IntLike:
         return self.network_cost(1, n, metric)
 
+    def ntk_block(self) -> FCSpace:
+        return FCSpace(self.input_dim, self.depth, num_classes=1)
+
 
 @dataclass(frozen=True)
 class BottleneckSpace(Space):
@@ -175,6 +186,9 @@ class BottleneckSpace(Space):
     def block_cost(self, n: IntLike, metric: Metric = "params") -> IntLike:
         return self.network_cost(1, n, metric)
 
+    def ntk_block(self) -> BottleneckSpace:
+        return BottleneckSpace(self.in_channels, 1, self.spatial)
+
 
 # ResNeXt-29's layout; ce_ray.models.CifarResNeXt builds the same network.
 CIFAR_STEM_CHANNELS = 64
@@ -185,10 +199,22 @@ IMAGENET_EXPANSION = 4
 
 # The block whose alpha the paper fits for ResNeXt networks: Fig. 5 with n_in = n_out = 256.
 _FITTED_BLOCK_CHANNELS = 256
+# Alpha is a property of the block, not of the resolution; 8 x 8 keeps sampling cheap.
+_FITTED_BLOCK_SPATIAL = 8
+
+
+class _ResNeXtNetworkSpace(Space):
+    """Whole ResNeXt networks: alpha is fitted on the Fig. 5 block with n_in = n_out = 256."""
+
+    def fan_in_sum(self, n: IntLike) -> np.ndarray:
+        return _bottleneck_fan_in_sum(_FITTED_BLOCK_CHANNELS, n)
+
+    def ntk_block(self) -> BottleneckSpace:
+        return BottleneckSpace(_FITTED_BLOCK_CHANNELS, 1, _FITTED_BLOCK_SPATIAL)
 
 
 @dataclass(frozen=True)
-class CifarResNeXt29Space(Space):
+class CifarResNeXt29Space(_ResNeXtNetworkSpace):
     """ResNeXt-29 for CIFAR (Table 1): ``m x n d``, widen factor 4, 32 x 32 inputs."""
 
     name: ClassVar[str] = "cifar-resnext29"
@@ -232,9 +258,6 @@ class CifarResNeXt29Space(Space):
     def flops(self, m: IntLike, n: IntLike) -> IntLike:
         return self._count(m, n, flops=True)
 
-    def fan_in_sum(self, n: IntLike) -> np.ndarray:
-        return _bottleneck_fan_in_sum(_FITTED_BLOCK_CHANNELS, n)
-
     def block_cost(self, n: IntLike, metric: Metric = "params") -> IntLike:
         _check_metric(metric)
         area = self.image_size**2 if metric == "flops" else 1  # first stage runs at 32 x 32
@@ -242,7 +265,7 @@ class CifarResNeXt29Space(Space):
 
 
 @dataclass(frozen=True)
-class ImageNetResNeXtSpace(Space):
+class ImageNetResNeXtSpace(_ResNeXtNetworkSpace):
     """torchvision's ``ResNet(Bottleneck, layers, groups=m, width_per_group=n)`` (Table 2).
 
     A stage with ``planes`` has bottleneck width ``floor(planes * n / 64) * m`` and output
@@ -289,9 +312,6 @@ class ImageNetResNeXtSpace(Space):
 
     def flops(self, m: IntLike, n: IntLike) -> IntLike:
         return self._count(m, n, flops=True)
-
-    def fan_in_sum(self, n: IntLike) -> np.ndarray:
-        return _bottleneck_fan_in_sum(_FITTED_BLOCK_CHANNELS, n)
 
     def block_cost(self, n: IntLike, metric: Metric = "params") -> IntLike:
         _check_metric(metric)

@@ -1,0 +1,146 @@
+"""Every Parquet file ce-ray writes: one schema each, atomic writes, local paths or URIs.
+
+A results location is a local directory or any URI pyarrow understands (``s3://``,
+``gs://``, ...). Writes go to a temporary name beside the target and are then moved onto it, so
+a reader never sees half a file; on a local disk the move is an atomic rename. Files are plain
+Parquet: ``pandas.read_parquet`` reads them without ce-ray installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from importlib import metadata
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+#: Raw NTK samples of one shard: one row per weight draw.
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field("width", pa.int64()),
+        pa.field("shard", pa.int64()),
+        pa.field("sample", pa.int64()),  # index of the draw within its width, 0..T-1
+        pa.field("k", pa.float64()),  # the NTK entry K(x, x) or K(x1, x2)
+    ]
+)
+
+#: Per-width moments of the samples (fit-alpha's moments.parquet).
+MOMENTS_SCHEMA = pa.schema(
+    [
+        pa.field("width", pa.int64()),
+        pa.field("fan_in_sum", pa.float64()),  # S(n)
+        pa.field("count", pa.int64()),
+        pa.field("mean", pa.float64()),  # E[K]
+        pa.field("second_moment", pa.float64()),  # E[K^2]
+        pa.field("variance", pa.float64()),  # Var(K), unbiased
+        pa.field("se_mean", pa.float64()),
+        pa.field("se_second_moment", pa.float64()),
+        pa.field("log_ratio", pa.float64()),  # log(E[K^2] / E[K]^2)
+        pa.field("se_log_ratio", pa.float64()),  # delta method
+        pa.field("fitted_log_ratio", pa.float64()),
+        pa.field("residual", pa.float64()),  # log_ratio - fitted_log_ratio
+    ]
+)
+
+#: The fit (fit-alpha's alpha.parquet): one row.
+ALPHA_SCHEMA = pa.schema(
+    [
+        pa.field("experiment", pa.string()),
+        pa.field("space", pa.string()),
+        pa.field("alpha", pa.float64()),
+        pa.field("alpha_se", pa.float64()),  # standard error from weighted least squares
+        pa.field("ci_low", pa.float64()),  # bootstrap percentile interval
+        pa.field("ci_high", pa.float64()),
+        pa.field("ci_level", pa.float64()),
+        pa.field("intercept", pa.float64()),  # 0 when fitted through the origin (Eq. 9)
+        pa.field("r2", pa.float64()),
+        pa.field("widths", pa.int64()),
+        pa.field("samples_per_width", pa.int64()),
+        pa.field("seed", pa.int64()),
+    ]
+)
+
+
+def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path)`` for a local path or a URI."""
+    if "://" in location:
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), os.path.abspath(location)
+
+
+def join(location: str, *parts: str) -> str:
+    return "/".join([location.rstrip("/"), *parts])
+
+
+def exists(location: str) -> bool:
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def list_files(location: str, suffix: str = "") -> list[str]:
+    """Names (not paths) of the files directly under ``location``; [] when it is missing."""
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path))
+    return sorted(i.base_name for i in infos if i.is_file and i.base_name.endswith(suffix))
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("ce-ray", "torch", "ray", "numpy", "pandas", "pyarrow"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _atomic_write(location: str, write) -> None:
+    fs, path = filesystem(location)
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    temporary = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
+    try:
+        with fs.open_output_stream(temporary) as stream:
+            write(stream)
+        fs.move(temporary, path)
+    except BaseException:
+        if fs.get_file_info(temporary).type != pafs.FileType.NotFound:
+            fs.delete_file(temporary)
+        raise
+
+
+def write_parquet(
+    table: pa.Table, location: str, schema: pa.Schema, metadata: dict | None = None
+) -> None:
+    """Write ``table`` cast to ``schema`` atomically; ``metadata`` goes in as JSON values."""
+    table = table.select(schema.names).cast(schema)
+    if metadata:
+        table = table.replace_schema_metadata({k: json.dumps(v) for k, v in metadata.items()})
+    _atomic_write(location, lambda stream: pq.write_table(table, stream))
+
+
+def write_bytes(data: bytes, location: str) -> None:
+    _atomic_write(location, lambda stream: stream.write(data))
+
+
+def read_parquet(location: str) -> pa.Table:
+    fs, path = filesystem(location)
+    return pq.read_table(path, filesystem=fs)
+
+
+def read_metadata(location: str) -> dict:
+    """The JSON metadata :func:`write_parquet` stored."""
+    fs, path = filesystem(location)
+    raw = pq.read_schema(path, filesystem=fs).metadata or {}
+    return {k.decode(): json.loads(v) for k, v in raw.items() if not k.startswith(b"pandas")}
+
+
+def read_text(location: str) -> str:
+    fs, path = filesystem(location)
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode()

@@ -1,0 +1,312 @@
+"""Monte-Carlo samples of empirical NTK entries (Algorithm 1, lines 3-5). Pure PyTorch.
+
+For a member network f(x; theta) with iid N(0, 1) weights, one sample is
+
+    K(x_a, x_b) = <grad_theta f(x_a), grad_theta f(x_b)>
+
+for a fresh draw of theta: the diagonal entry K(x, x) by default, or K(x1, x2). Networks with
+several outputs are read out as ONE scalar built from output channel 0 -- which is why
+samplers use ``space.ntk_block()``, the same block with a single output: the other outputs'
+weights do not enter. An MLP's read-out is output 0. A convolutional block's read-out is
+
+* ``"pool"`` (default): channel 0 summed over positions and divided by sqrt(H W) -- global
+  average pooling, scaled so E[K] does not shrink with the image; it is how a ResNeXt reads
+  its features out, and it lands nearest the paper's alpha ~ 1.60 for the bottleneck;
+* ``"centre"``: channel 0 at the centre pixel, the literal single NTK entry.
+
+The fitted alpha depends on that choice (README: about 1.4 pooled, 2.5 at the centre pixel).
+
+Two samplers:
+
+* :func:`sample_batched` (every space): a chunk of T samples is ONE collegial-ensemble
+  module with T members (block-diagonal / grouped layers). Because members share no weights,
+  one backward pass of the ensemble's output yields every member's gradient, and
+  ``K_j = T * <grad_j F_e(x_a), grad_j F_e(x_b)>`` (F_e carries 1/sqrt(T)).
+* :func:`sample_exact_fc` (``fc`` only): draws the products W h (forward) and W^T g
+  (backward) from their exact joint law instead of W itself. Conditioned on A = W H (H = the
+  layer's inputs as columns, Gram matrix G = H^T H),
+
+      W = A G^+ H^T + W' P,   P = I - H G^+ H^T,
+
+  with W' an independent copy of W, so ``W^T D = H G^+ A^T D + P W'^T D`` where the rows of
+  ``W'^T D`` are iid N(0, D^T D). That costs O(width) random numbers per layer instead of
+  O(width^2). A dead ReLU layer (h = 0) has G = 0, so G^+ = 0 and the backward product is
+  simply fresh. Then K(x_a, x_b) = sum_l c_l^2 <h^a_{l-1}, h^b_{l-1}> <d^a_l, d^b_l> with
+  d_l = df/dz_l and c_l the layer's NTK scale.
+
+Chunking (``memory_budget``) bounds the bytes a chunk allocates; the estimate is deliberately
+conservative (see :func:`bytes_per_sample`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ce_ray.models import _Collegial
+from ce_ray.spaces import BottleneckSpace, FCSpace, Space
+
+Method = Literal["batched", "exact"]
+METHODS: tuple[str, ...] = ("batched", "exact")
+Readout = Literal["pool", "centre"]
+READOUTS: tuple[str, ...] = ("pool", "centre")
+
+
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed determined by ``keys`` alone (e.g. experiment seed, width, shard)."""
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def ntk_inputs(
+    block: FCSpace | BottleneckSpace,
+    seed: int,
+    off_diagonal: bool = False,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Fixed random inputs for ``block``, determined by ``seed``: 1 input, or 2 off-diagonal.
+
+    MLP inputs are scaled to |x|^2 = n_0, so that E[K(x, x)] = L (Eq. 3); conv inputs are
+    standard normal images of shape (in_channels, spatial, spatial).
+    """
+    count = 2 if off_diagonal else 1
+    generator = make_generator(derive_seed(seed, 0x1A7), "cpu")
+    if isinstance(block, FCSpace):
+        x = torch.randn(count, block.input_dim, generator=generator, dtype=torch.float64)
+        x = x * math.sqrt(block.input_dim) / x.norm(dim=1, keepdim=True)
+    else:
+        shape = (count, block.in_channels, block.spatial, block.spatial)
+        x = torch.randn(shape, generator=generator, dtype=torch.float64)
+    return x.to(device=device, dtype=dtype)
+
+
+def scalar_readout(output: torch.Tensor, readout: Readout = "pool") -> torch.Tensor:
+    """One scalar per example from output channel 0 (see the module docstring).
+
+    ``(B, C)`` -> column 0. ``(B, C, H, W)`` -> ``sum_p y[:, 0, p] / sqrt(H W)`` ("pool") or
+    ``y[:, 0, H // 2, W // 2]`` ("centre").
+    """
+    if output.dim() == 2:
+        return output[:, 0]
+    if readout == "centre":
+        return output[:, 0, output.shape[2] // 2, output.shape[3] // 2]
+    return output[:, 0].sum(dim=(1, 2)) / math.sqrt(output.shape[2] * output.shape[3])
+
+
+def member_ntk(module: _Collegial, inputs: torch.Tensor, readout: Readout = "pool") -> torch.Tensor:
+    """K_j(x_a, x_b) of every member j of a one-model ensemble, for the given weights.
+
+    Args:
+        module: a collegial ensemble with m members (``CollegialMLP``/``CollegialBottleneck``).
+        inputs: one input (diagonal entry K(x, x)) or two (K(x1, x2)), batched along dim 0.
+        readout: how a conv output becomes a scalar (:func:`scalar_readout`).
+
+    Returns:
+        ``(m,)`` tensor: member j's NTK entry.
+    """
+    if inputs.shape[0] not in (1, 2):
+        raise ValueError(f"inputs must hold 1 or 2 examples; got {inputs.shape[0]}")
+    params = list(module.parameters())
+    outputs = scalar_readout(module(inputs), readout)
+    # Members share no weights: the ensemble's gradient, split by member, is each member's
+    # gradient times 1/sqrt(m).
+    first = module.member_views(
+        torch.autograd.grad(outputs[0], params, retain_graph=len(outputs) > 1)
+    )
+    second = (
+        first if len(outputs) == 1 else module.member_views(torch.autograd.grad(outputs[1], params))
+    )
+    kernel = sum((a * b).sum(dim=1) for a, b in zip(first, second, strict=True))
+    return module.multiplicity * kernel
+
+
+def _draw_ensemble(
+    block: FCSpace | BottleneckSpace,
+    members: int,
+    n: int,
+    generator: torch.Generator,
+    like: torch.Tensor,
+) -> _Collegial:
+    """A ``members``-member ensemble of ``block`` with iid N(0, 1) weights from ``generator``."""
+    with torch.device("meta"):
+        module = block.build(members, n)
+    module = module.to_empty(device=like.device).to(like.dtype)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(generator=generator)
+    return module
+
+
+def bytes_per_sample(
+    block: FCSpace | BottleneckSpace, n: int, inputs: int, method: Method, dtype_bytes: int = 4
+) -> int:
+    """Upper estimate of the memory one sample needs inside a chunk.
+
+    Batched: weights, their gradients and one more copy for the per-member products (3 x
+    parameters), plus activations, their gradients and autograd's saved tensors (4 x the
+    activations). Exact fc: the per-layer vectors the backward pass keeps (h, z, A, d and
+    temporaries: 12 per layer) for each input.
+    """
+    if method == "exact":
+        return dtype_bytes * inputs * (12 * block.depth * n + 2 * block.input_dim + 64)
+    params = int(block.num_params(1, n))
+    if isinstance(block, FCSpace):
+        activations = block.input_dim + 2 * block.depth * n
+    else:
+        activations = block.spatial**2 * (block.in_channels + 6 * n + 2)
+    return dtype_bytes * (3 * params + 4 * inputs * activations)
+
+
+def chunk_size(
+    block: FCSpace | BottleneckSpace,
+    n: int,
+    inputs: int,
+    method: Method,
+    memory_budget: int,
+    dtype_bytes: int = 4,
+) -> int:
+    """Samples per chunk under ``memory_budget`` bytes.
+
+    Raises:
+        ValueError: the budget cannot hold even one sample.
+    """
+    need = bytes_per_sample(block, n, inputs, method, dtype_bytes)
+    if need > memory_budget:
+        raise ValueError(
+            f"memory budget {memory_budget / 2**20:.3g} MiB is too small for one sample at "
+            f"width {n} (needs {need / 2**20:.3g} MiB)"
+        )
+    return memory_budget // need
+
+
+def sample_batched(
+    block: FCSpace | BottleneckSpace,
+    n: int,
+    num_samples: int,
+    generator: torch.Generator,
+    inputs: torch.Tensor,
+    chunk: int,
+    readout: Readout = "pool",
+) -> torch.Tensor:
+    """``num_samples`` NTK entries at width n, ``chunk`` members per batched ensemble."""
+    values = []
+    for start in range(0, num_samples, chunk):
+        module = _draw_ensemble(block, min(chunk, num_samples - start), n, generator, inputs)
+        values.append(member_ntk(module, inputs, readout).detach())
+    return torch.cat(values)
+
+
+def _psd_sqrt_and_pinv(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric square root and pseudo-inverse of a batch of small PSD matrices."""
+    eigenvalues, vectors = torch.linalg.eigh(gram)
+    tolerance = eigenvalues.amax(dim=-1, keepdim=True).clamp_min(0) * 1e-6 * gram.shape[-1]
+    positive = eigenvalues > tolerance
+    root = torch.where(positive, eigenvalues.clamp_min(0).sqrt(), 0)
+    inverse = torch.where(positive, 1 / torch.where(positive, eigenvalues, 1), 0)
+    sandwich = lambda d: (vectors * d.unsqueeze(-2)) @ vectors.transpose(-1, -2)  # noqa: E731
+    return sandwich(root), sandwich(inverse)
+
+
+def _exact_fc_chunk(
+    block: FCSpace, n: int, samples: int, generator: torch.Generator, inputs: torch.Tensor
+) -> torch.Tensor:
+    """One chunk of the exact fc sampler; shapes are (samples, width, inputs)."""
+    p, device, dtype = inputs.shape[0], inputs.device, inputs.dtype
+    widths = [block.input_dim] + [n] * (block.depth - 1) + [1]
+    gains = [2.0] * (block.depth - 1) + [1.0]  # c_l^2 * fan_in: 2 before a ReLU, 1 at read-out
+
+    def normal(rows: int) -> torch.Tensor:
+        return torch.randn(samples, rows, p, generator=generator, device=device, dtype=dtype)
+
+    # Forward: per layer keep H (inputs as columns), G^+ and A = W H.
+    h = inputs.T.expand(samples, -1, -1)  # (samples, n_0, p)
+    saved = []
+    for layer in range(block.depth):
+        gram = h.transpose(1, 2) @ h
+        root, pinv = _psd_sqrt_and_pinv(gram)
+        a = normal(widths[layer + 1]) @ root  # rows ~ N(0, G)
+        saved.append((h, gram, pinv, a))
+        z = a * math.sqrt(gains[layer] / widths[layer])
+        h = torch.relu(z)
+
+    # Backward from d_L = 1, accumulating c_l^2 <h_{l-1}^a, h_{l-1}^b> <d_l^a, d_l^b>.
+    d = torch.ones(samples, 1, p, device=device, dtype=dtype)
+    kernel = torch.zeros(samples, p, p, device=device, dtype=dtype)
+    for layer in reversed(range(block.depth)):
+        h, gram, pinv, a = saved[layer]
+        scale2 = gains[layer] / widths[layer]
+        kernel = kernel + scale2 * gram * (d.transpose(1, 2) @ d)
+        if layer == 0:
+            break
+        # W^T D = H G^+ A^T D + P W'^T D, rows of W'^T D ~ N(0, D^T D).
+        fresh = normal(widths[layer]) @ _psd_sqrt_and_pinv(d.transpose(1, 2) @ d)[0]
+        fresh = fresh - h @ (pinv @ (h.transpose(1, 2) @ fresh))
+        back = h @ (pinv @ (a.transpose(1, 2) @ d)) + fresh
+        d = back * math.sqrt(scale2) * (h > 0)  # ReLU derivative of the layer below
+    return kernel[:, 0, p - 1]
+
+
+def sample_exact_fc(
+    block: FCSpace,
+    n: int,
+    num_samples: int,
+    generator: torch.Generator,
+    inputs: torch.Tensor,
+    chunk: int,
+) -> torch.Tensor:
+    """``num_samples`` exact-law NTK entries of the Eq. 3 MLP at width n (see module doc)."""
+    if not isinstance(block, FCSpace):
+        raise ValueError(f"the exact sampler supports the fc space only; got {block.name}")
+    values = [
+        _exact_fc_chunk(block, n, min(chunk, num_samples - start), generator, inputs)
+        for start in range(0, num_samples, chunk)
+    ]
+    return torch.cat(values)
+
+
+def sample_ntk(
+    space: Space,
+    n: int,
+    num_samples: int,
+    seed: int,
+    inputs: torch.Tensor,
+    method: Method = "batched",
+    memory_budget: int = 256 * 2**20,
+    readout: Readout = "pool",
+) -> np.ndarray:
+    """``num_samples`` NTK entries of ``space``'s fitted block at width ``n``, as float64.
+
+    Args:
+        space: any space; its ``ntk_block()`` is sampled.
+        n: member width.
+        num_samples: T.
+        seed: seeds the weight draws (derive it from the experiment seed and the work item).
+        inputs: from :func:`ntk_inputs` (1 input: K(x, x); 2: K(x1, x2)); their device and
+            dtype are used.
+        method: ``"batched"`` (any space) or ``"exact"`` (fc only).
+        memory_budget: bytes a chunk may allocate.
+        readout: conv read-out, ``"pool"`` or ``"centre"`` (ignored by the MLP).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if readout not in READOUTS:
+        raise ValueError(f"readout must be one of {', '.join(READOUTS)}; got {readout!r}")
+    block = space.ntk_block()
+    if method == "exact" and not isinstance(block, FCSpace):
+        raise ValueError(f"the exact sampler supports the fc space only; got {space.name}")
+    dtype_bytes = inputs.element_size()
+    chunk = chunk_size(block, n, inputs.shape[0], method, memory_budget, dtype_bytes)
+    generator = make_generator(seed, inputs.device)
+    if method == "exact":
+        values = sample_exact_fc(block, n, num_samples, generator, inputs, chunk)
+    else:
+        values = sample_batched(block, n, num_samples, generator, inputs, chunk, readout)
+    return values.to(device="cpu", dtype=torch.float64).numpy()
