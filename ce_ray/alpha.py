@@ -15,7 +15,6 @@ is a percentile bootstrap: resample the draws within each width, refit.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,12 +117,9 @@ def bootstrap_interval(
     level: float = 0.95,
 ) -> tuple[float, float]:
     """Percentile interval of alpha refitted on each replicate (rows of the (B, widths) array)."""
-    fit: Callable[[np.ndarray], float] = lambda y: (
-        fit_line(  # noqa: E731
-            fan_in_sum, y, weights, intercept
-        ).alpha
+    alphas = np.array(
+        [fit_line(fan_in_sum, y, weights, intercept).alpha for y in replicate_log_ratios]
     )
-    alphas = np.array([fit(row) for row in replicate_log_ratios])
     tail = (1 - level) / 2
     low, high = np.quantile(alphas, [tail, 1 - tail])
     return float(low), float(high)
