@@ -30,7 +30,7 @@ import pyarrow as pa
 from ce_ray import io
 from ce_ray.alpha import bootstrap_interval, bootstrap_log_ratios, fit_line, width_moments
 from ce_ray.curves import parse_widths
-from ce_ray.ntk import METHODS, READOUTS, derive_seed, ntk_inputs, sample_ntk
+from ce_ray.ntk import METHODS, READOUTS, chunk_size, derive_seed, ntk_inputs, sample_ntk
 from ce_ray.spaces import BottleneckSpace, FCSpace, Space
 
 # Fit presets: the block whose alpha is fitted, default widths, sampler and samples per width.
@@ -105,7 +105,7 @@ class FitConfig:
         return int(self.memory_budget_mib * 2**20)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "widths": list(self.widths)}
 
     @classmethod
     def from_json(cls, data: dict) -> FitConfig:
@@ -367,6 +367,15 @@ def fit_alpha(
         raise ValueError(f"--workers must be >= 1; got {workers}")
     if bootstrap < 1:
         raise ValueError(f"--bootstrap must be >= 1; got {bootstrap}")
+    for width in config.widths:  # fail before anything is written, not inside a task
+        chunk_size(
+            config.space.ntk_block(),
+            width,
+            2 if config.off_diagonal else 1,
+            config.method,
+            config.memory_budget,
+            DTYPES[config.dtype],
+        )
     directory = io.join(results, experiment, "fit_alpha")
     _check_or_write_config(config, directory)
     sample_all_shards(config, directory, workers, log)

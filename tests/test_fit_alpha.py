@@ -1,0 +1,159 @@
+"""fit-alpha on a real 2-CPU Ray cluster: determinism, resume, retries, outputs, errors."""
+
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from ce_ray import fit_alpha as fa
+from ce_ray import io
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def config(**overrides) -> fa.FitConfig:
+    settings = dict(
+        preset="mlp", widths=(8, 16, 32), samples=600, shard_size=200, seed=5, method="exact",
+        readout="pool", off_diagonal=False, device="cpu", dtype="float32", memory_budget_mib=64.0,
+    )  # fmt: skip
+    return fa.FitConfig(**(settings | overrides))
+
+
+def shard_tables(directory: str) -> dict[str, pd.DataFrame]:
+    shard_dir = io.join(directory, "shards")
+    return {
+        name: io.read_parquet(io.join(shard_dir, name)).to_pandas()
+        for name in io.list_files(shard_dir, ".parquet")
+    }
+
+
+def assert_same_shards(a: str, b: str) -> None:
+    first, second = shard_tables(a), shard_tables(b)
+    assert first.keys() == second.keys() and first
+    for name in first:
+        pd.testing.assert_frame_equal(first[name], second[name])
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [config(), config(preset="bottleneck", widths=(2, 4), samples=60, shard_size=20, method="batched")],
+    ids=["mlp-exact", "bottleneck-batched"],
+)
+def test_one_and_two_workers_give_bit_identical_samples(tmp_path, cfg):
+    one = fa.fit_alpha(cfg, str(tmp_path), "one", workers=1, bootstrap=50, log=lambda _: None)
+    two = fa.fit_alpha(cfg, str(tmp_path), "two", workers=2, bootstrap=50, log=lambda _: None)
+    assert_same_shards(one.directory, two.directory)
+    assert one.alpha == two.alpha and (one.ci_low, one.ci_high) == (two.ci_low, two.ci_high)
+    pd.testing.assert_frame_equal(one.moments, two.moments)
+
+
+def test_outputs_are_plain_parquet_and_png(tmp_path):
+    result = fa.fit_alpha(config(), str(tmp_path), "out", workers=2, bootstrap=100)
+    moments = pd.read_parquet(f"{result.directory}/moments.parquet")
+    assert moments["width"].tolist() == [8, 16, 32]
+    assert (moments["count"] == 600).all()
+    assert np.allclose(moments["mean"], 6.0, rtol=0.15)  # E[K(x, x)] = L for |x|^2 = n0
+    alpha = pd.read_parquet(f"{result.directory}/alpha.parquet")
+    assert len(alpha) == 1 and alpha.loc[0, "alpha"] == result.alpha
+    assert alpha.loc[0, "ci_low"] < result.alpha < alpha.loc[0, "ci_high"]
+    metadata = io.read_metadata(f"{result.directory}/alpha.parquet")
+    assert metadata["config"] == config().to_json() and metadata["seed"] == 5
+    assert set(metadata["versions"]) >= {"torch", "ray", "pyarrow"}
+    with open(f"{result.directory}/alpha.png", "rb") as png:
+        assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert pq.read_schema(f"{result.directory}/moments.parquet").names == io.MOMENTS_SCHEMA.names
+
+
+def test_rerun_resumes_and_recomputes_only_missing_shards(tmp_path):
+    lines: list[str] = []
+    first = fa.fit_alpha(config(), str(tmp_path), "resume", workers=2, bootstrap=50)
+    before = shard_tables(first.directory)
+    again = fa.fit_alpha(config(), str(tmp_path), "resume", 2, bootstrap=50, log=lines.append)
+    assert lines == ["[fit-alpha] resuming: 9/9 shards already on disk"]
+    assert again.alpha == first.alpha
+
+    missing = "w000016-s00001.parquet"
+    (tmp_path / "resume/fit_alpha/shards" / missing).unlink()
+    lines.clear()
+    fa.fit_alpha(config(), str(tmp_path), "resume", 2, bootstrap=50, log=lines.append)
+    assert lines[0] == "[fit-alpha] resuming: 8/9 shards already on disk"
+    assert [line for line in lines if "width" in line] == [
+        "[fit-alpha] 9/9 shards: width 16 shard 1 " + lines[1].split("shard 1 ")[1]
+    ]
+    after = shard_tables(first.directory)
+    pd.testing.assert_frame_equal(before[missing], after[missing])
+    moments = pd.read_parquet(f"{first.directory}/moments.parquet")
+    assert moments["count"].tolist() == [600, 600, 600]
+
+
+def test_killed_worker_is_retried_and_alpha_is_unchanged(tmp_path):
+    cfg = config(widths=(128, 256), samples=800, shard_size=100, method="batched")
+    reference = fa.fit_alpha(cfg, str(tmp_path), "reference", 2, bootstrap=50, log=lambda _: None)
+
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = fa.fit_alpha(cfg, str(tmp_path), "killed", 2, bootstrap=50)
+        except BaseException as error:  # surfaced by the assertion below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    killed = None
+    deadline = time.monotonic() + 60
+    while killed is None and thread.is_alive() and time.monotonic() < deadline:
+        for process in psutil.process_iter(["cmdline"]):
+            if (process.info["cmdline"] or [""])[0].startswith("ray::run_shard"):
+                process.kill()
+                killed = process.pid
+                break
+        time.sleep(0.05)
+    thread.join(timeout=300)
+    assert killed is not None, "no shard task was running to kill"
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["result"].alpha == reference.alpha
+    assert_same_shards(reference.directory, outcome["result"].directory)
+
+
+def test_a_different_configuration_is_refused_and_nothing_is_written(tmp_path):
+    fa.fit_alpha(config(), str(tmp_path), "same", workers=2, bootstrap=20)
+    files = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match=r"different configuration \(samples: 600 -> 800\)"):
+        fa.fit_alpha(config(samples=800), str(tmp_path), "same", workers=2)
+    assert sorted(p for p in tmp_path.rglob("*")) == files
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"samples": 1}, "--samples must be >= 2"),
+        ({"widths": (8,)}, "need at least two widths"),
+        ({"widths": (0, 8)}, "widths must be positive integers"),
+        ({"preset": "bottleneck"}, "--method exact supports the mlp preset only"),
+        ({"readout": "max"}, "--readout must be one of pool, centre"),
+        ({"device": "tpu"}, "--device must be cpu or cuda"),
+    ],
+)
+def test_bad_configuration(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config(**overrides)
+
+
+def test_budget_too_small_fails_before_writing(tmp_path):
+    cfg = config(method="batched", widths=(8, 512), memory_budget_mib=1.0)
+    with pytest.raises(ValueError, match="too small for one sample at width 512"):
+        fa.fit_alpha(cfg, str(tmp_path), "tiny", workers=1)
+    assert not any(tmp_path.iterdir())
+
+
+def test_non_finite_samples_name_the_width_and_shard(tmp_path, monkeypatch):
+    monkeypatch.setattr(fa, "sample_ntk", lambda *args, **kwargs: np.array([1.0, np.nan]))
+    shard = fa.Shard(width=16, index=3, start=6, stop=8)
+    with pytest.raises(ValueError, match="non-finite NTK entry at width 16, shard 3"):
+        fa.run_shard(config(), shard, str(tmp_path))
+    assert not any(tmp_path.iterdir())

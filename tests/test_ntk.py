@@ -1,0 +1,146 @@
+"""NTK samplers: agreement with plain autograd, the known mean, Lemma 1, exact vs batched."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from ce_ray.alpha import width_moments
+from ce_ray.ntk import (
+    _draw_ensemble,
+    chunk_size,
+    derive_seed,
+    make_generator,
+    member_ntk,
+    ntk_inputs,
+    sample_batched,
+    sample_ntk,
+    scalar_readout,
+)
+from ce_ray.spaces import BottleneckSpace, CifarResNeXt29Space, FCSpace
+from tests.ensembles import split_members
+
+FC = FCSpace(input_dim=12, depth=4, num_classes=1)
+BLOCK = BottleneckSpace(in_channels=6, out_channels=1, spatial=5)
+
+
+def autograd_ntk(member, inputs, readout) -> float:
+    """K(x_a, x_b) of one separately built member by plain autograd."""
+    outputs = scalar_readout(member(inputs), readout)
+    grads = [torch.autograd.grad(o, list(member.parameters()), retain_graph=True) for o in outputs]
+    first, second = grads[0], grads[-1]
+    return sum((a * b).sum() for a, b in zip(first, second, strict=True)).item()
+
+
+@pytest.mark.parametrize("block", [FC, BLOCK], ids=["fc", "bottleneck"])
+@pytest.mark.parametrize("off_diagonal", [False, True], ids=["diag", "offdiag"])
+@pytest.mark.parametrize("readout", ["pool", "centre"])
+def test_batched_sampler_equals_autograd_on_separate_members(block, off_diagonal, readout):
+    inputs = ntk_inputs(block, seed=3, off_diagonal=off_diagonal, dtype=torch.float64)
+    seed, members, n = 11, 5, 4
+    sampled = sample_batched(block, n, members, make_generator(seed), inputs, members, readout)
+    ensemble = _draw_ensemble(block, members, n, make_generator(seed), inputs)
+    expected = [autograd_ntk(m, inputs, readout) for m in split_members(ensemble)]
+    np.testing.assert_allclose(sampled.numpy(), expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("block", [FC, BLOCK], ids=["fc", "bottleneck"])
+def test_ensemble_ntk_is_the_mean_of_member_ntks(block):
+    """Lemma 1 / Eq. 11: with F_e = sum_j F_j / sqrt(m), K_e = mean_j K_j."""
+    inputs = ntk_inputs(block, seed=4, dtype=torch.float64)
+    ensemble = _draw_ensemble(block, 6, 3, make_generator(5), inputs)
+    output = scalar_readout(ensemble(inputs))[0]
+    grads = torch.autograd.grad(output, list(ensemble.parameters()))
+    ensemble_ntk = sum((g * g).sum() for g in grads).item()
+    assert ensemble_ntk == pytest.approx(member_ntk(ensemble, inputs).mean().item(), rel=1e-10)
+
+
+@pytest.mark.parametrize("method", ["batched", "exact"])
+def test_fc_mean_is_depth_times_input_norm(method):
+    """E[K(x, x)] = L |x|^2 / n0 for the Eq. 3 MLP, within 4 standard errors."""
+    space = FCSpace(input_dim=20, depth=5, num_classes=1)
+    x = 0.7 * ntk_inputs(space, seed=1)  # |x|^2 = 0.49 * n0
+    k = sample_ntk(space, 16, 3000, derive_seed(0, 16), x, method)
+    expected = 5 * x.pow(2).sum().item() / 20
+    assert abs(k.mean() - expected) < 4 * k.std() / np.sqrt(k.size)
+
+
+@pytest.mark.parametrize(
+    ("depth", "n", "off_diagonal"),
+    [(2, 32, False), (3, 8, False), (5, 16, False), (4, 64, False), (3, 16, True), (6, 1, False)],
+)
+def test_exact_sampler_has_the_batched_samplers_law(depth, n, off_diagonal):
+    """Same mean and E[K^2]/E[K]^2 within Monte-Carlo error, and a KS test does not reject.
+
+    n = 1 makes whole ReLU layers die often, exercising the h = 0 branch.
+    """
+    space = FCSpace(input_dim=30, depth=depth, num_classes=1)
+    x = ntk_inputs(space, seed=2, off_diagonal=off_diagonal, dtype=torch.float64)
+    exact = sample_ntk(space, n, 20000, derive_seed(1, n), x, "exact")
+    batched = sample_ntk(space, n, 3000, derive_seed(2, n), x, "batched")
+    a, b = width_moments(exact), width_moments(batched)
+    assert abs(a.mean - b.mean) < 4 * np.hypot(a.se_mean, b.se_mean)
+    assert abs(a.log_ratio - b.log_ratio) < 4 * np.hypot(a.se_log_ratio, b.se_log_ratio)
+    assert stats.ks_2samp(exact, batched).pvalue > 1e-3
+
+
+def test_samples_are_reproducible_from_the_seed():
+    x = ntk_inputs(BLOCK, seed=0)
+    first = sample_ntk(BLOCK, 3, 50, 123, x, memory_budget=2**20)
+    again = sample_ntk(BLOCK, 3, 50, 123, x, memory_budget=2**20)
+    other = sample_ntk(BLOCK, 3, 50, 124, x, memory_budget=2**20)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_whole_networks_sample_their_fitted_bottleneck():
+    block = CifarResNeXt29Space().ntk_block()
+    assert (block.in_channels, block.out_channels) == (256, 1)
+    x = ntk_inputs(block, seed=0)
+    k = sample_ntk(CifarResNeXt29Space(), 4, 8, 1, x)
+    assert k.shape == (8,) and np.all(k > 0)
+
+
+def test_memory_budget_too_small_for_one_sample():
+    with pytest.raises(ValueError, match="too small for one sample at width 512"):
+        chunk_size(FCSpace(), 512, 1, "batched", memory_budget=2**20)
+    with pytest.raises(ValueError, match="exact sampler supports the fc space only"):
+        sample_ntk(BLOCK, 2, 4, 0, ntk_inputs(BLOCK, 0), "exact")
+
+
+MEASURE_PEAK = """
+from ce_ray.ntk import chunk_size, ntk_inputs, sample_ntk
+from ce_ray.spaces import BottleneckSpace, FCSpace
+
+def status(field):  # kB -> bytes, from this process's own memory map
+    line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
+
+space = {space}
+budget, n, method = {budget}, {n}, "{method}"
+x = ntk_inputs(space.ntk_block(), 0)
+sample_ntk(space, 2, 4, 0, x, method, 2**24)  # warm-up: libraries and allocator pools
+resident = status("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+samples = 3 * chunk_size(space.ntk_block(), n, 1, method, budget)
+sample_ntk(space, n, samples, 1, x, method, budget)
+print(status("VmHWM") - resident)
+"""
+
+
+@pytest.mark.parametrize(
+    ("space", "n", "method"),
+    [
+        ("FCSpace(784, 6, 1)", 512, "batched"),
+        ("FCSpace(784, 6, 1)", 512, "exact"),
+        ("BottleneckSpace(256, 256, 8)", 128, "batched"),
+    ],
+)
+def test_peak_memory_stays_within_the_budget(space, n, method):
+    budget = 96 * 2**20
+    code = MEASURE_PEAK.format(space=space, budget=budget, n=n, method=method)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 0 < int(result.stdout) <= budget
