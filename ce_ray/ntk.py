@@ -165,6 +165,11 @@ def bytes_per_sample(
     return dtype_bytes * (4 * params + 4 * inputs * activations)
 
 
+# On a CPU the batched sampler is memory-bound: chunks whose weights stay near the cache
+# (measured best around 32 MiB of weights on 2 cores) beat chunks that fill the budget.
+CPU_CHUNK_WEIGHT_BYTES = 32 * 2**20
+
+
 def chunk_size(
     block: FCSpace | BottleneckSpace,
     n: int,
@@ -172,8 +177,10 @@ def chunk_size(
     method: Method,
     memory_budget: int,
     dtype_bytes: int = 4,
+    device_type: str = "cpu",
 ) -> int:
-    """Samples per chunk under ``memory_budget`` bytes.
+    """Samples per chunk: at most ``memory_budget`` bytes; on a CPU, batched chunks also keep
+    their weights within :data:`CPU_CHUNK_WEIGHT_BYTES`.
 
     Raises:
         ValueError: the budget cannot hold even one sample.
@@ -184,7 +191,11 @@ def chunk_size(
             f"memory budget {memory_budget / 2**20:.3g} MiB is too small for one sample at "
             f"width {n} (needs {need / 2**20:.3g} MiB)"
         )
-    return memory_budget // need
+    chunk = memory_budget // need
+    if method == "batched" and device_type == "cpu":
+        weight_bytes = dtype_bytes * int(block.num_params(1, n))
+        chunk = min(chunk, max(1, CPU_CHUNK_WEIGHT_BYTES // weight_bytes))
+    return chunk
 
 
 def sample_batched(
@@ -303,7 +314,9 @@ def sample_ntk(
     if method == "exact" and not isinstance(block, FCSpace):
         raise ValueError(f"the exact sampler supports the fc space only; got {space.name}")
     dtype_bytes = inputs.element_size()
-    chunk = chunk_size(block, n, inputs.shape[0], method, memory_budget, dtype_bytes)
+    chunk = chunk_size(
+        block, n, inputs.shape[0], method, memory_budget, dtype_bytes, inputs.device.type
+    )
     generator = make_generator(seed, inputs.device)
     if method == "exact":
         values = sample_exact_fc(block, n, num_samples, generator, inputs, chunk)

@@ -40,7 +40,10 @@ def assert_same_shards(a: str, b: str) -> None:
 
 @pytest.mark.parametrize(
     "cfg",
-    [config(), config(preset="bottleneck", widths=(2, 4), samples=60, shard_size=20, method="batched")],
+    [
+        config(),
+        config(preset="bottleneck", widths=(2, 4), samples=60, shard_size=20, method="batched"),
+    ],
     ids=["mlp-exact", "bottleneck-batched"],
 )
 def test_one_and_two_workers_give_bit_identical_samples(tmp_path, cfg):

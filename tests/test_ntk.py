@@ -142,5 +142,7 @@ print(status("VmHWM") - resident)
 def test_peak_memory_stays_within_the_budget(space, n, method):
     budget = 96 * 2**20
     code = MEASURE_PEAK.format(space=space, budget=budget, n=n, method=method)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert 0 < int(result.stdout) <= budget

@@ -1,0 +1,101 @@
+"""jobs/fit_alpha.py as a plain script, as `ce-ray fit-alpha`, and through `ray job submit`
+against a real local head. No other Ray cluster runs during this module."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+# The head's workers and the job's `python` must be this environment's.
+ENV = os.environ | {
+    "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "token",
+}
+SMALL = ["--preset", "mlp", "--widths", "8,16,32", "--samples", "1000", "--bootstrap", "100"]
+
+
+def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        list(args), capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=timeout
+    )
+
+
+def test_plain_script_starts_its_own_cluster_and_prints_json(tmp_path):
+    result = run(
+        sys.executable, "jobs/fit_alpha.py", *SMALL, "--workers", "2", "--results",
+        str(tmp_path), "--experiment", "plain", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(result.stdout)
+    assert {"alpha", "ci_low", "ci_high", "r2", "moments"} <= set(data)
+    assert data["ci_low"] < data["alpha"] < data["ci_high"]
+    assert [row["width"] for row in data["moments"]] == [8, 16, 32]
+    assert "[fit-alpha] 3/3 shards" in result.stderr  # progress goes to stderr with --json
+    assert f"alpha = {data['alpha']:.4f}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--samples", "1"], "--samples must be >= 2 per width; got 1"),
+        (["--widths", "16"], "need at least two widths to fit alpha; got [16]"),
+        (["--widths", "0,8"], "widths must be positive integers"),
+        (["--workers", "0"], "--workers must be >= 1; got 0"),
+        (["--memory-budget", "0.01", "--method", "batched"], "too small for one sample"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, args, message):
+    result = run(
+        str(BIN / "ce-ray"), "fit-alpha", *SMALL, "--workers", "1", "--results", str(tmp_path),
+        *args,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ce-ray fit-alpha: error: "), lines
+    assert message in lines[0]
+    assert not any(tmp_path.iterdir())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    gcs, dashboard = _free_port(), _free_port()
+    started = run(
+        str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+        "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}", "--disable-usage-stats",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        yield f"http://127.0.0.1:{dashboard}"
+    finally:
+        run(str(BIN / "ray"), "stop", "--force")
+
+
+def test_ray_job_submit_against_a_local_head(ray_head, tmp_path):
+    submit = [str(BIN / "ray"), "job", "submit", "--address", ray_head, "--working-dir", "."]
+    job = [*SMALL, "--results", str(tmp_path), "--experiment", "submitted"]
+    first = run(*submit, "--", "python", "jobs/fit_alpha.py", *job)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    assert "succeeded" in first.stdout + first.stderr
+    assert "alpha = " in first.stdout
+    alpha = pd.read_parquet(tmp_path / "submitted/fit_alpha/alpha.parquet")
+    assert f"alpha = {alpha.loc[0, 'alpha']:.4f}" in first.stdout
+
+    again = run(*submit, "--", "python", "jobs/fit_alpha.py", *job)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert "resuming: 3/3 shards already on disk" in again.stdout
+    assert f"alpha = {alpha.loc[0, 'alpha']:.4f}" in again.stdout
