@@ -65,8 +65,10 @@ def main() -> None:
     ]
     rows = []
     print(f"threads: {torch.get_num_threads()}, memory budget {BUDGET // 2**20} MiB")
-    header = f"{'space':<11}{'n':>5}{'sampler':>9}{'chunk':>7}{'samples/s':>12}{'x loop':>9}{'peak MiB':>10}"
-    print(header)
+    print(
+        f"{'space':<11}{'n':>5}{'sampler':>9}{'chunk':>7}{'samples/s':>12}{'x loop':>9}"
+        f"{'peak MiB':>10}"
+    )
     for name, space, n, samples in cases:
         samples = max(20, int(samples * scale))
         block = space.ntk_block()
@@ -77,9 +79,11 @@ def main() -> None:
         methods = ["batched", "exact"] if name == "fc" else ["batched"]
         for method in methods:
             many = samples * (20 if method == "exact" else 1)
-            rate, peak = measure(
-                lambda t, method=method: sample_ntk(space, n, t, 1, x, method, BUDGET), many
-            )
+
+            def sample(t: int, space=space, n=n, x=x, method=method) -> None:
+                sample_ntk(space, n, t, 1, x, method, BUDGET)
+
+            rate, peak = measure(sample, many)
             chunk = min(many, chunk_size(block, n, 1, method, BUDGET))
             row |= {f"{method}_per_s": rate, f"{method}_x_loop": rate / loop_rate,
                     f"{method}_peak_mib": peak, f"{method}_chunk": chunk}  # fmt: skip

@@ -201,8 +201,12 @@ def _check_or_write_config(config: FitConfig, directory: str) -> None:
 
 def sample_all_shards(
     config: FitConfig, directory: str, workers: int, log=print, max_retries: int = 3
-) -> None:
-    """Run every shard not yet on disk as a Ray task, at most ``workers`` at a time."""
+) -> list[tuple[Shard, float]]:
+    """Run every shard not yet on disk as a Ray task, at most ``workers`` at a time.
+
+    Returns the shards this call ran, each with the seconds its task spent in
+    :func:`run_shard`.
+    """
     import ray  # noqa: PLC0415
 
     if not ray.is_initialized():
@@ -216,6 +220,7 @@ def sample_all_shards(
     resources = {"num_cpus": 1, "num_gpus": 1 if config.device.startswith("cuda") else 0}
     task = ray.remote(run_shard).options(max_retries=max_retries, **resources)
     pending, queue, finished = [], list(todo), total - len(todo)
+    ran: list[tuple[Shard, float]] = []
     started = time.perf_counter()
     while queue or pending:
         while queue and len(pending) < workers:
@@ -229,11 +234,13 @@ def sample_all_shards(
             cause = error.cause if isinstance(error.cause, ValueError) else error
             raise ValueError(str(cause).strip().splitlines()[-1]) from None
         finished += 1
+        ran.append((shard, seconds))
         log(
             f"[fit-alpha] {finished}/{total} shards: width {shard.width} shard {shard.index} "
             f"({shard.stop - shard.start} samples, {seconds:.2f}s; "
             f"{time.perf_counter() - started:.1f}s elapsed)"
         )
+    return ran
 
 
 def read_width(directory: str, width: int) -> np.ndarray:

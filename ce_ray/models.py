@@ -26,7 +26,7 @@ width-independent mean ``E[K(x, x)] = L * |x|^2 / n_0`` for the MLP.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,21 +36,36 @@ from ce_ray.spaces import CIFAR_STAGE_CHANNELS, CIFAR_STAGE_STRIDES, CIFAR_STEM_
 
 
 class _Collegial(nn.Module):
-    """Shared by the one-model ensembles: which slice of each parameter belongs to member j.
+    """Shared by the one-model ensembles.
 
-    Most weights stack the members along dim 0; the read-out (named in ``_summed``) sums the
-    members, so they sit along its input dimension instead.
+    ``forward(x) = forward_from_first(first_layer(x))``: the first layer's raw product W1 x
+    (no scale, no activation) can be fed in directly, which lets the NTK sampler draw that
+    product from its exact law instead of drawing W1.
+
+    ``member_views`` says which slice of each parameter belongs to member j: most weights stack
+    the members along dim 0; the read-out (``_summed``) sums the members, so they sit along
+    its input dimension instead.
     """
 
     multiplicity: int
+    first_weight: str  # name of the first layer's weight
     _summed: str
 
-    def member_views(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Reshape tensors shaped like ``self.parameters()`` (e.g. their gradients) to
+    def first_layer(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_from_first(self, product: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_from_first(self.first_layer(x))
+
+    def member_views(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> list[torch.Tensor]:
+        """Reshape ``(parameter name, tensor shaped like it)`` pairs -- e.g. gradients -- to
         ``(m, -1)``: row j holds member j's entries."""
         m = self.multiplicity
         views = []
-        for (name, _), tensor in zip(self.named_parameters(), tensors, strict=True):
+        for name, tensor in named_tensors:
             if name == self._summed:  # (out, m * n, ...) -> (m, out * n * ...)
                 tensor = tensor.reshape(tensor.shape[0], m, -1).transpose(0, 1)
             views.append(tensor.reshape(m, -1))
@@ -70,6 +85,7 @@ class CollegialMLP(_Collegial):
     With ``multiplicity=1`` this is exactly the member network F of Eq. 3.
     """
 
+    first_weight = "input_weight"
     _summed = "readout_weight"
 
     def __init__(
@@ -101,9 +117,12 @@ class CollegialMLP(_Collegial):
         """Number of weight layers L."""
         return len(self.widths) + 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m, batch = self.multiplicity, x.shape[0]
-        h = F.relu(F.linear(x, self.input_weight) * math.sqrt(2.0 / self.in_features))
+    def first_layer(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.input_weight)  # (batch, m * n_1)
+
+    def forward_from_first(self, product: torch.Tensor) -> torch.Tensor:
+        m, batch = self.multiplicity, product.shape[0]
+        h = F.relu(product * math.sqrt(2.0 / self.in_features))
         # (batch, m * n) -> (m, batch, n): members lead so each hidden layer is one bmm.
         h = h.view(batch, m, self.widths[0]).transpose(0, 1)
         for weight in self.hidden_weights:
@@ -128,6 +147,7 @@ class CollegialBottleneck(_Collegial):
         multiplicity: number of members m (the ResNeXt cardinality).
     """
 
+    first_weight = "conv1_weight"
     _summed = "conv3_weight"
 
     def __init__(
@@ -140,9 +160,12 @@ class CollegialBottleneck(_Collegial):
         self.conv2_weight = nn.Parameter(torch.randn(m * width, width, 3, 3))
         self.conv3_weight = nn.Parameter(torch.randn(out_channels, m * width, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def first_layer(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.conv1_weight)  # (batch, m * n, H, W)
+
+    def forward_from_first(self, product: torch.Tensor) -> torch.Tensor:
         m, n = self.multiplicity, self.width
-        h = F.relu(F.conv2d(x, self.conv1_weight) * math.sqrt(2.0 / self.in_channels))
+        h = F.relu(product * math.sqrt(2.0 / self.in_channels))
         h = F.conv2d(h, self.conv2_weight, padding=1, groups=m)
         h = F.relu(h * math.sqrt(2.0 / (9 * n)))
         return F.conv2d(h, self.conv3_weight) * math.sqrt(1.0 / (m * n))

@@ -21,7 +21,11 @@ Two samplers:
 * :func:`sample_batched` (every space): a chunk of T samples is ONE collegial-ensemble
   module with T members (block-diagonal / grouped layers). Because members share no weights,
   one backward pass of the ensemble's output yields every member's gradient, and
-  ``K_j = T * <grad_j F_e(x_a), grad_j F_e(x_b)>`` (F_e carries 1/sqrt(T)).
+  ``K_j = T * <grad_j F_e(x_a), grad_j F_e(x_b)>`` (F_e carries 1/sqrt(T)). The first layer
+  reads the same fixed inputs in every member, so instead of drawing W1 (fan-in numbers per
+  unit) the sampler draws the products W1 X from their exact law N(0, Gram of X) (one number
+  per input column) and adds that layer's share of K from dF/d(W1 X) -- drawing the weights
+  is most of the cost on a CPU.
 * :func:`sample_exact_fc` (``fc`` only): draws the products W h (forward) and W^T g
   (backward) from their exact joint law instead of W itself. Conditioned on A = W H (H = the
   layer's inputs as columns, Gram matrix G = H^T H),
@@ -41,6 +45,7 @@ conservative (see :func:`bytes_per_sample`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -101,8 +106,24 @@ def scalar_readout(output: torch.Tensor, readout: Readout = "pool") -> torch.Ten
     return output[:, 0].sum(dim=(1, 2)) / math.sqrt(output.shape[2] * output.shape[3])
 
 
+def _gradients(outputs: torch.Tensor, leaves: Sequence[torch.Tensor]) -> list[tuple]:
+    """Gradients of each scalar ``outputs[a]`` with respect to ``leaves``."""
+    last = len(outputs) - 1
+    return [torch.autograd.grad(o, leaves, retain_graph=a < last) for a, o in enumerate(outputs)]
+
+
+def _weight_kernel(module: _Collegial, names, grads_a, grads_b) -> torch.Tensor:
+    """Per member, sum over the named weights of <grad_a, grad_b> restricted to the member."""
+    first = module.member_views(zip(names, grads_a, strict=True))
+    second = first if grads_b is grads_a else module.member_views(zip(names, grads_b, strict=True))
+    return sum((a * b).sum(dim=1) for a, b in zip(first, second, strict=True))
+
+
 def member_ntk(module: _Collegial, inputs: torch.Tensor, readout: Readout = "pool") -> torch.Tensor:
-    """K_j(x_a, x_b) of every member j of a one-model ensemble, for the given weights.
+    """K_j(x_a, x_b) of every member j of a one-model ensemble, for its weights, by autograd.
+
+    Members share no weights, so the ensemble's gradient split by member is each member's
+    gradient times 1/sqrt(m): ``K_j = m * <grad_j F_e(x_a), grad_j F_e(x_b)>``.
 
     Args:
         module: a collegial ensemble with m members (``CollegialMLP``/``CollegialBottleneck``).
@@ -114,35 +135,94 @@ def member_ntk(module: _Collegial, inputs: torch.Tensor, readout: Readout = "poo
     """
     if inputs.shape[0] not in (1, 2):
         raise ValueError(f"inputs must hold 1 or 2 examples; got {inputs.shape[0]}")
-    params = list(module.parameters())
-    outputs = scalar_readout(module(inputs), readout)
-    # Members share no weights: the ensemble's gradient, split by member, is each member's
-    # gradient times 1/sqrt(m).
-    first = module.member_views(
-        torch.autograd.grad(outputs[0], params, retain_graph=len(outputs) > 1)
-    )
-    second = (
-        first if len(outputs) == 1 else module.member_views(torch.autograd.grad(outputs[1], params))
-    )
-    kernel = sum((a * b).sum(dim=1) for a, b in zip(first, second, strict=True))
-    return module.multiplicity * kernel
+    names, params = zip(*module.named_parameters(), strict=True)
+    grads = _gradients(scalar_readout(module(inputs), readout), params)
+    return module.multiplicity * _weight_kernel(module, names, grads[0], grads[-1])
 
 
-def _draw_ensemble(
+def input_columns(inputs: torch.Tensor) -> torch.Tensor:
+    """The vectors the first layer multiplies, as rows: ``(p, n_0)`` for an MLP; for a 1x1
+    conv every (example, position), ``(p * H * W, n_in)`` in (example, row, column) order."""
+    if inputs.dim() == 2:
+        return inputs
+    return inputs.permute(0, 2, 3, 1).reshape(-1, inputs.shape[1])
+
+
+def first_layer_product(
+    module: _Collegial, inputs: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Draw ``module.first_layer(inputs)`` -- the products W1 X -- from their exact law.
+
+    Each row of W1 is iid N(0, I), so its products with the k input columns are N(0, G), with
+    G the columns' Gram matrix: k random numbers per row instead of fan-in many.
+    """
+    columns = input_columns(inputs)
+    root, _ = _psd_sqrt_and_pinv(columns @ columns.T)
+    rows = getattr(module, module.first_weight).shape[0]
+    z = torch.randn(
+        rows, columns.shape[0], generator=generator, device=inputs.device, dtype=inputs.dtype
+    )
+    return (z @ root).reshape(rows, inputs.shape[0], *inputs.shape[2:]).movedim(0, 1)
+
+
+def member_ntk_from_product(
+    module: _Collegial, product: torch.Tensor, inputs: torch.Tensor, readout: Readout = "pool"
+) -> torch.Tensor:
+    """:func:`member_ntk` with the first layer given by its product ``W1 X`` (W1 is unused).
+
+    With D = dF/d(W1 X) of member j arranged as (n, k), the first layer's gradient is D X, so
+    its share of K_j(x_a, x_b) is ``tr(D_a G D_b^T)`` with G the inputs' Gram matrix; the other
+    layers go through autograd as in :func:`member_ntk`.
+    """
+    if inputs.shape[0] not in (1, 2):
+        raise ValueError(f"inputs must hold 1 or 2 examples; got {inputs.shape[0]}")
+    named = [(k, v) for k, v in module.named_parameters() if k != module.first_weight]
+    names, params = zip(*named, strict=True)
+    product = product.detach().requires_grad_(True)
+    grads = _gradients(
+        scalar_readout(module.forward_from_first(product), readout), [*params, product]
+    )
+    kernel = _weight_kernel(module, names, grads[0][:-1], grads[-1][:-1])
+    columns = input_columns(inputs)
+    m = module.multiplicity
+
+    def by_member(d: torch.Tensor) -> torch.Tensor:  # (p, m * n, ...) -> (m, n, k)
+        return d.movedim(1, 0).reshape(m, d.shape[1] // m, -1)
+
+    first = torch.einsum(
+        "jik,kl,jil->j", by_member(grads[0][-1]), columns @ columns.T, by_member(grads[-1][-1])
+    )
+    return m * (kernel + first)
+
+
+def _uses_product_law(block: FCSpace | BottleneckSpace, inputs: torch.Tensor) -> bool:
+    """Drawing W1 X beats drawing W1 when there are fewer input columns than fan-in."""
+    return input_columns(inputs).shape[0] <= input_columns(inputs).shape[1]
+
+
+def draw_chunk(
     block: FCSpace | BottleneckSpace,
     members: int,
     n: int,
     generator: torch.Generator,
-    like: torch.Tensor,
-) -> _Collegial:
-    """A ``members``-member ensemble of ``block`` with iid N(0, 1) weights from ``generator``."""
+    inputs: torch.Tensor,
+) -> tuple[_Collegial, torch.Tensor | None]:
+    """A ``members``-member ensemble of ``block`` with iid N(0, 1) weights from ``generator``.
+
+    Where :func:`_uses_product_law` holds, the first layer's weight is left undrawn (its
+    memory is uninitialised) and its product with ``inputs`` is returned instead; else
+    ``None``.
+    """
     with torch.device("meta"):
         module = block.build(members, n)
-    module = module.to_empty(device=like.device).to(like.dtype)
+    module = module.to_empty(device=inputs.device).to(inputs.dtype)
+    by_product = _uses_product_law(block, inputs)
     with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.normal_(generator=generator)
-    return module
+        for name, parameter in module.named_parameters():
+            if not (by_product and name == module.first_weight):
+                parameter.normal_(generator=generator)
+    product = first_layer_product(module, inputs, generator) if by_product else None
+    return module, product
 
 
 def bytes_per_sample(
@@ -152,8 +232,10 @@ def bytes_per_sample(
 
     Batched: weights, their gradients, the per-member products and one spare copy (4 x
     parameters), plus activations, their gradients and autograd's saved tensors (4 x the
-    activations). Measured peak resident growth stays at 70-90% of the budget on CPU. Exact fc: the per-layer vectors the backward pass keeps (h, z, A, d and
-    temporaries: 12 per layer) for each input.
+    activations) -- an upper bound, as the first layer's weight is never drawn when its
+    product is. Exact fc: the per-layer vectors the backward pass keeps (h, z, A, d and
+    temporaries: 12 per layer) for each input. Measured peak resident growth stays below the
+    budget (tests/test_ntk.py).
     """
     if method == "exact":
         return dtype_bytes * inputs * (12 * block.depth * n + 2 * block.input_dim + 64)
@@ -210,8 +292,11 @@ def sample_batched(
     """``num_samples`` NTK entries at width n, ``chunk`` members per batched ensemble."""
     values = []
     for start in range(0, num_samples, chunk):
-        module = _draw_ensemble(block, min(chunk, num_samples - start), n, generator, inputs)
-        values.append(member_ntk(module, inputs, readout).detach())
+        module, product = draw_chunk(block, min(chunk, num_samples - start), n, generator, inputs)
+        if product is None:
+            values.append(member_ntk(module, inputs, readout).detach())
+        else:
+            values.append(member_ntk_from_product(module, product, inputs, readout).detach())
     return torch.cat(values)
 
 

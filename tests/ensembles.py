@@ -40,3 +40,17 @@ def split_members(ensemble):
     if isinstance(ensemble, CollegialMLP):
         return mlp_members(ensemble)
     return bottleneck_members(ensemble)
+
+
+def fill_first_layer(module, product, inputs) -> None:
+    """Give ``module`` a first-layer weight W1 with ``W1 X = product`` (the minimum-norm one),
+    so a module drawn by the product law can be split into ordinary members."""
+    from ce_ray.ntk import input_columns
+
+    columns = input_columns(inputs)  # (k, fan_in)
+    weight = getattr(module, module.first_weight)
+    rows = weight.shape[0]
+    products = product.movedim(1, 0).reshape(rows, -1)  # (rows, k)
+    solution = products @ torch.linalg.pinv(columns @ columns.T) @ columns
+    with torch.no_grad():
+        weight.copy_(solution.reshape(weight.shape))

@@ -10,9 +10,9 @@ from scipy import stats
 
 from ce_ray.alpha import width_moments
 from ce_ray.ntk import (
-    _draw_ensemble,
     chunk_size,
     derive_seed,
+    draw_chunk,
     make_generator,
     member_ntk,
     ntk_inputs,
@@ -21,10 +21,20 @@ from ce_ray.ntk import (
     scalar_readout,
 )
 from ce_ray.spaces import BottleneckSpace, CifarResNeXt29Space, FCSpace
-from tests.ensembles import split_members
+from tests.ensembles import fill_first_layer, split_members
 
 FC = FCSpace(input_dim=12, depth=4, num_classes=1)
-BLOCK = BottleneckSpace(in_channels=6, out_channels=1, spatial=5)
+BLOCK = BottleneckSpace(in_channels=6, out_channels=1, spatial=5)  # 25 positions > 6: draws W1
+WIDE_BLOCK = BottleneckSpace(in_channels=40, out_channels=1, spatial=3)  # draws W1 X instead
+BLOCKS = {"fc": FC, "bottleneck": BLOCK, "wide-bottleneck": WIDE_BLOCK}
+
+
+def drawn_ensemble(block, members, n, seed, inputs):
+    """The ensemble the batched sampler draws for ``seed``, with a consistent first layer."""
+    module, product = draw_chunk(block, members, n, make_generator(seed), inputs)
+    if product is not None:
+        fill_first_layer(module, product, inputs)
+    return module
 
 
 def autograd_ntk(member, inputs, readout) -> float:
@@ -35,23 +45,23 @@ def autograd_ntk(member, inputs, readout) -> float:
     return sum((a * b).sum() for a, b in zip(first, second, strict=True)).item()
 
 
-@pytest.mark.parametrize("block", [FC, BLOCK], ids=["fc", "bottleneck"])
+@pytest.mark.parametrize("block", BLOCKS.values(), ids=BLOCKS.keys())
 @pytest.mark.parametrize("off_diagonal", [False, True], ids=["diag", "offdiag"])
 @pytest.mark.parametrize("readout", ["pool", "centre"])
 def test_batched_sampler_equals_autograd_on_separate_members(block, off_diagonal, readout):
     inputs = ntk_inputs(block, seed=3, off_diagonal=off_diagonal, dtype=torch.float64)
     seed, members, n = 11, 5, 4
     sampled = sample_batched(block, n, members, make_generator(seed), inputs, members, readout)
-    ensemble = _draw_ensemble(block, members, n, make_generator(seed), inputs)
+    ensemble = drawn_ensemble(block, members, n, seed, inputs)
     expected = [autograd_ntk(m, inputs, readout) for m in split_members(ensemble)]
     np.testing.assert_allclose(sampled.numpy(), expected, rtol=1e-10)
 
 
-@pytest.mark.parametrize("block", [FC, BLOCK], ids=["fc", "bottleneck"])
+@pytest.mark.parametrize("block", BLOCKS.values(), ids=BLOCKS.keys())
 def test_ensemble_ntk_is_the_mean_of_member_ntks(block):
     """Lemma 1 / Eq. 11: with F_e = sum_j F_j / sqrt(m), K_e = mean_j K_j."""
     inputs = ntk_inputs(block, seed=4, dtype=torch.float64)
-    ensemble = _draw_ensemble(block, 6, 3, make_generator(5), inputs)
+    ensemble = drawn_ensemble(block, 6, 3, 5, inputs)
     output = scalar_readout(ensemble(inputs))[0]
     grads = torch.autograd.grad(output, list(ensemble.parameters()))
     ensemble_ntk = sum((g * g).sum() for g in grads).item()
