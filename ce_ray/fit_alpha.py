@@ -49,6 +49,20 @@ FIT_PRESETS: dict[str, dict] = {
         "samples": 20000,
         "description": "the Fig. 3 MLP, L = 6, n0 = 784",
     },
+    "digits-mlp": {
+        "space": FCSpace(input_dim=64, depth=4, num_classes=1),
+        "widths": "4,8,16,32,64,128",
+        "method": "exact",
+        "samples": 20000,
+        "description": "the digits-mlp sweep's MLP, L = 4, n0 = 64",
+    },
+    "synthetic-mlp": {
+        "space": FCSpace(input_dim=16, depth=3, num_classes=1),
+        "widths": "4,8,16,32",
+        "method": "exact",
+        "samples": 4000,
+        "description": "the synthetic-mlp test sweep's MLP, L = 3, n0 = 16",
+    },
 }
 DEFAULT_SHARD_SIZE = {"batched": 500, "exact": 10000}
 DTYPES = {"float32": 4, "float64": 8}

@@ -64,6 +64,60 @@ ALPHA_SCHEMA = pa.schema(
 )
 
 
+#: One row per (point, seed) of a sweep (trials.parquet).
+TRIALS_SCHEMA = pa.schema(
+    [
+        pa.field("experiment", pa.string()),
+        pa.field("formulation", pa.string()),  # primal | dual
+        pa.field("space", pa.string()),
+        pa.field("label", pa.string()),  # "m x n d"
+        pa.field("n", pa.int64()),
+        pa.field("m", pa.int64()),
+        pa.field("params", pa.int64()),  # exact parameter count of the trained network
+        pa.field("flops", pa.int64()),  # multiply-accumulates per example
+        pa.field("rho", pa.float64()),  # baseline params / params
+        pa.field("var_ensemble", pa.float64()),  # predicted Var(K_e) / E[K]^2 (Eq. 11)
+        pa.field("alpha", pa.float64()),
+        pa.field("role", pa.string()),  # optimum | baseline | curve
+        pa.field("seed", pa.int64()),  # seed index 0..S-1
+        pa.field("final_test_error", pa.float64()),  # top-1, percent
+        pa.field("best_test_error", pa.float64()),
+        pa.field("final_test_error_top5", pa.float64()),  # null with <= 5 classes
+        pa.field("final_train_loss", pa.float64()),
+        pa.field("epochs", pa.int64()),  # epochs completed
+        pa.field("epochs_planned", pa.int64()),
+        pa.field("wall_time_s", pa.float64()),
+        pa.field("status", pa.string()),  # finished | stopped_early (ASHA) | error
+        pa.field("retries", pa.int64()),  # failed attempts before the reported one
+        pa.field("trial_id", pa.string()),
+        pa.field("error", pa.string()),
+    ]
+)
+
+#: One row per (trial, epoch) of a sweep (epochs.parquet).
+EPOCHS_SCHEMA = pa.schema(
+    [
+        pa.field("experiment", pa.string()),
+        pa.field("trial_id", pa.string()),
+        pa.field("n", pa.int64()),
+        pa.field("m", pa.int64()),
+        pa.field("seed", pa.int64()),
+        pa.field("epoch", pa.int64()),
+        pa.field("train_loss", pa.float64()),
+        pa.field("test_error", pa.float64()),
+        pa.field("test_error_top5", pa.float64()),
+        pa.field("time_total_s", pa.float64()),
+    ]
+)
+
+#: Both curves of a sweep, long form (curves.parquet): the curve columns plus these.
+CURVES_EXTRA = [
+    pa.field("formulation", pa.string()),
+    pa.field("alpha", pa.float64()),
+    pa.field("baseline", pa.int64()),
+]
+
+
 def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, path)`` for a local path or a URI."""
     if "://" in location:
