@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser("fit-alpha", help="fit alpha by sharded Monte-Carlo NTK sampling")
     fit_alpha.add_arguments(fit)
+
+    report_parser = commands.add_parser("report", help="plots and table of a sweep's results")
+    report_parser.add_argument("results_dir", help="<results>/<experiment> of a sweep")
+    report_parser.add_argument("--no-plots", action="store_true", help="only print the table")
     return parser
 
 
@@ -241,12 +245,21 @@ def format_curve(result: Curve, all_rows: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _report_command(args: argparse.Namespace) -> None:
+    from ce_ray.report import report  # noqa: PLC0415
+
+    print(report(args.results_dir, write_plots=not args.no_plots))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"params": _params_command, "curve": _curve_command, "fit-alpha": fit_alpha.run}[
-        args.command
-    ]
+    command = {
+        "params": _params_command,
+        "curve": _curve_command,
+        "fit-alpha": fit_alpha.run,
+        "report": _report_command,
+    }[args.command]
     try:
         command(args)
     except ValueError as error:

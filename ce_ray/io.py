@@ -106,7 +106,8 @@ EPOCHS_SCHEMA = pa.schema(
         pa.field("train_loss", pa.float64()),
         pa.field("test_error", pa.float64()),
         pa.field("test_error_top5", pa.float64()),
-        pa.field("time_total_s", pa.float64()),
+        pa.field("time_total_s", pa.float64()),  # since the trial started (Tune's clock)
+        pa.field("train_time_s", pa.float64()),  # in the training loop, since epoch 1 began
     ]
 )
 

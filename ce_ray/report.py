@@ -64,6 +64,8 @@ def plot_curves(curves: pd.DataFrame, trials: pd.DataFrame) -> bytes:
         marked = table[table["n"].isin(trained)]
         axes.plot(marked["n"], marked[column], "o", color="tab:orange", label="trained")
         axes.set_xscale("log")
+        if formulation == "primal":
+            axes.set_yscale("log")
         axes.set_xlabel("member width n")
         axes.set_ylabel(label)
         axes.set_title(f"{formulation} (alpha = {table['alpha'].iloc[0]:.3g})")

@@ -4,6 +4,8 @@ GPU, DDP over NCCL; gloo on CPU). Ordinary PyTorch plus ``ray.train.report`` onc
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -87,6 +89,7 @@ def train_point(config: dict) -> None:
     )
     loader = ray.train.torch.prepare_data_loader(loader)  # DistributedSampler + device moves
     classes = getattr(preset.space, "num_classes", 0)
+    started = time.perf_counter()
     for epoch in range(1, config["epochs"] + 1):
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):  # a DistributedSampler when world > 1
@@ -103,4 +106,5 @@ def train_point(config: dict) -> None:
         loss_sum, count = _all_reduce_sum([loss_sum, count], device)
         metrics = {"epoch": epoch, "train_loss": loss_sum / count, "attempt": config["attempt"]}
         metrics |= evaluate(model, test_set, batch, device, rank, world, top5=classes > 5)
+        metrics["train_time_s"] = time.perf_counter() - started  # this worker's own work
         ray.train.report(metrics)

@@ -29,13 +29,8 @@ def test_readme_shows_the_real_curve_output(formulation):
     assert f"```text\n{result.stdout.rstrip()}\n```" in README
 
 
-def test_main_job_runs_on_its_default():
-    command = re.search(r"```bash\n(python3 -m venv .*jobs/primal_curve\.py)\n```", README)
-    assert command, "README lost its main command"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "jobs/primal_curve.py")],
-        capture_output=True, text=True, check=True, cwd=ROOT,
-    )  # fmt: skip
-    assert "primal curve of cifar-resnext29" in result.stdout
-    assert "dual curve of cifar-resnext29" in result.stdout
-    assert result.stdout.count("optimum: n=") == 2
+def test_main_command_is_the_local_submit_of_the_sweep():
+    """tests/test_e2e_run_local.py runs this same script end to end with tiny settings."""
+    command = re.search(r"```bash\n(python3 -m venv .*)\n```", README)
+    assert command and command.group(1).endswith(".venv/bin/python jobs/run_local.py")
+    assert (ROOT / "jobs/run_local.py").exists()

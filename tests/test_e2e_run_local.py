@@ -1,0 +1,42 @@
+"""End to end, as the README's main command runs it: a local Ray head on 127.0.0.1,
+`ray job submit` of jobs/primal_curve.py on the default preset (tiny settings), the result
+table on stdout, Parquet on disk, and the head stopped afterwards."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_run_local_submits_the_default_job_and_stops_its_head(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "jobs/run_local.py", "--points", "2", "--seeds", "1", "--epochs", "2",
+         "--results", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=900,
+        env=os.environ | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    out = result.stdout
+    assert "[run_local] starting a Ray head on 127.0.0.1" in out
+    assert "[run_local] stopping the Ray head it started" in out
+    assert "succeeded" in out + result.stderr
+    directory = tmp_path / "digits-mlp-primal"
+    assert f"results: {directory}/trials.parquet" in out
+
+    trials = pd.read_parquet(directory / "trials.parquet")  # plain pandas, no ce-ray needed
+    assert len(trials) == 2 and set(trials["role"]) == {"optimum", "baseline"}
+    assert (trials["status"] == "finished").all() and (trials["epochs"] == 2).all()
+    assert trials["final_test_error"].between(0, 100).all()
+    assert trials["final_test_error_top5"].notna().all()  # digits has 10 classes
+    assert (trials["alpha"] > 0).all() and trials["alpha"].nunique() == 1
+    epochs = pd.read_parquet(directory / "epochs.parquet")
+    assert len(epochs) == 4
+    alpha = pd.read_parquet(directory / "fit_alpha/alpha.parquet")
+    assert alpha.loc[0, "alpha"] == trials["alpha"].iloc[0]
+    assert (directory / "curves.png").stat().st_size > 0
+    assert not any(p.name() in ("raylet", "gcs_server") for p in psutil.process_iter())

@@ -1,0 +1,116 @@
+"""The sweep on a real 2-CPU Ray cluster: Tune trials that each run a Ray Train job."""
+
+import threading
+import time
+
+import pandas as pd
+import psutil
+import pytest
+
+from ce_ray import sweep
+from ce_ray.curves import curve
+from ce_ray.presets import PRESETS
+from ce_ray.spaces import FCSpace
+
+TINY = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "2"]
+
+
+def test_select_points_has_optimum_baseline_and_spread():
+    result = curve(FCSpace(input_dim=64, depth=4), 2.4, 64, formulation="primal")
+    points = sweep.select_points(result, 5)
+    assert len(points) == len(set(points["n"])) == 5
+    roles = dict(zip(points["n"], points["role"], strict=True))
+    assert roles[int(result.optimum["n"])] == "optimum" and roles[64] == "baseline"
+    assert points.loc[points["n"] == 64, "m"].item() == 1
+    with pytest.raises(ValueError, match="--points must be >= 2"):
+        sweep.select_points(result, 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--points", "1"], "--points must be >= 2; got 1"),
+        (["--seeds", "0"], "--seeds must be >= 1; got 0"),
+        (["--alpha", "-1"], "--alpha must be a finite number > 0; got -1.0"),
+        (
+            ["--preset", "mnist-mlp", "--data-root", "/nonexistent"],
+            "mnist not found: put MNIST/raw/",
+        ),
+        (["--alpha-from", "/nonexistent/alpha.parquet"], "no such file"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
+    base = ["--preset", "synthetic-mlp", "--results", str(tmp_path)]
+    assert sweep.main("primal", base + args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_sweep_writes_parquet_and_resumes_without_retraining(tmp_path, capsys):
+    args = [*TINY, "--epochs", "2", "--results", str(tmp_path), "--experiment", "s"]
+    assert sweep.main("primal", args) == 0
+    out = capsys.readouterr().out
+    trials = pd.read_parquet(tmp_path / "s/trials.parquet")
+    epochs = pd.read_parquet(tmp_path / "s/epochs.parquet")
+    assert len(trials) == 4 and trials.groupby(["n", "seed"]).size().eq(1).all()
+    assert set(trials["role"]) == {"optimum", "baseline"}
+    assert (trials["status"] == "finished").all() and (trials["retries"] == 0).all()
+    assert (trials["epochs"] == 2).all() and trials["final_test_error"].between(0, 100).all()
+    assert trials["final_test_error_top5"].isna().all()  # 4 classes: no top-5
+    baseline = trials[trials["role"] == "baseline"].iloc[0]
+    assert (baseline["m"], baseline["rho"], baseline["params"]) == (1, 1.0, 16 * 16 + 16 * 16 + 64)
+    assert len(epochs) == 8 and sorted(epochs["epoch"].unique()) == [1, 2]
+    assert {"curves.png", "test_error.png", "curves.parquet"} <= {
+        p.name for p in (tmp_path / "s").iterdir()
+    }
+    assert "results:" in out and "1x16d" in out
+
+    assert sweep.main("primal", args) == 0
+    assert "resuming" in capsys.readouterr().out
+    again = pd.read_parquet(tmp_path / "s/epochs.parquet")
+    pd.testing.assert_frame_equal(epochs, again)  # same timestamps: nothing retrained
+    assert len(pd.read_parquet(tmp_path / "s/trials.parquet")) == 4
+
+    changed = [*TINY, "--epochs", "3", "--results", str(tmp_path), "--experiment", "s"]
+    assert sweep.main("primal", changed) == 2
+    assert "different configuration (epochs: 2 -> 3)" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_killed_training_worker_is_retried_by_tune(tmp_path):
+    args = [
+        "--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "1",
+        "--epochs", "60", "--results", str(tmp_path), "--experiment", "kill",
+    ]  # fmt: skip
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("rc", sweep.main("primal", args)))
+    thread.start()
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None and thread.is_alive() and time.monotonic() < deadline:
+        # Kill mid-training: once a trial has reported its first epoch (of 60) to Tune.
+        if any(
+            len(f.read_text().splitlines()) >= 2 for f in tmp_path.glob("kill/tune/*/result.json")
+        ):
+            for process in psutil.process_iter(["cmdline"]):
+                if (process.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker"):
+                    process.kill()
+                    killed = process.pid
+                    break
+        time.sleep(0.05)
+    thread.join(timeout=600)
+    assert killed is not None, "no training worker was found to kill"
+    assert outcome.get("rc") == 0
+    trials = pd.read_parquet(tmp_path / "kill/trials.parquet")
+    assert (trials["status"] == "finished").all()
+    assert trials["retries"].sum() >= 1
+    epochs = pd.read_parquet(tmp_path / "kill/epochs.parquet")
+    assert epochs.groupby("trial_id")["epoch"].apply(sorted).map(len).eq(60).all()
+
+
+def test_presets_are_consistent():
+    for preset in PRESETS.values():
+        assert preset.space.ntk_block() is not None
+        assert preset.recipe.epochs >= 1 and preset.recipe.optimizer in ("adam", "sgd")
