@@ -3,7 +3,7 @@ and against the dense baseline with the same parameter count.
 
     python benchmarks/training_throughput.py
 
-One step = forward, cross-entropy, backward, Adam step on a batch of 128. The loop computes
+One step = forward, cross-entropy, backward, Adam step on a batch (default 128). The loop computes
 the same function (sum of the members' outputs / sqrt(m)) with m separately built modules.
 """
 
@@ -19,7 +19,7 @@ from torch import nn
 
 from ce_ray.spaces import BottleneckSpace, FCSpace
 
-BATCH = 128
+BATCH = 128  # --batch overrides
 
 
 class MemberLoop(nn.Module):
@@ -52,16 +52,21 @@ def steps_per_second(model: nn.Module, x: torch.Tensor, reduce, seconds: float =
 
 
 def main() -> None:
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=BATCH, help="examples per step (128)")
+    batch = parser.parse_args().batch
     torch.manual_seed(0)
     mlp = FCSpace(input_dim=784, depth=6, num_classes=10)
     block = BottleneckSpace(in_channels=256, out_channels=10, spatial=8)
     pool = lambda y: y.mean(dim=(2, 3)) if y.dim() == 4 else y  # noqa: E731
     rows = []
-    print(f"threads: {torch.get_num_threads()}, batch {BATCH}")
+    print(f"threads: {torch.get_num_threads()}, batch {batch}")
     print(f"{'model':<26}{'params':>10}{'steps/s':>10}{'ratio':>9}")
     for name, space, m, n, shape in (
-        ("mlp", mlp, 30, 48, (BATCH, 784)),
-        ("bottleneck", block, 8, 16, (BATCH, 256, 8, 8)),
+        ("mlp", mlp, 30, 48, (batch, 784)),
+        ("bottleneck", block, 8, 16, (batch, 256, 8, 8)),
     ):
         x = torch.randn(shape)
         ensemble = space.build(m, n)
@@ -88,7 +93,7 @@ def main() -> None:
         ):
             print(f"{label:<26}{params:>10,}{rate:>10.1f}{rate / one:>9.2f}")
         print(f"  one model vs loop: {one / looped:.1f}x (target m/3 = {m / 3:.1f}x)")
-    print(json.dumps({"benchmark": "training_throughput", "rows": rows}))
+    print(json.dumps({"benchmark": "training_throughput", "batch": batch, "rows": rows}))
 
 
 if __name__ == "__main__":
