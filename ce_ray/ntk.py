@@ -195,9 +195,10 @@ def member_ntk_from_product(
     return m * (kernel + first)
 
 
-def _uses_product_law(block: FCSpace | BottleneckSpace, inputs: torch.Tensor) -> bool:
+def _uses_product_law(inputs: torch.Tensor) -> bool:
     """Drawing W1 X beats drawing W1 when there are fewer input columns than fan-in."""
-    return input_columns(inputs).shape[0] <= input_columns(inputs).shape[1]
+    columns = input_columns(inputs)
+    return columns.shape[0] <= columns.shape[1]
 
 
 def draw_chunk(
@@ -216,7 +217,7 @@ def draw_chunk(
     with torch.device("meta"):
         module = block.build(members, n)
     module = module.to_empty(device=inputs.device).to(inputs.dtype)
-    by_product = _uses_product_law(block, inputs)
+    by_product = _uses_product_law(inputs)
     with torch.no_grad():
         for name, parameter in module.named_parameters():
             if not (by_product and name == module.first_weight):

@@ -37,9 +37,7 @@ def select_points(result: Curve, count: int) -> pd.DataFrame:
     table = result.table
     widths = table["n"].to_numpy()
     optimum, baseline = int(result.optimum["n"]), result.baseline_width
-    chosen = {optimum: "optimum", baseline: "baseline"}
-    if baseline == optimum:
-        chosen[optimum] = "optimum"
+    chosen = {baseline: "baseline", optimum: "optimum"}  # the optimum's role wins a tie
     spare = count - len(chosen)
     for target in np.geomspace(widths.min(), widths.max(), spare + 2)[1:-1] if spare > 0 else []:
         free = np.array([w for w in widths if w not in chosen])
