@@ -23,7 +23,7 @@ from ce_ray import sweep  # noqa: E402
 
 
 def main() -> None:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, dashboard_host="127.0.0.1", log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as results:
             args = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds",

@@ -215,16 +215,25 @@ def _rows(results, points: pd.DataFrame, config: SweepConfig, experiment: str, s
     return trials_frame, epochs_frame.sort_values(["n", "seed", "epoch"]).reset_index(drop=True)
 
 
-def _default_concurrency(config: SweepConfig) -> int:
-    """Trials that fit at once: each holds 1 CPU for its trial function plus its workers'.
+# A trial's function only waits on its Train controller (which Ray Train V2 also runs with
+# num_cpus=0), so it reserves no CPU. Reserving one deadlocks a small machine: Tune stages the
+# placement groups of PENDING trials ahead of time, and a staged 1-CPU group can take the CPU
+# the running trial's training worker is waiting for (seen on 2 CPUs: the worker group timed
+# out after 60 s, again and again). Tune refuses an empty request, so the trial asks for
+# 1 MiB of Ray's logical memory instead, which nothing else competes for.
+TRIAL_FUNCTION_RESOURCES = {"cpu": 0, "memory": 2**20}
 
-    Starting more would let trial functions take the CPUs their own workers need (deadlock on
-    a small machine); on an autoscaling cluster pass --max-concurrent-trials instead.
+
+def _default_concurrency(config: SweepConfig) -> int:
+    """Trials whose training workers fit in the cluster at once.
+
+    Starting more only queues worker groups; on an autoscaling cluster pass
+    --max-concurrent-trials to let it grow.
     """
     import ray  # noqa: PLC0415
 
     available = ray.cluster_resources()
-    per_trial_cpu = 1 + config.workers_per_trial * config.cpus_per_worker
+    per_trial_cpu = config.workers_per_trial * config.cpus_per_worker
     fits = int(available.get("CPU", 1) // per_trial_cpu)
     if config.gpus_per_worker:
         per_trial_gpu = config.workers_per_trial * config.gpus_per_worker
@@ -250,7 +259,7 @@ def run_sweep(
         ray.init()
     directory = io.join(results, experiment)
     _check_or_write(config, directory)
-    trainable = tune.with_resources(run_trial, {"cpu": 1})
+    trainable = tune.with_resources(run_trial, TRIAL_FUNCTION_RESOURCES)
     tune_path = io.join(directory, "tune")
     if tune.Tuner.can_restore(tune_path):
         print(f"[sweep] resuming {tune_path}: finished trials are kept", flush=True)

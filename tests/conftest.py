@@ -14,7 +14,9 @@ def ray_cluster():
     """A 2-CPU Ray cluster in this process for one test module, shut down afterwards."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # The dashboard serves the State API, which Ray Train's placement-group cleaner needs to
+    # free the workers' CPUs when Tune stops a trial early (ASHA); without it they leak.
+    ray.init(num_cpus=2, dashboard_host="127.0.0.1", include_dashboard=True, log_to_driver=False)
     try:
         yield ray
     finally:

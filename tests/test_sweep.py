@@ -114,3 +114,20 @@ def test_presets_are_consistent():
     for preset in PRESETS.values():
         assert preset.space.ntk_block() is not None
         assert preset.recipe.epochs >= 1 and preset.recipe.optimizer in ("adam", "sgd")
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_asha_stops_losing_points_early_and_rows_say_so(tmp_path):
+    args = [
+        "--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "4", "--seeds", "1",
+        "--epochs", "8", "--scheduler", "asha", "--results", str(tmp_path), "--no-report",
+    ]  # fmt: skip
+    assert sweep.main("dual", args) == 0
+    trials = pd.read_parquet(tmp_path / "synthetic-mlp-dual/trials.parquet")
+    assert len(trials) == 4 and set(trials["formulation"]) == {"dual"}
+    stopped = trials[trials["status"] == "stopped_early"]
+    finished = trials[trials["status"] == "finished"]
+    assert len(stopped) >= 1 and len(finished) >= 1
+    assert (stopped["epochs"] < 8).all() and (finished["epochs"] == 8).all()
+    # ASHA keeps the better half at each rung: no stopped point beat every finished one.
+    assert stopped["final_test_error"].min() >= finished["final_test_error"].min()
