@@ -197,22 +197,6 @@ class FitResult:
         return record
 
 
-def _check_or_write_config(config: FitConfig, directory: str) -> None:
-    path = io.join(directory, "config.json")
-    if io.exists(path):
-        stored = json.loads(io.read_text(path))
-        current = config.to_json()
-        changed = [k for k in current if json.dumps(stored.get(k)) != json.dumps(current[k])]
-        if changed:
-            details = "; ".join(f"{k}: {stored.get(k)} -> {current[k]}" for k in changed)
-            raise ValueError(
-                f"{directory} was written with a different configuration ({details}); "
-                f"use another --experiment or the original settings"
-            )
-        return
-    io.write_bytes(json.dumps(config.to_json(), indent=2).encode(), path)
-
-
 def sample_all_shards(
     config: FitConfig, directory: str, workers: int, log=print, max_retries: int = 3
 ) -> list[tuple[Shard, float]]:
@@ -398,7 +382,7 @@ def fit_alpha(
             DTYPES[config.dtype],
         )
     directory = io.join(results, experiment, "fit_alpha")
-    _check_or_write_config(config, directory)
+    io.check_or_write_config(directory, config.to_json())
     sample_all_shards(config, directory, workers, log)
     return summarise(config, directory, experiment, bootstrap, ci_level, intercept)
 

@@ -195,6 +195,23 @@ def read_metadata(location: str) -> dict:
     return {k.decode(): json.loads(v) for k, v in raw.items() if not k.startswith(b"pandas")}
 
 
+def check_or_write_config(directory: str, config: dict, name: str = "config.json") -> None:
+    """Record an experiment's configuration in ``directory/name``, or, when one is already
+    there, refuse a different one (one line naming each changed field)."""
+    path = join(directory, name)
+    if exists(path):
+        stored = json.loads(read_text(path))
+        changed = [k for k in config if json.dumps(stored.get(k)) != json.dumps(config[k])]
+        if changed:
+            details = "; ".join(f"{k}: {stored.get(k)} -> {config[k]}" for k in changed)
+            raise ValueError(
+                f"{directory} was written with a different configuration ({details}); "
+                f"use another --experiment or the original settings"
+            )
+        return
+    write_bytes(json.dumps(config, indent=2).encode(), path)
+
+
 def read_text(location: str) -> str:
     fs, path = filesystem(location)
     with fs.open_input_stream(path) as stream:

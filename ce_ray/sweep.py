@@ -11,7 +11,6 @@ Train runs), ``trials.parquet``, ``epochs.parquet``, and the report's PNGs.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -71,22 +70,6 @@ class SweepConfig:
         record = dict(self.__dict__)
         record["points"] = [list(p) for p in self.points]
         return record
-
-
-def _check_or_write(config: SweepConfig, directory: str) -> None:
-    path = io.join(directory, "sweep.json")
-    current = config.to_json()
-    if io.exists(path):
-        stored = json.loads(io.read_text(path))
-        changed = [k for k in current if json.dumps(stored.get(k)) != json.dumps(current[k])]
-        if changed:
-            details = "; ".join(f"{k}: {stored.get(k)} -> {current[k]}" for k in changed)
-            raise ValueError(
-                f"{directory} holds a sweep with a different configuration ({details}); "
-                f"use another --experiment or the original settings"
-            )
-        return
-    io.write_bytes(json.dumps(current, indent=2).encode(), path)
 
 
 def run_trial(config: dict) -> None:
@@ -258,7 +241,7 @@ def run_sweep(
     if not ray.is_initialized():
         ray.init()
     directory = io.join(results, experiment)
-    _check_or_write(config, directory)
+    io.check_or_write_config(directory, config.to_json(), "sweep.json")
     trainable = tune.with_resources(run_trial, TRIAL_FUNCTION_RESOURCES)
     tune_path = io.join(directory, "tune")
     if tune.Tuner.can_restore(tune_path):
