@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ce_ray import fit_alpha
 from ce_ray.curves import COST_MODELS, FORMULATIONS, Curve, curve, parse_widths
 from ce_ray.spaces import METRICS, SPACES, Space, make_space
 
@@ -130,8 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     curve_parser.add_argument("--all", action="store_true", help="print every row")
 
-    fit = commands.add_parser("fit-alpha", help="fit alpha by sharded Monte-Carlo NTK sampling")
-    fit_alpha.add_arguments(fit)
+    # fit-alpha's options live with its (PyTorch) sampler; parse them only when it is asked
+    # for, so `params` and `curve` start without importing torch.
+    fit = commands.add_parser(
+        "fit-alpha",
+        help="fit alpha by sharded Monte-Carlo NTK sampling",
+        add_help=False,
+        prefix_chars="\0",  # hand every token, options included, to the full parser below
+    )
+    fit.add_argument("fit_args", nargs=argparse.REMAINDER)
 
     report_parser = commands.add_parser("report", help="plots and table of a sweep's results")
     report_parser.add_argument("results_dir", help="<results>/<experiment> of a sweep")
@@ -245,6 +251,14 @@ def format_curve(result: Curve, all_rows: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _fit_alpha_command(args: argparse.Namespace) -> None:
+    from ce_ray import fit_alpha  # noqa: PLC0415
+
+    parser = _Parser(prog="ce-ray fit-alpha", description="Fit alpha (Algorithm 1) on Ray.")
+    fit_alpha.add_arguments(parser)
+    fit_alpha.run(parser.parse_args(args.fit_args))
+
+
 def _report_command(args: argparse.Namespace) -> None:
     from ce_ray.report import report  # noqa: PLC0415
 
@@ -257,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = {
         "params": _params_command,
         "curve": _curve_command,
-        "fit-alpha": fit_alpha.run,
+        "fit-alpha": _fit_alpha_command,
         "report": _report_command,
     }[args.command]
     try:
