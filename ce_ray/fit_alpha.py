@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ce_ray import io
+from ce_ray import cluster, io
 from ce_ray.alpha import bootstrap_interval, bootstrap_log_ratios, fit_line, width_moments
 from ce_ray.curves import parse_widths
 from ce_ray.ntk import METHODS, READOUTS, chunk_size, derive_seed, ntk_inputs, sample_ntk
@@ -146,8 +146,11 @@ def plan_shards(config: FitConfig) -> list[Shard]:
     ]
 
 
-def run_shard(config: FitConfig, shard: Shard, shard_dir: str) -> tuple[Shard, float]:
-    """Sample one shard and write it (atomically). Pure PyTorch + Parquet; Ray calls it."""
+def run_shard(
+    config: FitConfig, shard: Shard, shard_dir: str, metadata: dict | None = None
+) -> tuple[Shard, float]:
+    """Sample one shard and write it (atomically), with ``metadata`` in the file's schema
+    metadata. Pure PyTorch + Parquet; Ray calls it through :func:`_shard_task`."""
     import torch  # noqa: PLC0415 -- keeps the driver's import light
 
     started = time.perf_counter()
@@ -175,8 +178,13 @@ def run_shard(config: FitConfig, shard: Shard, shard_dir: str) -> tuple[Shard, f
             "k": k,
         }
     )
-    io.write_parquet(table, io.join(shard_dir, shard.filename), io.SHARD_SCHEMA)
+    io.write_parquet(table, io.join(shard_dir, shard.filename), io.SHARD_SCHEMA, metadata)
     return shard, time.perf_counter() - started
+
+
+def _shard_task(config: FitConfig, shard: Shard, shard_dir: str) -> tuple[Shard, float]:
+    """The Ray task: :func:`run_shard`, recording in the file which node computed it."""
+    return run_shard(config, shard, shard_dir, {"node_id": cluster.node_id()})
 
 
 @dataclass(frozen=True)
@@ -207,8 +215,7 @@ def sample_all_shards(
     """
     import ray  # noqa: PLC0415
 
-    if not ray.is_initialized():
-        ray.init()
+    cluster.init_ray()
     shard_dir = io.join(directory, "shards")
     done = set(io.list_files(shard_dir, ".parquet"))
     todo = [s for s in plan_shards(config) if s.filename not in done]
@@ -216,7 +223,7 @@ def sample_all_shards(
     if done:
         log(f"[fit-alpha] resuming: {total - len(todo)}/{total} shards already on disk")
     resources = {"num_cpus": 1, "num_gpus": 1 if config.device.startswith("cuda") else 0}
-    task = ray.remote(run_shard).options(max_retries=max_retries, **resources)
+    task = ray.remote(_shard_task).options(max_retries=max_retries, **resources)
     pending, queue, finished = [], list(todo), total - len(todo)
     ran: list[tuple[Shard, float]] = []
     started = time.perf_counter()
@@ -436,15 +443,13 @@ def run(args: argparse.Namespace) -> int:
     """The fit-alpha command: ``jobs/fit_alpha.py`` and ``ce-ray fit-alpha`` both call it."""
     config = config_from_args(args)
     experiment = args.experiment or args.preset
-    results = args.results if "://" in args.results else os.path.abspath(args.results)
+    results = io.resolve(args.results)
+    io.check_writable(results)
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    cluster.init_ray()
     workers = args.workers
     if workers is None:
-        import ray  # noqa: PLC0415
-
-        if not ray.is_initialized():
-            ray.init()
-        workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        workers = max(1, int(cluster.max_resources().get("CPU", 1)))
     log(
         f"[fit-alpha] {args.preset}: {FIT_PRESETS[args.preset]['description']}; "
         f"widths {list(config.widths)}, {config.samples} samples each, {config.method} sampler, "

@@ -88,7 +88,7 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("epochs_planned", pa.int64()),
         pa.field("wall_time_s", pa.float64()),
         pa.field("status", pa.string()),  # finished | stopped_early (ASHA) | error
-        pa.field("retries", pa.int64()),  # failed attempts before the reported one
+        pa.field("retries", pa.int64()),  # restarts: lost worker/node, retried or resumed job
         pa.field("trial_id", pa.string()),
         pa.field("error", pa.string()),
     ]
@@ -107,7 +107,9 @@ EPOCHS_SCHEMA = pa.schema(
         pa.field("test_error", pa.float64()),
         pa.field("test_error_top5", pa.float64()),
         pa.field("time_total_s", pa.float64()),  # since the trial started (Tune's clock)
-        pa.field("train_time_s", pa.float64()),  # in the training loop, since epoch 1 began
+        pa.field("train_time_s", pa.float64()),  # in the training loop, summed over epochs
+        pa.field("attempt", pa.int64()),  # which start of the trial trained it (0 = first)
+        pa.field("node_id", pa.string()),  # the Ray node of the rank-0 training worker
     ]
 )
 
@@ -117,6 +119,78 @@ CURVES_EXTRA = [
     pa.field("alpha", pa.float64()),
     pa.field("baseline", pa.int64()),
 ]
+
+
+#: The standard AWS variables that locate and open ``s3://`` results. The driver passes those
+#: it has to every Ray task and training worker (through the job's runtime environment), so
+#: nodes need no storage configuration of their own.
+STORAGE_ENV_VARS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_EC2_METADATA_DISABLED",
+)
+
+
+def storage_env() -> dict[str, str]:
+    """The storage variables set in this process (see :data:`STORAGE_ENV_VARS`)."""
+    return {name: os.environ[name] for name in STORAGE_ENV_VARS if name in os.environ}
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location
+
+
+def resolve(location: str) -> str:
+    """A URI unchanged, a local path made absolute (jobs run in a copy of the working dir)."""
+    return location if is_uri(location) else os.path.abspath(location)
+
+
+def check_writable(location: str, option: str = "--results") -> None:
+    """Fail early, with one line, when ``location`` cannot hold results.
+
+    Local: the nearest existing ancestor must be a writable directory (nothing is created).
+    URI: the endpoint must answer, the bucket must exist and the credentials in the
+    environment must be able to read the location. Nothing is written (a probe object would
+    leave a directory marker behind on S3), so credentials that may read but not write are
+    found out at the first write. Raises ValueError naming the location.
+    """
+
+    def fail(reason: str) -> None:
+        raise ValueError(f"{option} {location}: cannot write there: {reason}")
+
+    if not is_uri(location):
+        path = os.path.abspath(location)
+        ancestor = path
+        while not os.path.exists(ancestor):
+            ancestor = os.path.dirname(ancestor)
+        if not os.path.isdir(ancestor):
+            fail(f"{ancestor} is a file, not a directory")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            fail(f"permission denied on {ancestor}")
+        return
+    try:
+        fs, path = pafs.FileSystem.from_uri(location)
+    except (ValueError, OSError, pa.ArrowException) as error:
+        fail(_one_line(error))
+    bucket = path.split("/", 1)[0]
+    try:
+        if isinstance(fs, pafs.S3FileSystem) and (
+            fs.get_file_info(bucket).type == pafs.FileType.NotFound
+        ):
+            fail(f"bucket {bucket!r} does not exist")
+        fs.get_file_info(path.rstrip("/"))
+    except (OSError, pa.ArrowException) as error:
+        fail(_one_line(error))
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def filesystem(location: str) -> tuple[pafs.FileSystem, str]:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ce_ray import io
+from ce_ray import cluster, io
 from ce_ray.curves import CURVE_COLUMNS, Curve, curve
 from ce_ray.ntk import derive_seed
 from ce_ray.presets import DEFAULT_PRESET, PRESETS, Preset
@@ -75,11 +75,13 @@ class SweepConfig:
 def run_trial(config: dict) -> None:
     """Tune's trial function: train one (point, seed) as a Ray Train job.
 
-    A retried trial (Tune's FailureConfig) starts again from scratch; the attempt number is
-    counted in the trial's directory and reported with every epoch.
+    The Train run is named after the Tune trial id alone, which survives Tune's retries and
+    ``Tuner.restore``: a new ``TorchTrainer`` with the same name and storage resumes from the
+    run's latest checkpoint (Train V2 has no other resume). Inside the run, Train's own
+    ``FailureConfig`` restarts a lost worker group from that checkpoint without Tune noticing.
     """
+    import ray.train  # noqa: PLC0415
     import ray.tune  # noqa: PLC0415
-    from ray.train import RunConfig, ScalingConfig  # noqa: PLC0415
     from ray.train.torch import TorchTrainer  # noqa: PLC0415
     from ray.tune.integration.ray_train import TuneReportCallback  # noqa: PLC0415
 
@@ -89,12 +91,7 @@ def run_trial(config: dict) -> None:
     # default), and a worker's report waits for that: with short epochs the poll, not the
     # training, sets the pace. 0.25 s measured ~0.03 s epochs at ~0.3 s instead of ~2 s.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-    context = ray.tune.get_context()
-    marker = os.path.join(context.get_trial_dir(), "attempts")
-    attempt = int(open(marker).read()) + 1 if os.path.exists(marker) else 0
-    with open(marker, "w") as out:
-        out.write(str(attempt))
-
+    trial_id = ray.tune.get_context().get_trial_id()
     point, seed_index = config["point"], config["seed"]
     gpus = config["gpus_per_worker"]
     resources = {"CPU": config["cpus_per_worker"]} | ({"GPU": gpus} if gpus else {})
@@ -107,16 +104,18 @@ def run_trial(config: dict) -> None:
             "seed": derive_seed(config["experiment_seed"], point["n"], point["m"], seed_index),
             "epochs": config["epochs"],
             "data_root": config["data_root"],
-            "attempt": attempt,
+            "starts_file": io.join(config["starts_storage"], trial_id),
         },
-        scaling_config=ScalingConfig(
+        scaling_config=ray.train.ScalingConfig(
             num_workers=config["workers_per_trial"],
             use_gpu=gpus > 0,
             resources_per_worker=resources,
         ),
-        run_config=RunConfig(
-            name=f"{context.get_trial_id()}-attempt{attempt}",
+        run_config=ray.train.RunConfig(
+            name=trial_id,
             storage_path=config["train_storage"],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=config["max_failures"]),
             callbacks=[TuneReportCallback()],
         ),
     )
@@ -134,9 +133,10 @@ def _rows(results, points: pd.DataFrame, config: SweepConfig, experiment: str, s
         if history is None or "epoch" not in getattr(history, "columns", []):
             history = pd.DataFrame(columns=["epoch", "train_loss", "test_error", "attempt"])
         history = history.dropna(subset=["epoch"]) if len(history) else history
-        if len(history) and "attempt" in history:
-            # Keep the last attempt's epochs: a retry starts from scratch.
-            history = history[history["attempt"] == history["attempt"].max()]
+        if len(history):
+            # An epoch reported twice (a start that died after reporting it, before Train
+            # registered its checkpoint, and the retrain) counts once: the latest report.
+            history = history.drop_duplicates("epoch", keep="last").sort_values("epoch")
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or os.path.basename(str(result.path))
         done = int(history["epoch"].max()) if len(history) else 0
@@ -169,7 +169,7 @@ def _rows(results, points: pd.DataFrame, config: SweepConfig, experiment: str, s
                 "epochs_planned": config.epochs,
                 "wall_time_s": float(metrics.get("time_total_s", math.nan)),
                 "status": status,
-                "retries": int(metrics.get("attempt", 0)),
+                "retries": int(history["attempt"].max()) if "attempt" in history else 0,
                 "trial_id": trial_id,
                 "error": str(result.error).strip().splitlines()[-1] if result.error else None,
             }
@@ -190,6 +190,8 @@ def _rows(results, points: pd.DataFrame, config: SweepConfig, experiment: str, s
                     else None,
                     "time_total_s": float(epoch.get("time_total_s", math.nan)),
                     "train_time_s": float(epoch.get("train_time_s", math.nan)),
+                    "attempt": int(epoch.get("attempt", 0)),
+                    "node_id": epoch.get("node_id"),
                 }
             )
     trials_frame = pd.DataFrame(trials, columns=io.TRIALS_SCHEMA.names)
@@ -207,21 +209,17 @@ def _rows(results, points: pd.DataFrame, config: SweepConfig, experiment: str, s
 TRIAL_FUNCTION_RESOURCES = {"cpu": 0, "memory": 2**20}
 
 
-def _default_concurrency(config: SweepConfig) -> int:
-    """Trials whose training workers fit in the cluster at once.
-
-    Starting more only queues worker groups; on an autoscaling cluster pass
-    --max-concurrent-trials to let it grow.
-    """
-    import ray  # noqa: PLC0415
-
-    available = ray.cluster_resources()
+def _default_concurrency(config: SweepConfig, trials: int) -> int:
+    """Trials whose training workers fit in the cluster at its largest: on an autoscaling
+    cluster its node types at their max_workers (so that pending trials ask it to grow), on
+    a fixed one what it holds now; at least 1, at most the number of trials."""
+    resources = cluster.max_resources()
     per_trial_cpu = config.workers_per_trial * config.cpus_per_worker
-    fits = int(available.get("CPU", 1) // per_trial_cpu)
+    fits = int(resources.get("CPU", 0) // per_trial_cpu)
     if config.gpus_per_worker:
         per_trial_gpu = config.workers_per_trial * config.gpus_per_worker
-        fits = min(fits, int(available.get("GPU", 0) // per_trial_gpu))
-    return max(1, fits)
+        fits = min(fits, int(resources.get("GPU", 0) // per_trial_gpu))
+    return max(1, min(fits, trials))
 
 
 def run_sweep(
@@ -235,18 +233,20 @@ def run_sweep(
     verbose: int = 1,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run (or resume) the Tune experiment and write trials.parquet and epochs.parquet."""
-    import ray  # noqa: PLC0415
     from ray import tune  # noqa: PLC0415
 
-    if not ray.is_initialized():
-        ray.init()
+    cluster.init_ray()
     directory = io.join(results, experiment)
     io.check_or_write_config(directory, config.to_json(), "sweep.json")
     trainable = tune.with_resources(run_trial, TRIAL_FUNCTION_RESOURCES)
     tune_path = io.join(directory, "tune")
     if tune.Tuner.can_restore(tune_path):
         print(f"[sweep] resuming {tune_path}: finished trials are kept", flush=True)
-        tuner = tune.Tuner.restore(tune_path, trainable=trainable, restart_errored=True)
+        # Same trial ids for unfinished and errored trials: their Train runs resume from
+        # their checkpoints (restart_errored would start them over under new ids).
+        tuner = tune.Tuner.restore(
+            tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
     else:
         scheduler = None
         if config.scheduler == "asha":
@@ -267,6 +267,8 @@ def run_sweep(
             "gpus_per_worker": config.gpus_per_worker,
             "cpus_per_worker": config.cpus_per_worker,
             "train_storage": io.join(directory, "train"),
+            "starts_storage": io.join(directory, "starts"),
+            "max_failures": max_failures,
         }
         tuner = tune.Tuner(
             trainable,
@@ -275,7 +277,8 @@ def run_sweep(
                 metric="test_error",
                 mode="min",
                 scheduler=scheduler,
-                max_concurrent_trials=max_concurrent_trials or _default_concurrency(config),
+                max_concurrent_trials=max_concurrent_trials
+                or _default_concurrency(config, len(points) * config.seeds),
                 trial_dirname_creator=_trial_name,
                 trial_name_creator=_trial_name,
             ),
@@ -341,9 +344,7 @@ def fit_alpha_first(args: argparse.Namespace, preset: Preset, results: str) -> f
         memory_budget=256.0,
     )  # fmt: skip
     config = fit_alpha.config_from_args(fit_args)
-    import ray  # noqa: PLC0415
-
-    workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    workers = max(1, int(cluster.max_resources().get("CPU", 1)))
     result = fit_alpha.fit_alpha(config, results, args.experiment, workers, bootstrap=200)
     print(
         f"[sweep] alpha = {result.alpha:.4f} (95% CI {result.ci_low:.4f}..{result.ci_high:.4f})",
@@ -412,14 +413,12 @@ def main(formulation: str, argv: list[str] | None = None) -> int:
         _validate(args)
         preset = PRESETS[args.preset]
         args.experiment = args.experiment or f"{preset.name}-{formulation}"
-        results = args.results if "://" in args.results else os.path.abspath(args.results)
+        results = io.resolve(args.results)
+        io.check_writable(results)
         data_root = os.path.abspath(args.data_root)
         data.load(preset.dataset, data_root)  # fail now, with one line, if the data is missing
         alpha = known_alpha(args, preset)
-        import ray  # noqa: PLC0415
-
-        if not ray.is_initialized():
-            ray.init()
+        cluster.init_ray()
         if alpha is None:
             alpha = fit_alpha_first(args, preset, results)
         directory = io.join(results, args.experiment)

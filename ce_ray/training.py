@@ -4,14 +4,18 @@ GPU, DDP over NCCL; gloo on CPU). Ordinary PyTorch plus ``ray.train.report`` onc
 
 from __future__ import annotations
 
+import os
+import random
+import tempfile
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from ce_ray import data
+from ce_ray import data, io
 from ce_ray.presets import PRESETS, Recipe
 
 
@@ -59,13 +63,55 @@ def evaluate(model, test_set, batch_size: int, device, rank: int, world: int, to
     return errors
 
 
+def _rng_state() -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _count_start(location: str | None) -> int:
+    """How many times this trial's training started before (0 on the first start).
+
+    Kept in the results storage, not in the checkpoint, so that a start that died before its
+    first checkpoint counts too, and not on a node's disk, so that a retry on another node
+    sees it. Only rank 0 calls it; starts of one trial never overlap.
+    """
+    if location is None:
+        return 0
+    previous = int(io.read_text(location)) if io.exists(location) else 0
+    io.write_bytes(str(previous + 1).encode(), location)
+    return previous
+
+
 def train_point(config: dict) -> None:
     """Ray Train's ``train_loop_per_worker`` for one (point, seed).
 
-    ``config`` carries: preset, m, n, seed (the trial's derived seed), epochs, data_root,
-    attempt. Reports ``epoch``, ``train_loss``, ``test_error`` (and ``test_error_top5`` when
-    there are more than 5 classes), ``attempt`` after every epoch.
+    ``config`` carries: preset, m, n, seed (the trial's derived seed), epochs, data_root and
+    ``starts_file`` (where the trial's starts are counted). Reports ``epoch``, ``train_loss``,
+    ``test_error`` (and ``test_error_top5`` when there are more than 5 classes), ``attempt``
+    (0 for the first start of the trial), ``start_epoch`` and ``node_id`` after every epoch,
+    each report with a checkpoint (model, optimizer, lr schedule, epoch, every RNG state).
+
+    Resuming: when Ray Train hands back a checkpoint (a worker or node was lost, or the job
+    was stopped and submitted again) training continues after its epoch. The data order of an
+    epoch is a function of (seed, epoch) alone (``DistributedSampler.set_epoch``), so a
+    resumed trial sees the same batches as an uninterrupted one and ends with the same
+    weights.
     """
+    import ray  # noqa: PLC0415
     import ray.train  # noqa: PLC0415
     import ray.train.torch  # noqa: PLC0415
 
@@ -76,24 +122,33 @@ def train_point(config: dict) -> None:
     torch.manual_seed(config["seed"])  # same initial weights on every rank (DDP checks)
 
     train_set, test_set = data.load(preset.dataset, config["data_root"])
-    model = ray.train.torch.prepare_model(preset.space.build(config["m"], config["n"]))
-    device = ray.train.torch.get_device()
+    model = preset.space.build(config["m"], config["n"])
     optimizer, schedule = make_optimizer(model, recipe)
+    start_epoch, train_time = 1, 0.0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = torch.load(os.path.join(directory, CHECKPOINT_FILE), weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        _set_rng_state(state["rng"][rank])
+        start_epoch, train_time = state["epoch"] + 1, state["train_time_s"]
+    attempt = _count_start(config.get("starts_file")) if rank == 0 else 0
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
     batch = max(1, recipe.batch_size // world)
-    loader = DataLoader(
-        train_set,
-        batch_size=batch,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(config["seed"]),
-        drop_last=len(train_set) > batch * world,
+    sampler = DistributedSampler(
+        train_set, num_replicas=world, rank=rank, shuffle=True, seed=config["seed"]
     )
-    loader = ray.train.torch.prepare_data_loader(loader)  # DistributedSampler + device moves
+    loader = DataLoader(
+        train_set, batch_size=batch, sampler=sampler, drop_last=len(train_set) > batch * world
+    )
+    loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)  # device moves
     classes = getattr(preset.space, "num_classes", 0)
-    started = time.perf_counter()
-    for epoch in range(1, config["epochs"] + 1):
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):  # a DistributedSampler when world > 1
-            sampler.set_epoch(epoch)
+    for epoch in range(start_epoch, config["epochs"] + 1):
+        started = time.perf_counter()
+        sampler.set_epoch(epoch)
         loss_sum = count = 0.0
         for x, y in loader:
             optimizer.zero_grad(set_to_none=True)
@@ -104,7 +159,42 @@ def train_point(config: dict) -> None:
             count += len(y)
         schedule.step()
         loss_sum, count = _all_reduce_sum([loss_sum, count], device)
-        metrics = {"epoch": epoch, "train_loss": loss_sum / count, "attempt": config["attempt"]}
+        metrics = {"epoch": epoch, "train_loss": loss_sum / count}
         metrics |= evaluate(model, test_set, batch, device, rank, world, top5=classes > 5)
-        metrics["train_time_s"] = time.perf_counter() - started  # this worker's own work
+        train_time += time.perf_counter() - started
+        metrics |= {"train_time_s": train_time, "attempt": attempt, "start_epoch": start_epoch}
+        metrics["node_id"] = ray.get_runtime_context().get_node_id()  # rank 0's is reported
+        _report_with_checkpoint(metrics, model, optimizer, schedule, epoch, train_time, world)
+
+
+CHECKPOINT_FILE = "state.pt"
+
+
+def _report_with_checkpoint(metrics, model, optimizer, schedule, epoch, train_time, world):
+    """Report the epoch; rank 0 attaches the checkpoint (Ray Train keeps the last two).
+
+    Every rank's RNG state goes in, gathered to rank 0, so a resumed rank continues its own
+    stream.
+    """
+    import ray.train  # noqa: PLC0415
+
+    rng = [None] * world
+    if dist.is_available() and dist.is_initialized():
+        dist.all_gather_object(rng, _rng_state())
+    else:
+        rng = [_rng_state()]
+    if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics)
+        return
+    module = model.module if hasattr(model, "module") else model
+    state = {
+        "model": module.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "epoch": epoch,
+        "train_time_s": train_time,
+        "rng": rng,
+    }
+    with tempfile.TemporaryDirectory() as directory:
+        torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))

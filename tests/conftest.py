@@ -1,12 +1,47 @@
 """Shared fixtures. Ray binds to loopback only: with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 Ray
-takes 127.0.0.1 as the node address (its single-machine mode) instead of the routable one."""
+takes 127.0.0.1 as the node address (its single-machine mode) instead of the routable one.
+
+* ``ray_cluster`` -- a 2-CPU cluster in this process, for one test module.
+* ``multi_node`` -- a head with 0 CPUs and two 1-CPU worker nodes (separate raylets) in their
+  own RAY_TMPDIR, started WITHOUT any storage variables: what reaches the workers comes from
+  the driver's runtime environment, as on a real cluster.
+* ``s3`` -- a real S3 API (moto's server) on 127.0.0.1 with an empty bucket, and the standard
+  AWS variables pointing at it in this process.
+"""
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
 
 import pytest
 
+from ce_ray import local_head
+
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+# Token authentication, as on a fresh machine: every cluster of the suite uses the token that
+# `ray get-auth-token --generate` creates in this HOME (CI runs with a new, empty HOME).
+os.environ["RAY_AUTH_MODE"] = "token"
+local_head.ensure_auth_token(dict(os.environ))
+
+
+def short_tmpdir() -> str:
+    """A new directory under /tmp with a short name: a RAY_TMPDIR must keep Ray's socket paths
+    under the 107 bytes of AF_UNIX (pytest's tmp_path is too deep)."""
+    return tempfile.mkdtemp(prefix="ce-", dir="/tmp")
+
+
+@pytest.fixture
+def ray_tmpdir():
+    path = short_tmpdir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -21,3 +56,95 @@ def ray_cluster():
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def multi_node():
+    """``(cluster, [worker nodes])``: head 0 CPUs + two 1-CPU workers on 127.0.0.1.
+
+    ``RAY_ADDRESS`` points at it while the module runs, so the jobs' own ``ray.init()`` joins
+    it as a submitted job's driver joins its cluster.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    previous = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_ADDRESS")}
+    os.environ["RAY_TMPDIR"] = tmpdir = short_tmpdir()
+    # The dashboard (State API) lets Train free a dead trial's worker group (see the notes).
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1"},
+    )
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    os.environ["RAY_ADDRESS"] = cluster.address
+    try:
+        yield cluster, workers
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+class S3Server:
+    """moto's S3 API as a child process on 127.0.0.1."""
+
+    def __init__(self, env: dict[str, str] | None = None):
+        self.port = local_head.free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ | (env or {}),
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not local_head.listening(self.port):
+            assert self.process.poll() is None and time.monotonic() < deadline, "no moto"
+            time.sleep(0.1)
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+        )  # fmt: skip
+
+    def keys(self, bucket: str) -> list[str]:
+        listing = self.client().list_objects_v2(Bucket=bucket)
+        return [item["Key"] for item in listing.get("Contents", [])]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    server = S3Server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """``(server, bucket)``: a new empty bucket; the AWS variables set in this process."""
+    bucket = f"ce-ray-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    for key, value in (S3_ENV | {"AWS_ENDPOINT_URL": s3_server.endpoint}).items():
+        monkeypatch.setenv(key, value)
+    return s3_server, bucket

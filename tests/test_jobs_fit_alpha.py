@@ -3,13 +3,14 @@ against a real local head. No other Ray cluster runs during this module."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from ce_ray import local_head
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -64,25 +65,20 @@ def test_cli_bad_input_is_one_line(tmp_path, args, message):
     assert not any(tmp_path.iterdir())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def ray_head():
-    gcs, dashboard = _free_port(), _free_port()
-    started = run(
-        str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-        "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dashboard}", "--disable-usage-stats",
-    )  # fmt: skip
-    assert started.returncode == 0, started.stderr[-2000:]
+def ray_head(ray_tmpdir):
+    """A real head (`ray start --head --block`) in its own process group and RAY_TMPDIR,
+    stopped by that group: never `ray stop`, which stops every Ray process on the machine."""
+    tmp = Path(ray_tmpdir)
+    dashboard = local_head.free_port()
+    env = local_head.head_env({"RAY_TMPDIR": str(tmp)})
+    head = local_head.start_head(
+        local_head.free_port(), dashboard, env, ["--num-cpus=2"], log_path=str(tmp / "head.log")
+    )
     try:
         yield f"http://127.0.0.1:{dashboard}"
     finally:
-        run(str(BIN / "ray"), "stop", "--force")
+        local_head.stop_head(head)
 
 
 def test_ray_job_submit_against_a_local_head(ray_head, tmp_path):

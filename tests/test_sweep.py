@@ -78,36 +78,53 @@ def test_sweep_writes_parquet_and_resumes_without_retraining(tmp_path, capsys):
     assert "different configuration (epochs: 2 -> 3)" in capsys.readouterr().err
 
 
-@pytest.mark.usefixtures("ray_cluster")
-def test_killed_training_worker_is_retried_by_tune(tmp_path):
-    args = [
-        "--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "1",
-        "--epochs", "60", "--results", str(tmp_path), "--experiment", "kill",
-    ]  # fmt: skip
-    outcome = {}
-    thread = threading.Thread(target=lambda: outcome.setdefault("rc", sweep.main("primal", args)))
-    thread.start()
-    killed = None
+def kill_a_training_worker_after(tmp_path, experiment: str, epochs: int) -> int | None:
+    """SIGKILL one Ray Train worker once some trial has reported ``epochs`` epochs."""
     deadline = time.monotonic() + 120
-    while killed is None and thread.is_alive() and time.monotonic() < deadline:
-        # Kill mid-training: once a trial has reported its first epoch (of 60) to Tune.
-        if any(
-            len(f.read_text().splitlines()) >= 2 for f in tmp_path.glob("kill/tune/*/result.json")
-        ):
+    while time.monotonic() < deadline:
+        files = tmp_path.glob(f"{experiment}/tune/*/result.json")
+        if any(len(f.read_text().splitlines()) >= epochs for f in files):
             for process in psutil.process_iter(["cmdline"]):
                 if (process.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker"):
                     process.kill()
-                    killed = process.pid
-                    break
+                    return process.pid
         time.sleep(0.05)
+    return None
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result(tmp_path):
+    common = [
+        "--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "1",
+        "--epochs", "40", "--results", str(tmp_path), "--no-report",
+    ]  # fmt: skip
+    assert sweep.main("primal", [*common, "--experiment", "whole"]) == 0
+    whole = pd.read_parquet(tmp_path / "whole/trials.parquet").set_index(["n", "seed"])
+
+    outcome = {}
+    args = [*common, "--experiment", "kill"]
+    thread = threading.Thread(target=lambda: outcome.setdefault("rc", sweep.main("primal", args)))
+    thread.start()
+    killed = kill_a_training_worker_after(tmp_path, "kill", epochs=10)
     thread.join(timeout=600)
     assert killed is not None, "no training worker was found to kill"
     assert outcome.get("rc") == 0
-    trials = pd.read_parquet(tmp_path / "kill/trials.parquet")
-    assert (trials["status"] == "finished").all()
-    assert trials["retries"].sum() >= 1
+    trials = pd.read_parquet(tmp_path / "kill/trials.parquet").set_index(["n", "seed"])
     epochs = pd.read_parquet(tmp_path / "kill/epochs.parquet")
-    assert epochs.groupby("trial_id")["epoch"].apply(sorted).map(len).eq(60).all()
+    assert (trials["status"] == "finished").all() and trials["retries"].sum() >= 1
+    # Each epoch once, in order, whoever trained it.
+    assert (
+        epochs.groupby("trial_id")["epoch"].apply(list).map(lambda e: e == list(range(1, 41))).all()
+    )
+    for _, history in epochs.groupby("trial_id"):
+        for attempt in sorted(set(history["attempt"]) - {0}):
+            # A restart begins right after the last epoch reported before it: only the epoch
+            # that was running at the kill is trained twice.
+            earlier = history.loc[history["attempt"] < attempt, "epoch"].max()
+            assert history.loc[history["attempt"] == attempt, "epoch"].min() == earlier + 1
+    # Same seed, same batches, same weights: the same result as the uninterrupted run.
+    for column in ("final_test_error", "final_train_loss", "best_test_error"):
+        pd.testing.assert_series_equal(trials[column], whole[column])
 
 
 def test_presets_are_consistent():

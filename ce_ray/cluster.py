@@ -1,0 +1,97 @@
+"""The few facts about the Ray cluster that the jobs need: connecting to it so that storage
+credentials reach every node, what it can hold now or after autoscaling, and which node a
+piece of work ran on."""
+
+from __future__ import annotations
+
+import os
+
+from ce_ray import io
+
+# Set by Ray's job manager in the driver of a submitted job (ray._private.runtime_env.constants).
+SUBMITTED_JOB_MARKER = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def init_ray() -> None:
+    """``ray.init()`` once, in the entry point: join the cluster (or start a local one).
+
+    A plain-script driver passes the storage variables it has (AWS_*) to the job's runtime
+    environment, so every task and training worker of the job sees them whatever the nodes
+    were started with. A submitted job already has its runtime environment (``ray job submit
+    --runtime-env-json``, which ``jobs/run_local.py`` fills the same way); Ray refuses the same
+    variable twice, so it is not passed again.
+    """
+    import ray  # noqa: PLC0415
+
+    if ray.is_initialized():
+        return
+    env = io.storage_env()
+    if env and SUBMITTED_JOB_MARKER not in os.environ:
+        ray.init(runtime_env={"env_vars": env})
+    else:
+        ray.init()
+
+
+def max_resources() -> dict[str, float]:
+    """What the cluster can hold: on an autoscaling cluster, the most its node types allow
+    (max workers x resources per type, capped by the cluster's max_workers); on a fixed
+    cluster, its current total.
+
+    Ray 2.60 has no public call for this. The limits come from the GCS's cluster config where
+    an autoscaler reports one (autoscaler v2, KubeRay), else from the autoscaling config of
+    the v1 autoscaler running on this node (the head; `ray up` and `ray job submit` drivers
+    run there), else the cluster is taken as fixed.
+    """
+    import ray  # noqa: PLC0415
+    from ray._private.state import state  # noqa: PLC0415 -- Ray Data reads it the same way
+
+    current = ray.cluster_resources()
+    try:
+        limits = state.get_max_resources_from_cluster_config() or _local_autoscaler_limits()
+    except Exception:  # noqa: BLE001 -- no readable limits: treat the cluster as fixed
+        limits = None
+    if not limits:
+        return current
+    keys = set(limits) | set(current)
+    return {key: max(float(limits.get(key, 0)), current.get(key, 0.0)) for key in keys}
+
+
+def _local_autoscaler_limits() -> dict[str, float] | None:
+    """Resource limits from the ``--autoscaling-config`` of a Ray monitor on this node."""
+    import psutil  # noqa: PLC0415
+    import yaml  # noqa: PLC0415
+
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if not any(part.endswith("autoscaler/_private/monitor.py") for part in command):
+            continue
+        for part in command:
+            if part.startswith("--autoscaling-config="):
+                path = os.path.expanduser(part.split("=", 1)[1])
+                with open(path) as stream:
+                    return autoscaling_limits(yaml.safe_load(stream))
+    return None
+
+
+def autoscaling_limits(config: dict) -> dict[str, float]:
+    """Total resources of an autoscaler config at full size: the head plus every worker type
+    at its ``max_workers``, the worker count capped by the top-level ``max_workers``."""
+    types = config["available_node_types"]
+    head_type = config["head_node_type"]
+    budget = config.get("max_workers", float("inf"))
+    totals: dict[str, float] = dict(types[head_type].get("resources", {}))
+    for name, node_type in sorted(types.items()):
+        if name == head_type:
+            continue
+        count = min(node_type.get("max_workers", 0), budget)
+        budget -= count
+        for key, value in node_type.get("resources", {}).items():
+            totals[key] = totals.get(key, 0.0) + count * value
+    return totals
+
+
+def node_id() -> str:
+    """The Ray node this process runs on."""
+    import ray  # noqa: PLC0415
+
+    return ray.get_runtime_context().get_node_id()

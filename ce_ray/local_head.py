@@ -1,0 +1,123 @@
+"""A Ray head on this machine, started and stopped as one process group.
+
+`jobs/run_local.py` and the tests start real heads with ``ray start --head --block`` so that
+``ray job submit`` has something to talk to. ``--block`` keeps the ``ray start`` process alive
+as the parent of the GCS, the raylet, the dashboard and the workers, all in one new process
+group: stopping that group stops exactly this head, never another cluster on the machine
+(``ray stop`` would stop every Ray process here).
+
+Token authentication is on by default in Ray 2.60 and ``ray start`` never creates a token, so
+on a fresh machine it refuses to start. :func:`ensure_auth_token` creates one the way Ray
+supports (``ray get-auth-token --generate``: ``~/.ray/auth_token``) when none exists.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+# Ray looks for a token in this order; any one of them is enough.
+TOKEN_SOURCES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def ensure_auth_token(env: dict[str, str]) -> None:
+    """Create ``~/.ray/auth_token`` (of ``env``'s HOME) unless a token is already given."""
+    if any(env.get(name) for name in TOKEN_SOURCES):
+        return
+    if (Path(env.get("HOME", str(Path.home()))) / ".ray" / "auth_token").exists():
+        return
+    subprocess.run(
+        [str(BIN / "ray"), "get-auth-token", "--generate"],
+        check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def head_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a loopback-only head with token authentication."""
+    return (
+        os.environ
+        | {
+            # Ray's single-machine mode: every Ray process binds to 127.0.0.1 only.
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            # The head's workers and the job's `python` are this environment's.
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "RAY_AUTH_MODE": "token",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+        | (extra or {})
+    )
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_head(
+    gcs_port: int,
+    dashboard_port: int,
+    env: dict[str, str],
+    extra_args: list[str] | None = None,
+    log_path: str | None = None,
+    timeout_s: float = 120.0,
+) -> subprocess.Popen:
+    """Start ``ray start --head --block`` in a new process group; return once its dashboard
+    (and so the job API) answers. Raises RuntimeError with the head's last output on failure."""
+    ensure_auth_token(env)
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={gcs_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+         f"--dashboard-port={dashboard_port}", "--disable-usage-stats", *(extra_args or [])],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while not listening(dashboard_port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_head(process)
+            tail = Path(log_path).read_text()[-2000:] if log_path else ""
+            raise RuntimeError(f"the Ray head did not start (exit {process.returncode}): {tail}")
+        time.sleep(0.25)
+    return process
+
+
+def stop_head(process: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """Stop the head's whole process group: SIGTERM, then SIGKILL after ``grace_s``.
+
+    (Ray drains a node for up to 30 s on SIGTERM; nothing of ours needs that.)
+    """
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _group_alive(process.pid):
+        process.poll()
+        time.sleep(0.2)
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,158 @@
+"""Several nodes: a 0-CPU head and two 1-CPU workers (separate raylets) on 127.0.0.1, results
+on a real S3 API, and worker nodes removed mid-run. The nodes are started without any AWS
+variables: the driver's runtime environment is what carries them to tasks and workers."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ce_ray import fit_alpha as fa
+from ce_ray import io, sweep
+from tests.conftest import short_tmpdir
+
+ROOT = Path(__file__).resolve().parent.parent
+FIT = ["--preset", "mlp", "--widths", "8,16,32", "--samples", "2000", "--shard-size", "250",
+       "--bootstrap", "50", "--seed", "3"]  # fmt: skip
+SWEEP = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "1"]
+
+pytestmark = pytest.mark.usefixtures("multi_node")
+
+
+@pytest.fixture(scope="module")
+def single_node_alpha(tmp_path_factory):
+    """The same fit as a plain script on its own one-node cluster (another RAY_TMPDIR)."""
+    results = tmp_path_factory.mktemp("single")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = short_tmpdir()
+    run = subprocess.run(
+        [sys.executable, "jobs/fit_alpha.py", *FIT, "--workers", "2", "--results", str(results),
+         "--experiment", "single", "--json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return pd.read_parquet(results / "single/fit_alpha/alpha.parquet").loc[0, "alpha"]
+
+
+def shard_nodes(directory: str) -> set[str]:
+    shard_dir = io.join(directory, "shards")
+    names = io.list_files(shard_dir, ".parquet")
+    return {io.read_metadata(io.join(shard_dir, name))["node_id"] for name in names}
+
+
+def worker_ids(multi_node) -> set[str]:
+    return {node.node_id for node in multi_node[1]}
+
+
+def fit(results: str, experiment: str) -> fa.FitResult:
+    parser = __import__("argparse").ArgumentParser()
+    fa.add_arguments(parser)
+    args = parser.parse_args([*FIT, "--results", results, "--experiment", experiment])
+    return fa.fit_alpha(fa.config_from_args(args), results, experiment, workers=2, bootstrap=50,
+                        log=lambda _: None)  # fmt: skip
+
+
+def test_fit_alpha_shards_run_on_both_workers_and_alpha_matches_one_node(
+    multi_node, s3, single_node_alpha
+):
+    server, bucket = s3
+    from ce_ray import cluster
+
+    cluster.init_ray()
+    result = fit(f"s3://{bucket}/fits", "multi")
+    assert result.alpha == single_node_alpha  # to the last bit
+    assert shard_nodes(result.directory) == worker_ids(multi_node)  # both workers, not the head
+    alpha = pd.read_parquet(f"s3://{bucket}/fits/multi/fit_alpha/alpha.parquet")  # pandas alone
+    assert alpha.loc[0, "alpha"] == single_node_alpha
+
+
+def test_sweep_trains_on_the_workers_and_writes_to_s3(multi_node, s3):
+    server, bucket = s3
+    results = f"s3://{bucket}/sweeps"
+    args = [*SWEEP, "--epochs", "3", "--results", results, "--experiment", "s3"]
+    assert sweep.main("primal", args) == 0
+    trials = pd.read_parquet(f"{results}/s3/trials.parquet")
+    epochs = pd.read_parquet(f"{results}/s3/epochs.parquet")
+    assert len(trials) == 2 and (trials["status"] == "finished").all()
+    assert len(epochs) == 6 and set(epochs["node_id"]) <= worker_ids(multi_node)
+    keys = server.keys(bucket)
+    for name in ("trials.parquet", "epochs.parquet", "curves.parquet", "curves.png",
+                 "test_error.png", "sweep.json"):  # fmt: skip
+        assert f"sweeps/s3/{name}" in keys
+    assert any(k.startswith("sweeps/s3/tune/") for k in keys)
+    assert any(k.startswith("sweeps/s3/train/") and "checkpoint" in k for k in keys)
+    # A rerun resumes from S3: nothing is trained again.
+    assert sweep.main("primal", args) == 0
+    pd.testing.assert_frame_equal(epochs, pd.read_parquet(f"{results}/s3/epochs.parquet"))
+
+
+def _remove_a_worker_once(multi_node, ready) -> str:
+    """In the main thread (Ray's requirement): wait for ``ready()``, remove a worker node,
+    add a fresh one for the tests after. Returns the removed node's id."""
+    cluster, workers = multi_node
+    deadline = time.monotonic() + 180
+    while not ready():
+        assert time.monotonic() < deadline, "the run never reached the point of the kill"
+        time.sleep(0.05)
+    victim = workers.pop(0)
+    cluster.remove_node(victim)
+    return victim.node_id
+
+
+def test_a_lost_node_mid_sweep_continues_from_checkpoints(multi_node, tmp_path):
+    args = [*SWEEP, "--epochs", "40", "--results", str(tmp_path), "--experiment", "lost"]
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("rc", sweep.main("dual", args)))
+    thread.start()
+
+    def some_trial_reported_epochs() -> bool:
+        files = tmp_path.glob("lost/tune/*/result.json")
+        return any(len(f.read_text().splitlines()) >= 5 for f in files) or not thread.is_alive()
+
+    removed = _remove_a_worker_once(multi_node, some_trial_reported_epochs)
+    thread.join(timeout=600)
+    multi_node[1].append(multi_node[0].add_node(num_cpus=1))
+    assert outcome.get("rc") == 0
+    trials = pd.read_parquet(tmp_path / "lost/trials.parquet")
+    epochs = pd.read_parquet(tmp_path / "lost/epochs.parquet")
+    assert len(trials) == 2 and trials.groupby(["n", "seed"]).size().eq(1).all()
+    assert (trials["status"] == "finished").all()
+    assert (
+        epochs.groupby("trial_id")["epoch"].apply(list).map(lambda e: e == list(range(1, 41))).all()
+    )
+    lost = epochs[epochs["node_id"] == removed]
+    assert len(lost), "no trial trained on the removed node"
+    for trial_id, history in epochs.groupby("trial_id"):
+        if removed in set(history["node_id"]):
+            # It went on elsewhere, from its checkpoint: later epochs by a later start.
+            after = history[
+                history["epoch"] > history.loc[history["node_id"] == removed, "epoch"].max()
+            ]
+            assert (
+                len(after)
+                and (after["attempt"] >= 1).all()
+                and removed not in set(after["node_id"])
+            )
+            assert trials.set_index("trial_id").loc[trial_id, "retries"] >= 1
+
+
+def test_a_lost_node_mid_fit_alpha_gives_the_same_alpha(multi_node, tmp_path, single_node_alpha):
+    from ce_ray import cluster
+
+    cluster.init_ray()
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("r", fit(str(tmp_path), "lost")))
+    thread.start()
+    shard_dir = tmp_path / "lost/fit_alpha/shards"
+    removed = _remove_a_worker_once(
+        multi_node, lambda: len(list(shard_dir.glob("w*.parquet"))) >= 3 or not thread.is_alive()
+    )
+    thread.join(timeout=600)
+    multi_node[1].append(multi_node[0].add_node(num_cpus=1))
+    assert outcome["r"].alpha == single_node_alpha
+    assert removed in shard_nodes(str(tmp_path / "lost/fit_alpha"))

@@ -1,0 +1,102 @@
+"""Results locations: a real S3 API on 127.0.0.1 (moto's server), and locations that cannot
+be written failing before any Ray work with one line naming the location and the reason."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from ce_ray import io, sweep
+from tests.conftest import S3_ENV, S3Server
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SWEEP = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "1"]
+FIT = ["--preset", "mlp", "--widths", "8,16", "--samples", "100", "--workers", "1"]
+
+
+def assert_one_line_exit_2(run, location: str, reason: str) -> None:
+    rc, err = run(location)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1, err[-2000:]
+    assert f"--results {location}: cannot write there: " in lines[0] and reason in lines[0], lines
+
+
+def run_sweep(capsys):
+    def run(location):
+        rc = sweep.main("primal", [*SWEEP, "--results", location])
+        return rc, capsys.readouterr().err
+
+    return run
+
+
+def run_fit_cli(location, env=None):
+    result = subprocess.run(
+        [str(BIN / "ce-ray"), "fit-alpha", *FIT, "--results", location],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, env=env,
+    )  # fmt: skip
+    return result.returncode, result.stderr
+
+
+def test_a_path_under_a_file_fails_first(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    location = str(blocker / "results")
+    assert_one_line_exit_2(run_sweep(capsys), location, f"{blocker} is a file")
+    assert_one_line_exit_2(run_fit_cli, location, f"{blocker} is a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_missing_bucket_fails_first(s3, capsys):
+    server, bucket = s3
+    location = "s3://no-such-bucket/prefix"
+    assert_one_line_exit_2(run_sweep(capsys), location, "bucket 'no-such-bucket' does not exist")
+    assert_one_line_exit_2(run_fit_cli, location, "bucket 'no-such-bucket' does not exist")
+    assert server.keys(bucket) == []
+
+
+def test_an_unreachable_endpoint_fails_first(s3, capsys, monkeypatch):
+    from ce_ray import local_head
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{local_head.free_port()}")
+    assert_one_line_exit_2(run_sweep(capsys), f"s3://{s3[1]}/x", "connect")
+
+
+def test_wrong_credentials_fail_first(capsys, monkeypatch):
+    # A second server that checks credentials: every key is unknown to it.
+    server = S3Server(env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    try:
+        for key, value in (S3_ENV | {"AWS_ENDPOINT_URL": server.endpoint}).items():
+            monkeypatch.setenv(key, value)
+        assert_one_line_exit_2(run_sweep(capsys), "s3://some-bucket/x", "AWS Error")
+    finally:
+        server.stop()
+
+
+def test_check_writable_leaves_nothing_behind(s3, tmp_path):
+    server, bucket = s3
+    io.check_writable(f"s3://{bucket}/deep/prefix")
+    io.check_writable(str(tmp_path / "a/b/c"))
+    assert server.keys(bucket) == [] and not any(tmp_path.iterdir())
+
+
+def test_fit_alpha_writes_and_resumes_on_s3_and_pandas_reads_it(s3, ray_tmpdir):
+    """The plain script with only the AWS variables set where it runs: its own local cluster
+    gets them through the job's runtime environment."""
+    server, bucket = s3
+    location = f"s3://{bucket}/r"
+    env = os.environ | {"RAY_TMPDIR": ray_tmpdir}
+    command = [sys.executable, "jobs/fit_alpha.py", *FIT, "--samples", "400", "--shard-size",
+               "200", "--results", location, "--experiment", "e", "--bootstrap", "20"]  # fmt: skip
+    first = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming: 4/4 shards already on disk" in again.stdout
+    alpha = pd.read_parquet(f"{location}/e/fit_alpha/alpha.parquet").loc[0, "alpha"]
+    assert f"alpha = {alpha:.4f}" in first.stdout and f"alpha = {alpha:.4f}" in again.stdout
+    keys = {k.removeprefix("r/e/fit_alpha/") for k in server.keys(bucket)}
+    assert {"alpha.png", "config.json", "moments.parquet", "alpha.parquet"} <= keys
+    assert len([k for k in keys if k.startswith("shards/w")]) == 4
