@@ -70,6 +70,16 @@ def _torchvision(name: str, data_root: str, train_transform, test_transform):
         ) from None
 
 
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve_root(data_root: str) -> str:
+    """An absolute data root as is; a relative one under the project directory -- the job's
+    working directory on every node under ``ray job submit``, wherever Ray unpacked it, so
+    that a resubmitted job (a new copy) still names the same data."""
+    return data_root if os.path.isabs(data_root) else os.path.join(PROJECT_ROOT, data_root)
+
+
 def load(name: str, data_root: str) -> tuple[Dataset, Dataset]:
     """``(train, test)`` of dataset ``name``; files are read from ``data_root``."""
     if name == "digits":

@@ -205,6 +205,18 @@ class FitResult:
         return record
 
 
+def _whole(shard_dir: str, shard: Shard, present: set[str], log) -> bool:
+    """Whether the shard's file is on disk and whole; a damaged one is deleted (recomputed)."""
+    location = io.join(shard_dir, shard.filename)
+    if shard.filename not in present:
+        return False
+    if io.parquet_rows(location) == shard.stop - shard.start:
+        return True
+    log(f"[fit-alpha] {shard.filename} is damaged (not a whole shard): recomputing it")
+    io.delete(location)
+    return False
+
+
 def sample_all_shards(
     config: FitConfig, directory: str, workers: int, log=print, max_retries: int = 3
 ) -> list[tuple[Shard, float]]:
@@ -217,10 +229,12 @@ def sample_all_shards(
 
     cluster.init_ray()
     shard_dir = io.join(directory, "shards")
-    done = set(io.list_files(shard_dir, ".parquet"))
-    todo = [s for s in plan_shards(config) if s.filename not in done]
+    if removed := io.remove_temporaries(shard_dir):  # writes killed half-way, before a resume
+        log(f"[fit-alpha] removed {removed} unfinished write(s) in {shard_dir}")
+    present = set(io.list_files(shard_dir, ".parquet"))
+    todo = [s for s in plan_shards(config) if not _whole(shard_dir, s, present, log)]
     total = len(plan_shards(config))
-    if done:
+    if total > len(todo):
         log(f"[fit-alpha] resuming: {total - len(todo)}/{total} shards already on disk")
     resources = {"num_cpus": 1, "num_gpus": 1 if config.device.startswith("cuda") else 0}
     task = ray.remote(_shard_task).options(max_retries=max_retries, **resources)
@@ -364,6 +378,23 @@ def plot_fit(result: FitResult) -> bytes:
     return buffer.getvalue()
 
 
+def check_settings(config: FitConfig, workers: int | None, bootstrap: int) -> None:
+    """Reject settings that cannot run, before anything is written or any Ray work starts."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be >= 1; got {workers}")
+    if bootstrap < 1:
+        raise ValueError(f"--bootstrap must be >= 1; got {bootstrap}")
+    for width in config.widths:  # a chunk must hold one sample at every width
+        chunk_size(
+            config.space.ntk_block(),
+            width,
+            2 if config.off_diagonal else 1,
+            config.method,
+            config.memory_budget,
+            DTYPES[config.dtype],
+        )
+
+
 def fit_alpha(
     config: FitConfig,
     results: str,
@@ -375,19 +406,7 @@ def fit_alpha(
     log=print,
 ) -> FitResult:
     """Algorithm 1 end to end: sample (resuming), then fit and write the outputs."""
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1; got {workers}")
-    if bootstrap < 1:
-        raise ValueError(f"--bootstrap must be >= 1; got {bootstrap}")
-    for width in config.widths:  # fail before anything is written, not inside a task
-        chunk_size(
-            config.space.ntk_block(),
-            width,
-            2 if config.off_diagonal else 1,
-            config.method,
-            config.memory_budget,
-            DTYPES[config.dtype],
-        )
+    check_settings(config, workers, bootstrap)
     directory = io.join(results, experiment, "fit_alpha")
     io.check_or_write_config(directory, config.to_json())
     sample_all_shards(config, directory, workers, log)
@@ -444,6 +463,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     experiment = args.experiment or args.preset
     results = io.resolve(args.results)
+    check_settings(config, args.workers, args.bootstrap)
     io.check_writable(results)
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     cluster.init_ray()

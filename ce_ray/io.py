@@ -106,7 +106,7 @@ EPOCHS_SCHEMA = pa.schema(
         pa.field("train_loss", pa.float64()),
         pa.field("test_error", pa.float64()),
         pa.field("test_error_top5", pa.float64()),
-        pa.field("time_total_s", pa.float64()),  # since the trial started (Tune's clock)
+        pa.field("time_total_s", pa.float64()),  # wall clock since the trial first started
         pa.field("train_time_s", pa.float64()),  # in the training loop, summed over epochs
         pa.field("attempt", pa.int64()),  # which start of the trial trained it (0 = first)
         pa.field("node_id", pa.string()),  # the Ray node of the rank-0 training worker
@@ -210,12 +210,44 @@ def exists(location: str) -> bool:
 
 
 def list_files(location: str, suffix: str = "") -> list[str]:
-    """Names (not paths) of the files directly under ``location``; [] when it is missing."""
+    """Names (not paths) of the files directly under ``location``, temporaries of unfinished
+    writes left out; [] when it is missing."""
+    return [n for n in _names(location, suffix) if not n.startswith(TEMPORARY_PREFIX)]
+
+
+def _names(location: str, suffix: str = "") -> list[str]:
     fs, path = filesystem(location)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path))
     return sorted(i.base_name for i in infos if i.is_file and i.base_name.endswith(suffix))
+
+
+def remove_temporaries(location: str) -> int:
+    """Delete what writes killed half-way left directly under ``location``; returns how many.
+
+    Call it only when no writer is running there (e.g. before a resume starts its tasks).
+    """
+    fs, path = filesystem(location)
+    leftovers = [n for n in _names(location) if n.startswith(TEMPORARY_PREFIX)]
+    for name in leftovers:
+        fs.delete_file(f"{path}/{name}")
+    return len(leftovers)
+
+
+def delete(location: str) -> None:
+    fs, path = filesystem(location)
+    fs.delete_file(path)
+
+
+def parquet_rows(location: str) -> int | None:
+    """Rows of a Parquet file, or None when it is not a whole Parquet file (truncated)."""
+    fs, path = filesystem(location)
+    try:
+        with fs.open_input_file(path) as stream:
+            return pq.ParquetFile(stream).metadata.num_rows
+    except (OSError, pa.ArrowException):
+        return None
 
 
 def library_versions() -> dict[str, str]:
@@ -228,11 +260,16 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+#: Name prefix of the temporary files of :func:`_atomic_write`; a process killed mid-write
+#: leaves one behind, which :func:`remove_temporaries` clears.
+TEMPORARY_PREFIX = ".tmp-"
+
+
 def _atomic_write(location: str, write) -> None:
     fs, path = filesystem(location)
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
-    temporary = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
+    temporary = f"{parent}/{TEMPORARY_PREFIX}{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}"
     try:
         with fs.open_output_stream(temporary) as stream:
             write(stream)

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,17 +77,23 @@ def start_head(
     timeout_s: float = 120.0,
 ) -> subprocess.Popen:
     """Start ``ray start --head --block`` in a new process group; return once its dashboard
-    (and so the job API) answers. Raises RuntimeError with the head's last output on failure."""
+    and its dashboard agent (which runs submitted jobs) listen: the dashboard alone answers
+    `ray job submit` with "No available agent" while the agent is starting (seen on a busy
+    2-core machine). Raises RuntimeError with the head's last output on failure."""
     ensure_auth_token(env)
+    agent_port = free_port()
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={gcs_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-         f"--dashboard-port={dashboard_port}", "--disable-usage-stats", *(extra_args or [])],
+         f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={agent_port}",
+         "--disable-usage-stats", *(extra_args or [])],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
+    process.gcs_address = f"127.0.0.1:{gcs_port}"  # for stop_head's clean-up
+    process.ray_tmpdir = env.get("RAY_TMPDIR", tempfile.gettempdir())
     deadline = time.monotonic() + timeout_s
-    while not listening(dashboard_port):
+    while not (listening(dashboard_port) and listening(agent_port)):
         if process.poll() is not None or time.monotonic() > deadline:
             stop_head(process)
             tail = Path(log_path).read_text()[-2000:] if log_path else ""
@@ -95,24 +102,31 @@ def start_head(
     return process
 
 
-def stop_head(process: subprocess.Popen, grace_s: float = 5.0) -> None:
+def stop_head(process: subprocess.Popen, grace_s: float = 3.0) -> None:
     """Stop the head's whole process group: SIGTERM, then SIGKILL after ``grace_s``.
 
-    (Ray drains a node for up to 30 s on SIGTERM; nothing of ours needs that.)
+    (Ray drains a node for up to 30 s on SIGTERM; nothing of ours needs that.) Like
+    ``ray stop``, it then removes the head's entry in ``<RAY_TMPDIR>/ray/ray_current_cluster``;
+    left behind, it makes the next ``ray.init()`` on this machine try to join the dead head.
     """
     try:
         os.killpg(process.pid, signal.SIGTERM)
     except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _group_alive(process.pid):
-        process.poll()
-        time.sleep(0.2)
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
         pass
+    else:
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and _group_alive(process.pid):
+            process.poll()
+            time.sleep(0.2)
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     process.wait()
+    address = getattr(process, "gcs_address", None)
+    current = Path(getattr(process, "ray_tmpdir", "/tmp")) / "ray" / "ray_current_cluster"
+    if address and current.exists() and current.read_text().strip() == address:
+        current.unlink()
 
 
 def _group_alive(pgid: int) -> bool:

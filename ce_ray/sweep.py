@@ -11,6 +11,7 @@ Train runs), ``trials.parquet``, ``epochs.parquet``, and the report's PNGs.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -104,7 +105,7 @@ def run_trial(config: dict) -> None:
             "seed": derive_seed(config["experiment_seed"], point["n"], point["m"], seed_index),
             "epochs": config["epochs"],
             "data_root": config["data_root"],
-            "starts_file": io.join(config["starts_storage"], trial_id),
+            "record": record_location(config["records_storage"], trial_id),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=config["workers_per_trial"],
@@ -122,23 +123,31 @@ def run_trial(config: dict) -> None:
     trainer.fit()
 
 
-def _rows(results, points: pd.DataFrame, config: SweepConfig, experiment: str, space_name: str):
-    """trials and epochs DataFrames from Tune's ResultGrid."""
+def record_location(records: str, trial_id: str) -> str:
+    return io.join(records, f"{trial_id}.json")
+
+
+def _history(directory: str, trial_id: str) -> pd.DataFrame:
+    """The trial's epochs from its TrialRecord (one row per epoch, the latest training)."""
+    location = record_location(io.join(directory, "records"), trial_id)
+    rows = json.loads(io.read_text(location))["epochs"] if io.exists(location) else []
+    columns = ["epoch", "train_loss", "test_error", "attempt"]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
+
+
+def _rows(results, points: pd.DataFrame, config: SweepConfig, experiment: str, space_name: str,
+          directory: str):  # fmt: skip
+    """trials and epochs DataFrames: status and errors from Tune's ResultGrid, epochs from
+    each trial's record."""
     by_width = points.set_index("n")
     trials, epochs = [], []
     for result in results:
         point, seed = result.config["point"], result.config["seed"]
         row = by_width.loc[point["n"]]
-        history = result.metrics_dataframe
-        if history is None or "epoch" not in getattr(history, "columns", []):
-            history = pd.DataFrame(columns=["epoch", "train_loss", "test_error", "attempt"])
-        history = history.dropna(subset=["epoch"]) if len(history) else history
-        if len(history):
-            # An epoch reported twice (a start that died after reporting it, before Train
-            # registered its checkpoint, and the retrain) counts once: the latest report.
-            history = history.drop_duplicates("epoch", keep="last").sort_values("epoch")
-        metrics = result.metrics or {}
-        trial_id = metrics.get("trial_id") or os.path.basename(str(result.path))
+        # The trial directory is named by _trial_name: "<m>x<n>d-seed<s>-<trial id>".
+        trial_id = os.path.basename(str(result.path).rstrip("/")).rsplit("-", 1)[-1]
+        history = _history(directory, trial_id)
+        metrics = {"time_total_s": history["time_total_s"].iloc[-1]} if len(history) else {}
         done = int(history["epoch"].max()) if len(history) else 0
         status = "error" if result.error else (
             "finished" if done >= config.epochs else "stopped_early"
@@ -267,7 +276,7 @@ def run_sweep(
             "gpus_per_worker": config.gpus_per_worker,
             "cpus_per_worker": config.cpus_per_worker,
             "train_storage": io.join(directory, "train"),
-            "starts_storage": io.join(directory, "starts"),
+            "records_storage": io.join(directory, "records"),
             "max_failures": max_failures,
         }
         tuner = tune.Tuner(
@@ -290,7 +299,7 @@ def run_sweep(
             ),
         )
     grid = tuner.fit()
-    trials, epochs = _rows(grid, points, config, experiment, space_name)
+    trials, epochs = _rows(grid, points, config, experiment, space_name, directory)
     io.write_parquet(pa.Table.from_pandas(trials), io.join(directory, "trials.parquet"),
                      io.TRIALS_SCHEMA)  # fmt: skip
     io.write_parquet(pa.Table.from_pandas(epochs), io.join(directory, "epochs.parquet"),
@@ -415,8 +424,9 @@ def main(formulation: str, argv: list[str] | None = None) -> int:
         args.experiment = args.experiment or f"{preset.name}-{formulation}"
         results = io.resolve(args.results)
         io.check_writable(results)
-        data_root = os.path.abspath(args.data_root)
-        data.load(preset.dataset, data_root)  # fail now, with one line, if the data is missing
+        # Kept as given: a relative root names the same data in every job's working-dir copy.
+        data_root = args.data_root
+        data.load(preset.dataset, data.resolve_root(data_root))  # missing data: one line, now
         alpha = known_alpha(args, preset)
         cluster.init_ray()
         if alpha is None:

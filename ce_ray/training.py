@@ -4,6 +4,7 @@ GPU, DDP over NCCL; gloo on CPU). Ordinary PyTorch plus ``ray.train.report`` onc
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
@@ -43,7 +44,8 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 def evaluate(model, test_set, batch_size: int, device, rank: int, world: int, top5: bool):
     """Top-1 (and top-5) test error in percent over the WHOLE test set: each rank scores the
-    examples rank, rank + world, ... and the counts are summed (no padding, no repeats)."""
+    examples rank, rank + world, ... and the counts are summed (no padding, no repeats);
+    ``test_examples`` is that sum."""
     loader = DataLoader(Subset(test_set, range(rank, len(test_set), world)), batch_size)
     model.eval()
     wrong1 = wrong5 = total = 0.0
@@ -57,7 +59,7 @@ def evaluate(model, test_set, batch_size: int, device, rank: int, world: int, to
             total += len(y)
     model.train()
     wrong1, wrong5, total = _all_reduce_sum([wrong1, wrong5, total], device)
-    errors = {"test_error": 100.0 * wrong1 / total}
+    errors = {"test_error": 100.0 * wrong1 / total, "test_examples": int(total)}
     if top5:
         errors["test_error_top5"] = 100.0 * wrong5 / total
     return errors
@@ -82,25 +84,45 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _count_start(location: str | None) -> int:
-    """How many times this trial's training started before (0 on the first start).
+class TrialRecord:
+    """The trial's own account of its training, one JSON file in the results storage:
+    ``starts`` (how often its training began), ``first_started_at`` (unix time) and
+    ``epochs`` (one metrics dict per trained epoch).
 
-    Kept in the results storage, not in the checkpoint, so that a start that died before its
-    first checkpoint counts too, and not on a node's disk, so that a retry on another node
-    sees it. Only rank 0 calls it; starts of one trial never overlap.
+    It is the source of ``epochs.parquet``: Tune's copy of the reports can lag behind the
+    checkpoints when a job is stopped (seen: epochs 31-33 checkpointed, Tune's history ending at
+    30). It lives in the results storage, not in a checkpoint or on a node's disk, so that a
+    start that died before its first checkpoint is counted and a retry on another node sees
+    it. Only rank 0 writes it; starts of one trial never overlap. Each epoch is written before
+    it is reported, and a start drops the epochs after its checkpoint, which it trains again.
     """
-    if location is None:
-        return 0
-    previous = int(io.read_text(location)) if io.exists(location) else 0
-    io.write_bytes(str(previous + 1).encode(), location)
-    return previous
+
+    def __init__(self, location: str, start_epoch: int):
+        self.location = location
+        record = json.loads(io.read_text(location)) if io.exists(location) else {}
+        self.attempt = record.get("starts", 0)
+        self.first_started_at = record.get("first_started_at", time.time())
+        self.epochs = [e for e in record.get("epochs", []) if e["epoch"] < start_epoch]
+        self._write()
+
+    def add(self, metrics: dict) -> None:
+        self.epochs.append(metrics)
+        self._write()
+
+    def _write(self) -> None:
+        record = {
+            "starts": self.attempt + 1,
+            "first_started_at": self.first_started_at,
+            "epochs": self.epochs,
+        }
+        io.write_bytes(json.dumps(record).encode(), self.location)
 
 
 def train_point(config: dict) -> None:
     """Ray Train's ``train_loop_per_worker`` for one (point, seed).
 
     ``config`` carries: preset, m, n, seed (the trial's derived seed), epochs, data_root and
-    ``starts_file`` (where the trial's starts are counted). Reports ``epoch``, ``train_loss``,
+    ``record`` (the location of its :class:`TrialRecord`). Reports ``epoch``, ``train_loss``,
     ``test_error`` (and ``test_error_top5`` when there are more than 5 classes), ``attempt``
     (0 for the first start of the trial), ``start_epoch`` and ``node_id`` after every epoch,
     each report with a checkpoint (model, optimizer, lr schedule, epoch, every RNG state).
@@ -121,7 +143,7 @@ def train_point(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(config["seed"])  # same initial weights on every rank (DDP checks)
 
-    train_set, test_set = data.load(preset.dataset, config["data_root"])
+    train_set, test_set = data.load(preset.dataset, data.resolve_root(config["data_root"]))
     model = preset.space.build(config["m"], config["n"])
     optimizer, schedule = make_optimizer(model, recipe)
     start_epoch, train_time = 1, 0.0
@@ -134,7 +156,8 @@ def train_point(config: dict) -> None:
         schedule.load_state_dict(state["schedule"])
         _set_rng_state(state["rng"][rank])
         start_epoch, train_time = state["epoch"] + 1, state["train_time_s"]
-    attempt = _count_start(config.get("starts_file")) if rank == 0 else 0
+    record = TrialRecord(config["record"], start_epoch) if rank == 0 else None
+    attempt = record.attempt if record else 0
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     batch = max(1, recipe.batch_size // world)
@@ -164,6 +187,9 @@ def train_point(config: dict) -> None:
         train_time += time.perf_counter() - started
         metrics |= {"train_time_s": train_time, "attempt": attempt, "start_epoch": start_epoch}
         metrics["node_id"] = ray.get_runtime_context().get_node_id()  # rank 0's is reported
+        if record is not None:
+            metrics["time_total_s"] = time.time() - record.first_started_at
+            record.add(metrics)
         _report_with_checkpoint(metrics, model, optimizer, schedule, epoch, train_time, world)
 
 

@@ -36,3 +36,21 @@ def test_schema_rejects_a_broken_config():
     broken = dict(CONFIG, max_workers="many")
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, SCHEMA)
+
+
+def test_head_creates_the_token_and_every_node_joins_with_it():
+    assert any("get-auth-token --generate" in c for c in CONFIG["head_setup_commands"])
+    assert "~/.ray/auth_token" in CONFIG["cluster_synced_files"]  # head -> workers, before start
+    for commands in (CONFIG["head_start_ray_commands"], CONFIG["worker_start_ray_commands"]):
+        start = next(c for c in commands if "ray start" in c)
+        assert "RAY_AUTH_MODE=token ray start" in start
+    assert any("CE_RAY_RESULTS=s3://" in c for c in CONFIG["setup_commands"])
+
+
+def test_default_concurrency_counts_the_cluster_at_full_size():
+    from ce_ray.cluster import autoscaling_limits
+
+    limits = autoscaling_limits(CONFIG)
+    assert limits == {"CPU": 8 * 48, "GPU": 8 * 4}  # the head holds none
+    capped = autoscaling_limits(dict(CONFIG, max_workers=3))
+    assert capped == {"CPU": 3 * 48, "GPU": 3 * 4}

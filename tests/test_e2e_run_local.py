@@ -14,15 +14,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_run_local_submits_the_default_job_and_stops_its_head(tmp_path):
+    home = tmp_path / "home"  # a fresh machine: no ~/.ray, so no auth token yet
+    home.mkdir()
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH_TOKEN", "RAY_ADDRESS"))
+    }
     result = subprocess.run(
         [sys.executable, "jobs/run_local.py", "--points", "2", "--seeds", "1", "--epochs", "2",
          "--results", str(tmp_path)],
         capture_output=True, text=True, cwd=ROOT, timeout=900,
-        env=os.environ | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
+        env=env | {"HOME": str(home), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
     )  # fmt: skip
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     out = result.stdout
     assert "[run_local] starting a Ray head on 127.0.0.1" in out
+    assert (home / ".ray/auth_token").stat().st_size == 64  # created the way Ray supports
     assert "[run_local] stopping the Ray head it started" in out
     assert "succeeded" in out + result.stderr
     directory = tmp_path / "digits-mlp-primal"
@@ -40,3 +46,6 @@ def test_run_local_submits_the_default_job_and_stops_its_head(tmp_path):
     assert alpha.loc[0, "alpha"] == trials["alpha"].iloc[0]
     assert (directory / "curves.png").stat().st_size > 0
     assert not any(p.name() in ("raylet", "gcs_server") for p in psutil.process_iter())
+    # ... and forgotten: the next ray.init() on this machine does not try to join it.
+    current = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray/ray_current_cluster"
+    assert not (current.exists() and current.read_text().strip() == "127.0.0.1:6379")

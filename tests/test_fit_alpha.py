@@ -1,7 +1,10 @@
 """fit-alpha on a real 2-CPU Ray cluster: determinism, resume, retries, outputs, errors."""
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -111,7 +114,7 @@ def test_killed_worker_is_retried_and_alpha_is_unchanged(tmp_path):
     deadline = time.monotonic() + 60
     while killed is None and thread.is_alive() and time.monotonic() < deadline:
         for process in psutil.process_iter(["cmdline"]):
-            if (process.info["cmdline"] or [""])[0].startswith("ray::run_shard"):
+            if (process.info["cmdline"] or [""])[0].startswith("ray::_shard_task"):
                 process.kill()
                 killed = process.pid
                 break
@@ -160,3 +163,40 @@ def test_non_finite_samples_name_the_width_and_shard(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="non-finite NTK entry at width 16, shard 3"):
         fa.run_shard(config(), shard, str(tmp_path))
     assert not any(tmp_path.iterdir())
+
+
+def test_a_killed_writer_and_a_truncated_shard_are_repaired_on_resume(tmp_path):
+    first = fa.fit_alpha(config(), str(tmp_path), "repair", workers=2, bootstrap=50)
+    shard_dir = Path(first.directory) / "shards"
+    before = shard_tables(first.directory)
+    # A writer SIGKILLed half-way through replacing a shard: the shard is untouched and its
+    # temporary file stays behind.
+    victim = shard_dir / "w000008-s00000.parquet"
+    original = victim.read_bytes()
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from ce_ray import io\n"
+        "def half(stream):\n"
+        "    stream.write(b'PAR1' + bytes(1000)); stream.flush(); time.sleep(120)\n"
+        f"io._atomic_write({str(victim)!r}, half)\n"
+    )])  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not list(shard_dir.glob(".tmp-*")):
+        assert time.monotonic() < deadline and writer.poll() is None
+        time.sleep(0.05)
+    writer.kill()
+    writer.wait()
+    assert victim.read_bytes() == original and len(list(shard_dir.glob(".tmp-*"))) == 1
+    # A shard cut short (e.g. copied by hand from a failed upload).
+    truncated = shard_dir / "w000032-s00002.parquet"
+    truncated.write_bytes(truncated.read_bytes()[:200])
+
+    lines: list[str] = []
+    again = fa.fit_alpha(config(), str(tmp_path), "repair", 2, bootstrap=50, log=lines.append)
+    assert "[fit-alpha] removed 1 unfinished write(s)" in lines[0]
+    assert any("w000032-s00002.parquet is damaged" in line for line in lines)
+    assert "[fit-alpha] resuming: 8/9 shards already on disk" in lines
+    assert not list(shard_dir.glob(".tmp-*"))
+    assert_same_shards(first.directory, again.directory)
+    for name, table in before.items():
+        pd.testing.assert_frame_equal(table, shard_tables(again.directory)[name])
+    assert again.alpha == first.alpha

@@ -1,8 +1,13 @@
 """The sweep on a real 2-CPU Ray cluster: Tune trials that each run a Ray Train job."""
 
+import json
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psutil
 import pytest
@@ -22,6 +27,8 @@ def test_select_points_has_optimum_baseline_and_spread():
     roles = dict(zip(points["n"], points["role"], strict=True))
     assert roles[int(result.optimum["n"])] == "optimum" and roles[64] == "baseline"
     assert points.loc[points["n"] == 64, "m"].item() == 1
+    # The spread: the free widths nearest to geomspace(1, 64, 5)[1:-1] = 2.83, 8, 22.6.
+    assert sorted(points.loc[points["role"] == "curve", "n"]) == [3, 8, 23]
     with pytest.raises(ValueError, match="--points must be >= 2"):
         sweep.select_points(result, 1)
 
@@ -66,6 +73,12 @@ def test_sweep_writes_parquet_and_resumes_without_retraining(tmp_path, capsys):
         p.name for p in (tmp_path / "s").iterdir()
     }
     assert "results:" in out and "1x16d" in out
+    report = subprocess.run(
+        [str(Path(sys.executable).parent / "ce-ray"), "report", str(tmp_path / "s"), "--no-plots"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "1x16d" in report.stdout and "baseline" in report.stdout
 
     assert sweep.main("primal", args) == 0
     assert "resuming" in capsys.readouterr().out
@@ -122,14 +135,41 @@ def test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result
             # that was running at the kill is trained twice.
             earlier = history.loc[history["attempt"] < attempt, "epoch"].max()
             assert history.loc[history["attempt"] == attempt, "epoch"].min() == earlier + 1
+            clock = history.set_index("epoch")["time_total_s"]
+            print(f"\n[figures] restart {attempt} after epoch {earlier}: next epoch reported "
+                  f"{clock[earlier + 1] - clock[earlier]:.1f} s later")  # fmt: skip
     # Same seed, same batches, same weights: the same result as the uninterrupted run.
     for column in ("final_test_error", "final_train_loss", "best_test_error"):
         pd.testing.assert_series_equal(trials[column], whole[column])
 
 
-def test_presets_are_consistent():
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_two_worker_trial_scores_the_whole_test_set_once(tmp_path):
+    args = [
+        "--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "1",
+        "--epochs", "2", "--workers-per-trial", "2", "--results", str(tmp_path),
+        "--experiment", "ddp", "--no-report",
+    ]  # fmt: skip
+    assert sweep.main("primal", args) == 0
+    trials = pd.read_parquet(tmp_path / "ddp/trials.parquet")
+    assert len(trials) == 2 and (trials["status"] == "finished").all()
+    for record in (tmp_path / "ddp/records").glob("*.json"):
+        epochs = json.loads(record.read_text())["epochs"]
+        assert [e["epoch"] for e in epochs] == [1, 2]
+        # gloo all-reduce of both ranks' counts: the 128 test examples, each once.
+        assert all(e["test_examples"] == 128 for e in epochs)
+        assert all((e["test_error"] * 128 / 100) % 1 < 1e-9 for e in epochs)
+
+
+def test_each_preset_fits_alpha_on_the_block_its_curve_uses():
+    from ce_ray.fit_alpha import FIT_PRESETS
+
+    widths = np.arange(1, 300)
     for preset in PRESETS.values():
-        assert preset.space.ntk_block() is not None
+        fitted = FIT_PRESETS[preset.fit_preset]["space"]
+        assert fitted.ntk_block() == preset.space.ntk_block(), preset.name
+        # ... so alpha means the same thing in the fit (Eq. 9) and in the curve (Eq. 12, 14).
+        np.testing.assert_array_equal(fitted.fan_in_sum(widths), preset.space.fan_in_sum(widths))
         assert preset.recipe.epochs >= 1 and preset.recipe.optimizer in ("adam", "sgd")
 
 
