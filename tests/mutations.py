@@ -1,0 +1,305 @@
+"""Mutation check: does the suite fail when the code is wrong?
+
+Applies each named mutation (one plausible bug) to a temporary copy of the repository, runs the
+test files that should catch it there, and reports the mutations the tests let through
+("survivors"). Not part of CI (it runs the relevant tests once per mutation, several minutes
+in all); run it before calling a change to the maths or the storage done:
+
+    python tests/mutations.py [NAME ...]
+
+Prints a table and, as its last line, a JSON object ``{"mutations": N, "survivors": [...]}``.
+Exit status 1 when a mutation survives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str  # file inside the repository
+    old: str  # must occur exactly once
+    new: str
+    tests: tuple[str, ...]  # pytest arguments: files or node ids, "-k" expressions allowed
+
+
+MUTATIONS = (
+    # --- scaling constants of the models (Eq. 3, Fig. 5) ---
+    Mutation(
+        "bottleneck 3x3 scaled by sqrt(2/n), not sqrt(2/(9n))",
+        "ce_ray/models.py",
+        "h = F.relu(h * math.sqrt(2.0 / (9 * n)))",
+        "h = F.relu(h * math.sqrt(2.0 / n))",
+        ("tests/test_bottleneck_reference.py",),
+    ),
+    Mutation(
+        "bottleneck 3x3 scaled by sqrt(2/(8n)) (a factor 9/8)",
+        "ce_ray/models.py",
+        "h = F.relu(h * math.sqrt(2.0 / (9 * n)))",
+        "h = F.relu(h * math.sqrt(2.0 / (8 * n)))",
+        ("tests/test_bottleneck_reference.py",),
+    ),
+    Mutation(
+        "bottleneck ReLU after the 3x3 dropped",
+        "ce_ray/models.py",
+        "h = F.relu(h * math.sqrt(2.0 / (9 * n)))",
+        "h = h * math.sqrt(2.0 / (9 * n))",
+        ("tests/test_bottleneck_reference.py",),
+    ),
+    Mutation(
+        "bottleneck first layer scaled by sqrt(1/n_in)",
+        "ce_ray/models.py",
+        "h = F.relu(product * math.sqrt(2.0 / self.in_channels))",
+        "h = F.relu(product * math.sqrt(1.0 / self.in_channels))",
+        ("tests/test_bottleneck_reference.py",),
+    ),
+    Mutation(
+        "MLP first layer scaled by sqrt(1/n0)",
+        "ce_ray/models.py",
+        "h = F.relu(product * math.sqrt(2.0 / self.in_features))",
+        "h = F.relu(product * math.sqrt(1.0 / self.in_features))",
+        ("tests/test_models.py", "tests/test_ntk.py"),
+    ),
+    Mutation(
+        "MLP hidden layers scaled by sqrt(2/(2 fan-in))",
+        "ce_ray/models.py",
+        "* math.sqrt(2.0 / fan_in))",
+        "* math.sqrt(1.0 / fan_in))",
+        ("tests/test_models.py", "tests/test_ntk.py"),
+    ),
+    # --- S(n) and the curves (Eqs. 9-14, Algorithm 2) ---
+    Mutation(
+        "fc S(n) without the 1/n0 term",
+        "ce_ray/spaces.py",
+        "return 1.0 / self.input_dim + (self.depth - 1) / np.asarray(n, dtype=np.float64)",
+        "return (self.depth - 1) / np.asarray(n, dtype=np.float64)",
+        ("tests/test_spaces.py", "tests/test_curves.py"),
+    ),
+    Mutation(
+        "bottleneck S(n) with 1/n for the 3x3 (not 1/(9n))",
+        "ce_ray/spaces.py",
+        "return 1.0 / in_channels + 1.0 / (9.0 * width) + 1.0 / width",
+        "return 1.0 / in_channels + 1.0 / width + 1.0 / width",
+        ("tests/test_spaces.py", "tests/test_curves.py"),
+    ),
+    Mutation(
+        "member variance exp(alpha S) instead of exp(alpha S) - 1",
+        "ce_ray/curves.py",
+        "var_member = np.expm1(alpha * fan_in_sum)",
+        "var_member = np.exp(alpha * fan_in_sum)",
+        ("tests/test_curves.py",),
+    ),
+    Mutation(
+        "dual m rounded up, not to the nearest",
+        "ce_ray/curves.py",
+        "m = np.maximum(1, np.floor(m_curve + 0.5)).astype(np.int64)",
+        "m = np.maximum(1, np.ceil(m_curve)).astype(np.int64)",
+        ("tests/test_curves.py",),
+    ),
+    Mutation(
+        "primal m: ties and near-ties to the larger m",
+        "ce_ray/curves.py",
+        "return np.where(upper_gap < lower_gap, upper, lower)",
+        "return np.where(upper_gap <= lower_gap + 1, upper, lower)",
+        ("tests/test_curves.py",),
+    ),
+    Mutation(
+        "primal m always rounded down",
+        "ce_ray/curves.py",
+        "return np.where(upper_gap < lower_gap, upper, lower)",
+        "return lower",
+        ("tests/test_curves.py",),
+    ),
+    # --- the NTK sampler and the fit (Algorithm 1) ---
+    Mutation(
+        "first-layer products drawn from N(0, I), not N(0, Gram)",
+        "ce_ray/ntk.py",
+        "    return (z @ root).reshape(rows, inputs.shape[0], *inputs.shape[2:]).movedim(0, 1)",
+        "    return z.reshape(rows, inputs.shape[0], *inputs.shape[2:]).movedim(0, 1)",
+        ("tests/test_bottleneck_reference.py", "tests/test_ntk.py"),
+    ),
+    Mutation(
+        "log-ratio E[K^2]/E[K] (mean not squared)",
+        "ce_ray/alpha.py",
+        "log_ratio=float(np.log(m2 / m1**2)),",
+        "log_ratio=float(np.log(m2 / m1)),",
+        ("tests/test_alpha.py", "tests/test_fit_alpha.py::test_outputs_are_plain_parquet_and_png"),
+    ),
+    Mutation(
+        "WLS weights ignored",
+        "ce_ray/alpha.py",
+        "root_w = np.sqrt(w)",
+        "root_w = np.ones_like(w)",
+        ("tests/test_alpha.py",),
+    ),
+    # --- seeds and determinism ---
+    Mutation(
+        "shard seed ignores the shard index",
+        "ce_ray/fit_alpha.py",
+        "seed = derive_seed(config.seed, shard.width, shard.index)",
+        "seed = derive_seed(config.seed, shard.width)",
+        (
+            "tests/test_fit_alpha.py::test_rerun_resumes_and_recomputes_only_missing_shards",
+            "tests/test_ntk.py",
+        ),
+    ),
+    Mutation(
+        "trial seed ignores the seed index",
+        "ce_ray/sweep.py",
+        '"seed": derive_seed(config["experiment_seed"], point["n"], point["m"], seed_index),',
+        '"seed": derive_seed(config["experiment_seed"], point["n"], point["m"]),',
+        ("tests/test_sweep.py::test_sweep_writes_parquet_and_resumes_without_retraining",),
+    ),
+    # --- storage: atomic writes, resume ---
+    Mutation(
+        "writes go straight to the target",
+        "ce_ray/io.py",
+        "temporary = f\"{parent}/{TEMPORARY_PREFIX}{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}\"",
+        "temporary = path",
+        ("tests/test_io.py",),
+    ),
+    Mutation(
+        "a truncated shard counts as done on resume",
+        "ce_ray/fit_alpha.py",
+        "if io.parquet_rows(location) == shard.stop - shard.start:",
+        "if True:",
+        (
+            "tests/test_fit_alpha.py::test_a_killed_writer_and_a_truncated_shard_are_repaired_on_resume",
+        ),
+    ),
+    Mutation(
+        "leftover temporaries are kept on resume",
+        "ce_ray/fit_alpha.py",
+        "if removed := io.remove_temporaries(shard_dir):",
+        "if removed := 0:",
+        (
+            "tests/test_fit_alpha.py::test_a_killed_writer_and_a_truncated_shard_are_repaired_on_resume",
+        ),
+    ),
+    Mutation(
+        "a rerun ignores a changed configuration",
+        "ce_ray/io.py",
+        "        if changed:\n            details",
+        "        if False:\n            details",
+        (
+            "tests/test_fit_alpha.py::test_a_different_configuration_is_refused_and_nothing_is_written",
+        ),
+    ),
+    Mutation(
+        "a results location is not checked",
+        "ce_ray/io.py",
+        '            fail(f"bucket {bucket!r} does not exist")',
+        "            pass",
+        ("tests/test_storage.py",),
+    ),
+    # --- preset wiring ---
+    Mutation(
+        "digits-mlp fits alpha on a depth-6 MLP, its curve uses depth 4",
+        "ce_ray/fit_alpha.py",
+        '"space": FCSpace(input_dim=64, depth=4, num_classes=1),',
+        '"space": FCSpace(input_dim=64, depth=6, num_classes=1),',
+        ("tests/test_sweep.py::test_each_preset_fits_alpha_on_the_block_its_curve_uses",),
+    ),
+    # --- training: checkpoints, resume, retries, evaluation ---
+    Mutation(
+        "a resumed trial re-trains its checkpoint's epoch",
+        "ce_ray/training.py",
+        'start_epoch, train_time = state["epoch"] + 1, state["train_time_s"]',
+        'start_epoch, train_time = state["epoch"], state["train_time_s"]',
+        (
+            "tests/test_sweep.py::test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result",
+        ),
+    ),
+    Mutation(
+        "a resumed trial does not restore the optimizer",
+        "ce_ray/training.py",
+        '        optimizer.load_state_dict(state["optimizer"])\n',
+        "",
+        (
+            "tests/test_sweep.py::test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result",
+        ),
+    ),
+    Mutation(
+        "restarts are not counted",
+        "ce_ray/training.py",
+        '"starts": self.attempt + 1,',
+        '"starts": self.attempt,',
+        (
+            "tests/test_sweep.py::test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result",
+        ),
+    ),
+    Mutation(
+        "each rank's test error is not summed over ranks",
+        "ce_ray/training.py",
+        "    wrong1, wrong5, total = _all_reduce_sum([wrong1, wrong5, total], device)\n",
+        "",
+        ("tests/test_sweep.py::test_a_two_worker_trial_scores_the_whole_test_set_once",),
+    ),
+)
+
+
+def copy_repository(destination: Path) -> None:
+    """The tracked and untracked-but-not-ignored files, as a fresh clone plus the change."""
+    listing = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    for name in listing:
+        source = ROOT / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def run(mutation: Mutation) -> tuple[bool, float, str]:
+    """(caught, seconds, last line of pytest) for one mutation applied to a fresh copy."""
+    with tempfile.TemporaryDirectory(prefix="ce-mut-") as directory:
+        copy = Path(directory)
+        copy_repository(copy)
+        target = copy / mutation.path
+        text = target.read_text()
+        if text.count(mutation.old) != 1:
+            raise SystemExit(f"mutation {mutation.name!r}: its text occurs "
+                             f"{text.count(mutation.old)} times in {mutation.path}, not once")  # fmt: skip
+        target.write_text(text.replace(mutation.old, mutation.new))
+        # The copy's package first on the path; Ray workers inherit PYTHONPATH too.
+        env = os.environ | {"PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+        started = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+             *mutation.tests],
+            cwd=copy, env=env, capture_output=True, text=True, timeout=1200,
+        )  # fmt: skip
+        lines = [line for line in result.stdout.strip().splitlines() if line.strip()]
+        return result.returncode != 0, time.perf_counter() - started, lines[-1] if lines else ""
+
+
+def main(names: list[str]) -> int:
+    chosen = [m for m in MUTATIONS if not names or m.name in names]
+    survivors = []
+    print(f"{'mutation':70} {'result':8} {'s':>6}  tests")
+    for mutation in chosen:
+        caught, seconds, summary = run(mutation)
+        if not caught:
+            survivors.append(mutation.name)
+        verdict = "caught" if caught else "SURVIVED"
+        print(f"{mutation.name[:70]:70} {verdict:8} {seconds:6.1f}  {summary[:60]}", flush=True)
+    print(json.dumps({"mutations": len(chosen), "survivors": survivors}))
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
