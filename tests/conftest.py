@@ -9,6 +9,7 @@ takes 127.0.0.1 as the node address (its single-machine mode) instead of the rou
   AWS variables pointing at it in this process.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +29,18 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 # `ray get-auth-token --generate` creates in this HOME (CI runs with a new, empty HOME).
 os.environ["RAY_AUTH_MODE"] = "token"
 local_head.ensure_auth_token(dict(os.environ))
+
+
+def epochs_so_far(experiment_dir) -> list[int]:
+    """Epochs each trial of a running sweep has trained so far, from the trial records that
+    rank 0 writes (atomically) before each report -- sooner and surer than Tune's files."""
+    counts = []
+    for record in Path(experiment_dir).glob("records/*.json"):
+        try:
+            counts.append(len(json.loads(record.read_text())["epochs"]))
+        except (OSError, ValueError):  # replaced while being read
+            continue
+    return counts
 
 
 def short_tmpdir() -> str:

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from ce_ray import local_head
+from tests.conftest import epochs_so_far
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = str(local_head.BIN / "ray")
@@ -30,12 +31,6 @@ def submit(address: str, env: dict, *job_args: str, job_id: str | None = None,
     return subprocess.run(
         command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
-
-
-def result_lines(directory: Path) -> list[int]:
-    """Epochs each trial of a running sweep has reported to Tune so far."""
-    files = directory.glob("tune/*/result.json")
-    return [len(f.read_text().splitlines()) for f in files]
 
 
 @pytest.fixture
@@ -64,7 +59,7 @@ def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_res
     deadline = time.monotonic() + 300
 
     def one_finished_and_the_next_begun() -> bool:
-        lines = sorted(result_lines(tmp_path / "stop"))
+        lines = sorted(epochs_so_far(tmp_path / "stop"))
         return len(lines) == 2 and lines[0] >= 5 and lines[1] >= epochs
 
     # One trial at a time: stop once the first has finished and the second is under way

@@ -5,12 +5,29 @@ table on stdout, Parquet on disk, and the head stopped afterwards."""
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def ray_daemons(wait_s: float = 15.0) -> list[int]:
+    """Live raylets and GCS servers (zombies left to be reaped do not count), waiting up to
+    ``wait_s`` for the last ones to exit."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = [
+            p.pid
+            for p in psutil.process_iter(["name", "status"])
+            if p.info["name"] in ("raylet", "gcs_server")
+            and p.info["status"] != psutil.STATUS_ZOMBIE
+        ]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
 
 
 def test_run_local_submits_the_default_job_and_stops_its_head(tmp_path):
@@ -45,7 +62,7 @@ def test_run_local_submits_the_default_job_and_stops_its_head(tmp_path):
     alpha = pd.read_parquet(directory / "fit_alpha/alpha.parquet")
     assert alpha.loc[0, "alpha"] == trials["alpha"].iloc[0]
     assert (directory / "curves.png").stat().st_size > 0
-    assert not any(p.name() in ("raylet", "gcs_server") for p in psutil.process_iter())
+    assert not ray_daemons(), ray_daemons()
     # ... and forgotten: the next ray.init() on this machine does not try to join it.
     current = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray/ray_current_cluster"
     assert not (current.exists() and current.read_text().strip() == "127.0.0.1:6379")

@@ -2,6 +2,7 @@
 on a real S3 API, and worker nodes removed mid-run. The nodes are started without any AWS
 variables: the driver's runtime environment is what carries them to tasks and workers."""
 
+import json
 import os
 import subprocess
 import sys
@@ -91,17 +92,32 @@ def test_sweep_trains_on_the_workers_and_writes_to_s3(multi_node, s3):
     pd.testing.assert_frame_equal(epochs, pd.read_parquet(f"{results}/s3/epochs.parquet"))
 
 
-def _remove_a_worker_once(multi_node, ready) -> str:
-    """In the main thread (Ray's requirement): wait for ``ready()``, remove a worker node,
-    add a fresh one for the tests after. Returns the removed node's id."""
+def _remove_a_worker_once(multi_node, choose) -> str:
+    """In the main thread (Ray's requirement): wait until ``choose()`` names a worker node
+    that is doing the work, remove it, and add a fresh node for the tests after. Returns the
+    removed node's id."""
     cluster, workers = multi_node
     deadline = time.monotonic() + 180
-    while not ready():
+    while (victim_id := choose()) is None:
         assert time.monotonic() < deadline, "the run never reached the point of the kill"
         time.sleep(0.05)
-    victim = workers.pop(0)
+    victim = next(node for node in workers if node.node_id == victim_id)
+    workers.remove(victim)
     cluster.remove_node(victim)
-    return victim.node_id
+    workers.append(cluster.add_node(num_cpus=1))
+    return victim_id
+
+
+def _training_node(experiment_dir: Path, after_epochs: int) -> str | None:
+    """The node training a trial that has trained ``after_epochs`` epochs, from its record."""
+    for record in experiment_dir.glob("records/*.json"):
+        try:
+            epochs = json.loads(record.read_text())["epochs"]
+        except (OSError, ValueError):
+            continue
+        if len(epochs) >= after_epochs:
+            return epochs[-1]["node_id"]
+    return None
 
 
 def test_a_lost_node_mid_sweep_continues_from_checkpoints(multi_node, tmp_path):
@@ -110,13 +126,8 @@ def test_a_lost_node_mid_sweep_continues_from_checkpoints(multi_node, tmp_path):
     thread = threading.Thread(target=lambda: outcome.setdefault("rc", sweep.main("dual", args)))
     thread.start()
 
-    def some_trial_reported_epochs() -> bool:
-        files = tmp_path.glob("lost/tune/*/result.json")
-        return any(len(f.read_text().splitlines()) >= 5 for f in files) or not thread.is_alive()
-
-    removed = _remove_a_worker_once(multi_node, some_trial_reported_epochs)
+    removed = _remove_a_worker_once(multi_node, lambda: _training_node(tmp_path / "lost", 5))
     thread.join(timeout=600)
-    multi_node[1].append(multi_node[0].add_node(num_cpus=1))
     assert outcome.get("rc") == 0
     trials = pd.read_parquet(tmp_path / "lost/trials.parquet")
     epochs = pd.read_parquet(tmp_path / "lost/epochs.parquet")
@@ -149,10 +160,13 @@ def test_a_lost_node_mid_fit_alpha_gives_the_same_alpha(multi_node, tmp_path, si
     thread = threading.Thread(target=lambda: outcome.setdefault("r", fit(str(tmp_path), "lost")))
     thread.start()
     shard_dir = tmp_path / "lost/fit_alpha/shards"
-    removed = _remove_a_worker_once(
-        multi_node, lambda: len(list(shard_dir.glob("w*.parquet"))) >= 3 or not thread.is_alive()
-    )
+
+    def a_node_with_shards() -> str | None:
+        if len(list(shard_dir.glob("w*.parquet"))) < 3:
+            return None
+        return sorted(shard_nodes(str(tmp_path / "lost/fit_alpha")))[0]
+
+    removed = _remove_a_worker_once(multi_node, a_node_with_shards)
     thread.join(timeout=600)
-    multi_node[1].append(multi_node[0].add_node(num_cpus=1))
     assert outcome["r"].alpha == single_node_alpha
     assert removed in shard_nodes(str(tmp_path / "lost/fit_alpha"))

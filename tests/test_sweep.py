@@ -16,6 +16,7 @@ from ce_ray import sweep
 from ce_ray.curves import curve
 from ce_ray.presets import PRESETS
 from ce_ray.spaces import FCSpace
+from tests.conftest import epochs_so_far
 
 TINY = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "2"]
 
@@ -91,17 +92,16 @@ def test_sweep_writes_parquet_and_resumes_without_retraining(tmp_path, capsys):
     assert "different configuration (epochs: 2 -> 3)" in capsys.readouterr().err
 
 
-def kill_a_training_worker_after(tmp_path, experiment: str, epochs: int) -> int | None:
-    """SIGKILL one Ray Train worker once some trial has reported ``epochs`` epochs."""
+def kill_a_training_worker_after(tmp_path, experiment: str, epochs: int, thread) -> int | None:
+    """SIGKILL one Ray Train worker once some trial has trained ``epochs`` epochs."""
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        files = tmp_path.glob(f"{experiment}/tune/*/result.json")
-        if any(len(f.read_text().splitlines()) >= epochs for f in files):
+    while time.monotonic() < deadline and thread.is_alive():
+        if any(n >= epochs for n in epochs_so_far(tmp_path / experiment)):
             for process in psutil.process_iter(["cmdline"]):
                 if (process.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker"):
                     process.kill()
                     return process.pid
-        time.sleep(0.05)
+        time.sleep(0.02)
     return None
 
 
@@ -118,7 +118,7 @@ def test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result
     args = [*common, "--experiment", "kill"]
     thread = threading.Thread(target=lambda: outcome.setdefault("rc", sweep.main("primal", args)))
     thread.start()
-    killed = kill_a_training_worker_after(tmp_path, "kill", epochs=10)
+    killed = kill_a_training_worker_after(tmp_path, "kill", epochs=10, thread=thread)
     thread.join(timeout=600)
     assert killed is not None, "no training worker was found to kill"
     assert outcome.get("rc") == 0

@@ -1,0 +1,65 @@
+"""The README's fitted alphas, checked by fitting again from real NTK samples at small, fast
+settings (fewer draws per width, the presets' widths and samplers, another seed).
+
+The band is 4 standard errors of the difference: the small fit's own WLS standard error
+(measured on its samples) combined with the README run's (its 95% bootstrap interval / 3.92).
+Each band is also checked to be narrow enough to mean something: under 25% of alpha (the
+centre read-out fits Eq. 9 worst, R^2 0.97, and its WLS error, scaled by that scatter, is the
+widest: 0.49 on alpha 2.40).
+"""
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ce_ray.alpha import fit_line, width_moments
+from ce_ray.curves import parse_widths
+from ce_ray.fit_alpha import FIT_PRESETS
+from ce_ray.ntk import derive_seed, ntk_inputs, sample_ntk
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+# (fit preset, read-out, draws per width here): (alpha, CI low, CI high) of the README's table,
+# each produced by the command in that table (`python jobs/fit_alpha.py --preset ...`).
+README_ALPHAS = {
+    ("mlp", "pool", 3000): (3.235, 3.201, 3.266),
+    ("bottleneck", "pool", 1500): (1.285, 1.254, 1.318),
+    ("bottleneck", "centre", 1500): (2.403, 2.348, 2.458),
+}
+
+
+def small_fit(preset: str, readout: str, samples: int, seed: int):
+    settings = FIT_PRESETS[preset]
+    space, widths = settings["space"], parse_widths(settings["widths"])
+    inputs = ntk_inputs(space.ntk_block(), seed)
+    moments = [
+        width_moments(
+            sample_ntk(
+                space,
+                int(w),
+                samples,
+                derive_seed(seed, int(w)),
+                inputs,
+                settings["method"],
+                readout=readout,
+            )  # fmt: skip
+        )
+        for w in widths
+    ]
+    se = np.array([m.se_log_ratio for m in moments])
+    log_ratio = np.array([m.log_ratio for m in moments])
+    return fit_line(space.fan_in_sum(widths), log_ratio, 1 / se**2)
+
+
+@pytest.mark.parametrize(("key", "published"), README_ALPHAS.items(), ids=str)
+def test_readme_alpha_is_reproduced_from_fresh_samples(key, published):
+    preset, readout, samples = key
+    alpha, low, high = published
+    assert re.search(rf"\| {alpha:.3f} \| {low:.3f}\.\.{high:.3f} \|", README)
+    fit = small_fit(preset, readout, samples, seed=101)
+    band = 4 * math.sqrt(fit.alpha_se**2 + ((high - low) / 3.92) ** 2)
+    assert band < 0.25 * alpha
+    assert abs(fit.alpha - alpha) < band, (fit.alpha, fit.alpha_se, alpha)
