@@ -34,3 +34,16 @@ def test_main_command_is_the_local_submit_of_the_sweep():
     command = re.search(r"```bash\n(python3 -m venv .*)\n```", README)
     assert command and command.group(1).endswith(".venv/bin/python jobs/run_local.py")
     assert (ROOT / "jobs/run_local.py").exists()
+
+
+def test_every_test_the_readme_names_exists():
+    """README statements of behaviour name the test that backs it; each name must be real."""
+    named = set(re.findall(r"(test_\w+\.py)(?:::(test_\w+))?", README))
+    assert len(named) >= 20
+    for filename, function in named:
+        path = ROOT / "tests" / filename
+        assert path.exists(), filename
+        if function:
+            assert re.search(rf"^def {function}\(", path.read_text(), re.M), (
+                f"{filename}::{function}"
+            )
