@@ -150,10 +150,7 @@ MUTATIONS = (
         "ce_ray/fit_alpha.py",
         "seed = derive_seed(config.seed, shard.width, shard.index)",
         "seed = derive_seed(config.seed, shard.width)",
-        (
-            "tests/test_fit_alpha.py::test_rerun_resumes_and_recomputes_only_missing_shards",
-            "tests/test_ntk.py",
-        ),
+        ("tests/test_fit_alpha.py::test_every_shard_of_a_width_draws_its_own_weights",),
     ),
     Mutation(
         "trial seed ignores the seed index",

@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 
 import jsonschema
-import pytest
 import ray.autoscaler
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
@@ -30,12 +29,6 @@ def test_cpu_head_and_autoscaling_gpu_workers():
     assert any("pip install" in c and "-e" in c for c in CONFIG["setup_commands"])
     # The dashboard listens on the head's loopback only; reach it through `ray dashboard`.
     assert "--dashboard-host=127.0.0.1" in " ".join(CONFIG["head_start_ray_commands"])
-
-
-def test_schema_rejects_a_broken_config():
-    broken = dict(CONFIG, max_workers="many")
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(broken, SCHEMA)
 
 
 def test_head_creates_the_token_and_every_node_joins_with_it():

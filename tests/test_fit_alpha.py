@@ -157,6 +157,17 @@ def test_budget_too_small_fails_before_writing(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_every_shard_of_a_width_draws_its_own_weights(tmp_path):
+    cfg = config()
+    for index in (0, 1):
+        fa.run_shard(cfg, fa.Shard(width=16, index=index, start=200 * index,
+                                   stop=200 * (index + 1)), str(tmp_path))  # fmt: skip
+    first, second = (
+        pd.read_parquet(tmp_path / f"w000016-s0000{i}.parquet")["k"].to_numpy() for i in (0, 1)
+    )
+    assert len(np.unique(np.concatenate([first, second]))) == 400  # no draw repeated
+
+
 def test_non_finite_samples_name_the_width_and_shard(tmp_path, monkeypatch):
     monkeypatch.setattr(fa, "sample_ntk", lambda *args, **kwargs: np.array([1.0, np.nan]))
     shard = fa.Shard(width=16, index=3, start=6, stop=8)

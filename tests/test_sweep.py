@@ -64,6 +64,8 @@ def test_sweep_writes_parquet_and_resumes_without_retraining(tmp_path, capsys):
     epochs = pd.read_parquet(tmp_path / "s/epochs.parquet")
     assert len(trials) == 4 and trials.groupby(["n", "seed"]).size().eq(1).all()
     assert set(trials["role"]) == {"optimum", "baseline"}
+    # The seeds of a point are independent runs (own initialisation and data order).
+    assert trials.groupby("n")["final_train_loss"].nunique().eq(2).all()
     assert (trials["status"] == "finished").all() and (trials["retries"] == 0).all()
     assert (trials["epochs"] == 2).all() and trials["final_test_error"].between(0, 100).all()
     assert trials["final_test_error_top5"].isna().all()  # 4 classes: no top-5
