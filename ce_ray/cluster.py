@@ -56,6 +56,12 @@ def max_resources() -> dict[str, float]:
     return {key: max(float(limits.get(key, 0)), current.get(key, 0.0)) for key in keys}
 
 
+def default_workers() -> int:
+    """Concurrent fit-alpha tasks when --workers is not given: the cluster's CPUs at its
+    largest (at least 1)."""
+    return max(1, int(max_resources().get("CPU", 1)))
+
+
 def _local_autoscaler_limits() -> dict[str, float] | None:
     """Resource limits from the ``--autoscaling-config`` of a Ray monitor on this node."""
     import psutil  # noqa: PLC0415

@@ -207,9 +207,9 @@ class FitResult:
 
 def _whole(shard_dir: str, shard: Shard, present: set[str], log) -> bool:
     """Whether the shard's file is on disk and whole; a damaged one is deleted (recomputed)."""
-    location = io.join(shard_dir, shard.filename)
     if shard.filename not in present:
         return False
+    location = io.join(shard_dir, shard.filename)
     if io.parquet_rows(location) == shard.stop - shard.start:
         return True
     log(f"[fit-alpha] {shard.filename} is damaged (not a whole shard): recomputing it")
@@ -469,7 +469,7 @@ def run(args: argparse.Namespace) -> int:
     cluster.init_ray()
     workers = args.workers
     if workers is None:
-        workers = max(1, int(cluster.max_resources().get("CPU", 1)))
+        workers = cluster.default_workers()
     log(
         f"[fit-alpha] {args.preset}: {FIT_PRESETS[args.preset]['description']}; "
         f"widths {list(config.widths)}, {config.samples} samples each, {config.method} sampler, "

@@ -147,7 +147,7 @@ def _rows(results, points: pd.DataFrame, config: SweepConfig, experiment: str, s
         # The trial directory is named by _trial_name: "<m>x<n>d-seed<s>-<trial id>".
         trial_id = os.path.basename(str(result.path).rstrip("/")).rsplit("-", 1)[-1]
         history = _history(directory, trial_id)
-        metrics = {"time_total_s": history["time_total_s"].iloc[-1]} if len(history) else {}
+        wall_time = float(history["time_total_s"].iloc[-1]) if len(history) else math.nan
         done = int(history["epoch"].max()) if len(history) else 0
         status = "error" if result.error else (
             "finished" if done >= config.epochs else "stopped_early"
@@ -176,7 +176,7 @@ def _rows(results, points: pd.DataFrame, config: SweepConfig, experiment: str, s
                 "final_train_loss": float(history["train_loss"].iloc[-1]) if done else math.nan,
                 "epochs": done,
                 "epochs_planned": config.epochs,
-                "wall_time_s": float(metrics.get("time_total_s", math.nan)),
+                "wall_time_s": wall_time,
                 "status": status,
                 "retries": int(history["attempt"].max()) if "attempt" in history else 0,
                 "trial_id": trial_id,
@@ -353,7 +353,7 @@ def fit_alpha_first(args: argparse.Namespace, preset: Preset, results: str) -> f
         memory_budget=256.0,
     )  # fmt: skip
     config = fit_alpha.config_from_args(fit_args)
-    workers = max(1, int(cluster.max_resources().get("CPU", 1)))
+    workers = cluster.default_workers()
     result = fit_alpha.fit_alpha(config, results, args.experiment, workers, bootstrap=200)
     print(
         f"[sweep] alpha = {result.alpha:.4f} (95% CI {result.ci_low:.4f}..{result.ci_high:.4f})",

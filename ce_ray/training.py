@@ -19,6 +19,9 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from ce_ray import data, io
 from ce_ray.presets import PRESETS, Recipe
 
+# The one file of a training checkpoint (torch.save of model, optimizer, schedule, epoch, RNGs).
+CHECKPOINT_FILE = "state.pt"
+
 
 def make_optimizer(model: torch.nn.Module, recipe: Recipe):
     """The recipe's optimizer and a step-per-epoch lr schedule (divide by 10 at milestones)."""
@@ -191,9 +194,6 @@ def train_point(config: dict) -> None:
             metrics["time_total_s"] = time.time() - record.first_started_at
             record.add(metrics)
         _report_with_checkpoint(metrics, model, optimizer, schedule, epoch, train_time, world)
-
-
-CHECKPOINT_FILE = "state.pt"
 
 
 def _report_with_checkpoint(metrics, model, optimizer, schedule, epoch, train_time, world):
