@@ -16,7 +16,7 @@ import time
 import torch
 
 from ce_ray.ntk import chunk_size, member_ntk, ntk_inputs, sample_ntk
-from ce_ray.spaces import BottleneckSpace, FCSpace
+from ce_ray.spaces import FCSpace, ResNeXtBlockSpace
 
 BUDGET = 256 * 2**20
 
@@ -60,7 +60,7 @@ def main() -> None:
         ("fc", FCSpace(784, 6, 1), n, samples)
         for n, samples in ((16, 2000), (64, 1000), (256, 300))
     ] + [
-        ("bottleneck", BottleneckSpace(256, 256, 8), n, samples)
+        ("bottleneck", ResNeXtBlockSpace(256, 256, 8), n, samples)
         for n, samples in ((4, 1000), (16, 500), (64, 200))
     ]
     rows = []

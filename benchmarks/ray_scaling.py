@@ -20,9 +20,10 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind to loopb
 import ray  # noqa: E402
 
 from ce_ray import fit_alpha as fa  # noqa: E402
+from ce_ray.configs import FitConfig  # noqa: E402
 
-CONFIG = fa.FitConfig(
-    preset="bottleneck", widths=(32, 64, 128), samples=4000, shard_size=500, seed=0,
+CONFIG = FitConfig(
+    preset="resnext-block", widths=(32, 64, 128), samples=4000, shard_size=500, seed=0,
     method="batched", readout="pool", off_diagonal=False, device="cpu", dtype="float32",
     memory_budget_mib=256.0,
 )  # fmt: skip

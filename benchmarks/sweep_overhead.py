@@ -19,7 +19,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind to loopb
 import pandas as pd  # noqa: E402
 import ray  # noqa: E402
 
-from ce_ray import sweep  # noqa: E402
+from ce_ray import cli  # noqa: E402
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
                     "2", "--epochs", "5", "--results", results, "--experiment", "overhead",
                     "--no-report"]  # fmt: skip
             start = time.perf_counter()
-            assert sweep.main("primal", args) == 0
+            assert cli.main(["sweep", "primal", *args]) == 0
             wall = time.perf_counter() - start
             epochs = pd.read_parquet(os.path.join(results, "overhead", "epochs.parquet"))
             trials = pd.read_parquet(os.path.join(results, "overhead", "trials.parquet"))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ce_ray.spaces import BottleneckSpace, FCSpace
+from ce_ray.spaces import FCSpace, ResNeXtBlockSpace
 
 BATCH = 128  # --batch overrides
 
@@ -59,7 +59,7 @@ def main() -> None:
     batch = parser.parse_args().batch
     torch.manual_seed(0)
     mlp = FCSpace(input_dim=784, depth=6, num_classes=10)
-    block = BottleneckSpace(in_channels=256, out_channels=10, spatial=8)
+    block = ResNeXtBlockSpace(in_channels=256, out_channels=10, spatial=8)
     pool = lambda y: y.mean(dim=(2, 3)) if y.dim() == 4 else y  # noqa: E731
     rows = []
     print(f"threads: {torch.get_num_threads()}, batch {batch}")

@@ -11,13 +11,22 @@ and Eq. 9 says y(n) = alpha * S(n). The fit is weighted least squares with weigh
 
 through the origin (Eq. 9 has no intercept) or, optionally, with one. The confidence interval
 is a percentile bootstrap: resample the draws within each width, refit.
+:func:`fit_eq9` does all of it for a grid of widths.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
+
+from ce_ray.seeds import derive_seed
+
+# Identity of the bootstrap's draws for a width: (experiment seed, width, BOOTSTRAP_STREAM).
+BOOTSTRAP_STREAM = 0xB007
 
 
 @dataclass(frozen=True)
@@ -123,3 +132,67 @@ def bootstrap_interval(
     tail = (1 - level) / 2
     low, high = np.quantile(alphas, [tail, 1 - tail])
     return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class AlphaFit:
+    """Eq. 9 fitted to a grid of widths.
+
+    Attributes:
+        alpha: the WLS slope; ``alpha_se`` its standard error.
+        ci_low, ci_high: the percentile bootstrap interval at ``ci_level``.
+        intercept: 0 unless fitted with one.
+        r2: weighted R^2 of the line.
+        moments: one row per width: ``width``, ``fan_in_sum``, the :class:`WidthMoments`
+            fields, ``fitted_log_ratio`` and ``residual``.
+    """
+
+    alpha: float
+    alpha_se: float
+    ci_low: float
+    ci_high: float
+    ci_level: float
+    intercept: float
+    r2: float
+    moments: pd.DataFrame
+
+
+def fit_eq9(
+    widths: Sequence[int],
+    fan_in_sum: Callable[[np.ndarray], np.ndarray],
+    samples_of: Callable[[int], np.ndarray],
+    seed: int,
+    bootstrap: int = 1000,
+    ci_level: float = 0.95,
+    intercept: bool = False,
+) -> AlphaFit:
+    """Moments per width, the WLS fit of Eq. 9 and its bootstrap interval.
+
+    ``samples_of(width)`` returns that width's NTK samples; one width is held at a time. The
+    bootstrap of width n draws from ``derive_seed(seed, n, BOOTSTRAP_STREAM)``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> s = lambda n: 1.0 / np.asarray(n, dtype=float)  # S(n) = 1/n
+    >>> draws = lambda n: rng.lognormal(0.0, np.sqrt(2.0 / n), 4000)  # log ratio = 2/n
+    >>> round(fit_eq9([8, 16, 32, 64], s, draws, seed=0, bootstrap=50).alpha, 1)
+    2.0
+    """
+    rows, replicates = [], []
+    for width in widths:
+        k = samples_of(width)
+        moments = width_moments(k)
+        if not (moments.mean > 0 and np.isfinite(moments.log_ratio)):
+            raise ValueError(f"width {width}: mean NTK entry {moments.mean} gives no log-ratio")
+        rows.append({"width": width, **dataclasses.asdict(moments)})
+        rng = np.random.default_rng(derive_seed(seed, width, BOOTSTRAP_STREAM))
+        replicates.append(bootstrap_log_ratios(k, bootstrap, rng))
+    frame = pd.DataFrame(rows)
+    frame.insert(1, "fan_in_sum", fan_in_sum(frame["width"].to_numpy()))
+    weights = 1.0 / np.maximum(frame["se_log_ratio"].to_numpy(), 1e-12) ** 2
+    fit = fit_line(frame["fan_in_sum"], frame["log_ratio"], weights, intercept)
+    frame["fitted_log_ratio"] = fit.fitted
+    frame["residual"] = fit.residuals
+    low, high = bootstrap_interval(
+        frame["fan_in_sum"].to_numpy(), np.stack(replicates, axis=1), weights, intercept, ci_level
+    )
+    return AlphaFit(fit.alpha, fit.alpha_se, low, high, ci_level, fit.intercept, fit.r2, frame)

@@ -1,151 +1,49 @@
-"""The ``ce-ray`` command line: parameter counts and primal/dual curves.
+"""The ``ce-ray`` command line, and the entry point of every job.
 
-Every bad input exits with status 2 and one line on stderr naming the value and what is
-allowed; no traceback.
+    ce-ray params     exact parameter count, MACs and S(n) of an ensemble m x n d
+    ce-ray curve      the primal or dual curve of a space and its optimum
+    ce-ray fit-alpha  fit alpha (Algorithm 1) by Monte-Carlo NTK sampling as Ray tasks
+    ce-ray sweep      train points of the primal or dual curve with Ray Tune + Ray Train
+    ce-ray report     the table and plots of a sweep's results
+
+``jobs/*.py`` call :func:`main` with their command, so ``ray job submit -- python
+jobs/primal_curve.py ...`` and ``ce-ray sweep primal ...`` are the same program. Options are
+declared in ``ce_ray.options``; a bad value exits with status 2 and one line on stderr. The
+commands that use Ray connect here, once (``ray.init()``); the library functions they call
+take the connection as given.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 
-import numpy as np
-import pandas as pd
-
-from ce_ray.curves import COST_MODELS, FORMULATIONS, Curve, curve, parse_widths
-from ce_ray.spaces import METRICS, SPACES, Space, make_space
-
-# Space options on the command line -> the space's constructor field.
-SPACE_FLAGS: dict[str, str] = {
-    "--classes": "num_classes",
-    "--input-dim": "input_dim",
-    "--depth": "depth",
-    "--in-channels": "in_channels",
-    "--out-channels": "out_channels",
-    "--spatial": "spatial",
-}
-
-# How many rows `curve` prints unless --all is given.
-MAX_PRINTED_ROWS = 40
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage dump) and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
-def _add_space_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--space", required=True, choices=list(SPACES), help="architecture family")
-    group = parser.add_argument_group("space options (each applies to the spaces named)")
-    group.add_argument(
-        "--classes", type=positive_int, help="outputs: fc, cifar-resnext29, imagenet-*"
-    )
-    group.add_argument("--input-dim", type=positive_int, help="fc: input size n0 (784)")
-    group.add_argument("--depth", type=positive_int, help="fc: weight layers L (6)")
-    group.add_argument("--in-channels", type=positive_int, help="resnext-block: n_in (256)")
-    group.add_argument("--out-channels", type=positive_int, help="resnext-block: n_out (256)")
-    group.add_argument(
-        "--spatial", type=positive_int, help="resnext-block: input side for FLOPs (8)"
-    )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+from ce_ray import options
+from ce_ray.curves import curve, curve_to_json, format_curve
+from ce_ray.spaces import SPACES, Space, make_space
 
 
 def space_from_args(args: argparse.Namespace) -> Space:
     """The space named by ``--space`` with the space options that were given."""
-    options = {}
     allowed = set(SPACES[args.space].__dataclass_fields__)
-    for flag, field in SPACE_FLAGS.items():
-        value = getattr(args, field_to_dest(flag))
-        if value is None:
-            continue
+    given = {
+        flag: field
+        for flag, field in options.SPACE_FLAGS.items()
+        if getattr(args, field) is not None
+    }
+    for flag, field in given.items():
         if field not in allowed:
-            takes = [f for f, name in SPACE_FLAGS.items() if name in allowed]
+            takes = [f for f, name in options.SPACE_FLAGS.items() if name in allowed]
             raise ValueError(
                 f"{flag} does not apply to --space {args.space} "
                 f"(it takes: {', '.join(takes) or 'no options'})"
             )
-        options[field] = value
-    return make_space(args.space, **options)
+    return make_space(args.space, **{field: getattr(args, field) for field in given.values()})
 
 
-def field_to_dest(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ce-ray", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    params = commands.add_parser("params", help="exact parameter count of an ensemble m x n d")
-    _add_space_arguments(params)
-    params.add_argument("--m", type=positive_int, required=True, help="multiplicity m")
-    params.add_argument("--n", type=positive_int, required=True, help="member width n")
-
-    curve_parser = commands.add_parser("curve", help="primal or dual curve and its optimum")
-    _add_space_arguments(curve_parser)
-    curve_parser.add_argument(
-        "--baseline", type=positive_int, required=True, help="baseline width n~ (m = 1)"
-    )
-    curve_parser.add_argument(
-        "--alpha", type=positive_float, required=True, help="fitted alpha of Eq. 9"
-    )
-    curve_parser.add_argument("--formulation", choices=FORMULATIONS, default="primal")
-    curve_parser.add_argument(
-        "--metric", choices=METRICS, default="params", help="budget (default: params)"
-    )
-    curve_parser.add_argument(
-        "--cost",
-        choices=COST_MODELS,
-        default="block",
-        help="beta(n) from one fitted block (paper, default) or the whole network's count",
-    )
-    curve_parser.add_argument(
-        "--widths", help="width grid LO:HI[:STEP] or a comma list (default: 1:BASELINE)"
-    )
-    curve_parser.add_argument("--all", action="store_true", help="print every row")
-
-    # fit-alpha's options live with its (PyTorch) sampler; parse them only when it is asked
-    # for, so `params` and `curve` start without importing torch.
-    fit = commands.add_parser(
-        "fit-alpha",
-        help="fit alpha by sharded Monte-Carlo NTK sampling",
-        add_help=False,
-        prefix_chars="\0",  # hand every token, options included, to the full parser below
-    )
-    fit.add_argument("fit_args", nargs=argparse.REMAINDER)
-
-    report_parser = commands.add_parser("report", help="plots and table of a sweep's results")
-    report_parser.add_argument("results_dir", help="<results>/<experiment> of a sweep")
-    report_parser.add_argument("--no-plots", action="store_true", help="only print the table")
-    return parser
-
-
-def _params_command(args: argparse.Namespace) -> None:
+def params_command(args: argparse.Namespace) -> None:
     space = space_from_args(args)
     record = {
         "space": space.name,
@@ -160,18 +58,17 @@ def _params_command(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(record, indent=2))
         return
-    options = ", ".join(f"{k}={v}" for k, v in record["options"].items())
-    print(f"{space.name} {record['label']} ({options})")
+    settings = ", ".join(f"{k}={v}" for k, v in record["options"].items())
+    print(f"{space.name} {record['label']} ({settings})")
     print(f"  parameters      {record['params']:,}")
     print(f"  MACs / example  {record['flops']:,}")
     print(f"  S(n)            {record['fan_in_sum']:.6f}")
 
 
-def _curve_command(args: argparse.Namespace) -> None:
+def curve_command(args: argparse.Namespace) -> None:
     space = space_from_args(args)
-    widths = parse_widths(args.widths) if args.widths else None
     result = curve(
-        space, args.alpha, args.baseline, widths, args.formulation, args.metric, args.cost
+        space, args.alpha, args.baseline, args.widths, args.formulation, args.metric, args.cost
     )
     if args.json:
         print(json.dumps(curve_to_json(result), indent=2))
@@ -179,107 +76,137 @@ def _curve_command(args: argparse.Namespace) -> None:
         print(format_curve(result, all_rows=args.all))
 
 
-def _row_record(space: Space, row: pd.Series) -> dict:
-    record = {
-        k: (int(v) if k in ("n", "m", "params", "flops") else float(v)) for k, v in row.items()
-    }
-    record["label"] = space.label(record["m"], record["n"])
-    return record
+def fit_alpha_command(args: argparse.Namespace) -> None:
+    from ce_ray import cluster, storage  # noqa: PLC0415 -- Ray and torch: only when used
+    from ce_ray.configs import FitConfig  # noqa: PLC0415
+    from ce_ray.fit_alpha import check_fits_in_memory, fit_alpha  # noqa: PLC0415
+    from ce_ray.presets import FIT_PRESETS  # noqa: PLC0415
 
-
-def curve_to_json(result: Curve) -> dict:
-    """The curve as a JSON-ready dict (fields documented in the README)."""
-    return {
-        "space": result.space.name,
-        "options": result.space.options(),
-        "formulation": result.formulation,
-        "metric": result.metric,
-        "cost": result.cost,
-        "alpha": result.alpha,
-        "baseline": _row_record(result.space, result.baseline),
-        "optimum": _row_record(result.space, result.optimum),
-        "table": [_row_record(result.space, row) for _, row in result.table.iterrows()],
-    }
-
-
-def _rows_to_print(result: Curve, all_rows: bool) -> pd.DataFrame:
-    """All rows, or ~MAX_PRINTED_ROWS log-spaced widths plus the optimum and the baseline."""
-    table = result.table
-    if all_rows or len(table) <= MAX_PRINTED_ROWS:
-        return table
-    positions = np.unique(np.geomspace(1, len(table), MAX_PRINTED_ROWS).astype(int) - 1)
-    keep = set(positions) | {int(result.optimum.name), int(result.baseline.name)}
-    return table.iloc[sorted(keep)]
-
-
-def format_curve(result: Curve, all_rows: bool = False) -> str:
-    """A human-readable table of the curve with its optimum and the baseline."""
-    space, optimum, baseline = result.space, result.optimum, result.baseline
-    shown = _rows_to_print(result, all_rows)
-    if result.formulation == "primal":
-        objective, what = "var_ensemble_curve", "min Var(K_e) at the baseline's budget"
+    config = FitConfig.from_preset(
+        args.preset, widths=args.widths, samples=args.samples, shard_size=args.shard_size,
+        seed=args.seed, method=args.method, readout=args.readout,
+        off_diagonal=args.off_diagonal, device=args.device, dtype=args.dtype,
+        memory_budget_mib=args.memory_budget,
+    )  # fmt: skip
+    experiment = args.experiment or args.preset
+    results = storage.resolve(args.results)
+    check_fits_in_memory(config)
+    storage.check_writable(results)
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    cluster.init_ray()
+    workers = args.workers or cluster.default_workers()
+    log(
+        f"[fit-alpha] {args.preset}: {FIT_PRESETS[args.preset].description}; "
+        f"widths {list(config.widths)}, {config.samples} samples each, {config.method} sampler, "
+        f"{workers} workers -> {storage.join(results, experiment, 'fit_alpha')}"
+    )
+    fit = fit_alpha(
+        config, results, experiment, workers, args.bootstrap, intercept=args.intercept, log=log
+    )
+    if args.json:
+        print(json.dumps(fit.to_json(), indent=2))
     else:
-        objective, what = "rho_curve", "max efficiency at the baseline's Var(K_e)"
-    columns = ["n", "m_curve", objective, "m", "params", "var_ensemble", "rho"]
-    text = shown[columns].to_string(
-        index=False,
-        formatters={
-            "m_curve": "{:.2f}".format,
-            "var_ensemble_curve": "{:.6f}".format,
-            "rho_curve": "{:.3f}".format,
-            "params": "{:,}".format,
-            "var_ensemble": "{:.6f}".format,
-            "rho": "{:.3f}".format,
-        },
+        print(fit.moments.to_string(index=False, float_format="{:.5g}".format))
+    log(
+        f"alpha = {fit.alpha:.4f} ({fit.ci_level:.0%} CI {fit.ci_low:.4f}...{fit.ci_high:.4f}), "
+        f"R^2 = {fit.r2:.4f}, {len(config.widths)} widths x {config.samples} samples "
+        f"-> {fit.directory}"
     )
-    options = ", ".join(f"{k}={v}" for k, v in space.options().items())
-    lines = [
-        f"{result.formulation} curve of {space.name} ({options}): alpha={result.alpha:g}, "
-        f"baseline 1x{result.baseline_width}d = {int(baseline['params']):,} params, "
-        f"metric={result.metric}, cost={result.cost}",
-        f"objective: {what}; m_curve is the real-valued m, m the integer model",
-        text,
-    ]
-    if len(shown) < len(result.table):
-        lines.append(f"({len(shown)} of {len(result.table)} widths shown; --all shows every row)")
-    lines.append(
-        f"optimum: n={int(optimum['n'])}, m_curve={optimum['m_curve']:.2f} -> "
-        f"{space.label(int(optimum['m']), int(optimum['n']))}: "
-        f"{int(optimum['params']):,} params, rho={optimum['rho']:.3f}, "
-        f"Var(K_e)={optimum['var_ensemble']:.6f} (baseline {baseline['var_ensemble']:.6f})"
-    )
-    return "\n".join(lines)
 
 
-def _fit_alpha_command(args: argparse.Namespace) -> None:
-    from ce_ray import fit_alpha  # noqa: PLC0415
-
-    parser = _Parser(prog="ce-ray fit-alpha", description="Fit alpha (Algorithm 1) on Ray.")
-    fit_alpha.add_arguments(parser)
-    fit_alpha.run(parser.parse_args(args.fit_args))
-
-
-def _report_command(args: argparse.Namespace) -> None:
+def sweep_command(args: argparse.Namespace) -> None:
+    from ce_ray import cluster, data, storage, sweep, sweep_tables  # noqa: PLC0415
+    from ce_ray.configs import SweepConfig  # noqa: PLC0415
+    from ce_ray.curves import select_points  # noqa: PLC0415
+    from ce_ray.fit_alpha import read_alpha  # noqa: PLC0415
+    from ce_ray.presets import SWEEP_PRESETS  # noqa: PLC0415
     from ce_ray.report import report  # noqa: PLC0415
 
-    print(report(args.results_dir, write_plots=not args.no_plots))
+    preset = SWEEP_PRESETS[args.preset]
+    experiment = args.experiment or f"{preset.name}-{args.formulation}"
+    results = storage.resolve(args.results)
+    storage.check_writable(results)
+    # The data root is stored as given: a relative root names the same data in every job's
+    # working-dir copy (a resubmitted job is a new copy); each node resolves it.
+    data.load(preset.dataset, data.resolve_root(args.data_root))  # missing data: one line, now
+    alpha = args.alpha or (read_alpha(args.alpha_from) if args.alpha_from else preset.alpha)
+    cluster.init_ray()
+    if alpha is None:
+        alpha = _fit_alpha_first(preset.fit_preset, results, experiment, args.seed)
+    points = select_points(
+        curve(preset.space, alpha, preset.baseline, formulation=args.formulation), args.points
+    )
+    config = SweepConfig(
+        preset=preset.name, formulation=args.formulation, alpha=alpha,
+        points=tuple((int(n), int(m)) for n, m in zip(points["n"], points["m"], strict=True)),
+        seeds=args.seeds, epochs=args.epochs or preset.recipe.epochs,
+        workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker, scheduler=args.scheduler, seed=args.seed,
+        data_root=args.data_root,
+    )  # fmt: skip
+    directory = storage.join(results, experiment)
+    print(
+        f"[sweep] {preset.name} {args.formulation}: alpha={alpha:.4f}, points "
+        f"{', '.join(f'{m}x{n}d' for n, m in config.points)} x {config.seeds} seeds, "
+        f"{config.epochs} epochs -> {directory}",
+        flush=True,
+    )
+    sweep.run_sweep(
+        config, points, results, experiment, preset.space.name, args.max_concurrent_trials,
+        args.max_failures, curves=sweep_tables.curves_frame(preset, alpha),
+    )  # fmt: skip
+    print(report(directory, with_plots=not args.no_report))
+
+
+def _fit_alpha_first(fit_preset: str, results: str, experiment: str, seed: int) -> float:
+    """Fit alpha with the sweep preset's fit preset into ``<results>/<experiment>/fit_alpha``."""
+    from ce_ray import cluster  # noqa: PLC0415
+    from ce_ray.configs import FitConfig  # noqa: PLC0415
+    from ce_ray.fit_alpha import fit_alpha  # noqa: PLC0415
+
+    print(f"[sweep] fitting alpha first (fit preset {fit_preset})", flush=True)
+    config = FitConfig.from_preset(fit_preset, seed=seed)
+    fit = fit_alpha(config, results, experiment, cluster.default_workers(), bootstrap=200)
+    print(f"[sweep] alpha = {fit.alpha:.4f} (95% CI {fit.ci_low:.4f}..{fit.ci_high:.4f})")
+    return fit.alpha
+
+
+def report_command(args: argparse.Namespace) -> None:
+    from ce_ray.report import report  # noqa: PLC0415
+
+    print(report(args.results_dir, with_plots=not args.no_plots))
+
+
+#: command -> (one-line help, its options, what runs it)
+COMMANDS = {
+    "params": ("exact parameter count of an ensemble m x n d", options.add_params_options,
+               params_command),
+    "curve": ("primal or dual curve and its optimum", options.add_curve_options, curve_command),
+    "fit-alpha": ("fit alpha (Algorithm 1) by sharded Monte-Carlo NTK sampling on Ray",
+                  options.add_fit_alpha_options, fit_alpha_command),
+    "sweep": ("train points of the primal or dual curve (Ray Tune + Ray Train)",
+              options.add_sweep_options, sweep_command),
+    "report": ("table and plots of a sweep's results", options.add_report_options,
+               report_command),
+}  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = options.Parser(prog="ce-ray", description="Collegial ensembles on Ray.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=options.Parser)
+    for name, (summary, add_options, _) in COMMANDS.items():
+        add_options(commands.add_parser(name, help=summary, description=summary))
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    command = {
-        "params": _params_command,
-        "curve": _curve_command,
-        "fit-alpha": _fit_alpha_command,
-        "report": _report_command,
-    }[args.command]
+    """Run one command; returns its exit status (2: bad input, reported in one line)."""
     try:
-        command(args)
-    except ValueError as error:
-        print(f"ce-ray {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help, or a bad option argparse reported: return, not exit
+        return exit_.code if isinstance(exit_.code, int) else options.USAGE_ERROR
+    run = COMMANDS[args.command][2]
+    return options.run_reporting_errors(f"ce-ray {args.command}", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from ce_ray import io
+from ce_ray import storage
 
 # Set by Ray's job manager in the driver of a submitted job (ray._private.runtime_env.constants).
 SUBMITTED_JOB_MARKER = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -25,7 +25,7 @@ def init_ray() -> None:
 
     if ray.is_initialized():
         return
-    env = io.storage_env()
+    env = storage.storage_env()
     if env and SUBMITTED_JOB_MARKER not in os.environ:
         ray.init(runtime_env={"env_vars": env})
     else:

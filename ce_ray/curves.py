@@ -136,53 +136,29 @@ def curve(
         metric: the budget -- ``"params"`` or ``"flops"``.
         cost: ``"block"`` (the paper's curve from one member of the fitted block) or
             ``"network"`` (the whole network's exact count).
+
+    >>> from ce_ray.spaces import CifarResNeXt29Space
+    >>> primal = curve(CifarResNeXt29Space(), alpha=1.6, baseline_width=128)
+    >>> space = primal.space
+    >>> space.label(int(primal.optimum["m"]), int(primal.optimum["n"]))
+    '56x7d'
     """
     alpha = check_alpha(alpha)
-    if formulation not in FORMULATIONS:
-        allowed = ", ".join(FORMULATIONS)
-        raise ValueError(f"formulation must be one of {allowed}; got {formulation!r}")
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}")
-    if cost not in COST_MODELS:
-        raise ValueError(f"cost must be one of {', '.join(COST_MODELS)}; got {cost!r}")
-    if isinstance(baseline_width, bool) or int(baseline_width) != baseline_width:
-        raise ValueError(f"baseline width must be an integer; got {baseline_width!r}")
-    baseline_width = int(baseline_width)
-    if baseline_width < 1:
-        raise ValueError(f"baseline width must be a positive integer; got {baseline_width}")
-    n = np.arange(1, baseline_width + 1) if widths is None else np.unique(np.asarray(widths))
-    if n.size == 0 or n.min() < 1 or not np.issubdtype(n.dtype, np.integer):
-        raise ValueError("widths must be a non-empty grid of positive integers")
-    n = n.astype(np.int64)
-    if baseline_width not in n:
-        raise ValueError(
-            f"baseline width {baseline_width} is outside the width grid {n.min()}..{n.max()}"
-        )
-
-    # Per-member cost and the part that does not grow with m, as float64 for the curve.
-    if cost == "block":
-        fixed = 0.0
-        per_member = np.asarray(space.block_cost(n, metric), dtype=np.float64)
-        baseline_cost = float(space.block_cost(baseline_width, metric))
-    else:
-        fixed, per_member = _network_cost_affine(space, n, metric)
-        baseline_cost = float(space.network_cost(1, baseline_width, metric))
-
+    n, baseline_width = _check_grid(formulation, metric, cost, baseline_width, widths)
+    fixed, per_member, baseline_cost = _cost_model(space, n, baseline_width, metric, cost)
     fan_in_sum = space.fan_in_sum(n)
     var_member = np.expm1(alpha * fan_in_sum)
     var_baseline = math.expm1(alpha * float(space.fan_in_sum(baseline_width)))
-
-    if formulation == "primal":
+    if formulation == "primal":  # Eq. 13: spend the baseline's budget, least variance
         m_curve = (baseline_cost - fixed) / per_member
         var_ensemble_curve = var_member / m_curve
         rho_curve = np.ones_like(m_curve)
         m = _closest_budget_m(space, n, metric, baseline_width)
-    else:
+    else:  # Eq. 14: match the baseline's variance, least budget
         m_curve = var_member / var_baseline
         var_ensemble_curve = np.full_like(m_curve, var_baseline)
         rho_curve = baseline_cost / (fixed + m_curve * per_member)
         m = np.maximum(1, np.floor(m_curve + 0.5)).astype(np.int64)
-
     real_baseline_cost = float(space.network_cost(1, baseline_width, metric))
     table = pd.DataFrame(
         {
@@ -201,6 +177,41 @@ def curve(
         columns=list(CURVE_COLUMNS),
     )
     return Curve(space, formulation, alpha, baseline_width, metric, cost, table)
+
+
+def _check_grid(formulation, metric, cost, baseline_width, widths) -> tuple[np.ndarray, int]:
+    """The validated width grid (int64, sorted, unique) and baseline width."""
+    if formulation not in FORMULATIONS:
+        allowed = ", ".join(FORMULATIONS)
+        raise ValueError(f"formulation must be one of {allowed}; got {formulation!r}")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}")
+    if cost not in COST_MODELS:
+        raise ValueError(f"cost must be one of {', '.join(COST_MODELS)}; got {cost!r}")
+    if isinstance(baseline_width, bool) or int(baseline_width) != baseline_width:
+        raise ValueError(f"baseline width must be an integer; got {baseline_width!r}")
+    baseline_width = int(baseline_width)
+    if baseline_width < 1:
+        raise ValueError(f"baseline width must be a positive integer; got {baseline_width}")
+    n = np.arange(1, baseline_width + 1) if widths is None else np.unique(np.asarray(widths))
+    if n.size == 0 or n.min() < 1 or not np.issubdtype(n.dtype, np.integer):
+        raise ValueError("widths must be a non-empty grid of positive integers")
+    if baseline_width not in n:
+        raise ValueError(
+            f"baseline width {baseline_width} is outside the width grid {n.min()}..{n.max()}"
+        )
+    return n.astype(np.int64), baseline_width
+
+
+def _cost_model(space: Space, n: np.ndarray, baseline_width: int, metric: Metric,
+                cost: CostModel) -> tuple[float, np.ndarray, float]:  # fmt: skip
+    """``(fixed, per_member(n), baseline cost)``: a network of m members at width n costs
+    ``fixed + m * per_member(n)``; "block" counts one member of the fitted block only."""
+    if cost == "block":
+        per_member = np.asarray(space.block_cost(n, metric), dtype=np.float64)
+        return 0.0, per_member, float(space.block_cost(baseline_width, metric))
+    fixed, per_member = _network_cost_affine(space, n, metric)
+    return fixed, per_member, float(space.network_cost(1, baseline_width, metric))
 
 
 def _network_cost_affine(space: Space, n: np.ndarray, metric: Metric) -> tuple[float, np.ndarray]:
@@ -225,3 +236,103 @@ def _closest_budget_m(
     lower_gap = np.abs(np.asarray(space.network_cost(lower, n, metric), dtype=np.int64) - target)
     upper_gap = np.abs(np.asarray(space.network_cost(upper, n, metric), dtype=np.int64) - target)
     return np.where(upper_gap < lower_gap, upper, lower)
+
+
+def select_points(result: Curve, count: int) -> pd.DataFrame:
+    """``count`` rows of the curve to train: the optimum, the baseline, and widths spread
+    log-uniformly over the grid (each with its integer m). Column ``role`` says which.
+
+    >>> from ce_ray.spaces import FCSpace
+    >>> primal = curve(FCSpace(input_dim=64, depth=4, num_classes=10), 2.4, baseline_width=64)
+    >>> select_points(primal, 3)[["n", "m", "role"]].to_dict("list")
+    {'n': [8, 13, 64], 'm': [18, 10, 1], 'role': ['curve', 'optimum', 'baseline']}
+    """
+    if count < 2:
+        raise ValueError(f"--points must be >= 2 (the optimum and the baseline); got {count}")
+    widths = result.table["n"].to_numpy()
+    chosen = {result.baseline_width: "baseline", int(result.optimum["n"]): "optimum"}
+    spare = count - len(chosen)  # the optimum's role wins a tie with the baseline
+    for target in np.geomspace(widths.min(), widths.max(), spare + 2)[1:-1] if spare > 0 else []:
+        free = np.array([w for w in widths if w not in chosen])
+        if free.size == 0:
+            break
+        chosen[int(free[np.argmin(np.abs(np.log(free) - np.log(target)))])] = "curve"
+    rows = result.table[result.table["n"].isin(chosen)].copy()
+    rows["role"] = rows["n"].map(chosen)
+    return rows.reset_index(drop=True)
+
+
+# How many rows `format_curve` prints unless asked for all.
+MAX_PRINTED_ROWS = 40
+
+
+def _row_record(space: Space, row: pd.Series) -> dict:
+    record = {
+        k: (int(v) if k in ("n", "m", "params", "flops") else float(v)) for k, v in row.items()
+    }
+    record["label"] = space.label(record["m"], record["n"])
+    return record
+
+
+def curve_to_json(result: Curve) -> dict:
+    """The curve as a JSON-ready dict (fields documented in the README)."""
+    return {
+        "space": result.space.name,
+        "options": result.space.options(),
+        "formulation": result.formulation,
+        "metric": result.metric,
+        "cost": result.cost,
+        "alpha": result.alpha,
+        "baseline": _row_record(result.space, result.baseline),
+        "optimum": _row_record(result.space, result.optimum),
+        "table": [_row_record(result.space, row) for _, row in result.table.iterrows()],
+    }
+
+
+def _rows_to_print(result: Curve, all_rows: bool) -> pd.DataFrame:
+    """All rows, or ~MAX_PRINTED_ROWS log-spaced widths plus the optimum and the baseline."""
+    table = result.table
+    if all_rows or len(table) <= MAX_PRINTED_ROWS:
+        return table
+    positions = np.unique(np.geomspace(1, len(table), MAX_PRINTED_ROWS).astype(int) - 1)
+    keep = set(positions) | {int(result.optimum.name), int(result.baseline.name)}
+    return table.iloc[sorted(keep)]
+
+
+def format_curve(result: Curve, all_rows: bool = False) -> str:
+    """A human-readable table of the curve with its optimum and the baseline."""
+    space, optimum, baseline = result.space, result.optimum, result.baseline
+    shown = _rows_to_print(result, all_rows)
+    if result.formulation == "primal":
+        objective, what = "var_ensemble_curve", "min Var(K_e) at the baseline's budget"
+    else:
+        objective, what = "rho_curve", "max efficiency at the baseline's Var(K_e)"
+    columns = ["n", "m_curve", objective, "m", "params", "var_ensemble", "rho"]
+    text = shown[columns].to_string(
+        index=False,
+        formatters={
+            "m_curve": "{:.2f}".format,
+            "var_ensemble_curve": "{:.6f}".format,
+            "rho_curve": "{:.3f}".format,
+            "params": "{:,}".format,
+            "var_ensemble": "{:.6f}".format,
+            "rho": "{:.3f}".format,
+        },
+    )
+    options = ", ".join(f"{k}={v}" for k, v in space.options().items())
+    lines = [
+        f"{result.formulation} curve of {space.name} ({options}): alpha={result.alpha:g}, "
+        f"baseline 1x{result.baseline_width}d = {int(baseline['params']):,} params, "
+        f"metric={result.metric}, cost={result.cost}",
+        f"objective: {what}; m_curve is the real-valued m, m the integer model",
+        text,
+    ]
+    if len(shown) < len(result.table):
+        lines.append(f"({len(shown)} of {len(result.table)} widths shown; --all shows every row)")
+    lines.append(
+        f"optimum: n={int(optimum['n'])}, m_curve={optimum['m_curve']:.2f} -> "
+        f"{space.label(int(optimum['m']), int(optimum['n']))}: "
+        f"{int(optimum['params']):,} params, rho={optimum['rho']:.3f}, "
+        f"Var(K_e)={optimum['var_ensemble']:.6f} (baseline {baseline['var_ensemble']:.6f})"
+    )
+    return "\n".join(lines)

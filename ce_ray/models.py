@@ -32,10 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ce_ray.spaces import CIFAR_STAGE_CHANNELS, CIFAR_STAGE_STRIDES, CIFAR_STEM_CHANNELS
 
-
-class _Collegial(nn.Module):
+class CollegialModel(nn.Module):
     """Shared by the one-model ensembles.
 
     ``forward(x) = forward_from_first(first_layer(x))``: the first layer's raw product W1 x
@@ -72,7 +70,7 @@ class _Collegial(nn.Module):
         return views
 
 
-class CollegialMLP(_Collegial):
+class CollegialMLP(CollegialModel):
     """``m`` NTK-parameterised ReLU MLPs without bias (Eq. 3), summed and scaled by 1/sqrt(m).
 
     Args:
@@ -132,7 +130,7 @@ class CollegialMLP(_Collegial):
         return F.linear(h, self.readout_weight) * math.sqrt(1.0 / (m * self.widths[-1]))
 
 
-class CollegialBottleneck(_Collegial):
+class CollegialBottleneck(CollegialModel):
     """``m`` NTK-parameterised bottleneck branches (Fig. 5), summed and scaled by 1/sqrt(m).
 
     Member j computes ``W3_j relu(W2_j relu(W1_j x))`` with a 1x1 conv ``in -> width``, a 3x3
@@ -203,28 +201,39 @@ class CifarResNeXt(nn.Module):
     classifier. A stage with output channels ``c`` has bottleneck width
     ``D = m * floor(n * c / 256)`` and a 3x3 conv with ``groups = m``.
 
+    The layout is the space's (``ce_ray.spaces.CifarResNeXt29Space.build`` passes it), so
+    the network and its closed-form counts cannot drift apart.
+
     Args:
         cardinality: m, the number of paths (groups).
         width: n, the per-path bottleneck width of the first stage ("d" in ``m x n d``).
         num_classes: classifier outputs.
+        stem_channels: output channels of the 3x3 stem conv.
+        stage_channels: output channels of each stage.
+        stage_strides: stride of each stage's first block.
+        blocks_per_stage: bottlenecks per stage.
     """
 
-    stage_channels = CIFAR_STAGE_CHANNELS
-    stage_strides = CIFAR_STAGE_STRIDES
-    stem_channels = CIFAR_STEM_CHANNELS
-
     def __init__(
-        self, cardinality: int, width: int, num_classes: int = 10, blocks_per_stage: int = 3
+        self,
+        cardinality: int,
+        width: int,
+        num_classes: int,
+        *,
+        stem_channels: int,
+        stage_channels: Sequence[int],
+        stage_strides: Sequence[int],
+        blocks_per_stage: int = 3,
     ):
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(3, self.stem_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(self.stem_channels),
+            nn.Conv2d(3, stem_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(stem_channels),
             nn.ReLU(inplace=True),
         )
         blocks: list[nn.Module] = []
-        in_channels = self.stem_channels
-        for out_channels, stride in zip(self.stage_channels, self.stage_strides, strict=True):
+        in_channels = stem_channels
+        for out_channels, stride in zip(stage_channels, stage_strides, strict=True):
             group_width = cardinality * (width * out_channels // 256)
             for i in range(blocks_per_stage):
                 blocks.append(

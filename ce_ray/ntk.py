@@ -51,8 +51,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ce_ray.models import _Collegial
-from ce_ray.spaces import BottleneckSpace, FCSpace, Space
+from ce_ray.models import CollegialModel
+from ce_ray.seeds import derive_seed
+from ce_ray.spaces import FCSpace, ResNeXtBlockSpace, Space
 
 Method = Literal["batched", "exact"]
 METHODS: tuple[str, ...] = ("batched", "exact")
@@ -60,18 +61,12 @@ Readout = Literal["pool", "centre"]
 READOUTS: tuple[str, ...] = ("pool", "centre")
 
 
-def derive_seed(*keys: int) -> int:
-    """A 63-bit seed determined by ``keys`` alone (e.g. experiment seed, width, shard)."""
-    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
-    return int(state[0]) << 31 | int(state[1]) >> 1
-
-
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
 def ntk_inputs(
-    block: FCSpace | BottleneckSpace,
+    block: FCSpace | ResNeXtBlockSpace,
     seed: int,
     off_diagonal: bool = False,
     device: str | torch.device = "cpu",
@@ -112,14 +107,16 @@ def _gradients(outputs: torch.Tensor, leaves: Sequence[torch.Tensor]) -> list[tu
     return [torch.autograd.grad(o, leaves, retain_graph=a < last) for a, o in enumerate(outputs)]
 
 
-def _weight_kernel(module: _Collegial, names, grads_a, grads_b) -> torch.Tensor:
+def _weight_kernel(module: CollegialModel, names, grads_a, grads_b) -> torch.Tensor:
     """Per member, sum over the named weights of <grad_a, grad_b> restricted to the member."""
     first = module.member_views(zip(names, grads_a, strict=True))
     second = first if grads_b is grads_a else module.member_views(zip(names, grads_b, strict=True))
     return sum((a * b).sum(dim=1) for a, b in zip(first, second, strict=True))
 
 
-def member_ntk(module: _Collegial, inputs: torch.Tensor, readout: Readout = "pool") -> torch.Tensor:
+def member_ntk(
+    module: CollegialModel, inputs: torch.Tensor, readout: Readout = "pool"
+) -> torch.Tensor:
     """K_j(x_a, x_b) of every member j of a one-model ensemble, for its weights, by autograd.
 
     Members share no weights, so the ensemble's gradient split by member is each member's
@@ -149,7 +146,7 @@ def input_columns(inputs: torch.Tensor) -> torch.Tensor:
 
 
 def first_layer_product(
-    module: _Collegial, inputs: torch.Tensor, generator: torch.Generator
+    module: CollegialModel, inputs: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
     """Draw ``module.first_layer(inputs)`` -- the products W1 X -- from their exact law.
 
@@ -166,7 +163,7 @@ def first_layer_product(
 
 
 def member_ntk_from_product(
-    module: _Collegial, product: torch.Tensor, inputs: torch.Tensor, readout: Readout = "pool"
+    module: CollegialModel, product: torch.Tensor, inputs: torch.Tensor, readout: Readout = "pool"
 ) -> torch.Tensor:
     """:func:`member_ntk` with the first layer given by its product ``W1 X`` (W1 is unused).
 
@@ -202,12 +199,12 @@ def _uses_product_law(inputs: torch.Tensor) -> bool:
 
 
 def draw_chunk(
-    block: FCSpace | BottleneckSpace,
+    block: FCSpace | ResNeXtBlockSpace,
     members: int,
     n: int,
     generator: torch.Generator,
     inputs: torch.Tensor,
-) -> tuple[_Collegial, torch.Tensor | None]:
+) -> tuple[CollegialModel, torch.Tensor | None]:
     """A ``members``-member ensemble of ``block`` with iid N(0, 1) weights from ``generator``.
 
     Where :func:`_uses_product_law` holds, the first layer's weight is left undrawn (its
@@ -227,7 +224,7 @@ def draw_chunk(
 
 
 def bytes_per_sample(
-    block: FCSpace | BottleneckSpace, n: int, inputs: int, method: Method, dtype_bytes: int = 4
+    block: FCSpace | ResNeXtBlockSpace, n: int, inputs: int, method: Method, dtype_bytes: int = 4
 ) -> int:
     """Upper estimate of the memory one sample needs inside a chunk.
 
@@ -254,7 +251,7 @@ CPU_CHUNK_WEIGHT_BYTES = 32 * 2**20
 
 
 def chunk_size(
-    block: FCSpace | BottleneckSpace,
+    block: FCSpace | ResNeXtBlockSpace,
     n: int,
     inputs: int,
     method: Method,
@@ -282,7 +279,7 @@ def chunk_size(
 
 
 def sample_batched(
-    block: FCSpace | BottleneckSpace,
+    block: FCSpace | ResNeXtBlockSpace,
     n: int,
     num_samples: int,
     generator: torch.Generator,

@@ -81,7 +81,7 @@ class Space(ABC):
         """beta(n): parameters (or FLOPs) of one member of the fitted block."""
 
     @abstractmethod
-    def ntk_block(self) -> FCSpace | BottleneckSpace:
+    def ntk_block(self) -> FCSpace | ResNeXtBlockSpace:
         """The space whose member NTK Algorithm 1 samples to fit alpha for this space.
 
         It has ONE output (the NTK entry of output 0 of a wider read-out is the same), and
@@ -151,7 +151,7 @@ class FCSpace(Space):
 
 
 @dataclass(frozen=True)
-class BottleneckSpace(Space):
+class ResNeXtBlockSpace(Space):
     """Ensembles of the Fig. 5 bottleneck branch (``resnext-block``): m paths of width n.
 
     FLOPs are counted on ``spatial x spatial`` inputs (stride 1, so every conv runs at that
@@ -186,11 +186,11 @@ class BottleneckSpace(Space):
     def block_cost(self, n: IntLike, metric: Metric = "params") -> IntLike:
         return self.network_cost(1, n, metric)
 
-    def ntk_block(self) -> BottleneckSpace:
-        return BottleneckSpace(self.in_channels, 1, self.spatial)
+    def ntk_block(self) -> ResNeXtBlockSpace:
+        return ResNeXtBlockSpace(self.in_channels, 1, self.spatial)
 
 
-# ResNeXt-29's layout; ce_ray.models.CifarResNeXt builds the same network.
+# ResNeXt-29's layout: the counts below use it and build() hands it to the network.
 CIFAR_STEM_CHANNELS = 64
 CIFAR_STAGE_CHANNELS = (256, 512, 1024)
 CIFAR_STAGE_STRIDES = (1, 2, 2)
@@ -209,8 +209,8 @@ class _ResNeXtNetworkSpace(Space):
     def fan_in_sum(self, n: IntLike) -> np.ndarray:
         return _bottleneck_fan_in_sum(_FITTED_BLOCK_CHANNELS, n)
 
-    def ntk_block(self) -> BottleneckSpace:
-        return BottleneckSpace(_FITTED_BLOCK_CHANNELS, 1, _FITTED_BLOCK_SPATIAL)
+    def ntk_block(self) -> ResNeXtBlockSpace:
+        return ResNeXtBlockSpace(_FITTED_BLOCK_CHANNELS, 1, _FITTED_BLOCK_SPATIAL)
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,10 @@ class CifarResNeXt29Space(_ResNeXtNetworkSpace):
     def build(self, m: int, n: int) -> CifarResNeXt:
         from ce_ray.models import CifarResNeXt
 
-        return CifarResNeXt(m, n, self.num_classes)
+        return CifarResNeXt(
+            m, n, self.num_classes, stem_channels=CIFAR_STEM_CHANNELS,
+            stage_channels=CIFAR_STAGE_CHANNELS, stage_strides=CIFAR_STAGE_STRIDES,
+        )  # fmt: skip
 
     def _count(self, m: IntLike, n: IntLike, flops: bool) -> IntLike:
         m, n = _as_int(m), _as_int(n)
@@ -335,7 +338,7 @@ SPACES: dict[str, type[Space]] = {
     cls.name: cls
     for cls in (
         FCSpace,
-        BottleneckSpace,
+        ResNeXtBlockSpace,
         CifarResNeXt29Space,
         ImageNetResNeXt50Space,
         ImageNetResNeXt101Space,

@@ -4,7 +4,6 @@ GPU, DDP over NCCL; gloo on CPU). Ordinary PyTorch plus ``ray.train.report`` onc
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import tempfile
@@ -16,8 +15,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from ce_ray import data, io
-from ce_ray.presets import PRESETS, Recipe
+from ce_ray import data
+from ce_ray.presets import SWEEP_PRESETS, Recipe
+from ce_ray.records import TrialRecord
 
 # The one file of a training checkpoint (torch.save of model, optimizer, schedule, epoch, RNGs).
 CHECKPOINT_FILE = "state.pt"
@@ -87,48 +87,15 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class TrialRecord:
-    """The trial's own account of its training, one JSON file in the results storage:
-    ``starts`` (how often its training began), ``first_started_at`` (unix time) and
-    ``epochs`` (one metrics dict per trained epoch).
-
-    It is the source of ``epochs.parquet``: Tune's copy of the reports can lag behind the
-    checkpoints when a job is stopped (seen: epochs 31-33 checkpointed, Tune's history ending at
-    30). It lives in the results storage, not in a checkpoint or on a node's disk, so that a
-    start that died before its first checkpoint is counted and a retry on another node sees
-    it. Only rank 0 writes it; starts of one trial never overlap. Each epoch is written before
-    it is reported, and a start drops the epochs after its checkpoint, which it trains again.
-    """
-
-    def __init__(self, location: str, start_epoch: int):
-        self.location = location
-        record = json.loads(io.read_text(location)) if io.exists(location) else {}
-        self.attempt = record.get("starts", 0)
-        self.first_started_at = record.get("first_started_at", time.time())
-        self.epochs = [e for e in record.get("epochs", []) if e["epoch"] < start_epoch]
-        self._write()
-
-    def add(self, metrics: dict) -> None:
-        self.epochs.append(metrics)
-        self._write()
-
-    def _write(self) -> None:
-        record = {
-            "starts": self.attempt + 1,
-            "first_started_at": self.first_started_at,
-            "epochs": self.epochs,
-        }
-        io.write_bytes(json.dumps(record).encode(), self.location)
-
-
 def train_point(config: dict) -> None:
     """Ray Train's ``train_loop_per_worker`` for one (point, seed).
 
     ``config`` carries: preset, m, n, seed (the trial's derived seed), epochs, data_root and
-    ``record`` (the location of its :class:`TrialRecord`). Reports ``epoch``, ``train_loss``,
-    ``test_error`` (and ``test_error_top5`` when there are more than 5 classes), ``attempt``
-    (0 for the first start of the trial), ``start_epoch`` and ``node_id`` after every epoch,
-    each report with a checkpoint (model, optimizer, lr schedule, epoch, every RNG state).
+    ``record`` (the location of its :class:`~ce_ray.records.TrialRecord`). Reports ``epoch``,
+    ``train_loss``, ``test_error`` (and ``test_error_top5`` when there are more than 5
+    classes), ``attempt`` (0 for the first start of the trial), ``start_epoch`` and ``node_id``
+    after every epoch, each report with a checkpoint (model, optimizer, lr schedule, epoch,
+    every RNG state).
 
     Resuming: when Ray Train hands back a checkpoint (a worker or node was lost, or the job
     was stopped and submitted again) training continues after its epoch. The data order of an
@@ -140,30 +107,18 @@ def train_point(config: dict) -> None:
     import ray.train  # noqa: PLC0415
     import ray.train.torch  # noqa: PLC0415
 
-    preset = PRESETS[config["preset"]]
-    recipe = preset.recipe
+    preset = SWEEP_PRESETS[config["preset"]]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(config["seed"])  # same initial weights on every rank (DDP checks)
-
     train_set, test_set = data.load(preset.dataset, data.resolve_root(config["data_root"]))
     model = preset.space.build(config["m"], config["n"])
-    optimizer, schedule = make_optimizer(model, recipe)
-    start_epoch, train_time = 1, 0.0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(os.path.join(directory, CHECKPOINT_FILE), weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        _set_rng_state(state["rng"][rank])
-        start_epoch, train_time = state["epoch"] + 1, state["train_time_s"]
+    optimizer, schedule = make_optimizer(model, preset.recipe)
+    start_epoch, train_time = _restore(model, optimizer, schedule, rank)
     record = TrialRecord(config["record"], start_epoch) if rank == 0 else None
-    attempt = record.attempt if record else 0
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
-    batch = max(1, recipe.batch_size // world)
+    batch = max(1, preset.recipe.batch_size // world)
     sampler = DistributedSampler(
         train_set, num_replicas=world, rank=rank, shuffle=True, seed=config["seed"]
     )
@@ -171,29 +126,55 @@ def train_point(config: dict) -> None:
         train_set, batch_size=batch, sampler=sampler, drop_last=len(train_set) > batch * world
     )
     loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)  # device moves
-    classes = getattr(preset.space, "num_classes", 0)
+    top5 = getattr(preset.space, "num_classes", 0) > 5
     for epoch in range(start_epoch, config["epochs"] + 1):
         started = time.perf_counter()
         sampler.set_epoch(epoch)
-        loss_sum = count = 0.0
-        for x, y in loader:
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(y)
-            count += len(y)
+        metrics = {"epoch": epoch, "train_loss": _train_epoch(model, loader, optimizer, device)}
         schedule.step()
-        loss_sum, count = _all_reduce_sum([loss_sum, count], device)
-        metrics = {"epoch": epoch, "train_loss": loss_sum / count}
-        metrics |= evaluate(model, test_set, batch, device, rank, world, top5=classes > 5)
+        metrics |= evaluate(model, test_set, batch, device, rank, world, top5)
         train_time += time.perf_counter() - started
-        metrics |= {"train_time_s": train_time, "attempt": attempt, "start_epoch": start_epoch}
-        metrics["node_id"] = ray.get_runtime_context().get_node_id()  # rank 0's is reported
+        metrics |= {
+            "train_time_s": train_time,
+            "attempt": record.attempt if record else 0,
+            "start_epoch": start_epoch,
+            "node_id": ray.get_runtime_context().get_node_id(),  # rank 0's is reported
+        }
         if record is not None:
             metrics["time_total_s"] = time.time() - record.first_started_at
             record.add(metrics)
         _report_with_checkpoint(metrics, model, optimizer, schedule, epoch, train_time, world)
+
+
+def _train_epoch(model, loader, optimizer, device) -> float:
+    """One pass over this rank's batches; the mean loss over every rank's examples."""
+    loss_sum = count = 0.0
+    for x, y in loader:
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(y)
+        count += len(y)
+    loss_sum, count = _all_reduce_sum([loss_sum, count], device)
+    return loss_sum / count
+
+
+def _restore(model, optimizer, schedule, rank: int) -> tuple[int, float]:
+    """Load Ray Train's checkpoint, if it hands one back: ``(first epoch to train, training
+    seconds so far)``; ``(1, 0.0)`` on a fresh start."""
+    import ray.train  # noqa: PLC0415
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 1, 0.0
+    with checkpoint.as_directory() as directory:
+        state = torch.load(os.path.join(directory, CHECKPOINT_FILE), weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    _set_rng_state(state["rng"][rank])
+    return state["epoch"] + 1, state["train_time_s"]
 
 
 def _report_with_checkpoint(metrics, model, optimizer, schedule, epoch, train_time, world):

@@ -1,11 +1,10 @@
 """Sweep the primal curve of a preset with Ray Tune; each point trains as a Ray Train job.
 
-Runs as a plain script (``ray.init()`` starts a local cluster) or under
+The same program as ``ce-ray sweep primal``. Runs as a plain script (``ray.init()`` starts a
+local cluster) or under
 ``ray job submit --working-dir . -- python jobs/primal_curve.py --preset cifar10-resnext29 ...``.
 Results: ``<results>/<experiment>/{trials,epochs,curves}.parquet`` and PNGs.
 """
-
-from __future__ import annotations
 
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 # `python jobs/primal_curve.py` puts jobs/ on sys.path; the package sits one level up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ce_ray.sweep import main  # noqa: E402
+from ce_ray.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main("primal"))
+    sys.exit(main(["sweep", "primal", *sys.argv[1:]]))

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ce_ray import io, local_head  # noqa: E402
+from ce_ray import local_head, storage  # noqa: E402
 
 DASHBOARD_PORT = 8265
 GCS_PORT = 6379
@@ -45,7 +45,7 @@ def main() -> int:
         log = Path(tempfile.gettempdir()) / "ce-ray-run-local-head.log"
         head = local_head.start_head(GCS_PORT, DASHBOARD_PORT, env, log_path=str(log))
     try:
-        runtime_env = {"env_vars": io.storage_env()}
+        runtime_env = {"env_vars": storage.storage_env()}
         command = [
             str(local_head.BIN / "ray"), "job", "submit",
             "--address", f"http://127.0.0.1:{DASHBOARD_PORT}", "--working-dir", str(ROOT),

@@ -17,23 +17,24 @@ import pytest
 
 from ce_ray.alpha import fit_line, width_moments
 from ce_ray.curves import parse_widths
-from ce_ray.fit_alpha import FIT_PRESETS
-from ce_ray.ntk import derive_seed, ntk_inputs, sample_ntk
+from ce_ray.ntk import ntk_inputs, sample_ntk
+from ce_ray.presets import FIT_PRESETS
+from ce_ray.seeds import derive_seed
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 # (fit preset, read-out, draws per width here): (alpha, CI low, CI high) of the README's table,
 # each produced by the command in that table (`python jobs/fit_alpha.py --preset ...`).
 README_ALPHAS = {
-    ("mlp", "pool", 3000): (3.235, 3.201, 3.266),
-    ("bottleneck", "pool", 1500): (1.285, 1.254, 1.318),
-    ("bottleneck", "centre", 1500): (2.403, 2.348, 2.458),
+    ("mnist-mlp-block", "pool", 3000): (3.235, 3.201, 3.266),
+    ("resnext-block", "pool", 1500): (1.285, 1.254, 1.318),
+    ("resnext-block", "centre", 1500): (2.403, 2.348, 2.458),
 }
 
 
 def small_fit(preset: str, readout: str, samples: int, seed: int):
     settings = FIT_PRESETS[preset]
-    space, widths = settings["space"], parse_widths(settings["widths"])
+    space, widths = settings.space, parse_widths(settings.widths)
     inputs = ntk_inputs(space.ntk_block(), seed)
     moments = [
         width_moments(
@@ -43,7 +44,7 @@ def small_fit(preset: str, readout: str, samples: int, seed: int):
                 samples,
                 derive_seed(seed, int(w)),
                 inputs,
-                settings["method"],
+                settings.method,
                 readout=readout,
             )  # fmt: skip
         )

@@ -20,7 +20,7 @@ from scipy import stats
 
 from ce_ray.models import CollegialBottleneck
 from ce_ray.ntk import ntk_inputs, sample_ntk
-from ce_ray.spaces import BottleneckSpace
+from ce_ray.spaces import ResNeXtBlockSpace
 
 
 def fig5_block(x, w1, w2, w3):
@@ -57,7 +57,7 @@ def brute_force_ntk(x, n: int, draws: int, readout: str, seed: int) -> np.ndarra
 
 
 def test_centre_readout_mean_is_the_closed_form():
-    space = BottleneckSpace(in_channels=64, out_channels=64, spatial=5)
+    space = ResNeXtBlockSpace(in_channels=64, out_channels=64, spatial=5)
     x = ntk_inputs(space.ntk_block(), seed=11, dtype=torch.float64)
     k = sample_ntk(space, 64, 4000, seed=12, inputs=x.float(), readout="centre")
     norms = (x[0] ** 2).sum(dim=0)  # |x(p)|^2 per pixel
@@ -68,7 +68,7 @@ def test_centre_readout_mean_is_the_closed_form():
 
 
 def test_pooled_readout_mean_and_law_match_brute_force():
-    space = BottleneckSpace(in_channels=16, out_channels=16, spatial=4)
+    space = ResNeXtBlockSpace(in_channels=16, out_channels=16, spatial=4)
     x = ntk_inputs(space.ntk_block(), seed=21, dtype=torch.float64)
     sampled = sample_ntk(space, 16, 3000, seed=22, inputs=x.float(), readout="pool")
     brute = brute_force_ntk(x, 16, 1500, "pool", seed=23)

@@ -77,7 +77,7 @@ def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_res
     assert "resuming" in again.stdout
     trials = pd.read_parquet(tmp_path / "stop/trials.parquet")
     history = pd.read_parquet(tmp_path / "stop/epochs.parquet")
-    assert len(trials) == 2 and trials.groupby(["n", "seed"]).size().eq(1).all()
+    assert len(trials) == 2 and trials.groupby(["n", "seed_index"]).size().eq(1).all()
     assert (trials["status"] == "finished").all()
     assert (
         history.groupby("trial_id")["epoch"]

@@ -8,10 +8,10 @@ import pytest
 
 from ce_ray.curves import CURVE_COLUMNS, curve, parse_widths
 from ce_ray.spaces import (
-    BottleneckSpace,
     CifarResNeXt29Space,
     FCSpace,
     ImageNetResNeXt50Space,
+    ResNeXtBlockSpace,
     make_space,
 )
 
@@ -51,7 +51,12 @@ def test_table_columns_and_baseline_row():
 @pytest.mark.parametrize("metric", ["params", "flops"])
 def test_strong_duality_over_random_alphas_and_baselines(cost, metric):
     rng = np.random.default_rng(1234)
-    spaces = [FCSpace(), BottleneckSpace(), CifarResNeXt29Space(), make_space("imagenet-resnext50")]
+    spaces = [
+        FCSpace(),
+        ResNeXtBlockSpace(),
+        CifarResNeXt29Space(),
+        make_space("imagenet-resnext50"),
+    ]
     for _ in range(60):
         space = spaces[rng.integers(len(spaces))]
         alpha = float(rng.uniform(0.05, 8.0))
@@ -63,7 +68,7 @@ def test_strong_duality_over_random_alphas_and_baselines(cost, metric):
 
 
 def test_block_and_network_cost_agree_where_network_is_the_block():
-    for space in (FCSpace(), BottleneckSpace()):
+    for space in (FCSpace(), ResNeXtBlockSpace()):
         block = curve(space, 2.5, 100, formulation="dual", cost="block").table
         network = curve(space, 2.5, 100, formulation="dual", cost="network").table
         np.testing.assert_allclose(block["rho_curve"], network["rho_curve"])
@@ -151,7 +156,7 @@ def test_ten_thousand_widths_well_under_a_second():
     ],
 )
 def test_curve_rejects_bad_input(kwargs, message):
-    arguments = {"space": BottleneckSpace(), "alpha": 1.6, "baseline_width": 64} | kwargs
+    arguments = {"space": ResNeXtBlockSpace(), "alpha": 1.6, "baseline_width": 64} | kwargs
     with pytest.raises(ValueError, match=message):
         curve(**arguments)
 

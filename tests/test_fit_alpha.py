@@ -13,24 +13,26 @@ import pyarrow.parquet as pq
 import pytest
 
 from ce_ray import fit_alpha as fa
-from ce_ray import io
+from ce_ray import shards, storage
+from ce_ray.configs import FitConfig
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
-def config(**overrides) -> fa.FitConfig:
+def config(**overrides) -> FitConfig:
     settings = dict(
-        preset="mlp", widths=(8, 16, 32), samples=600, shard_size=200, seed=5, method="exact",
-        readout="pool", off_diagonal=False, device="cpu", dtype="float32", memory_budget_mib=64.0,
+        preset="mnist-mlp-block", widths=(8, 16, 32), samples=600, shard_size=200, seed=5,
+        method="exact", readout="pool", off_diagonal=False, device="cpu", dtype="float32",
+        memory_budget_mib=64.0,
     )  # fmt: skip
-    return fa.FitConfig(**(settings | overrides))
+    return FitConfig(**(settings | overrides))
 
 
 def shard_tables(directory: str) -> dict[str, pd.DataFrame]:
-    shard_dir = io.join(directory, "shards")
+    shard_dir = storage.join(directory, "shards")
     return {
-        name: io.read_parquet(io.join(shard_dir, name)).to_pandas()
-        for name in io.list_files(shard_dir, ".parquet")
+        name: storage.read_parquet(storage.join(shard_dir, name)).to_pandas()
+        for name in storage.list_files(shard_dir, ".parquet")
     }
 
 
@@ -45,7 +47,7 @@ def assert_same_shards(a: str, b: str) -> None:
     "cfg",
     [
         config(),
-        config(preset="bottleneck", widths=(2, 4), samples=60, shard_size=20, method="batched"),
+        config(preset="resnext-block", widths=(2, 4), samples=60, shard_size=20, method="batched"),
     ],
     ids=["mlp-exact", "bottleneck-batched"],
 )
@@ -66,12 +68,14 @@ def test_outputs_are_plain_parquet_and_png(tmp_path):
     alpha = pd.read_parquet(f"{result.directory}/alpha.parquet")
     assert len(alpha) == 1 and alpha.loc[0, "alpha"] == result.alpha
     assert alpha.loc[0, "ci_low"] < result.alpha < alpha.loc[0, "ci_high"]
-    metadata = io.read_metadata(f"{result.directory}/alpha.parquet")
+    metadata = storage.read_metadata(f"{result.directory}/alpha.parquet")
     assert metadata["config"] == config().to_json() and metadata["seed"] == 5
     assert set(metadata["versions"]) >= {"torch", "ray", "pyarrow"}
     with open(f"{result.directory}/alpha.png", "rb") as png:
         assert png.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert pq.read_schema(f"{result.directory}/moments.parquet").names == io.MOMENTS_SCHEMA.names
+    assert (
+        pq.read_schema(f"{result.directory}/moments.parquet").names == storage.MOMENTS_SCHEMA.names
+    )
 
 
 def test_rerun_resumes_and_recomputes_only_missing_shards(tmp_path):
@@ -137,10 +141,13 @@ def test_a_different_configuration_is_refused_and_nothing_is_written(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"samples": 1}, "--samples must be >= 2"),
+        ({"samples": 1}, "samples must be >= 2"),
         ({"widths": (8,)}, "need at least two widths"),
         ({"widths": (0, 8)}, "widths must be positive integers"),
-        ({"preset": "bottleneck"}, "--method exact supports the mlp preset only"),
+        (
+            {"preset": "resnext-block"},
+            "--method exact samples MLP blocks only; resnext-block is not one",
+        ),
         ({"readout": "max"}, "--readout must be one of pool, centre"),
         ({"device": "tpu"}, "--device must be cpu or cuda"),
     ],
@@ -160,7 +167,7 @@ def test_budget_too_small_fails_before_writing(tmp_path):
 def test_every_shard_of_a_width_draws_its_own_weights(tmp_path):
     cfg = config()
     for index in (0, 1):
-        fa.run_shard(cfg, fa.Shard(width=16, index=index, start=200 * index,
+        shards.sample_shard(cfg, shards.Shard(width=16, index=index, start=200 * index,
                                    stop=200 * (index + 1)), str(tmp_path))  # fmt: skip
     first, second = (
         pd.read_parquet(tmp_path / f"w000016-s0000{i}.parquet")["k"].to_numpy() for i in (0, 1)
@@ -169,10 +176,10 @@ def test_every_shard_of_a_width_draws_its_own_weights(tmp_path):
 
 
 def test_non_finite_samples_name_the_width_and_shard(tmp_path, monkeypatch):
-    monkeypatch.setattr(fa, "sample_ntk", lambda *args, **kwargs: np.array([1.0, np.nan]))
-    shard = fa.Shard(width=16, index=3, start=6, stop=8)
+    monkeypatch.setattr(shards, "sample_ntk", lambda *args, **kwargs: np.array([1.0, np.nan]))
+    shard = shards.Shard(width=16, index=3, start=6, stop=8)
     with pytest.raises(ValueError, match="non-finite NTK entry at width 16, shard 3"):
-        fa.run_shard(config(), shard, str(tmp_path))
+        shards.sample_shard(config(), shard, str(tmp_path))
     assert not any(tmp_path.iterdir())
 
 
@@ -185,10 +192,10 @@ def test_a_killed_writer_and_a_truncated_shard_are_repaired_on_resume(tmp_path):
     victim = shard_dir / "w000008-s00000.parquet"
     original = victim.read_bytes()
     writer = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from ce_ray import io\n"
+        "import sys, time; from ce_ray import storage\n"
         "def half(stream):\n"
         "    stream.write(b'PAR1' + bytes(1000)); stream.flush(); time.sleep(120)\n"
-        f"io._atomic_write({str(victim)!r}, half)\n"
+        f"storage._atomic_write({str(victim)!r}, half)\n"
     )])  # fmt: skip
     deadline = time.monotonic() + 60
     while not list(shard_dir.glob(".tmp-*")):

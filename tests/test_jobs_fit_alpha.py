@@ -20,7 +20,16 @@ ENV = os.environ | {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_AUTH_MODE": "token",
 }
-SMALL = ["--preset", "mlp", "--widths", "8,16,32", "--samples", "1000", "--bootstrap", "100"]
+SMALL = [
+    "--preset",
+    "mnist-mlp-block",
+    "--widths",
+    "8,16,32",
+    "--samples",
+    "1000",
+    "--bootstrap",
+    "100",
+]
 
 
 def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -46,10 +55,10 @@ def test_plain_script_starts_its_own_cluster_and_prints_json(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--samples", "1"], "--samples must be >= 2 per width; got 1"),
+        (["--samples", "1"], "argument --samples: must be an integer >= 2; got '1'"),
         (["--widths", "16"], "need at least two widths to fit alpha; got [16]"),
         (["--widths", "0,8"], "widths must be positive integers"),
-        (["--workers", "0"], "--workers must be >= 1; got 0"),
+        (["--workers", "0"], "argument --workers: must be an integer >= 1; got '0'"),
         (["--memory-budget", "0.01", "--method", "batched"], "too small for one sample"),
     ],
 )

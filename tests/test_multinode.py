@@ -13,13 +13,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ce_ray import cli, storage
 from ce_ray import fit_alpha as fa
-from ce_ray import io, sweep
+from ce_ray.configs import FitConfig
 from tests.conftest import short_tmpdir
 
 ROOT = Path(__file__).resolve().parent.parent
-FIT = ["--preset", "mlp", "--widths", "8,16,32", "--samples", "2000", "--shard-size", "250",
-       "--bootstrap", "50", "--seed", "3"]  # fmt: skip
+FIT = ["--preset", "mnist-mlp-block", "--widths", "8,16,32", "--samples", "2000",
+       "--shard-size", "250", "--bootstrap", "50", "--seed", "3"]  # fmt: skip
 SWEEP = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "1"]
 
 pytestmark = pytest.mark.usefixtures("multi_node")
@@ -41,9 +42,9 @@ def single_node_alpha(tmp_path_factory):
 
 
 def shard_nodes(directory: str) -> set[str]:
-    shard_dir = io.join(directory, "shards")
-    names = io.list_files(shard_dir, ".parquet")
-    return {io.read_metadata(io.join(shard_dir, name))["node_id"] for name in names}
+    shard_dir = storage.join(directory, "shards")
+    names = storage.list_files(shard_dir, ".parquet")
+    return {storage.read_metadata(storage.join(shard_dir, name))["node_id"] for name in names}
 
 
 def worker_ids(multi_node) -> set[str]:
@@ -51,11 +52,11 @@ def worker_ids(multi_node) -> set[str]:
 
 
 def fit(results: str, experiment: str) -> fa.FitResult:
-    parser = __import__("argparse").ArgumentParser()
-    fa.add_arguments(parser)
-    args = parser.parse_args([*FIT, "--results", results, "--experiment", experiment])
-    return fa.fit_alpha(fa.config_from_args(args), results, experiment, workers=2, bootstrap=50,
-                        log=lambda _: None)  # fmt: skip
+    """FIT's settings, through the library."""
+    config = FitConfig.from_preset(
+        "mnist-mlp-block", widths=(8, 16, 32), samples=2000, shard_size=250, seed=3
+    )
+    return fa.fit_alpha(config, results, experiment, workers=2, bootstrap=50, log=lambda _: None)
 
 
 def test_fit_alpha_shards_run_on_both_workers_and_alpha_matches_one_node(
@@ -76,7 +77,7 @@ def test_sweep_trains_on_the_workers_and_writes_to_s3(multi_node, s3):
     server, bucket = s3
     results = f"s3://{bucket}/sweeps"
     args = [*SWEEP, "--epochs", "3", "--results", results, "--experiment", "s3"]
-    assert sweep.main("primal", args) == 0
+    assert cli.main(["sweep", "primal", *args]) == 0
     trials = pd.read_parquet(f"{results}/s3/trials.parquet")
     epochs = pd.read_parquet(f"{results}/s3/epochs.parquet")
     assert len(trials) == 2 and (trials["status"] == "finished").all()
@@ -88,7 +89,7 @@ def test_sweep_trains_on_the_workers_and_writes_to_s3(multi_node, s3):
     assert any(k.startswith("sweeps/s3/tune/") for k in keys)
     assert any(k.startswith("sweeps/s3/train/") and "checkpoint" in k for k in keys)
     # A rerun resumes from S3: nothing is trained again.
-    assert sweep.main("primal", args) == 0
+    assert cli.main(["sweep", "primal", *args]) == 0
     pd.testing.assert_frame_equal(epochs, pd.read_parquet(f"{results}/s3/epochs.parquet"))
 
 
@@ -123,7 +124,9 @@ def _training_node(experiment_dir: Path, after_epochs: int) -> str | None:
 def test_a_lost_node_mid_sweep_continues_from_checkpoints(multi_node, tmp_path):
     args = [*SWEEP, "--epochs", "40", "--results", str(tmp_path), "--experiment", "lost"]
     outcome = {}
-    thread = threading.Thread(target=lambda: outcome.setdefault("rc", sweep.main("dual", args)))
+    thread = threading.Thread(
+        target=lambda: outcome.setdefault("rc", cli.main(["sweep", "dual", *args]))
+    )
     thread.start()
 
     removed = _remove_a_worker_once(multi_node, lambda: _training_node(tmp_path / "lost", 5))
@@ -131,7 +134,7 @@ def test_a_lost_node_mid_sweep_continues_from_checkpoints(multi_node, tmp_path):
     assert outcome.get("rc") == 0
     trials = pd.read_parquet(tmp_path / "lost/trials.parquet")
     epochs = pd.read_parquet(tmp_path / "lost/epochs.parquet")
-    assert len(trials) == 2 and trials.groupby(["n", "seed"]).size().eq(1).all()
+    assert len(trials) == 2 and trials.groupby(["n", "seed_index"]).size().eq(1).all()
     assert (trials["status"] == "finished").all()
     assert (
         epochs.groupby("trial_id")["epoch"].apply(list).map(lambda e: e == list(range(1, 41))).all()

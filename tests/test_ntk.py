@@ -20,12 +20,12 @@ from ce_ray.ntk import (
     sample_ntk,
     scalar_readout,
 )
-from ce_ray.spaces import BottleneckSpace, CifarResNeXt29Space, FCSpace
+from ce_ray.spaces import CifarResNeXt29Space, FCSpace, ResNeXtBlockSpace
 from tests.ensembles import fill_first_layer, split_members
 
 FC = FCSpace(input_dim=12, depth=4, num_classes=1)
-BLOCK = BottleneckSpace(in_channels=6, out_channels=1, spatial=5)  # 25 positions > 6: draws W1
-WIDE_BLOCK = BottleneckSpace(in_channels=40, out_channels=1, spatial=3)  # draws W1 X instead
+BLOCK = ResNeXtBlockSpace(in_channels=6, out_channels=1, spatial=5)  # 25 positions > 6: draws W1
+WIDE_BLOCK = ResNeXtBlockSpace(in_channels=40, out_channels=1, spatial=3)  # draws W1 X instead
 BLOCKS = {"fc": FC, "bottleneck": BLOCK, "wide-bottleneck": WIDE_BLOCK}
 
 
@@ -112,7 +112,7 @@ def test_whole_networks_sample_their_fitted_bottleneck():
     x = ntk_inputs(block, seed=0)
     k = sample_ntk(CifarResNeXt29Space(), 4, 8, 1, x)
     # The same draws as the Fig. 5 block itself (n_in = n_out = 256 on 8x8), not just any K.
-    np.testing.assert_array_equal(k, sample_ntk(BottleneckSpace(256, 256, 8), 4, 8, 1, x))
+    np.testing.assert_array_equal(k, sample_ntk(ResNeXtBlockSpace(256, 256, 8), 4, 8, 1, x))
 
 
 def test_memory_budget_too_small_for_one_sample():
@@ -124,7 +124,7 @@ def test_memory_budget_too_small_for_one_sample():
 
 MEASURE_PEAK = """
 from ce_ray.ntk import chunk_size, ntk_inputs, sample_ntk
-from ce_ray.spaces import BottleneckSpace, FCSpace
+from ce_ray.spaces import ResNeXtBlockSpace, FCSpace
 
 def status(field):  # kB -> bytes, from this process's own memory map
     line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
@@ -147,7 +147,7 @@ print(status("VmHWM") - resident)
     [
         ("FCSpace(784, 6, 1)", 512, "batched"),
         ("FCSpace(784, 6, 1)", 512, "exact"),
-        ("BottleneckSpace(256, 256, 8)", 128, "batched"),
+        ("ResNeXtBlockSpace(256, 256, 8)", 128, "batched"),
     ],
 )
 def test_peak_memory_stays_within_the_budget(space, n, method):

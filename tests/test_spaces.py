@@ -8,11 +8,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ce_ray.spaces import (
     SPACES,
-    BottleneckSpace,
     CifarResNeXt29Space,
     FCSpace,
     ImageNetResNeXt50Space,
     ImageNetResNeXt101Space,
+    ResNeXtBlockSpace,
     make_space,
 )
 
@@ -67,8 +67,8 @@ def test_table2_imagenet_counts(space, m, n, printed):
         (FCSpace(input_dim=20, depth=4, num_classes=3), 5, 7, (2, 20)),
         (FCSpace(input_dim=784, depth=6, num_classes=10), 30, 48, (2, 784)),
         (FCSpace(depth=2), 3, 9, (2, 784)),
-        (BottleneckSpace(in_channels=32, out_channels=48, spatial=6), 4, 5, (2, 32, 6, 6)),
-        (BottleneckSpace(), 8, 16, (2, 256, 8, 8)),
+        (ResNeXtBlockSpace(in_channels=32, out_channels=48, spatial=6), 4, 5, (2, 32, 6, 6)),
+        (ResNeXtBlockSpace(), 8, 16, (2, 256, 8, 8)),
         (CifarResNeXt29Space(num_classes=10), 3, 4, (2, 3, 32, 32)),
         (CifarResNeXt29Space(num_classes=100), 2, 7, (2, 3, 32, 32)),
         (ImageNetResNeXt50Space(num_classes=10), 4, 3, (1, 3, 224, 224)),
@@ -96,18 +96,18 @@ def test_counts_vectorise_over_widths(name):
 
 def test_fan_in_sums():
     # Fig. 5 block: fan-ins n_in, 9n (3x3 over n channels per group) and n.
-    assert BottleneckSpace(in_channels=256).fan_in_sum(10) == pytest.approx(
+    assert ResNeXtBlockSpace(in_channels=256).fan_in_sum(10) == pytest.approx(
         1 / 256 + 1 / 90 + 1 / 10
     )
     # Whole ResNeXt networks use that same fitted block.
-    assert CifarResNeXt29Space().fan_in_sum(10) == BottleneckSpace().fan_in_sum(10)
-    assert ImageNetResNeXt50Space().fan_in_sum(4) == BottleneckSpace().fan_in_sum(4)
+    assert CifarResNeXt29Space().fan_in_sum(10) == ResNeXtBlockSpace().fan_in_sum(10)
+    assert ImageNetResNeXt50Space().fan_in_sum(4) == ResNeXtBlockSpace().fan_in_sum(4)
     # MLP: input size for the first layer, n for the L - 1 others.
     assert FCSpace(input_dim=784, depth=6).fan_in_sum(50) == pytest.approx(1 / 784 + 5 / 50)
 
 
 def test_block_cost_is_one_member_of_fig5_block():
-    for space in (CifarResNeXt29Space(), ImageNetResNeXt50Space(), BottleneckSpace()):
+    for space in (CifarResNeXt29Space(), ImageNetResNeXt50Space(), ResNeXtBlockSpace()):
         assert space.block_cost(10) == 256 * 10 + 9 * 100 + 10 * 256
     assert FCSpace().block_cost(48) == FCSpace().num_params(1, 48)
     assert CifarResNeXt29Space().block_cost(10, "flops") == 32 * 32 * 6020

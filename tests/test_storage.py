@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from ce_ray import io, sweep
+from ce_ray import cli, storage
 from tests.conftest import S3_ENV, S3Server
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SWEEP = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "1"]
-FIT = ["--preset", "mlp", "--widths", "8,16", "--samples", "100", "--workers", "1"]
+FIT = ["--preset", "mnist-mlp-block", "--widths", "8,16", "--samples", "100", "--workers", "1"]
 
 
 def assert_one_line_exit_2(run, location: str, reason: str) -> None:
@@ -26,7 +26,7 @@ def assert_one_line_exit_2(run, location: str, reason: str) -> None:
 
 def run_sweep(capsys):
     def run(location):
-        rc = sweep.main("primal", [*SWEEP, "--results", location])
+        rc = cli.main(["sweep", "primal", *SWEEP, "--results", location])
         return rc, capsys.readouterr().err
 
     return run
@@ -77,8 +77,8 @@ def test_wrong_credentials_fail_first(capsys, monkeypatch):
 
 def test_check_writable_leaves_nothing_behind(s3, tmp_path):
     server, bucket = s3
-    io.check_writable(f"s3://{bucket}/deep/prefix")
-    io.check_writable(str(tmp_path / "a/b/c"))
+    storage.check_writable(f"s3://{bucket}/deep/prefix")
+    storage.check_writable(str(tmp_path / "a/b/c"))
     assert server.keys(bucket) == [] and not any(tmp_path.iterdir())
 
 

@@ -12,9 +12,9 @@ import pandas as pd
 import psutil
 import pytest
 
-from ce_ray import sweep
-from ce_ray.curves import curve
-from ce_ray.presets import PRESETS
+from ce_ray import cli
+from ce_ray.curves import curve, select_points
+from ce_ray.presets import FIT_PRESETS, SWEEP_PRESETS
 from ce_ray.spaces import FCSpace
 from tests.conftest import epochs_so_far
 
@@ -23,7 +23,7 @@ TINY = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds
 
 def test_select_points_has_optimum_baseline_and_spread():
     result = curve(FCSpace(input_dim=64, depth=4), 2.4, 64, formulation="primal")
-    points = sweep.select_points(result, 5)
+    points = select_points(result, 5)
     assert len(points) == len(set(points["n"])) == 5
     roles = dict(zip(points["n"], points["role"], strict=True))
     assert roles[int(result.optimum["n"])] == "optimum" and roles[64] == "baseline"
@@ -31,15 +31,15 @@ def test_select_points_has_optimum_baseline_and_spread():
     # The spread: the free widths nearest to geomspace(1, 64, 5)[1:-1] = 2.83, 8, 22.6.
     assert sorted(points.loc[points["role"] == "curve", "n"]) == [3, 8, 23]
     with pytest.raises(ValueError, match="--points must be >= 2"):
-        sweep.select_points(result, 1)
+        select_points(result, 1)
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--points", "1"], "--points must be >= 2; got 1"),
-        (["--seeds", "0"], "--seeds must be >= 1; got 0"),
-        (["--alpha", "-1"], "--alpha must be a finite number > 0; got -1.0"),
+        (["--points", "1"], "argument --points: must be an integer >= 2; got '1'"),
+        (["--seeds", "0"], "argument --seeds: must be an integer >= 1; got '0'"),
+        (["--alpha", "-1"], "argument --alpha: must be a finite number > 0; got '-1'"),
         (
             ["--preset", "mnist-mlp", "--data-root", "/nonexistent"],
             "mnist not found: put MNIST/raw/",
@@ -49,7 +49,7 @@ def test_select_points_has_optimum_baseline_and_spread():
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
     base = ["--preset", "synthetic-mlp", "--results", str(tmp_path)]
-    assert sweep.main("primal", base + args) == 2
+    assert cli.main(["sweep", "primal", *(base + args)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not any(tmp_path.iterdir())
@@ -58,11 +58,11 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, messag
 @pytest.mark.usefixtures("ray_cluster")
 def test_sweep_writes_parquet_and_resumes_without_retraining(tmp_path, capsys):
     args = [*TINY, "--epochs", "2", "--results", str(tmp_path), "--experiment", "s"]
-    assert sweep.main("primal", args) == 0
+    assert cli.main(["sweep", "primal", *args]) == 0
     out = capsys.readouterr().out
     trials = pd.read_parquet(tmp_path / "s/trials.parquet")
     epochs = pd.read_parquet(tmp_path / "s/epochs.parquet")
-    assert len(trials) == 4 and trials.groupby(["n", "seed"]).size().eq(1).all()
+    assert len(trials) == 4 and trials.groupby(["n", "seed_index"]).size().eq(1).all()
     assert set(trials["role"]) == {"optimum", "baseline"}
     # The seeds of a point are independent runs (own initialisation and data order).
     assert trials.groupby("n")["final_train_loss"].nunique().eq(2).all()
@@ -83,14 +83,14 @@ def test_sweep_writes_parquet_and_resumes_without_retraining(tmp_path, capsys):
     assert report.returncode == 0, report.stderr[-2000:]
     assert "1x16d" in report.stdout and "baseline" in report.stdout
 
-    assert sweep.main("primal", args) == 0
+    assert cli.main(["sweep", "primal", *args]) == 0
     assert "resuming" in capsys.readouterr().out
     again = pd.read_parquet(tmp_path / "s/epochs.parquet")
     pd.testing.assert_frame_equal(epochs, again)  # same timestamps: nothing retrained
     assert len(pd.read_parquet(tmp_path / "s/trials.parquet")) == 4
 
     changed = [*TINY, "--epochs", "3", "--results", str(tmp_path), "--experiment", "s"]
-    assert sweep.main("primal", changed) == 2
+    assert cli.main(["sweep", "primal", *changed]) == 2
     assert "different configuration (epochs: 2 -> 3)" in capsys.readouterr().err
 
 
@@ -113,18 +113,20 @@ def test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result
         "--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "1",
         "--epochs", "40", "--results", str(tmp_path), "--no-report",
     ]  # fmt: skip
-    assert sweep.main("primal", [*common, "--experiment", "whole"]) == 0
-    whole = pd.read_parquet(tmp_path / "whole/trials.parquet").set_index(["n", "seed"])
+    assert cli.main(["sweep", "primal", *common, "--experiment", "whole"]) == 0
+    whole = pd.read_parquet(tmp_path / "whole/trials.parquet").set_index(["n", "seed_index"])
 
     outcome = {}
     args = [*common, "--experiment", "kill"]
-    thread = threading.Thread(target=lambda: outcome.setdefault("rc", sweep.main("primal", args)))
+    thread = threading.Thread(
+        target=lambda: outcome.setdefault("rc", cli.main(["sweep", "primal", *args]))
+    )
     thread.start()
     killed = kill_a_training_worker_after(tmp_path, "kill", epochs=10, thread=thread)
     thread.join(timeout=600)
     assert killed is not None, "no training worker was found to kill"
     assert outcome.get("rc") == 0
-    trials = pd.read_parquet(tmp_path / "kill/trials.parquet").set_index(["n", "seed"])
+    trials = pd.read_parquet(tmp_path / "kill/trials.parquet").set_index(["n", "seed_index"])
     epochs = pd.read_parquet(tmp_path / "kill/epochs.parquet")
     assert (trials["status"] == "finished").all() and trials["retries"].sum() >= 1
     # Each epoch once, in order, whoever trained it.
@@ -152,7 +154,7 @@ def test_a_two_worker_trial_scores_the_whole_test_set_once(tmp_path):
         "--epochs", "2", "--workers-per-trial", "2", "--results", str(tmp_path),
         "--experiment", "ddp", "--no-report",
     ]  # fmt: skip
-    assert sweep.main("primal", args) == 0
+    assert cli.main(["sweep", "primal", *args]) == 0
     trials = pd.read_parquet(tmp_path / "ddp/trials.parquet")
     assert len(trials) == 2 and (trials["status"] == "finished").all()
     for record in (tmp_path / "ddp/records").glob("*.json"):
@@ -164,11 +166,9 @@ def test_a_two_worker_trial_scores_the_whole_test_set_once(tmp_path):
 
 
 def test_each_preset_fits_alpha_on_the_block_its_curve_uses():
-    from ce_ray.fit_alpha import FIT_PRESETS
-
     widths = np.arange(1, 300)
-    for preset in PRESETS.values():
-        fitted = FIT_PRESETS[preset.fit_preset]["space"]
+    for preset in SWEEP_PRESETS.values():
+        fitted = FIT_PRESETS[preset.fit_preset].space
         assert fitted.ntk_block() == preset.space.ntk_block(), preset.name
         # ... so alpha means the same thing in the fit (Eq. 9) and in the curve (Eq. 12, 14).
         np.testing.assert_array_equal(fitted.fan_in_sum(widths), preset.space.fan_in_sum(widths))
@@ -181,7 +181,7 @@ def test_asha_stops_losing_points_early_and_rows_say_so(tmp_path):
         "--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "4", "--seeds", "1",
         "--epochs", "8", "--scheduler", "asha", "--results", str(tmp_path), "--no-report",
     ]  # fmt: skip
-    assert sweep.main("dual", args) == 0
+    assert cli.main(["sweep", "dual", *args]) == 0
     trials = pd.read_parquet(tmp_path / "synthetic-mlp-dual/trials.parquet")
     assert len(trials) == 4 and set(trials["formulation"]) == {"dual"}
     stopped = trials[trials["status"] == "stopped_early"]

@@ -1,4 +1,4 @@
-"""Every Parquet file ce-ray writes: one schema each, atomic writes, local paths or URIs.
+"""Where results live: every Parquet file's schema, atomic writes, local paths or URIs.
 
 A results location is a local directory or any URI pyarrow understands (``s3://``,
 ``gs://``, ...). Writes go to a temporary name beside the target and are then moved onto it, so
@@ -59,7 +59,7 @@ ALPHA_SCHEMA = pa.schema(
         pa.field("r2", pa.float64()),
         pa.field("widths", pa.int64()),
         pa.field("samples_per_width", pa.int64()),
-        pa.field("seed", pa.int64()),
+        pa.field("seed", pa.int64()),  # the experiment seed (--seed)
     ]
 )
 
@@ -79,7 +79,7 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("var_ensemble", pa.float64()),  # predicted Var(K_e) / E[K]^2 (Eq. 11)
         pa.field("alpha", pa.float64()),
         pa.field("role", pa.string()),  # optimum | baseline | curve
-        pa.field("seed", pa.int64()),  # seed index 0..S-1
+        pa.field("seed_index", pa.int64()),  # 0..S-1; the trial's seed derives from it
         pa.field("final_test_error", pa.float64()),  # top-1, percent
         pa.field("best_test_error", pa.float64()),
         pa.field("final_test_error_top5", pa.float64()),  # null with <= 5 classes
@@ -101,7 +101,7 @@ EPOCHS_SCHEMA = pa.schema(
         pa.field("trial_id", pa.string()),
         pa.field("n", pa.int64()),
         pa.field("m", pa.int64()),
-        pa.field("seed", pa.int64()),
+        pa.field("seed_index", pa.int64()),
         pa.field("epoch", pa.int64()),
         pa.field("train_loss", pa.float64()),
         pa.field("test_error", pa.float64()),
@@ -113,12 +113,26 @@ EPOCHS_SCHEMA = pa.schema(
     ]
 )
 
-#: Both curves of a sweep, long form (curves.parquet): the curve columns plus these.
-CURVES_EXTRA = [
-    pa.field("formulation", pa.string()),
-    pa.field("alpha", pa.float64()),
-    pa.field("baseline", pa.int64()),
-]
+#: Both curves of a sweep, long form (curves.parquet): ``ce_ray.curves.CURVE_COLUMNS`` (see
+#: there) and which curve, alpha and baseline each row belongs to.
+CURVES_SCHEMA = pa.schema(
+    [
+        pa.field("n", pa.int64()),
+        pa.field("fan_in_sum", pa.float64()),
+        pa.field("var_member", pa.float64()),
+        pa.field("m_curve", pa.float64()),
+        pa.field("var_ensemble_curve", pa.float64()),
+        pa.field("rho_curve", pa.float64()),
+        pa.field("m", pa.int64()),
+        pa.field("params", pa.int64()),
+        pa.field("flops", pa.int64()),
+        pa.field("var_ensemble", pa.float64()),
+        pa.field("rho", pa.float64()),
+        pa.field("formulation", pa.string()),  # primal | dual
+        pa.field("alpha", pa.float64()),
+        pa.field("baseline", pa.int64()),  # n~
+    ]
+)
 
 
 #: The standard AWS variables that locate and open ``s3://`` results. The driver passes those

@@ -1,0 +1,57 @@
+"""A trial's own account of its training: one JSON file per trial in the results storage.
+
+``<experiment>/records/<trial id>.json`` holds ``starts`` (how often its training began),
+``first_started_at`` (unix time) and ``epochs`` (one metrics dict per trained epoch). It is the
+source of ``epochs.parquet`` and of the ``retries`` column: Tune's copy of the reports can lag
+behind the checkpoints when a job is stopped (seen: epochs 31-33 checkpointed, Tune's history
+ending at 30). It lives in the results storage, not in a checkpoint or on a node's disk, so
+that a start that died before its first checkpoint is counted and a retry on another node sees
+it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from ce_ray import storage
+
+
+def record_location(experiment_dir: str, trial_id: str) -> str:
+    return storage.join(experiment_dir, "records", f"{trial_id}.json")
+
+
+def read_epochs(location: str) -> list[dict]:
+    """The epochs a trial record holds ([] when the trial never started)."""
+    if not storage.exists(location):
+        return []
+    return json.loads(storage.read_text(location))["epochs"]
+
+
+class TrialRecord:
+    """The record of one trial, opened by a start of its training at ``start_epoch``.
+
+    Only rank 0 writes it; starts of one trial never overlap. Each epoch is written before it
+    is reported, and a start drops the epochs after its checkpoint, which it trains again.
+    ``attempt`` numbers this start (0 = the first).
+    """
+
+    def __init__(self, location: str, start_epoch: int):
+        self.location = location
+        record = json.loads(storage.read_text(location)) if storage.exists(location) else {}
+        self.attempt = record.get("starts", 0)
+        self.first_started_at = record.get("first_started_at", time.time())
+        self.epochs = [e for e in record.get("epochs", []) if e["epoch"] < start_epoch]
+        self._write()
+
+    def add(self, metrics: dict) -> None:
+        self.epochs.append(metrics)
+        self._write()
+
+    def _write(self) -> None:
+        record = {
+            "starts": self.attempt + 1,
+            "first_started_at": self.first_started_at,
+            "epochs": self.epochs,
+        }
+        storage.write_bytes(json.dumps(record).encode(), self.location)

@@ -1,0 +1,112 @@
+"""A sweep's result tables, as pandas frames in the schemas of ``ce_ray.storage``.
+
+* :func:`trials_frame` and :func:`epochs_frame` -- one row per (point, seed index) and one per
+  trained epoch, from each trial's record (``ce_ray.records``) and its Tune status;
+* :func:`curves_frame` -- both curves of the preset, long form, for the report.
+
+No Ray here: the Ray layer (``ce_ray.sweep``) passes what Tune returned.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ce_ray import storage
+from ce_ray.configs import SweepConfig
+from ce_ray.curves import curve
+from ce_ray.presets import SweepPreset
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What Tune says of one trial: its id, its (point, seed index) and its error, if any."""
+
+    trial_id: str
+    n: int
+    m: int
+    seed_index: int
+    error: str | None
+
+
+def _last(history: pd.DataFrame, column: str):
+    if column not in history or history[column].isna().all():
+        return None
+    return float(history[column].iloc[-1])
+
+
+def _trial_row(outcome: TrialOutcome, history: pd.DataFrame, point: pd.Series,
+               config: SweepConfig, experiment: str, space_name: str) -> dict:  # fmt: skip
+    done = int(history["epoch"].max()) if len(history) else 0
+    if outcome.error:
+        status = "error"
+    else:
+        status = "finished" if done >= config.epochs else "stopped_early"
+    return {
+        "experiment": experiment,
+        "formulation": config.formulation,
+        "space": space_name,
+        "label": f"{outcome.m}x{outcome.n}d",
+        "n": outcome.n,
+        "m": outcome.m,
+        "params": int(point["params"]),
+        "flops": int(point["flops"]),
+        "rho": float(point["rho"]),
+        "var_ensemble": float(point["var_ensemble"]),
+        "alpha": config.alpha,
+        "role": point["role"],
+        "seed_index": outcome.seed_index,
+        "final_test_error": _last(history, "test_error") if done else math.nan,
+        "best_test_error": float(history["test_error"].min()) if done else math.nan,
+        "final_test_error_top5": _last(history, "test_error_top5"),
+        "final_train_loss": _last(history, "train_loss") if done else math.nan,
+        "epochs": done,
+        "epochs_planned": config.epochs,
+        "wall_time_s": _last(history, "time_total_s") if done else math.nan,
+        "status": status,
+        "retries": int(history["attempt"].max()) if done else 0,
+        "trial_id": outcome.trial_id,
+        "error": outcome.error,
+    }
+
+
+def trials_frame(outcomes: list[TrialOutcome], histories: dict[str, pd.DataFrame],
+                 points: pd.DataFrame, config: SweepConfig, experiment: str,
+                 space_name: str) -> pd.DataFrame:  # fmt: skip
+    """trials.parquet: one row per outcome; ``histories`` maps trial id -> its epochs."""
+    by_width = points.set_index("n")
+    rows = [
+        _trial_row(o, histories[o.trial_id], by_width.loc[o.n], config, experiment, space_name)
+        for o in outcomes
+    ]
+    frame = pd.DataFrame(rows, columns=storage.TRIALS_SCHEMA.names)
+    return frame.sort_values(["n", "seed_index"]).reset_index(drop=True)
+
+
+def epochs_frame(outcomes: list[TrialOutcome], histories: dict[str, pd.DataFrame],
+                 experiment: str) -> pd.DataFrame:  # fmt: skip
+    """epochs.parquet: one row per trained epoch of each trial (its latest training)."""
+    frames = []
+    for outcome in outcomes:
+        history = histories[outcome.trial_id].copy()
+        if not len(history):
+            continue
+        history = history.assign(
+            experiment=experiment, trial_id=outcome.trial_id, n=outcome.n, m=outcome.m,
+            seed_index=outcome.seed_index,
+        )  # fmt: skip
+        frames.append(history.reindex(columns=storage.EPOCHS_SCHEMA.names))
+    columns = storage.EPOCHS_SCHEMA.names
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    return frame.sort_values(["n", "seed_index", "epoch"]).reset_index(drop=True)
+
+
+def curves_frame(preset: SweepPreset, alpha: float) -> pd.DataFrame:
+    """Both curves of the preset around its baseline, long form (curves.parquet)."""
+    frames = []
+    for formulation in ("primal", "dual"):
+        table = curve(preset.space, alpha, preset.baseline, formulation=formulation).table
+        frames.append(table.assign(formulation=formulation, alpha=alpha, baseline=preset.baseline))
+    return pd.concat(frames, ignore_index=True)
