@@ -17,10 +17,10 @@ import time
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind to loopback only
 
-import ray  # noqa: E402
+import ray
 
-from ce_ray import fit_alpha as fa  # noqa: E402
-from ce_ray.configs import FitConfig  # noqa: E402
+from ce_ray import fit_alpha as fa
+from ce_ray.configs import FitConfig
 
 CONFIG = FitConfig(
     preset="resnext-block", widths=(32, 64, 128), samples=4000, shard_size=500, seed=0,

@@ -16,10 +16,10 @@ import time
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind to loopback only
 
-import pandas as pd  # noqa: E402
-import ray  # noqa: E402
+import pandas as pd
+import ray
 
-from ce_ray import cli  # noqa: E402
+from ce_ray import cli
 
 
 def main() -> None:

@@ -52,7 +52,7 @@ def steps_per_second(model: nn.Module, x: torch.Tensor, reduce, seconds: float =
 
 
 def main() -> None:
-    import argparse  # noqa: PLC0415
+    import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=BATCH, help="examples per step (128)")

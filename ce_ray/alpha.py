@@ -42,7 +42,12 @@ class WidthMoments:
 
 
 def width_moments(samples: np.ndarray) -> WidthMoments:
-    """Moments of one width's samples (at least 2)."""
+    """Moments of one width's samples (at least 2).
+
+    >>> moments = width_moments(np.array([1.0, 2.0, 3.0, 2.0]))
+    >>> moments.mean, moments.second_moment, round(moments.log_ratio, 4)
+    (2.0, 4.5, 0.1178)
+    """
     k = np.asarray(samples, dtype=np.float64)
     t = k.size
     if t < 2:
@@ -81,6 +86,10 @@ def fit_line(
     """Weighted least squares of ``log_ratio`` on ``fan_in_sum``.
 
     R^2 is the weighted coefficient of determination about the weighted mean of y.
+
+    >>> s = np.array([0.1, 0.2, 0.4])
+    >>> round(fit_line(s, 1.6 * s, np.ones(3)).alpha, 6)  # through the origin (Eq. 9)
+    1.6
     """
     s, y, w = (np.asarray(a, dtype=np.float64) for a in (fan_in_sum, log_ratio, weights))
     design = np.column_stack([np.ones_like(s), s]) if intercept else s[:, None]

@@ -77,10 +77,10 @@ def curve_command(args: argparse.Namespace) -> None:
 
 
 def fit_alpha_command(args: argparse.Namespace) -> None:
-    from ce_ray import cluster, storage  # noqa: PLC0415 -- Ray and torch: only when used
-    from ce_ray.configs import FitConfig  # noqa: PLC0415
-    from ce_ray.fit_alpha import check_fits_in_memory, fit_alpha  # noqa: PLC0415
-    from ce_ray.presets import FIT_PRESETS  # noqa: PLC0415
+    from ce_ray import cluster, storage
+    from ce_ray.configs import FitConfig
+    from ce_ray.fit_alpha import check_fits_in_memory, fit_alpha
+    from ce_ray.presets import FIT_PRESETS
 
     config = FitConfig.from_preset(
         args.preset, widths=args.widths, samples=args.samples, shard_size=args.shard_size,
@@ -115,12 +115,12 @@ def fit_alpha_command(args: argparse.Namespace) -> None:
 
 
 def sweep_command(args: argparse.Namespace) -> None:
-    from ce_ray import cluster, data, storage, sweep, sweep_tables  # noqa: PLC0415
-    from ce_ray.configs import SweepConfig  # noqa: PLC0415
-    from ce_ray.curves import select_points  # noqa: PLC0415
-    from ce_ray.fit_alpha import read_alpha  # noqa: PLC0415
-    from ce_ray.presets import SWEEP_PRESETS  # noqa: PLC0415
-    from ce_ray.report import report  # noqa: PLC0415
+    from ce_ray import cluster, data, storage, sweep, sweep_tables
+    from ce_ray.configs import SweepConfig
+    from ce_ray.curves import select_points
+    from ce_ray.fit_alpha import read_alpha
+    from ce_ray.presets import SWEEP_PRESETS
+    from ce_ray.report import report
 
     preset = SWEEP_PRESETS[args.preset]
     experiment = args.experiment or f"{preset.name}-{args.formulation}"
@@ -160,9 +160,9 @@ def sweep_command(args: argparse.Namespace) -> None:
 
 def _fit_alpha_first(fit_preset: str, results: str, experiment: str, seed: int) -> float:
     """Fit alpha with the sweep preset's fit preset into ``<results>/<experiment>/fit_alpha``."""
-    from ce_ray import cluster  # noqa: PLC0415
-    from ce_ray.configs import FitConfig  # noqa: PLC0415
-    from ce_ray.fit_alpha import fit_alpha  # noqa: PLC0415
+    from ce_ray import cluster
+    from ce_ray.configs import FitConfig
+    from ce_ray.fit_alpha import fit_alpha
 
     print(f"[sweep] fitting alpha first (fit preset {fit_preset})", flush=True)
     config = FitConfig.from_preset(fit_preset, seed=seed)
@@ -172,7 +172,7 @@ def _fit_alpha_first(fit_preset: str, results: str, experiment: str, seed: int) 
 
 
 def report_command(args: argparse.Namespace) -> None:
-    from ce_ray.report import report  # noqa: PLC0415
+    from ce_ray.report import report
 
     print(report(args.results_dir, with_plots=not args.no_plots))
 

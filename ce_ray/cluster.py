@@ -21,7 +21,7 @@ def init_ray() -> None:
     --runtime-env-json``, which ``jobs/run_local.py`` fills the same way); Ray refuses the same
     variable twice, so it is not passed again.
     """
-    import ray  # noqa: PLC0415
+    import ray
 
     if ray.is_initialized():
         return
@@ -42,13 +42,13 @@ def max_resources() -> dict[str, float]:
     the v1 autoscaler running on this node (the head; `ray up` and `ray job submit` drivers
     run there), else the cluster is taken as fixed.
     """
-    import ray  # noqa: PLC0415
-    from ray._private.state import state  # noqa: PLC0415 -- Ray Data reads it the same way
+    import ray
+    from ray._private.state import state
 
     current = ray.cluster_resources()
     try:
         limits = state.get_max_resources_from_cluster_config() or _local_autoscaler_limits()
-    except Exception:  # noqa: BLE001 -- no readable limits: treat the cluster as fixed
+    except Exception:
         limits = None
     if not limits:
         return current
@@ -64,8 +64,8 @@ def default_workers() -> int:
 
 def _local_autoscaler_limits() -> dict[str, float] | None:
     """Resource limits from the ``--autoscaling-config`` of a Ray monitor on this node."""
-    import psutil  # noqa: PLC0415
-    import yaml  # noqa: PLC0415
+    import psutil
+    import yaml
 
     for process in psutil.process_iter(["cmdline"]):
         command = process.info["cmdline"] or []
@@ -98,6 +98,6 @@ def autoscaling_limits(config: dict) -> dict[str, float]:
 
 def node_id() -> str:
     """The Ray node this process runs on."""
-    import ray  # noqa: PLC0415
+    import ray
 
     return ray.get_runtime_context().get_node_id()

@@ -25,8 +25,8 @@ class DatasetMissing(ValueError):
 
 
 def _digits() -> tuple[Dataset, Dataset]:
-    from sklearn.datasets import load_digits  # noqa: PLC0415
-    from sklearn.model_selection import train_test_split  # noqa: PLC0415
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
@@ -50,7 +50,7 @@ def _synthetic(features: int = 16, classes: int = 4, train: int = 256, test: int
 
 
 def _torchvision(name: str, data_root: str, train_transform, test_transform):
-    from torchvision import datasets  # noqa: PLC0415
+    from torchvision import datasets
 
     cls = {"mnist": datasets.MNIST, "cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
     try:
@@ -86,7 +86,7 @@ def load(name: str, data_root: str) -> tuple[Dataset, Dataset]:
         return _digits()
     if name == "synthetic":
         return _synthetic()
-    from torchvision import transforms as T  # noqa: PLC0415
+    from torchvision import transforms as T
 
     if name == "mnist":
         flat = T.Compose([T.ToTensor(), T.Normalize((0.1307,), (0.3081,)), T.Lambda(torch.flatten)])
@@ -98,7 +98,7 @@ def load(name: str, data_root: str) -> tuple[Dataset, Dataset]:
         )
         return _torchvision(name, data_root, augment, T.Compose([T.ToTensor(), normalize]))
     if name == "imagenet":
-        from torchvision.datasets import ImageFolder  # noqa: PLC0415
+        from torchvision.datasets import ImageFolder
 
         root = os.path.join(data_root, "imagenet")
         if not all(os.path.isdir(os.path.join(root, split)) for split in ("train", "val")):

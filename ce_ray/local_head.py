@@ -82,7 +82,7 @@ def start_head(
     2-core machine). Raises RuntimeError with the head's last output on failure."""
     ensure_auth_token(env)
     agent_port = free_port()
-    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={gcs_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",

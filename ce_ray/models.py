@@ -81,6 +81,11 @@ class CollegialMLP(CollegialModel):
         multiplicity: number of members m.
 
     With ``multiplicity=1`` this is exactly the member network F of Eq. 3.
+
+    >>> model = CollegialMLP(in_features=64, widths=(13, 13, 13), out_features=10,
+    ...                      multiplicity=10)
+    >>> model(torch.zeros(2, 64)).shape, sum(p.numel() for p in model.parameters())
+    (torch.Size([2, 10]), 13000)
     """
 
     first_weight = "input_weight"

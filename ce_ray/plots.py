@@ -18,7 +18,7 @@ import pandas as pd
 from ce_ray.alpha import AlphaFit
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 -- after choosing the headless backend
+import matplotlib.pyplot as plt
 
 
 def _png(figure, dpi: int = 110) -> bytes:

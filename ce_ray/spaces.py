@@ -351,6 +351,12 @@ def make_space(name: str, **options: int) -> Space:
 
     Raises:
         ValueError: unknown space, or an option the space does not take.
+
+    >>> space = make_space("cifar-resnext29", num_classes=10)
+    >>> space.label(37, 10), int(space.num_params(37, 10))
+    ('37x10d', 13743646)
+    >>> round(float(make_space("fc", depth=3).fan_in_sum(10)), 6)  # 1/784 + 2/10
+    0.201276
     """
     if name not in SPACES:
         raise ValueError(f"unknown space {name!r}; valid spaces: {', '.join(SPACES)}")

@@ -156,6 +156,11 @@ def storage_env() -> dict[str, str]:
 
 
 def is_uri(location: str) -> bool:
+    """Whether ``location`` is a URI (``s3://...``) rather than a local path.
+
+    >>> is_uri("s3://bucket/ce-ray"), is_uri("results")
+    (True, False)
+    """
     return "://" in location
 
 
@@ -215,6 +220,11 @@ def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
 
 
 def join(location: str, *parts: str) -> str:
+    """A path or URI under ``location``, with ``/`` whatever the platform.
+
+    >>> join("s3://bucket/ce-ray/", "digits-mlp-primal", "trials.parquet")
+    's3://bucket/ce-ray/digits-mlp-primal/trials.parquet'
+    """
     return "/".join([location.rstrip("/"), *parts])
 
 

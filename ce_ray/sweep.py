@@ -39,10 +39,10 @@ def run_trial(config: dict) -> None:
     run's latest checkpoint (Train V2 has no other resume). Inside the run, Train's own
     ``FailureConfig`` restarts a lost worker group from that checkpoint without Tune noticing.
     """
-    from ray.train.torch import TorchTrainer  # noqa: PLC0415
-    from ray.tune.integration.ray_train import TuneReportCallback  # noqa: PLC0415
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ce_ray.training import train_point  # noqa: PLC0415
+    from ce_ray.training import train_point
 
     # Train V2's controller collects reports when it polls the workers (every 2 s by
     # default), and a worker's report waits for that: with short epochs the poll, not the

@@ -103,9 +103,9 @@ def train_point(config: dict) -> None:
     resumed trial sees the same batches as an uninterrupted one and ends with the same
     weights.
     """
-    import ray  # noqa: PLC0415
-    import ray.train  # noqa: PLC0415
-    import ray.train.torch  # noqa: PLC0415
+    import ray
+    import ray.train
+    import ray.train.torch
 
     preset = SWEEP_PRESETS[config["preset"]]
     context = ray.train.get_context()
@@ -163,7 +163,7 @@ def _train_epoch(model, loader, optimizer, device) -> float:
 def _restore(model, optimizer, schedule, rank: int) -> tuple[int, float]:
     """Load Ray Train's checkpoint, if it hands one back: ``(first epoch to train, training
     seconds so far)``; ``(1, 0.0)`` on a fresh start."""
-    import ray.train  # noqa: PLC0415
+    import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
@@ -183,7 +183,7 @@ def _report_with_checkpoint(metrics, model, optimizer, schedule, epoch, train_ti
     Every rank's RNG state goes in, gathered to rank 0, so a resumed rank continues its own
     stream.
     """
-    import ray.train  # noqa: PLC0415
+    import ray.train
 
     rng = [None] * world
     if dist.is_available() and dist.is_initialized():

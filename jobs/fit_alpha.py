@@ -11,7 +11,7 @@ from pathlib import Path
 # `python jobs/fit_alpha.py` puts jobs/ on sys.path; the package sits one level up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ce_ray.cli import main  # noqa: E402
+from ce_ray.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["fit-alpha", *sys.argv[1:]]))

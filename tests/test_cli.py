@@ -68,8 +68,8 @@ def test_curve_json_fields():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["params", "--space", "fc", "--m", "0", "--n", "4"], "argument --m: must be an integer >= 1"),
-        (["params", "--space", "fc", "--m", "2", "--n", "1.5"], "argument --n: must be an integer >= 1"),
+        (["params", "--space", "fc", "--m", "0", "--n", "4"], "--m: must be an integer >= 1"),
+        (["params", "--space", "fc", "--m", "2", "--n", "1.5"], "--n: must be an integer >= 1"),
         (["params", "--space", "fc", "--m", "2", "--n", "-3"], "argument --n"),
         (["params", "--space", "vgg", "--m", "1", "--n", "2"], "choose from 'fc', 'resnext-block'"),
         (["params", "--space", "fc", "--m", "1", "--n", "2", "--depth", "1"], "depth must be >= 2"),

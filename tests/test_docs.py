@@ -1,5 +1,10 @@
-"""The README's commands and printed outputs match the code."""
+"""The README and docs/ match the code: commands, printed outputs, options, presets, Parquet
+columns, module layout, named tests; and every docstring example in the package runs."""
 
+import argparse
+import doctest
+import importlib
+import pkgutil
 import re
 import subprocess
 import sys
@@ -7,8 +12,16 @@ from pathlib import Path
 
 import pytest
 
+import ce_ray
+from ce_ray import storage
+from ce_ray.cli import build_parser
+from ce_ray.presets import FIT_PRESETS, SWEEP_PRESETS
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+DOCS = {path.name: path.read_text() for path in (ROOT / "docs").glob("*.md")}
+REFERENCE = DOCS["reference.md"]
+MODULES = sorted(m.name for m in pkgutil.iter_modules(ce_ray.__path__))
 
 
 def test_ci_runs_the_readme_test_command():
@@ -19,16 +32,6 @@ def test_ci_runs_the_readme_test_command():
     assert f"```bash\n{ci_commands[0]}\n```" in README
 
 
-@pytest.mark.parametrize("formulation", ["primal", "dual"])
-def test_readme_shows_the_real_curve_output(formulation):
-    result = subprocess.run(
-        [sys.executable, "-m", "ce_ray.cli", "curve", "--space", "cifar-resnext29",
-         "--baseline", "128", "--alpha", "1.6", "--formulation", formulation],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    assert f"```text\n{result.stdout.rstrip()}\n```" in README
-
-
 def test_main_command_is_the_local_submit_of_the_sweep():
     """tests/test_e2e_run_local.py runs this same script end to end with tiny settings."""
     command = re.search(r"```bash\n(python3 -m venv .*)\n```", README)
@@ -36,9 +39,80 @@ def test_main_command_is_the_local_submit_of_the_sweep():
     assert (ROOT / "jobs/run_local.py").exists()
 
 
-def test_every_test_the_readme_names_exists():
-    """README statements of behaviour name the test that backs it; each name must be real."""
-    named = set(re.findall(r"(test_\w+\.py)(?:::(test_\w+))?", README))
+@pytest.mark.parametrize("formulation", ["primal", "dual"])
+def test_paper_doc_shows_the_real_curve_output(formulation):
+    result = subprocess.run(
+        [sys.executable, "-m", "ce_ray.cli", "curve", "--space", "cifar-resnext29",
+         "--baseline", "128", "--alpha", "1.6", "--formulation", formulation],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert f"```text\n{result.stdout.rstrip()}\n```" in DOCS["paper.md"]
+
+
+def test_readme_examples_print_what_it_says():
+    params = subprocess.run(
+        [sys.executable, "-m", "ce_ray.cli", "params", "--space", "cifar-resnext29",
+         "--m", "37", "--n", "10"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "parameters      13,743,646" in params.stdout
+    assert "# 13,743,646 parameters" in README
+    assert "# 56x7d, 13,852,530 params" in README
+    assert "optimum: n=7, m_curve=52.92 -> 56x7d: 13,852,530 params" in DOCS["paper.md"]
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(subparsers.choices)
+
+
+def test_reference_documents_every_option_of_every_command_and_no_other():
+    documented = set(re.findall(r"^\| `(-{0,2}[a-z][a-z0-9_-]*)`", REFERENCE, re.M))
+    real = set()
+    for name, parser in _commands().items():
+        assert f"ce-ray {name}" in REFERENCE, name
+        for action in parser._actions:
+            if not isinstance(action, argparse._HelpAction):
+                real.update(action.option_strings or [action.dest])
+    assert real <= documented, sorted(real - documented)
+    columns = {f.name for s in _schemas() for f in s}
+    spaces = {"fc", "resnext-block", "cifar-resnext29", "imagenet-resnext50", "imagenet-resnext101"}
+    presets = set(FIT_PRESETS) | set(SWEEP_PRESETS)
+    assert documented <= real | columns | spaces | presets, sorted(
+        documented - real - columns - spaces - presets
+    )
+
+
+def test_reference_documents_every_preset():
+    for name in [*FIT_PRESETS, *SWEEP_PRESETS]:
+        assert f"`{name}`" in REFERENCE, name
+
+
+def _schemas():
+    return [
+        storage.SHARD_SCHEMA, storage.MOMENTS_SCHEMA, storage.ALPHA_SCHEMA,
+        storage.CURVES_SCHEMA, storage.TRIALS_SCHEMA, storage.EPOCHS_SCHEMA,
+    ]  # fmt: skip
+
+
+def test_reference_documents_every_parquet_column():
+    for schema in _schemas():
+        for field in schema:
+            assert re.search(rf"^\| `{field.name}`", REFERENCE, re.M) or re.search(
+                rf"^\| `\w+`, `{field.name}`", REFERENCE, re.M
+            ), field.name
+
+
+def test_readme_layout_names_every_module_once():
+    listed = re.findall(r"^\* `ce_ray/(\w+)\.py` -- ", README, re.M)
+    assert sorted(listed) == [m for m in MODULES if m != "__init__"]
+
+
+def test_every_test_the_docs_name_exists():
+    """Statements of behaviour name the test that backs them; each name must be real."""
+    text = README + "".join(DOCS.values())
+    named = set(re.findall(r"(test_\w+\.py)(?:::(test_\w+))?", text))
     assert len(named) >= 20
     for filename, function in named:
         path = ROOT / "tests" / filename
@@ -47,3 +121,14 @@ def test_every_test_the_readme_names_exists():
             assert re.search(rf"^def {function}\(", path.read_text(), re.M), (
                 f"{filename}::{function}"
             )
+
+
+def test_the_package_cites_the_paper_once():
+    sources = [p.read_text() for p in (ROOT / "ce_ray").glob("*.py")]
+    assert sum("arXiv:2006.07678" in s for s in sources) == 1
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_docstring_examples_run(module):
+    result = doctest.testmod(importlib.import_module(f"ce_ray.{module}"), verbose=False)
+    assert result.failed == 0
