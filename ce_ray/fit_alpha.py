@@ -174,8 +174,7 @@ def fit_alpha(
     sample_all_shards(config, directory, workers, log)
     fit = fit_from_shards(config, directory, bootstrap, ci_level, intercept)
     write_outputs(config, fit, directory, experiment, bootstrap)
-    return FitResult(**{f.name: getattr(fit, f.name) for f in dataclasses.fields(fit)},
-                     directory=directory)  # fmt: skip
+    return FitResult(**vars(fit), directory=directory)
 
 
 def read_alpha(location: str) -> float:

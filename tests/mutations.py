@@ -147,9 +147,9 @@ MUTATIONS = (
     # --- seeds and determinism ---
     Mutation(
         "shard seed ignores the shard index",
-        "ce_ray/fit_alpha.py",
-        "seed = derive_seed(config.seed, shard.width, shard.index)",
-        "seed = derive_seed(config.seed, shard.width)",
+        "ce_ray/shards.py",
+        "derive_seed(config.seed, shard.width, shard.index),",
+        "derive_seed(config.seed, shard.width),",
         ("tests/test_fit_alpha.py::test_every_shard_of_a_width_draws_its_own_weights",),
     ),
     Mutation(
@@ -162,16 +162,16 @@ MUTATIONS = (
     # --- storage: atomic writes, resume ---
     Mutation(
         "writes go straight to the target",
-        "ce_ray/io.py",
+        "ce_ray/storage.py",
         "temporary = f\"{parent}/{TEMPORARY_PREFIX}{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}\"",
         "temporary = path",
-        ("tests/test_io.py",),
+        ("tests/test_atomic_writes.py",),
     ),
     Mutation(
         "a truncated shard counts as done on resume",
-        "ce_ray/fit_alpha.py",
-        "if io.parquet_rows(location) == shard.stop - shard.start:",
-        "if True:",
+        "ce_ray/shards.py",
+        "return storage.parquet_rows(storage.join(shard_dir, shard.filename)) == shard.stop - shard.start",
+        "return True",
         (
             "tests/test_fit_alpha.py::test_a_killed_writer_and_a_truncated_shard_are_repaired_on_resume",
         ),
@@ -179,7 +179,7 @@ MUTATIONS = (
     Mutation(
         "leftover temporaries are kept on resume",
         "ce_ray/fit_alpha.py",
-        "if removed := io.remove_temporaries(shard_dir):",
+        "if removed := storage.remove_temporaries(shard_dir):",
         "if removed := 0:",
         (
             "tests/test_fit_alpha.py::test_a_killed_writer_and_a_truncated_shard_are_repaired_on_resume",
@@ -187,7 +187,7 @@ MUTATIONS = (
     ),
     Mutation(
         "a rerun ignores a changed configuration",
-        "ce_ray/io.py",
+        "ce_ray/storage.py",
         "        if changed:\n            details",
         "        if False:\n            details",
         (
@@ -196,7 +196,7 @@ MUTATIONS = (
     ),
     Mutation(
         "a results location is not checked",
-        "ce_ray/io.py",
+        "ce_ray/storage.py",
         '            fail(f"bucket {bucket!r} does not exist")',
         "            pass",
         ("tests/test_storage.py",),
@@ -204,17 +204,17 @@ MUTATIONS = (
     # --- preset wiring ---
     Mutation(
         "digits-mlp fits alpha on a depth-6 MLP, its curve uses depth 4",
-        "ce_ray/fit_alpha.py",
-        '"space": FCSpace(input_dim=64, depth=4, num_classes=1),',
-        '"space": FCSpace(input_dim=64, depth=6, num_classes=1),',
+        "ce_ray/presets.py",
+        "space=FCSpace(input_dim=64, depth=4, num_classes=1),",
+        "space=FCSpace(input_dim=64, depth=6, num_classes=1),",
         ("tests/test_sweep.py::test_each_preset_fits_alpha_on_the_block_its_curve_uses",),
     ),
     # --- training: checkpoints, resume, retries, evaluation ---
     Mutation(
         "a resumed trial re-trains its checkpoint's epoch",
         "ce_ray/training.py",
-        'start_epoch, train_time = state["epoch"] + 1, state["train_time_s"]',
-        'start_epoch, train_time = state["epoch"], state["train_time_s"]',
+        'return state["epoch"] + 1, state["train_time_s"]',
+        'return state["epoch"], state["train_time_s"]',
         (
             "tests/test_sweep.py::test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result",
         ),
@@ -222,7 +222,7 @@ MUTATIONS = (
     Mutation(
         "a resumed trial does not restore the optimizer",
         "ce_ray/training.py",
-        '        optimizer.load_state_dict(state["optimizer"])\n',
+        '    optimizer.load_state_dict(state["optimizer"])\n',
         "",
         (
             "tests/test_sweep.py::test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result",
@@ -230,7 +230,7 @@ MUTATIONS = (
     ),
     Mutation(
         "restarts are not counted",
-        "ce_ray/training.py",
+        "ce_ray/records.py",
         '"starts": self.attempt + 1,',
         '"starts": self.attempt,',
         (
