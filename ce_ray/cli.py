@@ -77,6 +77,7 @@ def curve_command(args: argparse.Namespace) -> None:
 
 
 def fit_alpha_command(args: argparse.Namespace) -> None:
+    # Ray is imported by the commands that use it, so that params and curve start without it.
     from ce_ray import cluster, storage
     from ce_ray.configs import FitConfig
     from ce_ray.fit_alpha import check_fits_in_memory, fit_alpha

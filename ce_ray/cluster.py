@@ -43,12 +43,12 @@ def max_resources() -> dict[str, float]:
     run there), else the cluster is taken as fixed.
     """
     import ray
-    from ray._private.state import state
+    from ray._private.state import state  # Ray Data reads the limits the same way
 
     current = ray.cluster_resources()
     try:
         limits = state.get_max_resources_from_cluster_config() or _local_autoscaler_limits()
-    except Exception:
+    except Exception:  # no readable limits: treat the cluster as fixed
         limits = None
     if not limits:
         return current

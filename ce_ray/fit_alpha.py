@@ -147,7 +147,7 @@ def write_outputs(
         "experiment": experiment, "space": config.space.name, "alpha": fit.alpha,
         "alpha_se": fit.alpha_se, "ci_low": fit.ci_low, "ci_high": fit.ci_high,
         "ci_level": fit.ci_level, "intercept": fit.intercept, "r2": fit.r2,
-        "widths": len(config.widths), "samples_per_width": config.samples, "seed": config.seed,
+        "num_widths": len(config.widths), "samples_per_width": config.samples, "seed": config.seed,
     }  # fmt: skip
     storage.write_parquet(
         pa.Table.from_pylist([row]), storage.join(directory, "alpha.parquet"),

@@ -18,7 +18,7 @@ import pandas as pd
 from ce_ray.alpha import AlphaFit
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # after choosing the headless backend
 
 
 def _png(figure, dpi: int = 110) -> bytes:

@@ -57,14 +57,14 @@ ALPHA_SCHEMA = pa.schema(
         pa.field("ci_level", pa.float64()),
         pa.field("intercept", pa.float64()),  # 0 when fitted through the origin (Eq. 9)
         pa.field("r2", pa.float64()),
-        pa.field("widths", pa.int64()),
+        pa.field("num_widths", pa.int64()),
         pa.field("samples_per_width", pa.int64()),
         pa.field("seed", pa.int64()),  # the experiment seed (--seed)
     ]
 )
 
 
-#: One row per (point, seed) of a sweep (trials.parquet).
+#: One row per (point, seed index) of a sweep (trials.parquet).
 TRIALS_SCHEMA = pa.schema(
     [
         pa.field("experiment", pa.string()),
@@ -84,7 +84,7 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("best_test_error", pa.float64()),
         pa.field("final_test_error_top5", pa.float64()),  # null with <= 5 classes
         pa.field("final_train_loss", pa.float64()),
-        pa.field("epochs", pa.int64()),  # epochs completed
+        pa.field("epochs_completed", pa.int64()),
         pa.field("epochs_planned", pa.int64()),
         pa.field("wall_time_s", pa.float64()),
         pa.field("status", pa.string()),  # finished | stopped_early (ASHA) | error

@@ -88,7 +88,7 @@ def _set_rng_state(state: dict) -> None:
 
 
 def train_point(config: dict) -> None:
-    """Ray Train's ``train_loop_per_worker`` for one (point, seed).
+    """Ray Train's ``train_loop_per_worker`` for one (point, seed index).
 
     ``config`` carries: preset, m, n, seed (the trial's derived seed), epochs, data_root and
     ``record`` (the location of its :class:`~ce_ray.records.TrialRecord`). Reports ``epoch``,

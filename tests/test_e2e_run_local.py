@@ -53,7 +53,7 @@ def test_run_local_submits_the_default_job_and_stops_its_head(tmp_path):
 
     trials = pd.read_parquet(directory / "trials.parquet")  # plain pandas, no ce-ray needed
     assert len(trials) == 2 and set(trials["role"]) == {"optimum", "baseline"}
-    assert (trials["status"] == "finished").all() and (trials["epochs"] == 2).all()
+    assert (trials["status"] == "finished").all() and (trials["epochs_completed"] == 2).all()
     assert trials["final_test_error"].between(0, 100).all()
     assert trials["final_test_error_top5"].notna().all()  # digits has 10 classes
     assert (trials["alpha"] > 0).all() and trials["alpha"].nunique() == 1

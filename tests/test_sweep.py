@@ -67,7 +67,9 @@ def test_sweep_writes_parquet_and_resumes_without_retraining(tmp_path, capsys):
     # The seeds of a point are independent runs (own initialisation and data order).
     assert trials.groupby("n")["final_train_loss"].nunique().eq(2).all()
     assert (trials["status"] == "finished").all() and (trials["retries"] == 0).all()
-    assert (trials["epochs"] == 2).all() and trials["final_test_error"].between(0, 100).all()
+    assert (trials["epochs_completed"] == 2).all() and trials["final_test_error"].between(
+        0, 100
+    ).all()
     assert trials["final_test_error_top5"].isna().all()  # 4 classes: no top-5
     baseline = trials[trials["role"] == "baseline"].iloc[0]
     assert (baseline["m"], baseline["rho"], baseline["params"]) == (1, 1.0, 16 * 16 + 16 * 16 + 64)
@@ -187,6 +189,6 @@ def test_asha_stops_losing_points_early_and_rows_say_so(tmp_path):
     stopped = trials[trials["status"] == "stopped_early"]
     finished = trials[trials["status"] == "finished"]
     assert len(stopped) >= 1 and len(finished) >= 1
-    assert (stopped["epochs"] < 8).all() and (finished["epochs"] == 8).all()
+    assert (stopped["epochs_completed"] < 8).all() and (finished["epochs_completed"] == 8).all()
     # ASHA keeps the better half at each rung: no stopped point beat every finished one.
     assert stopped["final_test_error"].min() >= finished["final_test_error"].min()
