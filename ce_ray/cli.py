@@ -5,6 +5,8 @@
     ce-ray fit-alpha  fit alpha (Algorithm 1) by Monte-Carlo NTK sampling as Ray tasks
     ce-ray sweep      train points of the primal or dual curve with Ray Tune + Ray Train
     ce-ray report     the table and plots of a sweep's results
+    ce-ray nmk        Fig. 2 / Lemma 1: ensemble NTKs converge to the Neural Mean Kernel
+    ce-ray drift      Theorem 1: how far a trained ensemble's NTK moves, against m and n
 
 ``jobs/*.py`` call :func:`main` with their command, so ``ray job submit -- python
 jobs/primal_curve.py ...`` and ``ce-ray sweep primal ...`` are the same program. Options are
@@ -172,6 +174,61 @@ def _fit_alpha_first(fit_preset: str, results: str, experiment: str, seed: int) 
     return fit.alpha
 
 
+def _given(args: argparse.Namespace, fields) -> dict:
+    """The options of ``args`` named like ``fields`` that were given (the rest: defaults)."""
+    return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+
+
+def nmk_command(args: argparse.Namespace) -> None:
+    from ce_ray import cluster, storage
+    from ce_ray.nmk_convergence import NMKConfig, nmk_convergence
+
+    config = NMKConfig(**_given(args, NMKConfig.__dataclass_fields__))
+    results = storage.resolve(args.results)
+    storage.check_writable(results)
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    cluster.init_ray()
+    workers = args.workers or cluster.default_workers()
+    experiment = args.experiment or "nmk"
+    log(f"[nmk] L={config.depth}, widths {list(config.widths)} against {config.wide_width}, "
+        f"m in {list(config.multiplicities)}, {workers} workers")  # fmt: skip
+    result = nmk_convergence(config, results, experiment, workers, log)
+    headline = result.headline()
+    if args.json:
+        print(json.dumps(headline, indent=2))
+    else:
+        print(result.fit.to_string(index=False, float_format="{:.4g}".format))
+    low, high = headline["slope_m_ci"]
+    log(f"slope of ||K_e - NMK||^2 against m: {headline['slope_m']:.3f} ({low:.3f}..{high:.3f}) "
+        f"at n={headline['slope_m_at_width']} (Lemma 1: -1); largest NMK gap to n="
+        f"{config.wide_width}: {headline['width_gap']:.4f} +- {headline['width_gap_se']:.4f} "
+        f"-> {result.directory}")  # fmt: skip
+
+
+def drift_command(args: argparse.Namespace) -> None:
+    from ce_ray import cluster, storage
+    from ce_ray.ntk_drift import DriftConfig, ntk_drift
+
+    config = DriftConfig(**_given(args, DriftConfig.__dataclass_fields__))
+    results = storage.resolve(args.results)
+    storage.check_writable(results)
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    cluster.init_ray()
+    workers = args.workers or cluster.default_workers()
+    log(f"[drift] m in {list(config.multiplicities)}, n in {list(config.widths)}, "
+        f"{config.seeds} seeds, L={config.depth}, {workers} workers")  # fmt: skip
+    result = ntk_drift(config, results, args.experiment or "drift", workers, log)
+    headline = result.headline()
+    if args.json:
+        print(json.dumps(headline, indent=2))
+    else:
+        print(result.fit.to_string(index=False, float_format="{:.4g}".format))
+    (m_low, m_high), (n_low, n_high) = headline["exponent_m_ci"], headline["exponent_n_ci"]
+    log(f"drift ~ m^{headline['exponent_m']:.3f} ({m_low:.3f}..{m_high:.3f}) "
+        f"n^{headline['exponent_n']:.3f} ({n_low:.3f}..{n_high:.3f}) at t={headline['time']:.4g} "
+        f"(Theorem 1: m^-1 n^-1) -> {result.directory}")  # fmt: skip
+
+
 def report_command(args: argparse.Namespace) -> None:
     from ce_ray.report import report
 
@@ -189,6 +246,10 @@ COMMANDS = {
               options.add_sweep_options, sweep_command),
     "report": ("table and plots of a sweep's results", options.add_report_options,
                report_command),
+    "nmk": ("Fig. 2 / Lemma 1: the ensemble NTK converges to the Neural Mean Kernel",
+            options.add_nmk_options, nmk_command),
+    "drift": ("Theorem 1: how far a trained ensemble's NTK moves, against m and n",
+              options.add_drift_options, drift_command),
 }  # fmt: skip
 
 

@@ -5,6 +5,10 @@
 * ``synthetic`` -- a small seeded Gaussian-mixture classification set for tests.
 * ``mnist``, ``cifar10``, ``cifar100`` -- torchvision's datasets read from ``data_root``.
 * ``imagenet`` -- ``ImageFolder`` layout: ``data_root/imagenet/{train,val}/<class>/*.JPEG``.
+* ``imagenet32``, ``imagenet64`` -- the downsampled ImageNet of Chrabaszcz et al. (2017) in its
+  published pickled format: ``data_root/imagenet32/train_data_batch_1`` .. ``_10`` and
+  ``val_data`` (likewise ``imagenet64/``), each a dict with ``data`` (uint8 rows of 3*r*r
+  values, channel-major) and 1-based ``labels``; the training batches carry the ``mean`` image.
 
 A missing dataset raises :class:`DatasetMissing` with one line saying where to put it.
 """
@@ -12,12 +16,18 @@ A missing dataset raises :class:`DatasetMissing` with one line saying where to p
 from __future__ import annotations
 
 import os
+import pickle
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-DATASETS: tuple[str, ...] = ("digits", "synthetic", "mnist", "cifar10", "cifar100", "imagenet")
+DATASETS: tuple[str, ...] = (
+    "digits", "synthetic", "mnist", "cifar10", "cifar100", "imagenet", "imagenet32", "imagenet64",
+)  # fmt: skip
+#: Image side of the downsampled ImageNet datasets.
+DOWNSAMPLED_SIDES = {"imagenet32": 32, "imagenet64": 64}
+DOWNSAMPLED_TRAIN_BATCHES = 10
 
 
 class DatasetMissing(ValueError):
@@ -80,6 +90,82 @@ def resolve_root(data_root: str) -> str:
     return data_root if os.path.isabs(data_root) else os.path.join(PROJECT_ROOT, data_root)
 
 
+class DownsampledImageNet(Dataset):
+    """Downsampled ImageNet images as uint8 ``(N, 3, r, r)`` with 0-based labels; ``transform``
+    maps a uint8 image tensor to the model's input."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
+        self.images = torch.from_numpy(images)
+        self.labels = torch.from_numpy(labels)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.transform(self.images[index]), self.labels[index]
+
+
+class ScaleAndCentre:
+    """uint8 image -> float in [0, 1] minus ``mean`` (a picklable transform)."""
+
+    def __init__(self, mean: torch.Tensor):
+        self.mean = mean
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return image.float() / 255.0 - self.mean
+
+
+def _unpickle(path: str) -> dict:
+    with open(path, "rb") as stream:
+        return pickle.load(stream)
+
+
+def _downsampled_imagenet(name: str, data_root: str):
+    """``(train, test)`` from the pickled batches; the authors' preprocessing: scale to [0, 1],
+    subtract the training set's mean image, random crop (padding 4) and flip for training."""
+    from torchvision import transforms as T
+
+    side = DOWNSAMPLED_SIDES[name]
+    root = os.path.join(data_root, name)
+    train_files = [f"train_data_batch_{i}" for i in range(1, DOWNSAMPLED_TRAIN_BATCHES + 1)]
+    if not all(os.path.isfile(os.path.join(root, f)) for f in [*train_files, "val_data"]):
+        raise DatasetMissing(
+            f"{name} not found: put train_data_batch_1..{DOWNSAMPLED_TRAIN_BATCHES} and val_data "
+            f"(Imagenet{side}_train and Imagenet{side}_val, unzipped) in {os.path.abspath(root)} "
+            f"or pass --data-root"
+        )
+    batches = [_unpickle(os.path.join(root, f)) for f in train_files]
+    mean = torch.as_tensor(np.asarray(batches[0]["mean"], np.float32)).reshape(3, side, side)
+    mean = mean / 255.0
+
+    def images_and_labels(parts: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        images = np.concatenate([np.asarray(p["data"], np.uint8) for p in parts])
+        labels = np.concatenate([np.asarray(p["labels"], np.int64) for p in parts]) - 1
+        return images.reshape(-1, 3, side, side), labels
+
+    def scale(image: torch.Tensor) -> torch.Tensor:
+        return image.float() / 255.0 - mean
+
+    train_transform = T.Compose([scale, T.RandomCrop(side, padding=4), T.RandomHorizontalFlip()])
+    return (
+        DownsampledImageNet(*images_and_labels(batches), train_transform),
+        DownsampledImageNet(*images_and_labels([_unpickle(os.path.join(root, "val_data"))]), scale),
+    )
+
+
+def cifar_transforms():
+    """``(train, test)`` transforms of the CIFAR presets: crop (padding 4) and flip, then
+    per-channel normalisation, as in the ResNeXt paper's recipe."""
+    from torchvision import transforms as T
+
+    normalize = T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    augment = T.Compose(
+        [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), normalize]
+    )
+    return augment, T.Compose([T.ToTensor(), normalize])
+
+
 def load(name: str, data_root: str) -> tuple[Dataset, Dataset]:
     """``(train, test)`` of dataset ``name``; files are read from ``data_root``."""
     if name == "digits":
@@ -92,11 +178,9 @@ def load(name: str, data_root: str) -> tuple[Dataset, Dataset]:
         flat = T.Compose([T.ToTensor(), T.Normalize((0.1307,), (0.3081,)), T.Lambda(torch.flatten)])
         return _torchvision("mnist", data_root, flat, flat)
     if name in ("cifar10", "cifar100"):
-        normalize = T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-        augment = T.Compose(
-            [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), normalize]
-        )
-        return _torchvision(name, data_root, augment, T.Compose([T.ToTensor(), normalize]))
+        return _torchvision(name, data_root, *cifar_transforms())
+    if name in DOWNSAMPLED_SIDES:
+        return _downsampled_imagenet(name, data_root)
     if name == "imagenet":
         from torchvision.datasets import ImageFolder
 

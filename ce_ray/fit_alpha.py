@@ -13,18 +13,17 @@ metadata) and ``alpha.png``.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
-import ray
 
 from ce_ray import cluster, plots, storage
 from ce_ray.alpha import AlphaFit, fit_eq9
 from ce_ray.configs import DTYPES, FitConfig
 from ce_ray.ntk import chunk_size
 from ce_ray.shards import Shard, is_whole, plan_shards, read_width, sample_shard
+from ce_ray.tasks import run_tasks
 
 Log = Callable[[str], None]
 
@@ -81,27 +80,17 @@ def sample_all_shards(
     todo, total = _shards_to_run(config, shard_dir, log), len(plan_shards(config))
     if total > len(todo):
         log(f"[fit-alpha] resuming: {total - len(todo)}/{total} shards already on disk")
-    resources = {"num_cpus": 1, "num_gpus": 1 if config.device.startswith("cuda") else 0}
-    task = ray.remote(_shard_task).options(max_retries=max_retries, **resources)
-    pending, ran, started = [], [], time.perf_counter()
-    while todo or pending:
-        while todo and len(pending) < workers:
-            pending.append(task.remote(config, todo.pop(0), shard_dir))
-        ready, pending = ray.wait(pending, num_returns=1)
-        try:
-            shard, seconds = ray.get(ready[0])
-        except ray.exceptions.RayTaskError as error:
-            for ref in pending:
-                ray.cancel(ref)
-            cause = error.cause if isinstance(error.cause, ValueError) else error
-            raise ValueError(str(cause).strip().splitlines()[-1]) from None
-        ran.append((shard, seconds))
-        log(
-            f"[fit-alpha] {total - len(todo) - len(pending)}/{total} shards: width {shard.width} "
-            f"shard {shard.index} ({shard.stop - shard.start} samples, {seconds:.2f}s; "
-            f"{time.perf_counter() - started:.1f}s elapsed)"
-        )
-    return ran
+
+    def describe(item, result) -> str:
+        shard, seconds = result
+        samples = shard.stop - shard.start
+        return f"width {shard.width} shard {shard.index} ({samples} samples, {seconds:.2f}s)"
+
+    return run_tasks(
+        _shard_task, [(config, shard, shard_dir) for shard in todo], workers, describe, log,
+        prefix="[fit-alpha]", unit="shards", done_before=total - len(todo),
+        max_retries=max_retries, num_gpus=1 if config.device.startswith("cuda") else 0,
+    )  # fmt: skip
 
 
 def fit_from_shards(

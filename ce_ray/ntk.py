@@ -137,6 +137,24 @@ def member_ntk(
     return module.multiplicity * _weight_kernel(module, names, grads[0], grads[-1])
 
 
+def member_ntk_matrix(
+    module: CollegialModel, inputs: torch.Tensor, readout: Readout = "pool"
+) -> torch.Tensor:
+    """``(m, B, B)``: K_j(x_a, x_b) of every member j for every pair of the B ``inputs``.
+
+    Holds B gradients of the whole ensemble at once: keep B small (e.g. two inputs).
+    """
+    names, params = zip(*module.named_parameters(), strict=True)
+    grads = _gradients(scalar_readout(module(inputs), readout), params)
+    count = len(grads)
+    kernel = torch.empty(module.multiplicity, count, count, dtype=inputs.dtype)
+    for a in range(count):
+        for b in range(a, count):
+            entry = module.multiplicity * _weight_kernel(module, names, grads[a], grads[b])
+            kernel[:, a, b] = kernel[:, b, a] = entry.detach().to(kernel.device)
+    return kernel
+
+
 def input_columns(inputs: torch.Tensor) -> torch.Tensor:
     """The vectors the first layer multiplies, as rows: ``(p, n_0)`` for an MLP; for a 1x1
     conv every (example, position), ``(p * H * W, n_in)`` in (example, row, column) order."""

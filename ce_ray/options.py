@@ -93,7 +93,8 @@ def number(minimum: float = 0.0, *, inclusive: bool = False) -> Callable[[str], 
 
 
 def widths(text: str) -> tuple[int, ...]:
-    """An argparse type: a width grid, ``LO:HI``, ``LO:HI:STEP`` or ``8,16,32``.
+    """An argparse type: a grid of positive integers (widths, multiplicities), ``LO:HI``,
+    ``LO:HI:STEP`` or ``8,16,32``.
 
     >>> widths("8:12:2")
     (8, 10, 12)
@@ -146,6 +147,7 @@ def add_space_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--in-channels", type=integer(1), help="resnext-block: n_in (256)")
     group.add_argument("--out-channels", type=integer(1), help="resnext-block: n_out (256)")
     group.add_argument("--spatial", type=integer(1), help="resnext-block: input side (8)")
+    group.add_argument("--image-size", type=integer(1), help="cifar-resnext29: input side (32)")
 
 
 #: The space options above: command-line flag -> the space constructor's keyword.
@@ -156,6 +158,7 @@ SPACE_FLAGS: dict[str, str] = {
     "--in-channels": "in_channels",
     "--out-channels": "out_channels",
     "--spatial": "spatial",
+    "--image-size": "image_size",
 }
 
 
@@ -190,7 +193,7 @@ def add_fit_alpha_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--widths", type=widths, help="width grid (default: the preset's)")
     parser.add_argument("--samples", type=integer(2), help="T, draws per width (the preset's)")
-    parser.add_argument("--workers", type=integer(1), help="concurrent tasks (cluster CPUs)")
+    add_workers(parser)
     add_experiment(parser, "the preset")
     add_results(parser)
     add_seed(parser)
@@ -242,6 +245,58 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
         help="dataset root; relative: under the project (default: $CE_RAY_DATA or data)",
     )  # fmt: skip
     parser.add_argument("--no-report", action="store_true", help="skip the PNGs")
+
+
+def numbers(text: str) -> tuple[float, ...]:
+    """An argparse type: a comma list of finite numbers > 0.
+
+    >>> numbers("2,8,32")
+    (2.0, 8.0, 32.0)
+    """
+    parse = number()
+    return tuple(parse(part) for part in text.split(","))
+
+
+def add_workers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=integer(1), help="concurrent tasks (cluster CPUs)")
+
+
+def add_nmk_options(parser: argparse.ArgumentParser) -> None:
+    """Fig. 2 / Lemma 1 (``ce_ray.nmk_convergence.NMKConfig``; None: its default)."""
+    parser.add_argument("--depth", type=integer(2), help="fc: weight layers L (4)")
+    parser.add_argument("--widths", type=widths, help="member widths n (16,64,256)")
+    parser.add_argument("--wide-width", type=integer(2), help="the reference model's width (2048)")
+    parser.add_argument("--multiplicities", type=widths, help="ensemble sizes m (1,2,4,...,64)")
+    parser.add_argument("--draws", type=integer(2), help="ensembles at the largest m (32)")
+    parser.add_argument("--wide-members", type=integer(2), help="members at the wide width (256)")
+    parser.add_argument("--gammas", type=integer(2), help="points on [-pi, pi] (33)")
+    parser.add_argument("--block-members", type=integer(1), help="members per Ray task (512)")
+    parser.add_argument("--bootstrap", type=integer(1), help="bootstrap replicates (1000)")
+    add_workers(parser)
+    add_experiment(parser, "nmk")
+    add_results(parser)
+    add_seed(parser)
+    add_json(parser)
+
+
+def add_drift_options(parser: argparse.ArgumentParser) -> None:
+    """Theorem 1 (``ce_ray.ntk_drift.DriftConfig``; None: its default)."""
+    parser.add_argument("--multiplicities", type=widths, help="ensemble sizes m (1,2,4,8,16)")
+    parser.add_argument("--widths", type=widths, help="member widths n (16,32,64,128)")
+    parser.add_argument("--depth", type=integer(2), help="fc: weight layers L (3)")
+    parser.add_argument("--seeds", type=integer(1), help="runs per (m, n) (3)")
+    parser.add_argument("--train-points", type=integer(1), help="training inputs N (32)")
+    parser.add_argument("--input-dim", type=integer(1), help="fc: input size n0 (8)")
+    parser.add_argument("--probe-points", type=integer(1), help="kernel probe inputs P (8)")
+    parser.add_argument("--step", type=number(), help="learning rate x N L (0.1)")
+    parser.add_argument(
+        "--flow-times", type=numbers, help="when to measure, gradient-flow time x N L (2,8,32)"
+    )
+    add_workers(parser)
+    add_experiment(parser, "drift")
+    add_results(parser)
+    add_seed(parser)
+    add_json(parser)
 
 
 def add_report_options(parser: argparse.ArgumentParser) -> None:

@@ -3,8 +3,9 @@
 * :func:`alpha_fit_png` -- fit-alpha: log(E[K^2]/E[K]^2) against S(n) and the fitted line.
 * :func:`curves_png` -- a sweep: the primal curve (predicted Var(K_e)) and the dual curve
   (efficiency rho) over n, trained points marked (Fig. 3 style).
-* :func:`test_error_png` -- a sweep: final test error against n, mean and standard error
-  over seeds (Fig. 6 style).
+* :func:`nmk_png`, :func:`drift_png` -- Fig. 2 (Lemma 1) and Theorem 1.
+* :func:`test_error_png` -- a sweep: test error (mean of the last 10 epochs) against n, mean
+  and standard error over seeds (Fig. 6 style).
 """
 
 from __future__ import annotations
@@ -84,6 +85,72 @@ def test_error_png(summary: pd.DataFrame, formulation: str) -> bytes:
                       textcoords="offset points", xytext=(4, 4))  # fmt: skip
     axes.set_xscale("log")
     axes.set_xlabel("member width n")
-    axes.set_ylabel("final test error (%)")
+    axes.set_ylabel("test error (%), mean of the last 10 epochs")
     axes.set_title(f"Points on the {formulation} curve (mean +- s.e. over seeds)")
+    return _png(figure)
+
+
+def nmk_png(
+    kernels: pd.DataFrame,
+    summary: pd.DataFrame,
+    fit: pd.DataFrame,
+    wide_nmk: dict[str, np.ndarray],
+    gammas: np.ndarray,
+    wide_width: int,
+) -> bytes:
+    """Fig. 2 style: (a) ensembles' K(x_0, x_gamma) at the largest width for a small, a middle
+    and the largest m, against the NMK; (b) the mean squared distance to the NMK against m;
+    (c) the NMK of each width against the wide model's."""
+    figure, (curves_axes, distance_axes, width_axes) = plt.subplots(1, 3, figsize=(16, 4.4))
+    widest = kernels[(kernels["n"] == kernels["n"].max()) & (kernels["entry"] == "off_diagonal")]
+    ms = sorted(widest["m"].unique())
+    for m in (ms[0], ms[len(ms) // 2], ms[-1]):
+        draw = widest[(widest["m"] == m) & (widest["draw"] == 0)]
+        curves_axes.plot(draw["gamma"], draw["kernel"], lw=1, label=f"one ensemble, m={m}")
+    first = widest[(widest["m"] == ms[0]) & (widest["draw"] == 0)]
+    curves_axes.plot(first["gamma"], first["nmk"], "k", lw=2, label="NMK estimate")
+    curves_axes.set_xlabel("gamma")
+    curves_axes.set_ylabel("K(x_0, x_gamma)")
+    curves_axes.set_title(f"(a) n = {int(kernels['n'].max())}")
+    curves_axes.legend(fontsize=7)
+    for (n, entry), group in summary.groupby(["n", "entry"], sort=True):
+        slope = fit[(fit["n"] == n) & (fit["entry"] == entry)]["slope_m"].iloc[0]
+        distance_axes.loglog(group["m"], group["mean_squared_distance"], "o-", ms=3,
+                             label=f"n={n} {entry}: slope {slope:.2f}")  # fmt: skip
+    reference = summary[summary["m"] == summary["m"].min()]["mean_squared_distance"].max()
+    m_range = np.array([summary["m"].min(), summary["m"].max()], dtype=float)
+    distance_axes.loglog(m_range, reference * m_range[0] / m_range, "k--", label="slope -1")
+    distance_axes.set_xlabel("m")
+    distance_axes.set_ylabel("mean over gamma of (K_e - NMK)^2")
+    distance_axes.set_title("(b) Lemma 1: K_e -> NMK")
+    distance_axes.legend(fontsize=6)
+    for entry, style in (("off_diagonal", "-"), ("diagonal", ":")):
+        nmks = kernels[(kernels["entry"] == entry) & (kernels["draw"] == 0)]
+        for n, group in nmks[nmks["m"] == nmks["m"].min()].groupby("n", sort=True):
+            width_axes.plot(group["gamma"], group["nmk"], style, lw=1, label=f"n={n} {entry}")
+        width_axes.plot(gammas, wide_nmk[entry], "k" + style, lw=2,
+                        label=f"n={wide_width} {entry}")  # fmt: skip
+    width_axes.set_xlabel("gamma")
+    width_axes.set_ylabel("NMK")
+    width_axes.set_title("(c) the NMK hardly depends on n")
+    width_axes.legend(fontsize=6)
+    return _png(figure)
+
+
+def drift_png(runs: pd.DataFrame, fit: pd.DataFrame) -> bytes:
+    """Theorem 1: the ensemble NTK's relative drift at the last recorded time against m n."""
+    last = runs[runs["time"] == runs["time"].max()]
+    figure, axes = plt.subplots(figsize=(6.5, 4.5))
+    for n, group in last.groupby("n", sort=True):
+        axes.loglog(group["m"] * group["n"], group["drift"], "o", ms=4, label=f"n={n}")
+    product = (last["m"] * last["n"]).to_numpy(dtype=float)
+    span = np.array([product.min(), product.max()])
+    anchor = last["drift"].max() * span[0]
+    axes.loglog(span, anchor / span, "k--", label="slope -1 (Theorem 1)")
+    row = fit.iloc[-1]
+    axes.set_title(f"t = {row['time']:.3g}: drift ~ m^{row['exponent_m']:.2f} "
+                   f"n^{row['exponent_n']:.2f}")  # fmt: skip
+    axes.set_xlabel("m n")
+    axes.set_ylabel("||K_e(t) - K_e(0)||_F / ||K_e(0)||_F")
+    axes.legend(fontsize=7)
     return _png(figure)

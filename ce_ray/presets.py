@@ -60,7 +60,8 @@ class Recipe:
     batch_size: int
     momentum: float = 0.9
     weight_decay: float = 0.0
-    milestones: tuple[int, ...] = ()  # epochs at which the lr is divided by 10
+    milestones: tuple[int, ...] = ()  # epochs after which the lr is multiplied by lr_decay
+    lr_decay: float = 0.1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,6 +137,12 @@ _IMAGENET_RECIPE = Recipe(
     milestones=(30, 60, 90),
 )  # fmt: skip
 
+# The downsampled ImageNet as the paper's authors' public code trains it.
+_DOWNSAMPLED_IMAGENET_RECIPE = Recipe(
+    optimizer="sgd", lr=0.08, epochs=80, batch_size=1024, weight_decay=5e-4,
+    milestones=(20, 40, 60), lr_decay=0.2,
+)  # fmt: skip
+
 SWEEP_PRESETS: dict[str, SweepPreset] = _registry(
     SweepPreset(
         name="digits-mlp",
@@ -183,6 +190,26 @@ SWEEP_PRESETS: dict[str, SweepPreset] = _registry(
         fit_preset="resnext-block",
         alpha=PAPER_BOTTLENECK_ALPHA,
         description="ResNeXt-29 1x128d on CIFAR-100 (Table 1 recipe), the paper's alpha",
+    ),
+    SweepPreset(
+        name="imagenet32-resnext29",
+        space=CifarResNeXt29Space(num_classes=1000, image_size=32),
+        baseline=128,
+        dataset="imagenet32",
+        recipe=_DOWNSAMPLED_IMAGENET_RECIPE,
+        fit_preset="resnext-block",
+        alpha=PAPER_BOTTLENECK_ALPHA,
+        description="ResNeXt-29 1x128d on ImageNet32x32 (Chrabaszcz et al.), the paper's alpha",
+    ),
+    SweepPreset(
+        name="imagenet64-resnext29",
+        space=CifarResNeXt29Space(num_classes=1000, image_size=64),
+        baseline=128,
+        dataset="imagenet64",
+        recipe=_DOWNSAMPLED_IMAGENET_RECIPE,
+        fit_preset="resnext-block",
+        alpha=PAPER_BOTTLENECK_ALPHA,
+        description="ResNeXt-29 1x128d on ImageNet64x64 (Chrabaszcz et al.), the paper's alpha",
     ),
     SweepPreset(
         name="imagenet-resnext50",

@@ -1,16 +1,32 @@
-"""``ce-ray report RESULTS_DIR``: a sweep's table and plots (``ce_ray.plots``).
+"""``ce-ray report RESULTS_DIR``: a sweep's table, how well the curve's prediction ranked the
+trained points, and the plots (``ce_ray.plots``).
 
-The table has one row per point: label, params, rho, predicted Var(K_e), final test error
-(mean and standard error over seeds), status and retries. The plots are ``curves.png`` and
-``test_error.png`` in the results directory.
+The table has one row per point: label, params, rho, predicted Var(K_e), the paper's test error
+(each trial's mean over its last 10 epochs; mean and standard error over seeds), status and
+retries. The ranking is Spearman's correlation between the predictor -- Var(K_e) on the primal
+curve, rho on the dual -- and that test error, with a bootstrap interval over seeds. The plots
+are ``curves.png`` and ``test_error.png`` in the results directory.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
 
 from ce_ray import plots, storage
+from ce_ray.seeds import derive_seed
+from ce_ray.sweep_tables import LAST_EPOCHS
+
+#: The column a trial's test error is read from: the paper's last-epochs mean.
+TEST_ERROR = "mean_test_error_last_epochs"
+#: The predictor each formulation ranks the points by.
+PREDICTORS = {"primal": "var_ensemble", "dual": "rho"}
+# Identity of the rank-correlation bootstrap's draws (with the sweep's seed when known).
+BOOTSTRAP_STREAM = 0x5EA4
 
 
 def summary(trials: pd.DataFrame) -> pd.DataFrame:
@@ -23,12 +39,76 @@ def summary(trials: pd.DataFrame) -> pd.DataFrame:
         rho=("rho", "first"),
         var_ensemble=("var_ensemble", "first"),
         seeds=("seed_index", "count"),
-        test_error=("final_test_error", "mean"),
-        test_error_se=("final_test_error", lambda e: e.std(ddof=1) / np.sqrt(len(e))),
+        test_error=(TEST_ERROR, "mean"),
+        test_error_se=(TEST_ERROR, lambda e: e.std(ddof=1) / np.sqrt(len(e))),
         status=("status", lambda s: ",".join(sorted(set(s)))),
         retries=("retries", "sum"),
     )
     return table.reset_index()
+
+
+@dataclass(frozen=True)
+class RankCorrelation:
+    """Spearman's correlation of ``predictor`` with the test error over ``points`` points, and
+    its percentile bootstrap interval over seeds (NaN when it is undefined)."""
+
+    predictor: str
+    spearman: float
+    ci_low: float
+    ci_high: float
+    ci_level: float
+    points: int
+
+    def describe(self) -> str:
+        expected = {
+            "var_ensemble": "positive: points with a larger predicted Var(K_e) erred more",
+            "rho": "the dual curve predicts equal errors, so near 0; positive: the more "
+            "compact points erred more",
+        }[self.predictor]
+        return (
+            f"rank correlation of {self.predictor} with the test error (Spearman, "
+            f"{self.points} points): {self.spearman:.2f} ({self.ci_level:.0%} CI "
+            f"{self.ci_low:.2f}..{self.ci_high:.2f}, bootstrap over seeds); {expected}"
+        )
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+def rank_correlation(
+    trials: pd.DataFrame, replicates: int = 1000, level: float = 0.95, seed: int = 0
+) -> RankCorrelation:
+    """How well the curve's predictor ranked the trained points by test error.
+
+    Each bootstrap replicate resamples every point's seeds with replacement and recomputes
+    the per-point mean errors; its draws derive from ``seed``.
+
+    >>> trials = pd.DataFrame({"formulation": "primal", "n": [1, 1, 2, 2, 3, 3],
+    ...     "m": 1, "var_ensemble": [0.3, 0.3, 0.2, 0.2, 0.1, 0.1],
+    ...     TEST_ERROR: [9.0, 8.0, 6.0, 7.0, 5.0, 4.0]})
+    >>> rank_correlation(trials, replicates=200).spearman
+    1.0
+    """
+    predictor = PREDICTORS[trials["formulation"].iloc[0]]
+    points = [group for _, group in trials.dropna(subset=[TEST_ERROR]).groupby(["n", "m"])]
+    predicted = np.array([group[predictor].iloc[0] for group in points])
+    errors = [group[TEST_ERROR].to_numpy() for group in points]
+    observed = _spearman(predicted, np.array([e.mean() for e in errors]))
+    rng = np.random.default_rng(derive_seed(seed, BOOTSTRAP_STREAM))
+    resampled = [
+        _spearman(predicted, np.array([rng.choice(e, e.size).mean() for e in errors]))
+        for _ in range(replicates)
+    ]
+    tail = (1 - level) / 2
+    low, high = (
+        np.nanquantile(resampled, [tail, 1 - tail])
+        if np.isfinite(resampled).any()
+        else (np.nan,) * 2
+    )
+    return RankCorrelation(predictor, observed, float(low), float(high), level, len(points))
 
 
 def format_summary(table: pd.DataFrame) -> str:
@@ -55,6 +135,12 @@ def write_plots(directory: str, trials: pd.DataFrame, table: pd.DataFrame) -> No
     storage.write_bytes(png, storage.join(directory, "test_error.png"))
 
 
+def _sweep_seed(directory: str) -> int:
+    """The experiment seed in the sweep's sweep.json (0 when there is none)."""
+    location = storage.join(directory, "sweep.json")
+    return json.loads(storage.read_text(location)).get("seed", 0) if storage.exists(location) else 0
+
+
 def report(directory: str, with_plots: bool = True) -> str:
     """The table as text (and, unless told not to, the PNGs written into ``directory``)."""
     trials_path = storage.join(directory, "trials.parquet")
@@ -63,9 +149,14 @@ def report(directory: str, with_plots: bool = True) -> str:
     trials = storage.read_parquet(trials_path).to_pandas()
     table = summary(trials)
     lines = [
+        f"test_error: each trial's mean top-1 error (%) over its last {LAST_EPOCHS} epochs; "
+        "mean and standard error over seeds",
         format_summary(table),
         f"results: {directory}/trials.parquet, {directory}/epochs.parquet",
     ]
+    if len(trials):
+        ranking = rank_correlation(trials, seed=_sweep_seed(directory))
+        lines.insert(2, ranking.describe())
     if with_plots:
         write_plots(directory, trials, table)
         lines.append(f"plots: {directory}/curves.png, {directory}/test_error.png")

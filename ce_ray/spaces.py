@@ -215,13 +215,14 @@ class _ResNeXtNetworkSpace(Space):
 
 @dataclass(frozen=True)
 class CifarResNeXt29Space(_ResNeXtNetworkSpace):
-    """ResNeXt-29 for CIFAR (Table 1): ``m x n d``, widen factor 4, 32 x 32 inputs."""
+    """ResNeXt-29 for CIFAR (Table 1): ``m x n d``, widen factor 4, ``image_size`` square
+    inputs (32 for CIFAR and ImageNet32, 64 for ImageNet64: the same network, whose global
+    pooling takes any size; only the FLOPs change)."""
 
     name: ClassVar[str] = "cifar-resnext29"
     default_baseline: ClassVar[int] = 128
     num_classes: int = 10
-
-    image_size: ClassVar[int] = 32
+    image_size: int = 32
 
     def build(self, m: int, n: int) -> CifarResNeXt:
         from ce_ray.models import CifarResNeXt

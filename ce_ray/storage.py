@@ -82,6 +82,10 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("seed_index", pa.int64()),  # 0..S-1; the trial's seed derives from it
         pa.field("final_test_error", pa.float64()),  # top-1, percent
         pa.field("best_test_error", pa.float64()),
+        # The paper's metric: mean top-1 test error over the last LAST_EPOCHS epochs trained
+        # (over all of them when there are fewer; the next column says how many).
+        pa.field("mean_test_error_last_epochs", pa.float64()),
+        pa.field("last_epochs_averaged", pa.int64()),
         pa.field("final_test_error_top5", pa.float64()),  # null with <= 5 classes
         pa.field("final_train_loss", pa.float64()),
         pa.field("epochs_completed", pa.int64()),
@@ -131,6 +135,85 @@ CURVES_SCHEMA = pa.schema(
         pa.field("formulation", pa.string()),  # primal | dual
         pa.field("alpha", pa.float64()),
         pa.field("baseline", pa.int64()),  # n~
+    ]
+)
+
+
+#: Member kernels of one NMK block (nmk/shards/w<width>-b<block>.parquet).
+NMK_SHARD_SCHEMA = pa.schema(
+    [
+        pa.field("width", pa.int64()),
+        pa.field("member", pa.int64()),  # index of the member network within its width
+        pa.field("gamma", pa.float64()),
+        pa.field("entry", pa.string()),  # diagonal: K(x_g, x_g); off_diagonal: K(x_0, x_g)
+        pa.field("k", pa.float64()),
+    ]
+)
+
+#: Ensemble kernels against the NMK (nmk.parquet): one row per (n, m, draw, gamma, entry).
+NMK_SCHEMA = pa.schema(
+    [
+        pa.field("n", pa.int64()),
+        pa.field("m", pa.int64()),
+        pa.field("draw", pa.int64()),  # which ensemble of multiplicity m
+        pa.field("gamma", pa.float64()),
+        pa.field("entry", pa.string()),
+        pa.field("kernel", pa.float64()),  # the ensemble's NTK entry, mean of its m members'
+        pa.field("nmk", pa.float64()),  # the NMK estimate at (n, gamma, entry)
+    ]
+)
+
+#: Per (n, m, entry): the mean over draws of the mean over gamma of (kernel - nmk)^2.
+NMK_SUMMARY_SCHEMA = pa.schema(
+    [
+        pa.field("n", pa.int64()),
+        pa.field("m", pa.int64()),
+        pa.field("entry", pa.string()),
+        pa.field("mean_squared_distance", pa.float64()),
+        pa.field("se", pa.float64()),  # its standard error over draws
+        pa.field("draws", pa.int64()),
+    ]
+)
+
+#: Per (n, entry): Lemma 1's slope and the NMK's distance to a much wider model's.
+NMK_FIT_SCHEMA = pa.schema(
+    [
+        pa.field("n", pa.int64()),
+        pa.field("entry", pa.string()),
+        pa.field("slope_m", pa.float64()),  # of log mean_squared_distance on log m (-1)
+        pa.field("ci_low", pa.float64()),  # percentile bootstrap over draws
+        pa.field("ci_high", pa.float64()),
+        pa.field("width_gap", pa.float64()),  # ||NMK_n - NMK_wide|| / ||NMK_wide|| over gamma
+        pa.field("width_gap_se", pa.float64()),  # its Monte-Carlo standard error
+    ]
+)
+
+#: Ensemble NTK drift under gradient descent (drift.parquet): one row per (m, n, seed, time).
+DRIFT_SCHEMA = pa.schema(
+    [
+        pa.field("m", pa.int64()),
+        pa.field("n", pa.int64()),
+        pa.field("seed_index", pa.int64()),
+        pa.field("time", pa.float64()),  # gradient-flow time t = learning rate x steps
+        pa.field("steps", pa.int64()),
+        pa.field("drift", pa.float64()),  # ||K_e(t) - K_e(0)||_F / ||K_e(0)||_F on the probes
+        pa.field("train_loss", pa.float64()),  # 1/2 ||F_e(t) - y||^2 / N
+    ]
+)
+
+#: The fit of log drift = exponent_m log m + exponent_n log n + intercept, per time.
+DRIFT_FIT_SCHEMA = pa.schema(
+    [
+        pa.field("time", pa.float64()),
+        pa.field("exponent_m", pa.float64()),
+        pa.field("exponent_m_low", pa.float64()),  # 95% confidence interval (t distribution)
+        pa.field("exponent_m_high", pa.float64()),
+        pa.field("exponent_n", pa.float64()),
+        pa.field("exponent_n_low", pa.float64()),
+        pa.field("exponent_n_high", pa.float64()),
+        pa.field("intercept", pa.float64()),
+        pa.field("r2", pa.float64()),
+        pa.field("runs", pa.int64()),
     ]
 )
 

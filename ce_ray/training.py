@@ -24,7 +24,8 @@ CHECKPOINT_FILE = "state.pt"
 
 
 def make_optimizer(model: torch.nn.Module, recipe: Recipe):
-    """The recipe's optimizer and a step-per-epoch lr schedule (divide by 10 at milestones)."""
+    """The recipe's optimizer and its lr schedule, stepped once per epoch (the lr is
+    multiplied by ``recipe.lr_decay`` at each milestone)."""
     if recipe.optimizer == "adam":
         optimizer = torch.optim.Adam(
             model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
@@ -34,7 +35,9 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe):
             model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
             weight_decay=recipe.weight_decay, nesterov=False,
         )  # fmt: skip
-    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), 0.1)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, list(recipe.milestones), recipe.lr_decay
+    )
     return optimizer, schedule
 
 
@@ -130,7 +133,7 @@ def train_point(config: dict) -> None:
     for epoch in range(start_epoch, config["epochs"] + 1):
         started = time.perf_counter()
         sampler.set_epoch(epoch)
-        metrics = {"epoch": epoch, "train_loss": _train_epoch(model, loader, optimizer, device)}
+        metrics = {"epoch": epoch, "train_loss": train_epoch(model, loader, optimizer, device)}
         schedule.step()
         metrics |= evaluate(model, test_set, batch, device, rank, world, top5)
         train_time += time.perf_counter() - started
@@ -146,7 +149,7 @@ def train_point(config: dict) -> None:
         _report_with_checkpoint(metrics, model, optimizer, schedule, epoch, train_time, world)
 
 
-def _train_epoch(model, loader, optimizer, device) -> float:
+def train_epoch(model, loader, optimizer, device) -> float:
     """One pass over this rank's batches; the mean loss over every rank's examples."""
     loss_sum = count = 0.0
     for x, y in loader:

@@ -50,11 +50,14 @@ def test_run_local_submits_the_default_job_and_stops_its_head(tmp_path):
     assert "succeeded" in out + result.stderr
     directory = tmp_path / "digits-mlp-primal"
     assert f"results: {directory}/trials.parquet" in out
+    assert "rank correlation of var_ensemble with the test error (Spearman, 2 points)" in out
 
     trials = pd.read_parquet(directory / "trials.parquet")  # plain pandas, no ce-ray needed
     assert len(trials) == 2 and set(trials["role"]) == {"optimum", "baseline"}
     assert (trials["status"] == "finished").all() and (trials["epochs_completed"] == 2).all()
     assert trials["final_test_error"].between(0, 100).all()
+    # The paper's metric: with 2 epochs, the mean of both, and the row says so.
+    assert (trials["last_epochs_averaged"] == 2).all()
     assert trials["final_test_error_top5"].notna().all()  # digits has 10 classes
     assert (trials["alpha"] > 0).all() and trials["alpha"].nunique() == 1
     epochs = pd.read_parquet(directory / "epochs.parquet")

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ce_ray.presets import SWEEP_PRESETS
 from ce_ray.spaces import (
     SPACES,
     CifarResNeXt29Space,
@@ -55,6 +56,21 @@ def test_table1_cifar10_counts(m, n, printed):
     assert f"{CifarResNeXt29Space(num_classes=10).num_params(m, n) / 1e6:.{decimals}f}" == printed
 
 
+@pytest.mark.parametrize(("m", "n", "printed"), CIFAR10_TABLE1)
+@pytest.mark.parametrize("side", [32, 64])
+def test_downsampled_imagenet_counts_are_table1s_with_a_1000_class_classifier(m, n, printed, side):
+    """The paper's appendix tables for ImageNet32/64 are not in the text we have; their network
+    is Table 1's with 1000 outputs: every count is Table 1's plus 990 classifier rows."""
+    imagenet = SWEEP_PRESETS[f"imagenet{side}-resnext29"].space
+    cifar10 = CifarResNeXt29Space(num_classes=10)
+    assert imagenet.num_params(m, n) == cifar10.num_params(m, n) + 990 * (1024 + 1)
+    if side == 64:  # the same network on 4x the pixels: every conv does 4x the work
+        classifier = 1024 * 1000
+        assert imagenet.flops(m, n) - classifier == 4 * (
+            SWEEP_PRESETS["imagenet32-resnext29"].space.flops(m, n) - classifier
+        )
+
+
 @pytest.mark.parametrize(("space", "m", "n", "printed"), IMAGENET_TABLE2)
 def test_table2_imagenet_counts(space, m, n, printed):
     decimals = len(printed.split(".")[1])
@@ -71,6 +87,8 @@ def test_table2_imagenet_counts(space, m, n, printed):
         (ResNeXtBlockSpace(), 8, 16, (2, 256, 8, 8)),
         (CifarResNeXt29Space(num_classes=10), 3, 4, (2, 3, 32, 32)),
         (CifarResNeXt29Space(num_classes=100), 2, 7, (2, 3, 32, 32)),
+        (CifarResNeXt29Space(num_classes=1000, image_size=32), 2, 3, (2, 3, 32, 32)),
+        (CifarResNeXt29Space(num_classes=1000, image_size=64), 2, 3, (2, 3, 64, 64)),
         (ImageNetResNeXt50Space(num_classes=10), 4, 3, (1, 3, 224, 224)),
         (ImageNetResNeXt101Space(), 2, 2, (1, 3, 224, 224)),
     ],

@@ -1,0 +1,56 @@
+"""Run independent work items as Ray tasks: at most ``workers`` at a time, Ray's own retries
+for a worker or node that dies, one progress line per finished item, and the first failure
+turned into one line. The caller connects to Ray; the items' functions know nothing of it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ray
+
+Log = Callable[[str], None]
+
+
+def run_tasks(
+    function: Callable[..., Any],
+    items: Sequence[tuple],
+    workers: int,
+    describe: Callable[[tuple, Any], str],
+    log: Log = print,
+    prefix: str = "[tasks]",
+    unit: str = "items",
+    done_before: int = 0,
+    max_retries: int = 3,
+    num_gpus: float = 0,
+) -> list[Any]:
+    """``function(*item)`` for every item, each a Ray task holding 1 CPU (and ``num_gpus``).
+
+    Returns the results in the order the tasks finished. Progress lines read ``PREFIX k/N
+    UNIT: describe(item, result) [elapsed]``, counting ``done_before`` items that an earlier
+    run finished. A task that raises cancels the rest and raises a ``ValueError`` with the
+    last line of its error (the cause's message for a ValueError).
+    """
+    task = ray.remote(function).options(max_retries=max_retries, num_cpus=1, num_gpus=num_gpus)
+    queue, pending, results = list(items), {}, []
+    started, total = time.perf_counter(), done_before + len(items)
+    while queue or pending:
+        while queue and len(pending) < workers:
+            item = queue.pop(0)
+            pending[task.remote(*item)] = item
+        [ready], _ = ray.wait(list(pending), num_returns=1)
+        item = pending.pop(ready)
+        try:
+            result = ray.get(ready)
+        except ray.exceptions.RayTaskError as error:
+            for ref in pending:
+                ray.cancel(ref)
+            cause = error.cause if isinstance(error.cause, ValueError) else error
+            raise ValueError(str(cause).strip().splitlines()[-1]) from None
+        results.append(result)
+        log(
+            f"{prefix} {done_before + len(results)}/{total} {unit}: {describe(item, result)} "
+            f"[{time.perf_counter() - started:.1f}s elapsed]"
+        )
+    return results

@@ -1,0 +1,99 @@
+"""Fig. 2 / Lemma 1: the member kernels, their convergence statistics, and the Ray job."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ce_ray import cli, nmk
+from ce_ray.nmk_convergence import NMKConfig, nmk_convergence
+from ce_ray.ntk import member_ntk_matrix
+from ce_ray.spaces import FCSpace
+
+
+@pytest.mark.parametrize(("depth", "width", "members"), [(2, 3, 2), (4, 5, 3), (5, 7, 4)])
+def test_hand_written_member_kernels_equal_autograd(depth, width, members):
+    torch.manual_seed(depth)
+    module = FCSpace(input_dim=2, depth=depth, num_classes=1).build(members, width).double()
+    inputs = nmk.circle_inputs(np.array([0.0, 0.4, 2.5, -3.0]))
+    torch.testing.assert_close(
+        nmk.mlp_member_kernels(module, inputs), member_ntk_matrix(module, inputs).detach()
+    )
+
+
+def test_the_nmk_diagonal_is_L_over_2_on_the_unit_circle():
+    kernels = nmk.member_kernels_on_circle(4, 32, 4000, np.array([0.3, 2.0]), seed=7)
+    diagonal = kernels["diagonal"]
+    se = diagonal.std(axis=0, ddof=1) / np.sqrt(len(diagonal))
+    assert np.all(np.abs(diagonal.mean(axis=0) - nmk.diagonal_mean(4)) < 4 * se)
+
+
+def test_members_differ_and_blocks_reproduce():
+    gammas = np.linspace(-np.pi, np.pi, 5)
+    first = nmk.member_kernels_on_circle(3, 16, 8, gammas, seed=1)
+    again = nmk.member_kernels_on_circle(3, 16, 8, gammas, seed=1)
+    other = nmk.member_kernels_on_circle(3, 16, 8, gammas, seed=2)
+    np.testing.assert_array_equal(first["off_diagonal"], again["off_diagonal"])
+    assert not np.allclose(first["off_diagonal"], other["off_diagonal"])
+    assert len(np.unique(first["off_diagonal"][:, 1])) == 8
+
+
+def test_distance_to_the_mean_falls_as_one_over_m():
+    """Lemma 1's rate, from real member kernels: slope -1 within its bootstrap interval."""
+    gammas = np.linspace(-np.pi, np.pi, 9)
+    members = nmk.member_kernels_on_circle(4, 32, 4096, gammas, seed=3)["off_diagonal"]
+    mean = members.mean(axis=0)
+    rows = []
+    for m in (1, 2, 4, 8, 16, 32):
+        ensembles = nmk.ensemble_kernels(members, m)
+        distance = nmk.squared_distance(ensembles, mean) / (1 - m / len(members))
+        rows.append(
+            pd.DataFrame({"n": 32, "m": m, "entry": "off_diagonal",
+                          "draw": np.arange(len(distance)), "squared_distance": distance})
+        )  # fmt: skip
+    fit = nmk.convergence_summary(pd.concat(rows), 300, np.random.default_rng(0)).iloc[0]
+    assert fit["ci_low"] < -1 < fit["ci_high"] and -1.25 < fit["slope_m"] < -0.75
+
+
+TINY = NMKConfig(widths=(8, 16), wide_width=64, multiplicities=(1, 2, 4, 8), draws=8,
+                 wide_members=64, gammas=9, block_members=16, bootstrap=100)  # fmt: skip
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_the_job_writes_its_tables_and_resumes_without_sampling_again(tmp_path):
+    lines: list[str] = []
+    first = nmk_convergence(TINY, str(tmp_path), "tiny", workers=2, log=lines.append)
+    directory = tmp_path / "tiny" / "nmk"
+    kernels = pd.read_parquet(directory / "nmk.parquet")
+    # One row per (n, m, draw, gamma, entry): 64 members cut into 64/m ensembles of each m.
+    assert len(kernels) == 2 * (64 + 32 + 16 + 8) * 9 * 2
+    assert set(kernels["entry"]) == {"diagonal", "off_diagonal"}
+    summary = pd.read_parquet(directory / "nmk_summary.parquet")
+    assert len(summary) == 2 * 4 * 2 and (summary["mean_squared_distance"] > 0).all()
+    fit = pd.read_parquet(directory / "nmk_fit.parquet")
+    assert len(fit) == 4 and fit["width_gap"].between(0, 1).all()
+    assert (directory / "nmk.png").read_bytes()[:4] == b"\x89PNG"
+    assert any("[nmk] " in line and "blocks: width 64" in line for line in lines)
+
+    lines.clear()
+    again = nmk_convergence(TINY, str(tmp_path), "tiny", workers=2, log=lines.append)
+    assert lines == [f"[nmk] resuming: {len(TINY.blocks())}/{len(TINY.blocks())} blocks "
+                     "already on storage"]  # fmt: skip
+    pd.testing.assert_frame_equal(first.fit, again.fit)
+    with pytest.raises(ValueError, match="different configuration"):
+        nmk_convergence(NMKConfig(**{**TINY.__dict__, "draws": 4}), str(tmp_path), "tiny", 2)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_the_command_prints_the_slope_and_the_width_gap_as_json(tmp_path, capsys):
+    args = ["nmk", "--widths", "8,16", "--wide-width", "64", "--multiplicities", "1,2,4,8",
+            "--draws", "8", "--wide-members", "64", "--gammas", "9", "--block-members", "16",
+            "--bootstrap", "100", "--results", str(tmp_path), "--json"]  # fmt: skip
+    assert cli.main(args) == 0
+    captured = capsys.readouterr()
+    headline = json.loads(captured.out)
+    assert {"slope_m", "slope_m_ci", "width_gap", "width_gap_se", "fits"} <= set(headline)
+    assert headline["slope_m_ci"][0] <= headline["slope_m"] <= headline["slope_m_ci"][1]
+    assert "slope of ||K_e - NMK||^2 against m" in captured.err

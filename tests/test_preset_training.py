@@ -1,0 +1,142 @@
+"""Every sweep preset's training path, on small generated data in the preset's real on-disk
+format: its dataset loader and transforms, its model at a tiny width, its optimizer and LR
+schedule, one epoch of the same functions the Ray Train loop runs (``ce_ray.training``), and
+the test error over the whole test set. No Ray: the loop's Ray parts are covered by
+test_sweep.py."""
+
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from ce_ray import data
+from ce_ray.presets import SWEEP_PRESETS
+from ce_ray.training import evaluate, make_optimizer, train_epoch
+
+# A tiny (m, n) for each family: small enough for a CPU, still an ensemble.
+TINY_POINT = {"fc": (2, 3), "cifar-resnext29": (2, 2), "imagenet-resnext50": (2, 1),
+              "imagenet-resnext101": (2, 1)}  # fmt: skip
+CLASSES_IN_DATA = 3  # labels drawn from the first few classes of each dataset
+
+
+def write_mnist(root, train=24, test=12):
+    """MNIST's four IDX files (uncompressed), as torchvision reads them from MNIST/raw/."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", train), ("t10k", test)):
+        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, CLASSES_IN_DATA, count, dtype=np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            struct.pack(">iiii", 2051, count, 28, 28) + images.tobytes()
+        )
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">ii", 2049, count) + labels.tobytes()
+        )
+
+
+def write_downsampled_imagenet(root, name, side, per_batch=3):
+    """The published pickles: train_data_batch_1..10 (with the mean image) and val_data."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+
+    def batch(count, with_mean):
+        content = {
+            "data": rng.integers(0, 256, (count, 3 * side * side), dtype=np.uint8),
+            "labels": list(rng.integers(1, CLASSES_IN_DATA + 1, count)),  # 1-based
+        }
+        if with_mean:
+            content["mean"] = np.full(3 * side * side, 127.5, dtype=np.float32)
+        return content
+
+    for index in range(1, data.DOWNSAMPLED_TRAIN_BATCHES + 1):
+        with open(folder / f"train_data_batch_{index}", "wb") as stream:
+            pickle.dump(batch(per_batch, with_mean=True), stream)
+    with open(folder / "val_data", "wb") as stream:
+        pickle.dump(batch(2 * per_batch, with_mean=False), stream)
+
+
+def write_image_folder(root):
+    """imagenet/{train,val}/<class>/*.JPEG with images of uneven sizes (crops make 224)."""
+    rng = np.random.default_rng(2)
+    for split, per_class in (("train", 2), ("val", 1)):
+        for label in range(CLASSES_IN_DATA):
+            folder = root / "imagenet" / split / f"n{label:08d}"
+            folder.mkdir(parents=True)
+            for index in range(per_class):
+                pixels = rng.integers(0, 256, (60 + 7 * index, 80, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"image_{index}.JPEG")
+
+
+class PILImages(Dataset):
+    """CIFAR-shaped PIL images with labels, read through a transform (torchvision's CIFAR
+    loader checks the MD5 of the real files, so generated batches cannot go through it)."""
+
+    def __init__(self, count, transform, seed):
+        rng = np.random.default_rng(seed)
+        self.images = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+        self.labels = rng.integers(0, CLASSES_IN_DATA, count)
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
+
+
+def datasets_for(preset, root):
+    if preset.dataset in ("cifar10", "cifar100"):
+        train_transform, test_transform = data.cifar_transforms()
+        return PILImages(16, train_transform, 3), PILImages(8, test_transform, 4)
+    if preset.dataset == "mnist":
+        write_mnist(root)
+    elif preset.dataset in data.DOWNSAMPLED_SIDES:
+        write_downsampled_imagenet(root, preset.dataset, data.DOWNSAMPLED_SIDES[preset.dataset])
+    elif preset.dataset == "imagenet":
+        write_image_folder(root)
+    return data.load(preset.dataset, str(root))
+
+
+@pytest.mark.parametrize("name", list(SWEEP_PRESETS))
+def test_each_preset_trains_an_epoch_on_data_in_its_format(tmp_path, name):
+    preset = SWEEP_PRESETS[name]
+    train_set, test_set = datasets_for(preset, tmp_path)
+    torch.manual_seed(0)
+    model = preset.space.build(*TINY_POINT[preset.space.name])
+    optimizer, schedule = make_optimizer(model, preset.recipe)
+    before = [p.detach().clone() for p in model.parameters()]
+    loader = DataLoader(train_set, batch_size=preset.recipe.batch_size, shuffle=True)
+    loss = train_epoch(model, loader, optimizer, torch.device("cpu"))
+    schedule.step()
+    classes = preset.space.num_classes
+    errors = evaluate(model, test_set, 8, torch.device("cpu"), 0, 1, top5=classes > 5)
+    assert np.isfinite(loss) and loss > 0
+    assert any(
+        not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters(), strict=True)
+    )
+    assert errors["test_examples"] == len(test_set) and 0 <= errors["test_error"] <= 100
+    assert ("test_error_top5" in errors) == (classes > 5)
+
+
+def test_downsampled_imagenet_rows_are_channel_major_images_centred_on_the_mean(tmp_path):
+    write_downsampled_imagenet(tmp_path, "imagenet32", 32)
+    train, test = data.load("imagenet32", str(tmp_path))
+    assert len(train) == 3 * data.DOWNSAMPLED_TRAIN_BATCHES and len(test) == 6
+    with open(tmp_path / "imagenet32" / "val_data", "rb") as stream:
+        raw = pickle.load(stream)
+    image, label = test[0]
+    expected = torch.from_numpy(raw["data"][0].reshape(3, 32, 32)).float() / 255 - 0.5
+    torch.testing.assert_close(image, expected)
+    assert label == raw["labels"][0] - 1  # 0-based
+
+
+@pytest.mark.parametrize("name", ["imagenet32", "imagenet64"])
+def test_missing_downsampled_imagenet_says_which_files_go_where(tmp_path, name):
+    with pytest.raises(data.DatasetMissing, match="put train_data_batch_1..10 and val_data"):
+        data.load(name, str(tmp_path))

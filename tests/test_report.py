@@ -1,0 +1,51 @@
+"""The report's paper metric and its rank correlation, on hand-made trial tables."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ce_ray.report import TEST_ERROR, rank_correlation, summary
+from ce_ray.sweep_tables import last_epochs_mean
+
+
+def trials(formulation, predicted, errors_per_point):
+    rows = []
+    for n, (value, errors) in enumerate(zip(predicted, errors_per_point, strict=True), start=1):
+        for seed_index, error in enumerate(errors):
+            rows.append({"formulation": formulation, "n": n, "m": 1, "label": f"1x{n}d",
+                         "role": "curve", "params": 10, "rho": value, "var_ensemble": value,
+                         "seed_index": seed_index, TEST_ERROR: error, "status": "finished",
+                         "retries": 0})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_the_paper_metric_averages_the_last_ten_epochs():
+    errors = pd.Series(np.arange(1.0, 26.0))
+    assert last_epochs_mean(errors) == np.mean(np.arange(16.0, 26.0))
+    assert last_epochs_mean(errors.iloc[:4]) == 2.5  # fewer than 10: all of them
+
+
+def test_a_reversed_ranking_is_minus_one_and_the_interval_holds_it():
+    table = trials("primal", [0.1, 0.2, 0.3, 0.4], [[9, 8.5], [7, 7.5], [5, 5.2], [3, 3.1]])
+    result = rank_correlation(table, replicates=200)
+    assert result.predictor == "var_ensemble" and result.points == 4
+    assert result.spearman == -1.0 and result.ci_low <= -1.0 <= result.ci_high
+
+
+def test_the_dual_curve_is_ranked_by_rho_and_the_bootstrap_is_seeded():
+    table = trials("dual", [1.0, 2.0, 3.0], [[5, 6, 4], [5.5, 4.5, 6], [6, 5, 4.8]])
+    first, again = rank_correlation(table, seed=3), rank_correlation(table, seed=3)
+    assert first.predictor == "rho" and first == again
+    assert first.ci_low < first.spearman < first.ci_high or np.isnan(first.spearman)
+
+
+def test_equal_predictions_have_no_rank_correlation():
+    table = trials("dual", [1.0, 1.0], [[5, 6], [4, 7]])
+    assert np.isnan(rank_correlation(table, replicates=10).spearman)
+
+
+@pytest.mark.parametrize("column", ["test_error", "test_error_se"])
+def test_summary_uses_the_paper_metric(column):
+    table = summary(trials("primal", [0.1, 0.2], [[2.0, 4.0], [6.0, 6.0]]))
+    expected = {"test_error": [3.0, 6.0], "test_error_se": [1.0, 0.0]}[column]
+    np.testing.assert_allclose(table[column], expected)
