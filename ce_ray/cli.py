@@ -189,7 +189,7 @@ def nmk_command(args: argparse.Namespace) -> None:
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     cluster.init_ray()
     workers = args.workers or cluster.default_workers()
-    experiment = args.experiment or "nmk"
+    experiment = args.experiment or "lemma1"
     log(f"[nmk] L={config.depth}, widths {list(config.widths)} against {config.wide_width}, "
         f"m in {list(config.multiplicities)}, {workers} workers")  # fmt: skip
     result = nmk_convergence(config, results, experiment, workers, log)
@@ -217,7 +217,7 @@ def drift_command(args: argparse.Namespace) -> None:
     workers = args.workers or cluster.default_workers()
     log(f"[drift] m in {list(config.multiplicities)}, n in {list(config.widths)}, "
         f"{config.seeds} seeds, L={config.depth}, {workers} workers")  # fmt: skip
-    result = ntk_drift(config, results, args.experiment or "drift", workers, log)
+    result = ntk_drift(config, results, args.experiment or "theorem1", workers, log)
     headline = result.headline()
     if args.json:
         print(json.dumps(headline, indent=2))

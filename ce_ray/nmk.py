@@ -115,6 +115,18 @@ def squared_distance(kernels: np.ndarray, nmk: np.ndarray) -> np.ndarray:
     return ((kernels - nmk[None, :]) ** 2).mean(axis=1)
 
 
+def distance_to_nmk(member_kernels: np.ndarray, m: int) -> np.ndarray:
+    """Per ensemble of m consecutive members, an unbiased estimate of ``E||K_e - NMK||^2``
+    (mean over gamma), the NMK estimated by the mean of all N members.
+
+    The ensembles are among those N members, so ``E||K_e - mean||^2 = Var(K_j) (1/m - 1/N)``;
+    dividing by ``1 - m/N`` gives ``Var(K_j) / m``, Lemma 1's quantity.
+    """
+    mean = member_kernels.mean(axis=0)
+    correction = 1.0 - m / member_kernels.shape[0]
+    return squared_distance(ensemble_kernels(member_kernels, m), mean) / correction
+
+
 def fit_log_slope(x: np.ndarray, y: np.ndarray) -> float:
     """Least-squares slope of log y on log x.
 

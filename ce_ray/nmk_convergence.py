@@ -27,6 +27,8 @@ from ce_ray.tasks import run_tasks
 Log = Callable[[str], None]
 # Identities of the draws: member weights (with width and block) and the bootstrap.
 MEMBERS_STREAM, BOOTSTRAP_STREAM = 0x4E4D4B, 0xB007
+# The width at which a task holds ``block_members`` members.
+BLOCK_REFERENCE_WIDTH = 256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,10 +44,9 @@ class NMKConfig:
         draws: ensembles at the largest m.
         wide_members: members drawn at ``wide_width`` (its NMK is their mean).
         gammas: points on [-pi, pi].
-        block_members: members per Ray task at the largest studied width; a task's weights
-            grow as members x n^2, so other widths take blocks of
-            ``block_members * (max(widths) / n)^2`` members (at least 1), which keeps a task's
-            memory about the same.
+        block_members: members per Ray task at width 256; a task's weights grow as
+            members x n^2, so width n takes blocks of ``block_members * (256 / n)^2`` members
+            (at least 1): about 270 MB of float32 weights per task at L = 4 by default.
     """
 
     depth: int = 4
@@ -88,7 +89,7 @@ class NMKConfig:
         )
 
     def block_size(self, width: int) -> int:
-        return max(1, self.block_members * max(self.widths) ** 2 // width**2)
+        return max(1, self.block_members * BLOCK_REFERENCE_WIDTH**2 // width**2)
 
     def blocks(self) -> list[tuple[int, int, int, int]]:
         """(width, block index, first member, members) of every task."""
@@ -228,13 +229,9 @@ def summarise(config: NMKConfig, directory: str) -> NMKResult:
                     "gamma": np.tile(gammas, len(draws)), "entry": entry,
                     "kernel": ensembles.ravel(), "nmk": np.tile(mean_kernel, len(draws)),
                 }))  # fmt: skip
-                # The NMK estimate is the mean of all N members, the ensembles among them:
-                # E||K_e - mean||^2 = Var(K_j) (1/m - 1/N); dividing by (1 - m/N) gives an
-                # unbiased estimate of E||K_e - NMK||^2 = Var(K_j) / m.
-                correction = 1.0 - m / len(kernels)
                 distances.append(pd.DataFrame({
                     "n": width, "m": m, "entry": entry, "draw": draws,
-                    "squared_distance": nmk.squared_distance(ensembles, mean_kernel) / correction,
+                    "squared_distance": nmk.distance_to_nmk(kernels, m),
                 }))  # fmt: skip
     kernels_frame = pd.concat(rows, ignore_index=True)
     distance_frame = pd.concat(distances, ignore_index=True)

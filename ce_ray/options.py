@@ -270,10 +270,12 @@ def add_nmk_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draws", type=integer(2), help="ensembles at the largest m (32)")
     parser.add_argument("--wide-members", type=integer(2), help="members at the wide width (256)")
     parser.add_argument("--gammas", type=integer(2), help="points on [-pi, pi] (33)")
-    parser.add_argument("--block-members", type=integer(1), help="members per Ray task (512)")
+    parser.add_argument(
+        "--block-members", type=integer(1), help="members per Ray task at width 256 (512)"
+    )
     parser.add_argument("--bootstrap", type=integer(1), help="bootstrap replicates (1000)")
     add_workers(parser)
-    add_experiment(parser, "nmk")
+    add_experiment(parser, "lemma1")
     add_results(parser)
     add_seed(parser)
     add_json(parser)
@@ -293,7 +295,7 @@ def add_drift_options(parser: argparse.ArgumentParser) -> None:
         "--flow-times", type=numbers, help="when to measure, gradient-flow time x N L (2,8,32)"
     )
     add_workers(parser)
-    add_experiment(parser, "drift")
+    add_experiment(parser, "theorem1")
     add_results(parser)
     add_seed(parser)
     add_json(parser)

@@ -244,6 +244,51 @@ MUTATIONS = (
         "",
         ("tests/test_sweep.py::test_a_two_worker_trial_scores_the_whole_test_set_once",),
     ),
+    # --- the rest of the paper: NMK, drift, the paper's metric, ImageNet32/64 ---
+    Mutation(
+        "hand-written member kernel misses the read-out layer",
+        "ce_ray/nmk.py",
+        "kernel = out_scale**2 * torch.bmm(h[-1], h[-1].transpose(1, 2))",
+        "kernel = 0 * torch.bmm(h[-1], h[-1].transpose(1, 2))",
+        ("tests/test_nmk.py::test_hand_written_member_kernels_equal_autograd",),
+    ),
+    Mutation(
+        "distance to the NMK not corrected for the members it contains",
+        "ce_ray/nmk.py",
+        "correction = 1.0 - m / member_kernels.shape[0]",
+        "correction = 1.0",
+        (
+            "tests/test_nmk.py::test_the_distance_to_the_nmk_is_unbiased_when_the_ensembles_are_among_the_members",
+        ),
+    ),
+    Mutation(
+        "drift exponents fitted with m and n swapped",
+        "ce_ray/drift.py",
+        "design = np.column_stack([np.log(m), np.log(n), np.ones(len(drift))])",
+        "design = np.column_stack([np.log(n), np.log(m), np.ones(len(drift))])",
+        ("tests/test_docs.py::test_docstring_examples_run",),
+    ),
+    Mutation(
+        "the paper's metric averages the first epochs",
+        "ce_ray/sweep_tables.py",
+        "return float(errors.iloc[-count:].mean())",
+        "return float(errors.iloc[:count].mean())",
+        ("tests/test_report.py",),
+    ),
+    Mutation(
+        "the dual curve is ranked by Var(K_e)",
+        "ce_ray/report.py",
+        'PREDICTORS = {"primal": "var_ensemble", "dual": "rho"}',
+        'PREDICTORS = {"primal": "var_ensemble", "dual": "var_ensemble"}',
+        ("tests/test_report.py",),
+    ),
+    Mutation(
+        "downsampled ImageNet labels kept 1-based",
+        "ce_ray/data.py",
+        'labels = np.concatenate([np.asarray(p["labels"], np.int64) for p in parts]) - 1',
+        'labels = np.concatenate([np.asarray(p["labels"], np.int64) for p in parts])',
+        ("tests/test_preset_training.py",),
+    ),
 )
 
 

@@ -44,17 +44,23 @@ def test_distance_to_the_mean_falls_as_one_over_m():
     """Lemma 1's rate, from real member kernels: slope -1 within its bootstrap interval."""
     gammas = np.linspace(-np.pi, np.pi, 9)
     members = nmk.member_kernels_on_circle(4, 32, 4096, gammas, seed=3)["off_diagonal"]
-    mean = members.mean(axis=0)
     rows = []
     for m in (1, 2, 4, 8, 16, 32):
-        ensembles = nmk.ensemble_kernels(members, m)
-        distance = nmk.squared_distance(ensembles, mean) / (1 - m / len(members))
+        distance = nmk.distance_to_nmk(members, m)
         rows.append(
             pd.DataFrame({"n": 32, "m": m, "entry": "off_diagonal",
                           "draw": np.arange(len(distance)), "squared_distance": distance})
         )  # fmt: skip
     fit = nmk.convergence_summary(pd.concat(rows), 300, np.random.default_rng(0)).iloc[0]
     assert fit["ci_low"] < -1 < fit["ci_high"] and -1.25 < fit["slope_m"] < -0.75
+
+
+def test_the_distance_to_the_nmk_is_unbiased_when_the_ensembles_are_among_the_members():
+    """N = 64 unit-variance 'members', ensembles of 16: E||K_e - NMK||^2 = 1/16, though the
+    NMK estimate contains the ensemble (uncorrected, the mean would be 0.75/16)."""
+    rng = np.random.default_rng(0)
+    distances = [nmk.distance_to_nmk(rng.standard_normal((64, 50)), 16) for _ in range(400)]
+    assert abs(np.mean(distances) * 16 - 1) < 0.05
 
 
 TINY = NMKConfig(widths=(8, 16), wide_width=64, multiplicities=(1, 2, 4, 8), draws=8,
