@@ -80,7 +80,7 @@ def curve_command(args: argparse.Namespace) -> None:
 
 def fit_alpha_command(args: argparse.Namespace) -> None:
     # Ray is imported by the commands that use it, so that params and curve start without it.
-    from ce_ray import cluster, storage
+    from ce_ray import storage
     from ce_ray.configs import FitConfig
     from ce_ray.fit_alpha import check_fits_in_memory, fit_alpha
     from ce_ray.presets import FIT_PRESETS
@@ -92,12 +92,8 @@ def fit_alpha_command(args: argparse.Namespace) -> None:
         memory_budget_mib=args.memory_budget,
     )  # fmt: skip
     experiment = args.experiment or args.preset
-    results = storage.resolve(args.results)
     check_fits_in_memory(config)
-    storage.check_writable(results)
-    log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
-    cluster.init_ray()
-    workers = args.workers or cluster.default_workers()
+    results, log, workers = _connect(args)
     log(
         f"[fit-alpha] {args.preset}: {FIT_PRESETS[args.preset].description}; "
         f"widths {list(config.widths)}, {config.samples} samples each, {config.method} sampler, "
@@ -179,25 +175,37 @@ def _given(args: argparse.Namespace, fields) -> dict:
     return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
 
 
-def nmk_command(args: argparse.Namespace) -> None:
+def _connect(args: argparse.Namespace):
+    """For the Ray commands: check ``--results``, connect to Ray (``ray.init()``, once, here),
+    and choose the log (stderr under ``--json``) and ``--workers`` (default: the cluster's
+    CPUs). Returns ``(results, log, workers)``."""
     from ce_ray import cluster, storage
-    from ce_ray.nmk_convergence import NMKConfig, nmk_convergence
 
-    config = NMKConfig(**_given(args, NMKConfig.__dataclass_fields__))
     results = storage.resolve(args.results)
     storage.check_writable(results)
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
     cluster.init_ray()
-    workers = args.workers or cluster.default_workers()
-    experiment = args.experiment or "lemma1"
-    log(f"[nmk] L={config.depth}, widths {list(config.widths)} against {config.wide_width}, "
-        f"m in {list(config.multiplicities)}, {workers} workers")  # fmt: skip
-    result = nmk_convergence(config, results, experiment, workers, log)
-    headline = result.headline()
+    return results, log, args.workers or cluster.default_workers()
+
+
+def _print(args: argparse.Namespace, table, headline: dict) -> None:
+    """The headline as JSON under ``--json``, else the table."""
     if args.json:
         print(json.dumps(headline, indent=2))
     else:
-        print(result.fit.to_string(index=False, float_format="{:.4g}".format))
+        print(table.to_string(index=False, float_format="{:.4g}".format))
+
+
+def nmk_command(args: argparse.Namespace) -> None:
+    from ce_ray.nmk_convergence import NMKConfig, nmk_convergence
+
+    config = NMKConfig(**_given(args, NMKConfig.__dataclass_fields__))
+    results, log, workers = _connect(args)
+    log(f"[nmk] L={config.depth}, widths {list(config.widths)} against {config.wide_width}, "
+        f"m in {list(config.multiplicities)}, {workers} workers")  # fmt: skip
+    result = nmk_convergence(config, results, args.experiment or "lemma1", workers, log)
+    headline = result.headline()
+    _print(args, result.fit, headline)
     low, high = headline["slope_m_ci"]
     log(f"slope of ||K_e - NMK||^2 against m: {headline['slope_m']:.3f} ({low:.3f}..{high:.3f}) "
         f"at n={headline['slope_m_at_width']} (Lemma 1: -1); largest NMK gap to n="
@@ -206,23 +214,15 @@ def nmk_command(args: argparse.Namespace) -> None:
 
 
 def drift_command(args: argparse.Namespace) -> None:
-    from ce_ray import cluster, storage
     from ce_ray.ntk_drift import DriftConfig, ntk_drift
 
     config = DriftConfig(**_given(args, DriftConfig.__dataclass_fields__))
-    results = storage.resolve(args.results)
-    storage.check_writable(results)
-    log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
-    cluster.init_ray()
-    workers = args.workers or cluster.default_workers()
+    results, log, workers = _connect(args)
     log(f"[drift] m in {list(config.multiplicities)}, n in {list(config.widths)}, "
         f"{config.seeds} seeds, L={config.depth}, {workers} workers")  # fmt: skip
     result = ntk_drift(config, results, args.experiment or "theorem1", workers, log)
     headline = result.headline()
-    if args.json:
-        print(json.dumps(headline, indent=2))
-    else:
-        print(result.fit.to_string(index=False, float_format="{:.4g}".format))
+    _print(args, result.fit, headline)
     (m_low, m_high), (n_low, n_high) = headline["exponent_m_ci"], headline["exponent_n_ci"]
     log(f"drift ~ m^{headline['exponent_m']:.3f} ({m_low:.3f}..{m_high:.3f}) "
         f"n^{headline['exponent_n']:.3f} ({n_low:.3f}..{n_high:.3f}) at t={headline['time']:.4g} "
