@@ -141,7 +141,7 @@ def sweep_command(args: argparse.Namespace) -> None:
         seeds=args.seeds, epochs=args.epochs or preset.recipe.epochs,
         workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
         cpus_per_worker=args.cpus_per_worker, scheduler=args.scheduler, seed=args.seed,
-        data_root=args.data_root,
+        data_root=args.data_root, **_execution(args, preset),
     )  # fmt: skip
     directory = storage.join(results, experiment)
     print(
@@ -155,6 +155,25 @@ def sweep_command(args: argparse.Namespace) -> None:
         args.max_failures, curves=sweep_tables.curves_frame(preset, alpha),
     )  # fmt: skip
     print(report(directory, with_plots=not args.no_report))
+
+
+def _execution(args: argparse.Namespace, preset) -> dict:
+    """The training workers' execution settings: as given, else chosen for the device."""
+    from ce_ray.pipeline import Execution, default_loader_workers
+
+    on_gpu = args.gpus_per_worker > 0
+    default = Execution.default(on_gpu, convolutional=preset.space.name != "fc")
+    workers = args.loader_workers
+    return {
+        "precision": default.precision if args.precision == "auto" else args.precision,
+        "channels_last": default.channels_last
+        if args.channels_last is None
+        else args.channels_last,
+        "compile": args.compile,
+        "loader_workers": default_loader_workers(args.cpus_per_worker)
+        if workers is None
+        else workers,
+    }
 
 
 def _fit_alpha_first(fit_preset: str, results: str, experiment: str, seed: int) -> float:

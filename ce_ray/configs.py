@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 from ce_ray.ntk import METHODS, READOUTS
+from ce_ray.pipeline import PRECISIONS
 from ce_ray.presets import FIT_PRESETS, SWEEP_PRESETS
 from ce_ray.spaces import FCSpace, Space
 
@@ -140,6 +141,10 @@ class SweepConfig:
     scheduler: str = "fifo"
     seed: int = 0
     data_root: str = "data"
+    precision: str = "fp32"  # autocast: fp32 | bf16 | fp16 (ce_ray.pipeline)
+    channels_last: bool = False
+    compile: bool = False
+    loader_workers: int = 0  # DataLoader processes per training worker
 
     def __post_init__(self) -> None:
         _require(
@@ -153,6 +158,10 @@ class SweepConfig:
         _require(
             math.isfinite(self.alpha) and self.alpha > 0,
             f"alpha must be a finite number > 0; got {self.alpha}",
+        )
+        _require(
+            self.precision in PRECISIONS,
+            f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}",
         )
         _require(
             len(self.points) >= 1 and self.seeds >= 1 and self.epochs >= 1,

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from ce_ray.configs import DTYPES, SCHEDULERS
 from ce_ray.curves import COST_MODELS, FORMULATIONS, parse_widths
 from ce_ray.ntk import METHODS, READOUTS
+from ce_ray.pipeline import PRECISIONS
 from ce_ray.presets import DEFAULT_FIT_PRESET, DEFAULT_SWEEP_PRESET, FIT_PRESETS, SWEEP_PRESETS
 from ce_ray.spaces import METRICS, SPACES
 
@@ -245,6 +246,20 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
         help="dataset root; relative: under the project (default: $CE_RAY_DATA or data)",
     )  # fmt: skip
     parser.add_argument("--no-report", action="store_true", help="skip the PNGs")
+    execution = parser.add_argument_group("how each training worker runs (default: per device)")
+    execution.add_argument(
+        "--precision", choices=("auto", *PRECISIONS), default="auto",
+        help="autocast precision (auto: bf16 with GPUs, fp32 on CPUs)",
+    )  # fmt: skip
+    execution.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction,
+        help="NHWC layout (default: on for convolutional presets with GPUs)",
+    )  # fmt: skip
+    execution.add_argument("--compile", action="store_true", help="torch.compile the model")
+    execution.add_argument(
+        "--loader-workers", type=integer(0),
+        help="DataLoader processes per training worker (default: --cpus-per-worker - 1)",
+    )  # fmt: skip
 
 
 def numbers(text: str) -> tuple[float, ...]:

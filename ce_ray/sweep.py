@@ -29,6 +29,8 @@ from ce_ray.seeds import derive_seed
 # out after 60 s, again and again). Tune refuses an empty request, so the trial asks for
 # 1 MiB of Ray's logical memory instead, which nothing else competes for.
 TRIAL_FUNCTION_RESOURCES = {"cpu": 0, "memory": 2**20}
+# How a trial's workers run (ce_ray.pipeline), passed from the SweepConfig to the loop.
+EXECUTION_KEYS = ("precision", "channels_last", "compile", "loader_workers")
 
 
 def run_trial(config: dict) -> None:
@@ -61,6 +63,7 @@ def run_trial(config: dict) -> None:
             "epochs": config["epochs"],
             "data_root": config["data_root"],
             "record": records.record_location(config["experiment_dir"], trial_id),
+            **{key: config[key] for key in EXECUTION_KEYS},
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=config["workers_per_trial"],
@@ -116,6 +119,7 @@ def _new_tuner(trainable, config: SweepConfig, directory: str, concurrency: int,
         "cpus_per_worker": config.cpus_per_worker,
         "experiment_dir": directory,
         "max_failures": max_failures,
+        **{key: getattr(config, key) for key in EXECUTION_KEYS},
     }
     return tune.Tuner(
         trainable,

@@ -16,9 +16,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from ce_ray import data
+from ce_ray.pipeline import Execution, train_loader
 from ce_ray.presets import SWEEP_PRESETS, Recipe
 from ce_ray.records import TrialRecord
 
+# Plain fp32, no layout change, no compile: what the loop does unless told otherwise.
+FP32 = Execution()
 # The one file of a training checkpoint (torch.save of model, optimizer, schedule, epoch, RNGs).
 CHECKPOINT_FILE = "state.pt"
 
@@ -48,7 +51,10 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
-def evaluate(model, test_set, batch_size: int, device, rank: int, world: int, top5: bool):
+def evaluate(
+    model, test_set, batch_size: int, device, rank: int, world: int, top5: bool,
+    execution: Execution = FP32,
+):  # fmt: skip
     """Top-1 (and top-5) test error in percent over the WHOLE test set: each rank scores the
     examples rank, rank + world, ... and the counts are summed (no padding, no repeats);
     ``test_examples`` is that sum."""
@@ -57,8 +63,9 @@ def evaluate(model, test_set, batch_size: int, device, rank: int, world: int, to
     wrong1 = wrong5 = total = 0.0
     with torch.no_grad():
         for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            logits = model(x)
+            x, y = execution.inputs(x.to(device)), y.to(device)
+            with execution.autocast(device):
+                logits = model(x)
             ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
             wrong1 += (ranked[:, 0] != y).sum().item()
             wrong5 += (~(ranked == y[:, None]).any(dim=1)).sum().item()
@@ -115,27 +122,31 @@ def train_point(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(config["seed"])  # same initial weights on every rank (DDP checks)
     train_set, test_set = data.load(preset.dataset, data.resolve_root(config["data_root"]))
-    model = preset.space.build(config["m"], config["n"])
-    optimizer, schedule = make_optimizer(model, preset.recipe)
-    start_epoch, train_time = _restore(model, optimizer, schedule, rank)
-    record = TrialRecord(config["record"], start_epoch) if rank == 0 else None
-    model = ray.train.torch.prepare_model(model)
+    execution = Execution(config["precision"], config["channels_last"], config["compile"])
+    network = preset.space.build(config["m"], config["n"])  # the raw module: checkpointed
+    optimizer, schedule = make_optimizer(network, preset.recipe)
     device = ray.train.torch.get_device()
+    scaler = execution.scaler(device)
+    start_epoch, train_time = _restore(network, optimizer, schedule, scaler, rank)
+    record = TrialRecord(config["record"], start_epoch) if rank == 0 else None
+    model = execution.model(ray.train.torch.prepare_model(network))
     batch = max(1, preset.recipe.batch_size // world)
-    sampler = DistributedSampler(
-        train_set, num_replicas=world, rank=rank, shuffle=True, seed=config["seed"]
-    )
-    loader = DataLoader(
-        train_set, batch_size=batch, sampler=sampler, drop_last=len(train_set) > batch * world
-    )
+    loader, sampler = train_loader(
+        train_set, batch,
+        DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
+                           seed=config["seed"]),
+        config["seed"], config["loader_workers"], pin_memory=device.type == "cuda",
+        drop_last=len(train_set) > batch * world,
+    )  # fmt: skip
     loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)  # device moves
     top5 = getattr(preset.space, "num_classes", 0) > 5
     for epoch in range(start_epoch, config["epochs"] + 1):
         started = time.perf_counter()
         sampler.set_epoch(epoch)
-        metrics = {"epoch": epoch, "train_loss": train_epoch(model, loader, optimizer, device)}
+        loss = train_epoch(model, loader, optimizer, device, execution, scaler)
+        metrics = {"epoch": epoch, "train_loss": loss}
         schedule.step()
-        metrics |= evaluate(model, test_set, batch, device, rank, world, top5)
+        metrics |= evaluate(model, test_set, batch, device, rank, world, top5, execution)
         train_time += time.perf_counter() - started
         metrics |= {
             "train_time_s": train_time,
@@ -146,24 +157,31 @@ def train_point(config: dict) -> None:
         if record is not None:
             metrics["time_total_s"] = time.time() - record.first_started_at
             record.add(metrics)
-        _report_with_checkpoint(metrics, model, optimizer, schedule, epoch, train_time, world)
+        state = _state(network, optimizer, schedule, scaler, epoch, train_time)
+        _report_with_checkpoint(metrics, state, world)
 
 
-def train_epoch(model, loader, optimizer, device) -> float:
-    """One pass over this rank's batches; the mean loss over every rank's examples."""
+def train_epoch(
+    model, loader, optimizer, device, execution: Execution = FP32, scaler=None
+) -> float:
+    """One pass over this rank's batches; the mean loss over every rank's examples. The
+    forward runs under ``execution``'s autocast; ``scaler`` (fp16) scales the loss."""
+    scaler = scaler or execution.scaler(device)
     loss_sum = count = 0.0
     for x, y in loader:
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
+        with execution.autocast(device):
+            loss = F.cross_entropy(model(execution.inputs(x)), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         loss_sum += loss.item() * len(y)
         count += len(y)
     loss_sum, count = _all_reduce_sum([loss_sum, count], device)
     return loss_sum / count
 
 
-def _restore(model, optimizer, schedule, rank: int) -> tuple[int, float]:
+def _restore(model, optimizer, schedule, scaler, rank: int) -> tuple[int, float]:
     """Load Ray Train's checkpoint, if it hands one back: ``(first epoch to train, training
     seconds so far)``; ``(1, 0.0)`` on a fresh start."""
     import ray.train
@@ -176,11 +194,25 @@ def _restore(model, optimizer, schedule, rank: int) -> tuple[int, float]:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
+    scaler.load_state_dict(state["scaler"])
     _set_rng_state(state["rng"][rank])
     return state["epoch"] + 1, state["train_time_s"]
 
 
-def _report_with_checkpoint(metrics, model, optimizer, schedule, epoch, train_time, world):
+def _state(network, optimizer, schedule, scaler, epoch: int, train_time: float) -> dict:
+    """What a checkpoint holds besides the RNG states (``network`` is the raw module, whose
+    state_dict keys do not depend on DDP or compile wrappers)."""
+    return {
+        "model": network.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "train_time_s": train_time,
+    }
+
+
+def _report_with_checkpoint(metrics: dict, state: dict, world: int) -> None:
     """Report the epoch; rank 0 attaches the checkpoint (Ray Train keeps the last two).
 
     Every rank's RNG state goes in, gathered to rank 0, so a resumed rank continues its own
@@ -196,15 +228,6 @@ def _report_with_checkpoint(metrics, model, optimizer, schedule, epoch, train_ti
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics)
         return
-    module = model.module if hasattr(model, "module") else model
-    state = {
-        "model": module.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-        "epoch": epoch,
-        "train_time_s": train_time,
-        "rng": rng,
-    }
     with tempfile.TemporaryDirectory() as directory:
-        torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
+        torch.save(state | {"rng": rng}, os.path.join(directory, CHECKPOINT_FILE))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))

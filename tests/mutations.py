@@ -289,6 +289,28 @@ MUTATIONS = (
         'labels = np.concatenate([np.asarray(p["labels"], np.int64) for p in parts])',
         ("tests/test_preset_training.py",),
     ),
+    # --- how a training worker runs ---
+    Mutation(
+        "an item's augmentation ignores the epoch",
+        "ce_ray/pipeline.py",
+        "generator.manual_seed(derive_seed(self.seed, epoch, index))",
+        "generator.manual_seed(derive_seed(self.seed, index))",
+        ("tests/test_docs.py::test_docstring_examples_run",),
+    ),
+    Mutation(
+        "the loader leaves its seed in the training process's generator",
+        "ce_ray/pipeline.py",
+        "            generator.set_state(state)\n",
+        "            pass\n",
+        ("tests/test_pipeline.py",),
+    ),
+    Mutation(
+        "fp16 trains without a loss scaler",
+        "ce_ray/pipeline.py",
+        'return torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")',
+        "return torch.amp.GradScaler(device.type, enabled=False)",
+        ("tests/test_pipeline.py",),
+    ),
 )
 
 

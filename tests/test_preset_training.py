@@ -61,15 +61,16 @@ def write_downsampled_imagenet(root, name, side, per_batch=3):
         pickle.dump(batch(2 * per_batch, with_mean=False), stream)
 
 
-def write_image_folder(root):
+def write_image_folder(root, size=(60, 80), per_class=2):
     """imagenet/{train,val}/<class>/*.JPEG with images of uneven sizes (crops make 224)."""
     rng = np.random.default_rng(2)
-    for split, per_class in (("train", 2), ("val", 1)):
+    for split, count in (("train", per_class), ("val", max(1, per_class // 2))):
         for label in range(CLASSES_IN_DATA):
             folder = root / "imagenet" / split / f"n{label:08d}"
             folder.mkdir(parents=True)
-            for index in range(per_class):
-                pixels = rng.integers(0, 256, (60 + 7 * index, 80, 3), dtype=np.uint8)
+            for index in range(count):
+                shape = (size[0] + 7 * index, size[1], 3)
+                pixels = rng.integers(0, 256, shape, dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"image_{index}.JPEG")
 
 
@@ -140,3 +141,17 @@ def test_downsampled_imagenet_rows_are_channel_major_images_centred_on_the_mean(
 def test_missing_downsampled_imagenet_says_which_files_go_where(tmp_path, name):
     with pytest.raises(data.DatasetMissing, match="put train_data_batch_1..10 and val_data"):
         data.load(name, str(tmp_path))
+
+
+def test_mnist_as_one_tensor_holds_what_the_per_image_transform_gave(tmp_path):
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    write_mnist(tmp_path)
+    train, _ = data.load("mnist", str(tmp_path))
+    per_image = datasets.MNIST(str(tmp_path), train=True, transform=T.Compose(
+        [T.ToTensor(), T.Normalize((0.1307,), (0.3081,)), T.Lambda(torch.flatten)]
+    ))  # fmt: skip
+    for index in (0, 5, len(per_image) - 1):
+        torch.testing.assert_close(train[index][0], per_image[index][0], rtol=0, atol=0)
+        assert int(train[index][1]) == per_image[index][1]

@@ -192,3 +192,22 @@ def test_asha_stops_losing_points_early_and_rows_say_so(tmp_path):
     assert (stopped["epochs_completed"] < 8).all() and (finished["epochs_completed"] == 8).all()
     # ASHA keeps the better half at each rung: no stopped point beat every finished one.
     assert stopped["final_test_error"].min() >= finished["final_test_error"].min()
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_loader_workers_in_a_trial_change_no_number(tmp_path):
+    """The same sweep read by the training process alone and by 2 loader processes per
+    worker: every epoch's loss and test error are identical (ce_ray.pipeline's seeding)."""
+    common = [*TINY[:-2], "--seeds", "1", "--epochs", "2", "--results", str(tmp_path),
+              "--no-report"]  # fmt: skip
+    assert cli.main(["sweep", "primal", *common, "--experiment", "alone"]) == 0
+    assert (
+        cli.main(["sweep", "primal", *common, "--experiment", "two", "--loader-workers", "2"]) == 0
+    )
+    config = json.loads((tmp_path / "two/sweep.json").read_text())
+    assert (config["loader_workers"], config["precision"]) == (2, "fp32")
+    columns = ["n", "seed_index", "epoch", "train_loss", "test_error"]
+    alone = pd.read_parquet(tmp_path / "alone/epochs.parquet")[columns]
+    two = pd.read_parquet(tmp_path / "two/epochs.parquet")[columns]
+    assert len(alone) == 4
+    pd.testing.assert_frame_equal(alone, two)

@@ -1,0 +1,169 @@
+"""How a training worker feeds and runs its model, at the hardware's speed, without changing
+what it computes.
+
+* Input pipeline: :func:`train_loader` reads with loader worker processes (pinned memory on a
+  GPU, workers kept across epochs), yet an epoch's batches are the same whatever the number
+  of workers: the sampler tags every index with its epoch (:class:`EpochTaggedSampler`) and
+  each item's random transforms draw from a generator seeded by (seed, epoch, index)
+  (:class:`SeededItems`), not from a worker's own stream.
+* Execution: :class:`Execution` holds the numeric settings -- autocast precision (fp32, bf16,
+  fp16 with a gradient scaler), ``channels_last`` memory layout for convolutional networks,
+  ``torch.compile`` -- and applies them to the model, the inputs and the step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from ce_ray.seeds import derive_seed
+
+#: Autocast dtype of each precision (None: no autocast).
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Numeric settings of a training worker.
+
+    Attributes:
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast; fp16 also scales the loss).
+        channels_last: NHWC memory layout for 4-D inputs and the model (convolutions).
+        compile: run the model through ``torch.compile``.
+        compile_backend: its backend (inductor generates and compiles C++/Triton code).
+    """
+
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            allowed = ", ".join(PRECISIONS)
+            raise ValueError(f"--precision must be one of {allowed}; got {self.precision!r}")
+
+    @classmethod
+    def default(cls, on_gpu: bool, convolutional: bool) -> Execution:
+        """bf16 and channels_last (for convolutional models) on a GPU; fp32 on a CPU.
+
+        >>> Execution.default(on_gpu=False, convolutional=True)
+        Execution(precision='fp32', channels_last=False, compile=False, compile_backend='inductor')
+        """
+        return cls("bf16" if on_gpu else "fp32", on_gpu and convolutional, False)
+
+    def autocast(self, device: torch.device) -> AbstractContextManager:
+        dtype = PRECISIONS[self.precision]
+        return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+    def scaler(self, device: torch.device) -> torch.amp.GradScaler:
+        """A loss scaler, enabled for fp16 only (bf16 has fp32's range)."""
+        return torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model to train: ``model`` in the memory layout, compiled if asked. The raw
+        ``model`` keeps the parameters (checkpoint it, not the compiled wrapper)."""
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return torch.compile(model, backend=self.compile_backend) if self.compile else model
+
+
+def default_loader_workers(cpus_per_worker: float) -> int:
+    """Loader processes for a training worker holding ``cpus_per_worker`` CPUs: the CPUs
+    beyond the one the training process itself uses.
+
+    >>> default_loader_workers(1), default_loader_workers(4), default_loader_workers(2.5)
+    (0, 3, 1)
+    """
+    return max(0, math.floor(cpus_per_worker) - 1)
+
+
+class EpochTaggedSampler(Sampler[int]):
+    """The indices of a ``DistributedSampler``, each tagged with the epoch:
+    ``epoch * len(dataset) + index`` (:class:`SeededItems` splits the tag again).
+
+    It travels to loader workers by value, so the tag, not state set in the main process,
+    tells a persistent worker which epoch an item belongs to.
+    """
+
+    def __init__(self, sampler: DistributedSampler, size: int):
+        self.sampler, self.size, self.epoch = sampler, size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        return (self.epoch * self.size + index for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class SeededItems(Dataset):
+    """``dataset`` addressed by epoch-tagged indices; each item's random transforms draw from
+    torch's generator seeded by (``seed``, epoch, index), the caller's RNG state untouched.
+
+    >>> noisy = type("Noisy", (Dataset,), {"__getitem__": lambda self, i: torch.rand(1).item()})
+    >>> items = SeededItems(noisy(), seed=0, size=10)
+    >>> items[3] == items[3], items[3] == items[13]  # same epoch and index; epoch 1
+    (True, False)
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, size: int):
+        self.dataset, self.seed, self.size = dataset, seed, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, tag: int):
+        epoch, index = divmod(tag, self.size)
+        # The CPU generator alone (torch.manual_seed also seeds every accelerator: ~30x
+        # slower per item); torchvision's random transforms draw from it.
+        generator = torch.default_generator
+        state = generator.get_state()
+        generator.manual_seed(derive_seed(self.seed, epoch, index))
+        try:
+            return self.dataset[index]
+        finally:
+            generator.set_state(state)
+
+
+def train_loader(
+    dataset: Dataset,
+    batch_size: int,
+    sampler: DistributedSampler,
+    seed: int,
+    workers: int,
+    pin_memory: bool,
+    drop_last: bool,
+) -> tuple[DataLoader, EpochTaggedSampler]:
+    """The training loader and its sampler (call ``set_epoch`` on it every epoch)."""
+    tagged = EpochTaggedSampler(sampler, len(dataset))
+    loader = DataLoader(
+        SeededItems(dataset, seed, len(dataset)),
+        batch_size=batch_size,
+        sampler=tagged,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        drop_last=drop_last,
+        # The loader's own base seed, so that it draws nothing from the training process's
+        # generator (its items are seeded by SeededItems anyway).
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return loader, tagged
