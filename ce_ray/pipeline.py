@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset
 
 from ce_ray.seeds import derive_seed
 
@@ -151,13 +151,20 @@ def train_loader(
     workers: int,
     pin_memory: bool,
     drop_last: bool,
-) -> tuple[DataLoader, EpochTaggedSampler]:
-    """The training loader and its sampler (call ``set_epoch`` on it every epoch)."""
-    tagged = EpochTaggedSampler(sampler, len(dataset))
+) -> tuple[DataLoader, EpochTaggedSampler | DistributedSampler]:
+    """The training loader and its sampler (call ``set_epoch`` on it every epoch).
+
+    A ``TensorDataset`` holds final tensors, with nothing random to seed: it is read by plain
+    indices, without :class:`SeededItems`' per-item cost."""
+    if isinstance(dataset, TensorDataset):
+        items, epoch_sampler = dataset, sampler
+    else:
+        items = SeededItems(dataset, seed, len(dataset))
+        epoch_sampler = EpochTaggedSampler(sampler, len(dataset))
     loader = DataLoader(
-        SeededItems(dataset, seed, len(dataset)),
+        items,
         batch_size=batch_size,
-        sampler=tagged,
+        sampler=epoch_sampler,
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
@@ -166,4 +173,4 @@ def train_loader(
         # generator (its items are seeded by SeededItems anyway).
         generator=torch.Generator().manual_seed(seed),
     )
-    return loader, tagged
+    return loader, epoch_sampler
