@@ -13,6 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from ce_ray.curves import parse_widths
 from ce_ray.ntk import METHODS, READOUTS
 from ce_ray.pipeline import PRECISIONS
 from ce_ray.presets import FIT_PRESETS, SWEEP_PRESETS
@@ -99,7 +100,7 @@ class FitConfig:
         )
         given = {k: v for k, v in settings.items() if v is not None}
         given.setdefault("method", defaults.method)
-        given.setdefault("widths", tuple(int(w) for w in defaults.widths.split(",")))
+        given.setdefault("widths", tuple(int(w) for w in parse_widths(defaults.widths)))
         given.setdefault("samples", defaults.samples)
         given.setdefault("shard_size", DEFAULT_SHARD_SIZE.get(given["method"], 1))
         return cls(preset=preset, **given)

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from ce_ray.ntk import make_generator, member_ntk_matrix
+from ce_ray.ntk import make_generator, mlp_member_kernels
 from ce_ray.seeds import derive_seed
 from ce_ray.spaces import FCSpace
 
@@ -60,7 +60,8 @@ def make_task(samples: int, features: int, probes: int, seed: int) -> Task:
 
 def ensemble_ntk(module, probes: torch.Tensor) -> torch.Tensor:
     """``(P, P)``: the ensemble NTK, the mean of the members' (Eq. 4)."""
-    return member_ntk_matrix(module, probes).mean(dim=0)
+    with torch.no_grad():
+        return mlp_member_kernels(module, probes).mean(dim=0)
 
 
 def learning_rate(samples: int, depth: int, step: float) -> float:

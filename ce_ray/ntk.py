@@ -51,7 +51,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ce_ray.models import CollegialModel
+from ce_ray.models import CollegialMLP, CollegialModel
 from ce_ray.seeds import derive_seed
 from ce_ray.spaces import FCSpace, ResNeXtBlockSpace, Space
 
@@ -152,6 +152,43 @@ def member_ntk_matrix(
         for b in range(a, count):
             entry = module.multiplicity * _weight_kernel(module, names, grads[a], grads[b])
             kernel[:, a, b] = kernel[:, b, a] = entry.detach().to(kernel.device)
+    return kernel
+
+
+def mlp_member_kernels(module: CollegialMLP, inputs: torch.Tensor) -> torch.Tensor:
+    """``(m, B, B)``: every member's NTK on the B inputs, from one forward and one backward
+    pass written out by hand (no weight gradients are formed, so memory is O(m B n)).
+
+    With ``y_l = s_l W_l h_{l-1}`` (``s_l`` the layer's NTK scale) the gradient of a member's
+    output with respect to ``W_l`` is ``s_l delta_l h_{l-1}^T``, ``delta_l = dF/dy_l``, so
+    ``K = sum_l s_l^2 (delta_l delta_l^T) * (h_{l-1} h_{l-1}^T)`` (elementwise product).
+    It equals :func:`member_ntk_matrix` (autograd); a test checks that.
+    """
+    m, batch = module.multiplicity, inputs.shape[0]
+    # Forward, members leading: h[l] is the input of weight layer l + 1, (m, B, n_l).
+    scales = [math.sqrt(2.0 / module.in_features)]
+    layers = [module.input_weight.view(m, module.widths[0], module.in_features)]
+    for weight in module.hidden_weights:
+        scales.append(math.sqrt(2.0 / weight.shape[2]))
+        layers.append(weight)
+    readout = module.readout_weight.view(m, module.widths[-1])  # one output
+    h = [inputs.expand(m, batch, module.in_features)]
+    gates = []
+    for scale, weight in zip(scales, layers, strict=True):
+        pre = torch.bmm(h[-1], weight.transpose(1, 2)) * scale
+        gates.append((pre > 0).to(pre.dtype))
+        h.append(pre.clamp_min(0))
+    # Backward: delta = dF_member/dy for each layer's pre-activation y (the member's output
+    # is s_L W_L h_{L-1}, s_L = sqrt(1 / n_{L-1})).
+    out_scale = math.sqrt(1.0 / module.widths[-1])
+    kernel = out_scale**2 * torch.bmm(h[-1], h[-1].transpose(1, 2))  # the read-out's share
+    back = (readout * out_scale)[:, None, :].expand(m, batch, module.widths[-1])
+    for index in range(len(layers) - 1, -1, -1):
+        delta = back * gates[index]  # (m, B, n_l)
+        kernel = kernel + scales[index] ** 2 * torch.bmm(delta, delta.transpose(1, 2)) * (
+            torch.bmm(h[index], h[index].transpose(1, 2))
+        )
+        back = torch.bmm(delta, layers[index]) * scales[index]
     return kernel
 
 

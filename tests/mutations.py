@@ -247,7 +247,7 @@ MUTATIONS = (
     # --- the rest of the paper: NMK, drift, the paper's metric, ImageNet32/64 ---
     Mutation(
         "hand-written member kernel misses the read-out layer",
-        "ce_ray/nmk.py",
+        "ce_ray/ntk.py",
         "kernel = out_scale**2 * torch.bmm(h[-1], h[-1].transpose(1, 2))",
         "kernel = 0 * torch.bmm(h[-1], h[-1].transpose(1, 2))",
         ("tests/test_nmk.py::test_hand_written_member_kernels_equal_autograd",),

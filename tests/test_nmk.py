@@ -9,7 +9,7 @@ import torch
 
 from ce_ray import cli, nmk
 from ce_ray.nmk_convergence import NMKConfig, nmk_convergence
-from ce_ray.ntk import member_ntk_matrix
+from ce_ray.ntk import member_ntk_matrix, mlp_member_kernels
 from ce_ray.spaces import FCSpace
 
 
@@ -19,7 +19,7 @@ def test_hand_written_member_kernels_equal_autograd(depth, width, members):
     module = FCSpace(input_dim=2, depth=depth, num_classes=1).build(members, width).double()
     inputs = nmk.circle_inputs(np.array([0.0, 0.4, 2.5, -3.0]))
     torch.testing.assert_close(
-        nmk.mlp_member_kernels(module, inputs), member_ntk_matrix(module, inputs).detach()
+        mlp_member_kernels(module, inputs), member_ntk_matrix(module, inputs).detach()
     )
 
 
