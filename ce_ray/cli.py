@@ -135,18 +135,21 @@ def sweep_command(args: argparse.Namespace) -> None:
     points = select_points(
         curve(preset.space, alpha, preset.baseline, formulation=args.formulation), args.points
     )
+    execution = _execution(args, preset)
     config = SweepConfig(
         preset=preset.name, formulation=args.formulation, alpha=alpha,
         points=tuple((int(n), int(m)) for n, m in zip(points["n"], points["m"], strict=True)),
         seeds=args.seeds, epochs=args.epochs or preset.recipe.epochs,
         workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
         cpus_per_worker=args.cpus_per_worker, scheduler=args.scheduler, seed=args.seed,
-        data_root=args.data_root, **_execution(args, preset),
+        data_root=args.data_root, **execution,
+        pack_seeds=_pack_seeds(args, preset, execution["precision"]),
     )  # fmt: skip
     directory = storage.join(results, experiment)
     print(
         f"[sweep] {preset.name} {args.formulation}: alpha={alpha:.4f}, points "
-        f"{', '.join(f'{m}x{n}d' for n, m in config.points)} x {config.seeds} seeds, "
+        f"{', '.join(f'{m}x{n}d' for n, m in config.points)} x {config.seeds} seeds"
+        f"{' (packed: one trial per point)' if config.pack_seeds else ''}, "
         f"{config.epochs} epochs -> {directory}",
         flush=True,
     )
@@ -174,6 +177,16 @@ def _execution(args: argparse.Namespace, preset) -> dict:
         if workers is None
         else workers,
     }
+
+
+def _pack_seeds(args: argparse.Namespace, preset, precision: str) -> bool:
+    """As given, else packed for the MLP presets (small models: Ray's fixed cost per trial
+    outweighs their training) unless fp16 (one loss scaler for all seeds would not be exact);
+    convolutional presets train a seed per trial (one seed's model fills a device, and more
+    trials run at once on a large cluster)."""
+    if args.pack_seeds is not None:
+        return args.pack_seeds
+    return preset.space.name == "fc" and precision != "fp16"
 
 
 def _fit_alpha_first(fit_preset: str, results: str, experiment: str, seed: int) -> float:

@@ -146,6 +146,7 @@ class SweepConfig:
     channels_last: bool = False
     compile: bool = False
     loader_workers: int = 0  # DataLoader processes per training worker
+    pack_seeds: bool = False  # a point's seeds train as one model in one trial
 
     def __post_init__(self) -> None:
         _require(
@@ -165,13 +166,18 @@ class SweepConfig:
             f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}",
         )
         _require(
+            not (self.pack_seeds and self.precision == "fp16"),
+            "--pack-seeds cannot train with --precision fp16: one loss scaler would skip every "
+            "seed's step when one seed overflows; use bf16 or --no-pack-seeds",
+        )
+        _require(
             len(self.points) >= 1 and self.seeds >= 1 and self.epochs >= 1,
             "a sweep needs at least one point, one seed and one epoch",
         )
 
     @property
     def trials(self) -> int:
-        return len(self.points) * self.seeds
+        return len(self.points) * (1 if self.pack_seeds else self.seeds)
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "points": [list(p) for p in self.points]}

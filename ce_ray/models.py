@@ -256,3 +256,45 @@ class CifarResNeXt(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stages(self.stem(x))
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
+
+
+class PackedSeeds(nn.Module):
+    """S independently initialised copies of one network, trained as ONE vectorised model.
+
+    ``forward(x)`` takes a batch per seed, ``x`` shaped ``(S, batch, ...)``, and returns
+    ``(S, batch, outputs)``: copy s applied to ``x[s]``. The copies' parameters (and buffers,
+    e.g. BatchNorm's running statistics) are stacked and the network runs once under
+    ``torch.func.vmap``, so S small models become one program of S-times-larger operations.
+
+    Nothing is shared between the copies: with a loss that sums the per-seed losses, each
+    copy's gradient is the one it would have alone, and the copies keep their own parameter
+    tensors (``seeds[s]``), so an elementwise optimizer (SGD, Adam) steps each as if alone.
+    Copy s's state_dict entries are those of the network under ``seeds.<s>.``.
+
+    >>> packed = PackedSeeds([CollegialMLP(8, (4,), 3), CollegialMLP(8, (4,), 3)])
+    >>> packed(torch.zeros(2, 5, 8)).shape
+    torch.Size([2, 5, 3])
+    """
+
+    def __init__(self, networks: Sequence[nn.Module]):
+        super().__init__()
+        self.seeds = nn.ModuleList(networks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        per_seed = [dict(network.named_parameters()) for network in self.seeds]
+        params = {name: torch.stack([p[name] for p in per_seed]) for name in per_seed[0]}
+        per_seed = [dict(network.named_buffers()) for network in self.seeds]
+        buffers = {name: torch.stack([b[name] for b in per_seed]) for name in per_seed[0]}
+
+        def one_seed(params, buffers, x):
+            # The first copy serves as the template: functional_call swaps its tensors for
+            # the given ones for this call only.
+            return torch.func.functional_call(self.seeds[0], (params, buffers), (x,))
+
+        out = torch.func.vmap(one_seed)(params, buffers, x)
+        if self.training and buffers:  # the stacked running statistics were updated in place
+            with torch.no_grad():
+                for name, stacked in buffers.items():
+                    for own, updated in zip((b[name] for b in per_seed), stacked, strict=True):
+                        own.copy_(updated)
+        return out

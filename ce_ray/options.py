@@ -257,6 +257,11 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     execution.add_argument("--compile", action="store_true", help="torch.compile the model")
     execution.add_argument(
+        "--pack-seeds", action=argparse.BooleanOptionalAction,
+        help="train a point's seeds as one vectorised model in one trial (default: on for "
+        "the MLP presets unless fp16)",
+    )  # fmt: skip
+    execution.add_argument(
         "--loader-workers", type=integer(0),
         help="DataLoader processes per training worker (default: --cpus-per-worker - 1)",
     )  # fmt: skip

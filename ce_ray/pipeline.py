@@ -6,6 +6,8 @@ what it computes.
   of workers: the sampler tags every index with its epoch (:class:`EpochTaggedSampler`) and
   each item's random transforms draw from a generator seeded by (seed, epoch, index)
   (:class:`SeededItems`), not from a worker's own stream.
+* Packed seeds: :class:`StackedBatches` steps the loaders of S seeds together for one
+  :class:`~ce_ray.models.PackedSeeds` model, each seed reading its own batches.
 * Execution: :class:`Execution` holds the numeric settings -- autocast precision (fp32, bf16,
   fp16 with a gradient scaler), ``channels_last`` memory layout for convolutional networks,
   ``torch.compile`` -- and applies them to the model, the inputs and the step.
@@ -174,3 +176,21 @@ def train_loader(
         generator=torch.Generator().manual_seed(seed),
     )
     return loader, epoch_sampler
+
+
+class StackedBatches:
+    """The loaders of S seeds stepped together: each step yields ``(x, y)`` with ``x`` shaped
+    ``(S, batch, ...)`` and ``y`` ``(S, batch)``, row s from loader s. The loaders must yield
+    batches of equal size (same dataset, batch size and ``drop_last``: one seed's order, its
+    sampler's seed, is all that differs)."""
+
+    def __init__(self, loaders: list):
+        self.loaders = loaders
+
+    def __len__(self) -> int:
+        return len(self.loaders[0])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batches in zip(*self.loaders, strict=True):
+            xs, ys = zip(*batches, strict=True)
+            yield torch.stack(xs), torch.stack(ys)

@@ -1,7 +1,8 @@
 """A trial's own account of its training: one JSON file per trial in the results storage.
 
 ``<experiment>/records/<trial id>.json`` holds ``starts`` (how often its training began),
-``first_started_at`` (unix time) and ``epochs`` (one metrics dict per trained epoch). It is the
+``first_started_at`` (unix time) and ``epochs`` (one metrics dict per trained epoch, with
+``seeds``: each of the trial's seed indices' own loss and errors). It is the
 source of ``epochs.parquet`` and of the ``retries`` column: Tune's copy of the reports can lag
 behind the checkpoints when a job is stopped (seen: epochs 31-33 checkpointed, Tune's history
 ending at 30). It lives in the results storage, not in a checkpoint or on a node's disk, so
@@ -22,10 +23,15 @@ def record_location(experiment_dir: str, trial_id: str) -> str:
 
 
 def read_epochs(location: str) -> list[dict]:
-    """The epochs a trial record holds ([] when the trial never started)."""
+    """The epochs a trial record holds, one dict per (seed index, epoch): the epoch's shared
+    figures (time, attempt, node) with that seed's own ([] when the trial never started)."""
     if not storage.exists(location):
         return []
-    return json.loads(storage.read_text(location))["epochs"]
+    rows = []
+    for epoch in json.loads(storage.read_text(location))["epochs"]:
+        shared = {key: value for key, value in epoch.items() if key != "seeds"}
+        rows += [shared | seed for seed in epoch["seeds"]]
+    return rows
 
 
 class TrialRecord:

@@ -80,6 +80,8 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("alpha", pa.float64()),
         pa.field("role", pa.string()),  # optimum | baseline | curve
         pa.field("seed_index", pa.int64()),  # 0..S-1; the trial's seed derives from it
+        # Seed indices its trial trained as one packed model (1: this seed alone).
+        pa.field("packed_seeds", pa.int64()),
         pa.field("final_test_error", pa.float64()),  # top-1, percent
         pa.field("best_test_error", pa.float64()),
         # The paper's metric: mean top-1 test error over the last LAST_EPOCHS epochs trained
@@ -106,6 +108,7 @@ EPOCHS_SCHEMA = pa.schema(
         pa.field("n", pa.int64()),
         pa.field("m", pa.int64()),
         pa.field("seed_index", pa.int64()),
+        pa.field("packed_seeds", pa.int64()),  # as in trials.parquet
         pa.field("epoch", pa.int64()),
         pa.field("train_loss", pa.float64()),
         pa.field("test_error", pa.float64()),

@@ -1,6 +1,7 @@
-"""Sweep a curve on Ray: Tune runs one trial per (point, seed index); each trial trains its
-point as a Ray Train ``TorchTrainer`` job (Train V2: the trial function starts the trainer
-with ``TuneReportCallback``). The caller connects to Ray (``ray.init()`` in the entry point).
+"""Sweep a curve on Ray: Tune runs one trial per (point, seed index), or per point when the
+seeds are packed into one model; each trial trains as a Ray Train ``TorchTrainer`` job
+(Train V2: the trial function starts the trainer with ``TuneReportCallback``). The caller
+connects to Ray (``ray.init()`` in the entry point).
 
 Layout of ``<results>/<experiment>/``: ``sweep.json`` (the configuration; a rerun must match
 it), ``fit_alpha/`` (when alpha was fitted here), ``curves.parquet``, ``tune/`` (Tune's
@@ -34,7 +35,8 @@ EXECUTION_KEYS = ("precision", "channels_last", "compile", "loader_workers")
 
 
 def run_trial(config: dict) -> None:
-    """Tune's trial function: train one (point, seed index) as a Ray Train job.
+    """Tune's trial function: train one point's seed indices (one, or all of them packed) as
+    a Ray Train job.
 
     The Train run is named after the Tune trial id alone, which survives Tune's retries and
     ``Tuner.restore``: a new ``TorchTrainer`` with the same name and storage resumes from the
@@ -51,7 +53,7 @@ def run_trial(config: dict) -> None:
     # training, sets the pace. 0.25 s measured ~0.03 s epochs at ~0.3 s instead of ~2 s.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     trial_id = tune.get_context().get_trial_id()
-    point, seed_index = config["point"], config["seed_index"]
+    point, seed_indices = config["point"], config["seed_indices"]
     gpus = config["gpus_per_worker"]
     trainer = TorchTrainer(
         train_point,
@@ -59,7 +61,11 @@ def run_trial(config: dict) -> None:
             "preset": config["preset"],
             "m": point["m"],
             "n": point["n"],
-            "seed": derive_seed(config["experiment_seed"], point["n"], point["m"], seed_index),
+            "seed_indices": seed_indices,
+            "seeds": [
+                derive_seed(config["experiment_seed"], point["n"], point["m"], index)
+                for index in seed_indices
+            ],
             "epochs": config["epochs"],
             "data_root": config["data_root"],
             "record": records.record_location(config["experiment_dir"], trial_id),
@@ -94,9 +100,19 @@ def default_concurrency(config: SweepConfig) -> int:
     return max(1, min(fits, config.trials))
 
 
+def seed_groups(seeds: int, pack: bool) -> list[list[int]]:
+    """The seed indices each trial of a point trains: all in one, or one each.
+
+    >>> seed_groups(3, pack=True), seed_groups(3, pack=False)
+    ([[0, 1, 2]], [[0], [1], [2]])
+    """
+    return [list(range(seeds))] if pack else [[index] for index in range(seeds)]
+
+
 def _trial_name(trial) -> str:
-    point = trial.config["point"]
-    return f"{point['m']}x{point['n']}d-seed{trial.config['seed_index']}-{trial.trial_id}"
+    point, indices = trial.config["point"], trial.config["seed_indices"]
+    seeds = f"seed{indices[0]}" if len(indices) == 1 else f"seeds{indices[0]}-{indices[-1]}"
+    return f"{point['m']}x{point['n']}d-{seeds}-{trial.trial_id}"
 
 
 def _new_tuner(trainable, config: SweepConfig, directory: str, concurrency: int,
@@ -109,7 +125,7 @@ def _new_tuner(trainable, config: SweepConfig, directory: str, concurrency: int,
         )  # fmt: skip
     param_space = {
         "point": tune.grid_search([{"n": n, "m": m} for n, m in config.points]),
-        "seed_index": tune.grid_search(list(range(config.seeds))),
+        "seed_indices": tune.grid_search(seed_groups(config.seeds, config.pack_seeds)),
         "preset": config.preset,
         "epochs": config.epochs,
         "experiment_seed": config.seed,
@@ -142,21 +158,32 @@ def _new_tuner(trainable, config: SweepConfig, directory: str, concurrency: int,
 
 
 def _outcomes(grid) -> list[sweep_tables.TrialOutcome]:
+    """One outcome per (trial, seed index it trained)."""
     outcomes = []
     for result in grid:
         # The trial directory is named by _trial_name: "<m>x<n>d-seed<s>-<trial id>".
         trial_id = os.path.basename(str(result.path).rstrip("/")).rsplit("-", 1)[-1]
-        point = result.config["point"]
+        point, indices = result.config["point"], result.config["seed_indices"]
         error = str(result.error).strip().splitlines()[-1] if result.error else None
-        outcomes.append(sweep_tables.TrialOutcome(
-            trial_id, int(point["n"]), int(point["m"]), int(result.config["seed_index"]), error
-        ))  # fmt: skip
+        outcomes += [
+            sweep_tables.TrialOutcome(
+                trial_id, int(point["n"]), int(point["m"]), int(index), error, len(indices)
+            )
+            for index in indices
+        ]
     return outcomes
 
 
-def _history(directory: str, trial_id: str) -> pd.DataFrame:
-    rows = records.read_epochs(records.record_location(directory, trial_id))
-    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["epoch"])
+def _histories(directory: str, outcomes) -> dict[tuple[str, int], pd.DataFrame]:
+    """(trial id, seed index) -> that seed's epochs, from the trial's record."""
+    histories = {}
+    for trial_id in {o.trial_id for o in outcomes}:
+        rows = records.read_epochs(records.record_location(directory, trial_id))
+        frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["epoch", "seed_index"])
+        for outcome in (o for o in outcomes if o.trial_id == trial_id):
+            seed = frame[frame["seed_index"] == outcome.seed_index]
+            histories[trial_id, outcome.seed_index] = seed.reset_index(drop=True)
+    return histories
 
 
 def run_sweep(
@@ -191,7 +218,7 @@ def run_sweep(
         concurrency = max_concurrent_trials or default_concurrency(config)
         tuner = _new_tuner(trainable, config, directory, concurrency, max_failures, verbose)
     outcomes = _outcomes(tuner.fit())
-    histories = {o.trial_id: _history(directory, o.trial_id) for o in outcomes}
+    histories = _histories(directory, outcomes)
     trials = sweep_tables.trials_frame(outcomes, histories, points, config, experiment, space_name)
     epochs = sweep_tables.epochs_frame(outcomes, histories, experiment)
     for frame, name, schema in ((trials, "trials", storage.TRIALS_SCHEMA),

@@ -34,13 +34,15 @@ def last_epochs_mean(errors: pd.Series, count: int = LAST_EPOCHS) -> float:
 
 @dataclass(frozen=True)
 class TrialOutcome:
-    """What Tune says of one trial: its id, its (point, seed index) and its error, if any."""
+    """What Tune says of one seed index of a trial: the trial's id, the (point, seed index),
+    the trial's error, if any, and how many seed indices the trial packed into one model."""
 
     trial_id: str
     n: int
     m: int
     seed_index: int
     error: str | None
+    packed_seeds: int = 1
 
 
 def _last(history: pd.DataFrame, column: str):
@@ -70,6 +72,7 @@ def _trial_row(outcome: TrialOutcome, history: pd.DataFrame, point: pd.Series,
         "alpha": config.alpha,
         "role": point["role"],
         "seed_index": outcome.seed_index,
+        "packed_seeds": outcome.packed_seeds,
         "final_test_error": _last(history, "test_error") if done else math.nan,
         "best_test_error": float(history["test_error"].min()) if done else math.nan,
         "mean_test_error_last_epochs": last_epochs_mean(history["test_error"])
@@ -88,30 +91,35 @@ def _trial_row(outcome: TrialOutcome, history: pd.DataFrame, point: pd.Series,
     }
 
 
-def trials_frame(outcomes: list[TrialOutcome], histories: dict[str, pd.DataFrame],
-                 points: pd.DataFrame, config: SweepConfig, experiment: str,
+Histories = dict[tuple[str, int], pd.DataFrame]  # (trial id, seed index) -> its epochs
+
+
+def trials_frame(outcomes: list[TrialOutcome], histories: Histories, points: pd.DataFrame,
+                 config: SweepConfig, experiment: str,
                  space_name: str) -> pd.DataFrame:  # fmt: skip
-    """trials.parquet: one row per outcome; ``histories`` maps trial id -> its epochs."""
+    """trials.parquet: one row per outcome, i.e. per (point, seed index)."""
     by_width = points.set_index("n")
     rows = [
-        _trial_row(o, histories[o.trial_id], by_width.loc[o.n], config, experiment, space_name)
+        _trial_row(o, histories[o.trial_id, o.seed_index], by_width.loc[o.n], config,
+                   experiment, space_name)
         for o in outcomes
-    ]
+    ]  # fmt: skip
     frame = pd.DataFrame(rows, columns=storage.TRIALS_SCHEMA.names)
     return frame.sort_values(["n", "seed_index"]).reset_index(drop=True)
 
 
-def epochs_frame(outcomes: list[TrialOutcome], histories: dict[str, pd.DataFrame],
+def epochs_frame(outcomes: list[TrialOutcome], histories: Histories,
                  experiment: str) -> pd.DataFrame:  # fmt: skip
-    """epochs.parquet: one row per trained epoch of each trial (its latest training)."""
+    """epochs.parquet: one row per trained epoch of each (point, seed index) (its trial's
+    latest training)."""
     frames = []
     for outcome in outcomes:
-        history = histories[outcome.trial_id].copy()
+        history = histories[outcome.trial_id, outcome.seed_index].copy()
         if not len(history):
             continue
         history = history.assign(
             experiment=experiment, trial_id=outcome.trial_id, n=outcome.n, m=outcome.m,
-            seed_index=outcome.seed_index,
+            seed_index=outcome.seed_index, packed_seeds=outcome.packed_seeds,
         )  # fmt: skip
         frames.append(history.reindex(columns=storage.EPOCHS_SCHEMA.names))
     columns = storage.EPOCHS_SCHEMA.names

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from ce_ray import data
-from ce_ray.pipeline import Execution, train_loader
+from ce_ray.models import PackedSeeds
+from ce_ray.pipeline import Execution, StackedBatches, train_loader
 from ce_ray.presets import SWEEP_PRESETS, Recipe
 from ce_ray.records import TrialRecord
 
@@ -53,28 +54,35 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 def evaluate(
     model, test_set, batch_size: int, device, rank: int, world: int, top5: bool,
-    execution: Execution = FP32,
-):  # fmt: skip
-    """Top-1 (and top-5) test error in percent over the WHOLE test set: each rank scores the
-    examples rank, rank + world, ... and the counts are summed (no padding, no repeats);
-    ``test_examples`` is that sum."""
+    execution: Execution = FP32, copies: int = 1,
+) -> list[dict]:  # fmt: skip
+    """Top-1 (and top-5) test error in percent over the WHOLE test set, one dict per copy of
+    the network (``copies`` > 1: a :class:`~ce_ray.models.PackedSeeds` model, each copy fed
+    the same test batch). Each rank scores the examples rank, rank + world, ... and the
+    counts are summed (no padding, no repeats); ``test_examples`` is that sum."""
     loader = DataLoader(Subset(test_set, range(rank, len(test_set), world)), batch_size)
     model.eval()
-    wrong1 = wrong5 = total = 0.0
+    wrong1, wrong5, total = torch.zeros(copies), torch.zeros(copies), 0.0
     with torch.no_grad():
         for x, y in loader:
             x, y = execution.inputs(x.to(device)), y.to(device)
+            if copies > 1:
+                x = x.expand(copies, *x.shape)
             with execution.autocast(device):
-                logits = model(x)
-            ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            wrong1 += (ranked[:, 0] != y).sum().item()
-            wrong5 += (~(ranked == y[:, None]).any(dim=1)).sum().item()
+                logits = model(x).view(copies, len(y), -1)
+            ranked = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (copies, B, k)
+            wrong1 += (ranked[..., 0] != y).sum(dim=1).cpu()
+            wrong5 += (~(ranked == y[:, None]).any(dim=-1)).sum(dim=1).cpu()
             total += len(y)
     model.train()
-    wrong1, wrong5, total = _all_reduce_sum([wrong1, wrong5, total], device)
-    errors = {"test_error": 100.0 * wrong1 / total, "test_examples": int(total)}
-    if top5:
-        errors["test_error_top5"] = 100.0 * wrong5 / total
+    counts = _all_reduce_sum([*wrong1.tolist(), *wrong5.tolist(), total], device)
+    total = counts[-1]
+    errors = []
+    for copy in range(copies):
+        copy_errors = {"test_error": 100.0 * counts[copy] / total, "test_examples": int(total)}
+        if top5:
+            copy_errors["test_error_top5"] = 100.0 * counts[copies + copy] / total
+        errors.append(copy_errors)
     return errors
 
 
@@ -98,14 +106,19 @@ def _set_rng_state(state: dict) -> None:
 
 
 def train_point(config: dict) -> None:
-    """Ray Train's ``train_loop_per_worker`` for one (point, seed index).
+    """Ray Train's ``train_loop_per_worker`` for one point and one or more seed indices.
 
-    ``config`` carries: preset, m, n, seed (the trial's derived seed), epochs, data_root and
-    ``record`` (the location of its :class:`~ce_ray.records.TrialRecord`). Reports ``epoch``,
-    ``train_loss``, ``test_error`` (and ``test_error_top5`` when there are more than 5
-    classes), ``attempt`` (0 for the first start of the trial), ``start_epoch`` and ``node_id``
-    after every epoch, each report with a checkpoint (model, optimizer, lr schedule, epoch,
-    every RNG state).
+    ``config`` carries: preset, m, n, seed_indices and seeds (each index's derived seed),
+    epochs, data_root, ``record`` (the location of its :class:`~ce_ray.records.TrialRecord`)
+    and the execution settings (``ce_ray.pipeline``). Each seed's network is initialised from
+    its own seed; several seeds train together as one
+    :class:`~ce_ray.models.PackedSeeds` model, each with its own data order (its sampler and
+    item transforms are seeded by its seed) and its own optimizer state, so each trains as it
+    would alone. After every epoch it reports ``epoch``, ``train_loss`` and ``test_error``
+    (their means over the seeds: what Tune and a scheduler see), ``attempt`` (0 for the first
+    start of the trial), ``start_epoch`` and ``node_id``, each report with a checkpoint
+    (model, optimizer, lr schedule, epoch, every RNG state); the record holds every seed's
+    own figures.
 
     Resuming: when Ray Train hands back a checkpoint (a worker or node was lost, or the job
     was stopped and submitted again) training continues after its epoch. The data order of an
@@ -120,10 +133,15 @@ def train_point(config: dict) -> None:
     preset = SWEEP_PRESETS[config["preset"]]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(config["seed"])  # same initial weights on every rank (DDP checks)
     train_set, test_set = data.load(preset.dataset, data.resolve_root(config["data_root"]))
     execution = Execution(config["precision"], config["channels_last"], config["compile"])
-    network = preset.space.build(config["m"], config["n"])  # the raw module: checkpointed
+    seeds = config["seeds"]
+    networks = []
+    for seed in seeds:  # the same initial weights on every rank (DDP checks)
+        torch.manual_seed(seed)
+        networks.append(preset.space.build(config["m"], config["n"]))
+    # The raw module is what is checkpointed.
+    network = networks[0] if len(seeds) == 1 else PackedSeeds(networks)
     optimizer, schedule = make_optimizer(network, preset.recipe)
     device = ray.train.torch.get_device()
     scaler = execution.scaler(device)
@@ -131,24 +149,37 @@ def train_point(config: dict) -> None:
     record = TrialRecord(config["record"], start_epoch) if rank == 0 else None
     model = execution.model(ray.train.torch.prepare_model(network))
     batch = max(1, preset.recipe.batch_size // world)
-    loader, sampler = train_loader(
-        train_set, batch,
-        DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
-                           seed=config["seed"]),
-        config["seed"], config["loader_workers"], pin_memory=device.type == "cuda",
-        drop_last=len(train_set) > batch * world,
-    )  # fmt: skip
-    loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)  # device moves
+    samplers, loaders = [], []
+    for seed in seeds:
+        loader, sampler = train_loader(
+            train_set, batch,
+            DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
+                               seed=seed),
+            seed, config["loader_workers"] // len(seeds), pin_memory=device.type == "cuda",
+            drop_last=len(train_set) > batch * world,
+        )  # fmt: skip
+        samplers.append(sampler)
+        # prepare_data_loader: device moves.
+        loaders.append(ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False))
+    loader = loaders[0] if len(seeds) == 1 else StackedBatches(loaders)
     top5 = getattr(preset.space, "num_classes", 0) > 5
     for epoch in range(start_epoch, config["epochs"] + 1):
         started = time.perf_counter()
-        sampler.set_epoch(epoch)
-        loss = train_epoch(model, loader, optimizer, device, execution, scaler)
-        metrics = {"epoch": epoch, "train_loss": loss}
+        for sampler in samplers:
+            sampler.set_epoch(epoch)
+        losses = train_epoch(model, loader, optimizer, device, execution, scaler)
         schedule.step()
-        metrics |= evaluate(model, test_set, batch, device, rank, world, top5, execution)
+        errors = evaluate(model, test_set, batch, device, rank, world, top5, execution, len(seeds))
         train_time += time.perf_counter() - started
-        metrics |= {
+        per_seed = [
+            {"seed_index": index, "train_loss": loss} | seed_errors
+            for index, loss, seed_errors in zip(config["seed_indices"], losses, errors,
+                                                strict=True)
+        ]  # fmt: skip
+        metrics = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "test_error": float(np.mean([e["test_error"] for e in errors])),
             "train_time_s": train_time,
             "attempt": record.attempt if record else 0,
             "start_epoch": start_epoch,
@@ -156,29 +187,41 @@ def train_point(config: dict) -> None:
         }
         if record is not None:
             metrics["time_total_s"] = time.time() - record.first_started_at
-            record.add(metrics)
+            record.add(metrics | {"seeds": per_seed})
         state = _state(network, optimizer, schedule, scaler, epoch, train_time)
         _report_with_checkpoint(metrics, state, world)
 
 
+def seed_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each copy's mean cross-entropy: ``(copies,)``. ``logits`` is ``(batch, classes)`` for
+    one network, ``(copies, batch, classes)`` for a :class:`~ce_ray.models.PackedSeeds`."""
+    if logits.dim() == 2:
+        return F.cross_entropy(logits, y)[None]
+    pairs = zip(logits, y, strict=True)
+    return torch.stack([F.cross_entropy(out, target) for out, target in pairs])
+
+
 def train_epoch(
     model, loader, optimizer, device, execution: Execution = FP32, scaler=None
-) -> float:
-    """One pass over this rank's batches; the mean loss over every rank's examples. The
-    forward runs under ``execution``'s autocast; ``scaler`` (fp16) scales the loss."""
+) -> list[float]:
+    """One pass over this rank's batches; each copy's mean loss over every rank's examples
+    (one value for a single network). The forward runs under ``execution``'s autocast;
+    ``scaler`` (fp16) scales the loss. Packed copies minimise the SUM of their losses, whose
+    gradient for each copy is that copy's own."""
     scaler = scaler or execution.scaler(device)
-    loss_sum = count = 0.0
+    loss_sums, count = None, 0.0
     for x, y in loader:
         optimizer.zero_grad(set_to_none=True)
         with execution.autocast(device):
-            loss = F.cross_entropy(model(execution.inputs(x)), y)
-        scaler.scale(loss).backward()
+            losses = seed_losses(model(execution.inputs(x)), y)
+        scaler.scale(losses.sum()).backward()
         scaler.step(optimizer)
         scaler.update()
-        loss_sum += loss.item() * len(y)
-        count += len(y)
-    loss_sum, count = _all_reduce_sum([loss_sum, count], device)
-    return loss_sum / count
+        batch_sums = losses.detach().double().cpu() * y.shape[-1]
+        loss_sums = batch_sums if loss_sums is None else loss_sums + batch_sums
+        count += y.shape[-1]
+    totals = _all_reduce_sum([*loss_sums.tolist(), count], device)
+    return [loss_sum / totals[-1] for loss_sum in totals[:-1]]
 
 
 def _restore(model, optimizer, schedule, scaler, rank: int) -> tuple[int, float]:

@@ -155,8 +155,8 @@ MUTATIONS = (
     Mutation(
         "trial seed ignores the seed index",
         "ce_ray/sweep.py",
-        '"seed": derive_seed(config["experiment_seed"], point["n"], point["m"], seed_index),',
-        '"seed": derive_seed(config["experiment_seed"], point["n"], point["m"]),',
+        'derive_seed(config["experiment_seed"], point["n"], point["m"], index)',
+        'derive_seed(config["experiment_seed"], point["n"], point["m"])',
         ("tests/test_sweep.py::test_sweep_writes_parquet_and_resumes_without_retraining",),
     ),
     # --- storage: atomic writes, resume ---
@@ -240,8 +240,8 @@ MUTATIONS = (
     Mutation(
         "each rank's test error is not summed over ranks",
         "ce_ray/training.py",
-        "    wrong1, wrong5, total = _all_reduce_sum([wrong1, wrong5, total], device)\n",
-        "",
+        "counts = _all_reduce_sum([*wrong1.tolist(), *wrong5.tolist(), total], device)",
+        "counts = [*wrong1.tolist(), *wrong5.tolist(), total]",
         ("tests/test_sweep.py::test_a_two_worker_trial_scores_the_whole_test_set_once",),
     ),
     # --- the rest of the paper: NMK, drift, the paper's metric, ImageNet32/64 ---
@@ -310,6 +310,21 @@ MUTATIONS = (
         'return torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")',
         "return torch.amp.GradScaler(device.type, enabled=False)",
         ("tests/test_pipeline.py",),
+    ),
+    # --- seeds packed into one model ---
+    Mutation(
+        "packed seeds read the first seed's data order",
+        "ce_ray/training.py",
+        "seed=seed),",
+        "seed=seeds[0]),",
+        ("tests/test_sweep.py::test_packed_seeds_train_as_they_would_alone",),
+    ),
+    Mutation(
+        "packed seeds drop their BatchNorm statistics",
+        "ce_ray/models.py",
+        "                        own.copy_(updated)\n",
+        "                        pass\n",
+        ("tests/test_models.py::test_packed_seeds_step_exactly_as_each_seed_alone",),
     ),
 )
 

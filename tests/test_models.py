@@ -1,5 +1,7 @@
-"""The one-model ensemble equals (1/sqrt(m)) * sum of its members (Eq. 4), and trains."""
+"""The one-model ensemble equals (1/sqrt(m)) * sum of its members (Eq. 4), and trains; seeds
+packed into one model train as they would alone."""
 
+import copy
 import math
 import os
 import socket
@@ -11,7 +13,9 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from ce_ray.models import CollegialBottleneck, CollegialMLP
+from ce_ray.models import CollegialBottleneck, CollegialMLP, PackedSeeds
+from ce_ray.presets import SWEEP_PRESETS
+from ce_ray.training import make_optimizer, seed_losses
 from tests.ensembles import bottleneck_members, mlp_members
 
 
@@ -134,3 +138,46 @@ def test_trains_under_ddp_with_gloo():
     torch.manual_seed(0)
     initial = torch.cat([p.flatten() for p in CollegialMLP(8, [6, 6], 2, 4).parameters()])
     assert not torch.allclose(weights[0], initial)
+
+
+@pytest.mark.parametrize(
+    ("preset", "point", "input_shape"),
+    [("digits-mlp", (10, 13), (64,)), ("cifar10-resnext29", (2, 4), (3, 32, 32))],
+)
+def test_packed_seeds_step_exactly_as_each_seed_alone(preset, point, input_shape):
+    """In float64 (float32 rounding differs between one batched and S separate programs): S
+    seeds in one PackedSeeds, each fed its own batches, end three optimizer steps with the
+    weights -- and BatchNorm running statistics -- each seed reaches alone."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        seeds, batch = 3, 8
+        space, recipe = SWEEP_PRESETS[preset].space, SWEEP_PRESETS[preset].recipe
+        networks = []
+        for seed in range(seeds):
+            torch.manual_seed(seed)
+            networks.append(space.build(*point))
+        alone = [copy.deepcopy(network) for network in networks]
+        packed = PackedSeeds(networks)
+        generator = torch.Generator().manual_seed(0)
+        xs = torch.randn(3, seeds, batch, *input_shape, generator=generator)
+        ys = torch.randint(0, 10, (3, seeds, batch), generator=generator)
+        optimizer, _ = make_optimizer(packed, recipe)
+        for x, y in zip(xs, ys, strict=True):
+            optimizer.zero_grad()
+            seed_losses(packed(x), y).sum().backward()
+            optimizer.step()
+        for s, network in enumerate(alone):
+            optimizer, _ = make_optimizer(network, recipe)
+            for x, y in zip(xs[:, s], ys[:, s], strict=True):
+                optimizer.zero_grad()
+                F.cross_entropy(network(x), y).backward()
+                optimizer.step()
+            packed_state = packed.seeds[s].state_dict()
+            assert packed_state.keys() == network.state_dict().keys()
+            for name, value in network.state_dict().items():
+                torch.testing.assert_close(packed_state[name], value, rtol=1e-8, atol=1e-10)
+        assert not torch.equal(
+            packed.seeds[0].state_dict()[name], packed.seeds[1].state_dict()[name]
+        )
+    finally:
+        torch.set_default_dtype(torch.float32)

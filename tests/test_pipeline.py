@@ -60,9 +60,9 @@ def test_each_precision_and_layout_trains_and_reports_the_same_metrics(precision
     optimizer, _ = make_optimizer(network, recipe)
     images = PILImages(8, data.cifar_transforms()[1], seed=1)
     before = [p.detach().clone() for p in network.parameters()]
-    loss = train_epoch(execution.model(network), DataLoader(images, batch_size=4), optimizer, CPU,
-                       execution)  # fmt: skip
-    metrics = evaluate(network, images, 4, CPU, 0, 1, top5=True, execution=execution)
+    [loss] = train_epoch(execution.model(network), DataLoader(images, batch_size=4), optimizer,
+                         CPU, execution)  # fmt: skip
+    [metrics] = evaluate(network, images, 4, CPU, 0, 1, top5=True, execution=execution)
     assert np.isfinite(loss) and set(metrics) == {"test_error", "test_error_top5", "test_examples"}
     assert any(not torch.equal(a, b) for a, b in zip(before, network.parameters(), strict=True))
 
@@ -83,8 +83,8 @@ def test_a_compiled_model_trains_the_raw_modules_parameters():
     before = network.state_dict()["readout_weight"].clone()
     optimizer, _ = make_optimizer(network, SWEEP_PRESETS["synthetic-mlp"].recipe)
     dataset = TensorDataset(torch.randn(16, 16), torch.randint(0, 4, (16,)))
-    assert np.isfinite(train_epoch(compiled, DataLoader(dataset, batch_size=8), optimizer, CPU,
-                                   execution))  # fmt: skip
+    [loss] = train_epoch(compiled, DataLoader(dataset, batch_size=8), optimizer, CPU, execution)
+    assert np.isfinite(loss)
     assert not torch.equal(network.state_dict()["readout_weight"], before)
 
 

@@ -113,10 +113,10 @@ def test_each_preset_trains_an_epoch_on_data_in_its_format(tmp_path, name):
     optimizer, schedule = make_optimizer(model, preset.recipe)
     before = [p.detach().clone() for p in model.parameters()]
     loader = DataLoader(train_set, batch_size=preset.recipe.batch_size, shuffle=True)
-    loss = train_epoch(model, loader, optimizer, torch.device("cpu"))
+    [loss] = train_epoch(model, loader, optimizer, torch.device("cpu"))
     schedule.step()
     classes = preset.space.num_classes
-    errors = evaluate(model, test_set, 8, torch.device("cpu"), 0, 1, top5=classes > 5)
+    [errors] = evaluate(model, test_set, 8, torch.device("cpu"), 0, 1, top5=classes > 5)
     assert np.isfinite(loss) and loss > 0
     assert any(
         not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters(), strict=True)

@@ -12,7 +12,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from ce_ray import cli
+from ce_ray import cli, records
 from ce_ray.curves import curve, select_points
 from ce_ray.presets import FIT_PRESETS, SWEEP_PRESETS
 from ce_ray.spaces import FCSpace
@@ -111,9 +111,11 @@ def kill_a_training_worker_after(tmp_path, experiment: str, epochs: int, thread)
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result(tmp_path):
+    """With packed seeds (the synthetic preset's default): a trial's checkpoint holds both
+    seeds' weights and optimizer states."""
     common = [
-        "--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "1",
-        "--epochs", "40", "--results", str(tmp_path), "--no-report",
+        "--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "2",
+        "--pack-seeds", "--epochs", "40", "--results", str(tmp_path), "--no-report",
     ]  # fmt: skip
     assert cli.main(["sweep", "primal", *common, "--experiment", "whole"]) == 0
     whole = pd.read_parquet(tmp_path / "whole/trials.parquet").set_index(["n", "seed_index"])
@@ -131,11 +133,11 @@ def test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result
     trials = pd.read_parquet(tmp_path / "kill/trials.parquet").set_index(["n", "seed_index"])
     epochs = pd.read_parquet(tmp_path / "kill/epochs.parquet")
     assert (trials["status"] == "finished").all() and trials["retries"].sum() >= 1
+    assert len(trials) == 4 and (trials["packed_seeds"] == 2).all()
     # Each epoch once, in order, whoever trained it.
-    assert (
-        epochs.groupby("trial_id")["epoch"].apply(list).map(lambda e: e == list(range(1, 41))).all()
-    )
-    for _, history in epochs.groupby("trial_id"):
+    by_seed = epochs.groupby(["trial_id", "seed_index"])
+    assert by_seed["epoch"].apply(list).map(lambda e: e == list(range(1, 41))).all()
+    for _, history in by_seed:
         for attempt in sorted(set(history["attempt"]) - {0}):
             # A restart begins right after the last epoch reported before it: only the epoch
             # that was running at the kill is trained twice.
@@ -160,7 +162,7 @@ def test_a_two_worker_trial_scores_the_whole_test_set_once(tmp_path):
     trials = pd.read_parquet(tmp_path / "ddp/trials.parquet")
     assert len(trials) == 2 and (trials["status"] == "finished").all()
     for record in (tmp_path / "ddp/records").glob("*.json"):
-        epochs = json.loads(record.read_text())["epochs"]
+        epochs = records.read_epochs(str(record))
         assert [e["epoch"] for e in epochs] == [1, 2]
         # gloo all-reduce of both ranks' counts: the 128 test examples, each once.
         assert all(e["test_examples"] == 128 for e in epochs)
@@ -211,3 +213,25 @@ def test_loader_workers_in_a_trial_change_no_number(tmp_path):
     two = pd.read_parquet(tmp_path / "two/epochs.parquet")[columns]
     assert len(alone) == 4
     pd.testing.assert_frame_equal(alone, two)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_packed_seeds_train_as_they_would_alone(tmp_path):
+    """A point's seeds packed into one model in one trial, against one trial per seed: the
+    same per-seed losses and errors every epoch, one row per (point, seed) either way."""
+    common = [*TINY, "--epochs", "3", "--results", str(tmp_path), "--no-report"]
+    assert cli.main(["sweep", "primal", *common, "--experiment", "alone", "--no-pack-seeds"]) == 0
+    assert cli.main(["sweep", "primal", *common, "--experiment", "packed", "--pack-seeds"]) == 0
+    frames = {}
+    for name in ("alone", "packed"):
+        trials = pd.read_parquet(tmp_path / name / "trials.parquet")
+        epochs = pd.read_parquet(tmp_path / name / "epochs.parquet")
+        assert len(trials) == 4 and len(epochs) == 12
+        frames[name] = (trials, epochs.set_index(["n", "seed_index", "epoch"]).sort_index())
+    alone, packed = frames["alone"][1], frames["packed"][1]
+    assert frames["alone"][0]["trial_id"].nunique() == 4 and (alone["packed_seeds"] == 1).all()
+    assert frames["packed"][0]["trial_id"].nunique() == 2 and (packed["packed_seeds"] == 2).all()
+    # The seeds differ from one another, and each matches itself trained alone.
+    assert packed.groupby(["n", "epoch"])["train_loss"].nunique().eq(2).all()
+    np.testing.assert_allclose(packed["train_loss"], alone["train_loss"], rtol=1e-5)
+    np.testing.assert_allclose(packed["test_error"], alone["test_error"], atol=1e-9)
