@@ -1,6 +1,6 @@
 """Where a sweep trial's fixed seconds go, on this machine, one trial at a time.
 
-    python benchmarks/sweep_overhead.py [--trials N] [--epochs E]
+    python benchmarks/sweep_overhead.py [--trials N] [--epochs E] [--rows ROW,ROW]
 
 Builds the trial up one piece at a time on a 2-CPU local Ray cluster bound to 127.0.0.1 (the
 2-core default), ``N`` trials of each, one at a time, as ce-ray runs them (same trial
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -141,7 +142,8 @@ def run_ce_ray(seeds: int, epochs: int, pack: bool, storage: str) -> dict:
     name = "packed" if pack else "unpacked"
     args = ["--preset", PRESET, "--alpha", "2.4", "--points", "2", "--seeds", str(seeds),
             "--epochs", str(epochs), "--results", storage, "--experiment", name,
-            "--no-report", "--pack-seeds" if pack else "--no-pack-seeds"]  # fmt: skip
+            "--no-report", "--max-concurrent-trials", "1",
+            "--pack-seeds" if pack else "--no-pack-seeds"]  # fmt: skip
     started = time.time()
     assert cli.main(["sweep", "primal", *args]) == 0
     wall = time.time() - started
@@ -154,25 +156,33 @@ def run_ce_ray(seeds: int, epochs: int, pack: bool, storage: str) -> dict:
             "trials": trials_frame["trial_id"].nunique()}  # fmt: skip
 
 
+ROWS = {
+    "tune": lambda trials, epochs, storage: run_pieces("tune", trials, 1, storage),
+    "train": lambda trials, epochs, storage: run_pieces("train", trials, 1, storage),
+    "train+data": lambda trials, epochs, storage: run_pieces("train+data", trials, 1, storage),
+    "train+reports": lambda trials, epochs, storage: run_pieces(
+        "train+data", trials, epochs, storage
+    ),
+    "ce-ray": lambda trials, epochs, storage: run_ce_ray(trials // 2, epochs, False, storage),
+    "ce-ray packed": lambda trials, epochs, storage: run_ce_ray(trials // 2, epochs, True, storage),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=15, help="the digits-mlp recipe's")
+    parser.add_argument("--rows", default=",".join(ROWS), help="which rows (default: all)")
     args = parser.parse_args()
     ray.init(num_cpus=2, dashboard_host="127.0.0.1", log_to_driver=False)
     rows = {}
     try:
         with tempfile.TemporaryDirectory() as storage:
-            rows["tune"] = run_pieces("tune", args.trials, 1, storage)
-            rows["train"] = run_pieces("train", args.trials, 1, storage)
-            rows["train+data"] = run_pieces("train+data", args.trials, 1, storage)
-            rows["train+reports"] = run_pieces("train+data", args.trials, args.epochs, storage)
-            seeds = max(1, args.trials // 2)
-            rows["ce-ray"] = run_ce_ray(seeds, args.epochs, False, storage)
-            rows["ce-ray packed"] = run_ce_ray(seeds, args.epochs, True, storage)
+            for name in args.rows.split(","):
+                rows[name] = ROWS[name](args.trials, args.epochs, storage)
     finally:
         ray.shutdown()
-    floor = rows["train"]["per_trial_s"]
+    floor = rows["train"]["per_trial_s"] if "train" in rows else math.nan
     columns = ["per_trial_s", "between_trials_s", "start_s", "loop_s", "stop_s", "training_s"]
     print(f"{PRESET}, {args.epochs} epochs, one trial at a time, 2 CPUs; seconds per trial "
           f"(ce-ray rows: per (point, seed)); x floor = per trial / the `train` row's")  # fmt: skip

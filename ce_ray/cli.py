@@ -127,7 +127,9 @@ def sweep_command(args: argparse.Namespace) -> None:
     storage.check_writable(results)
     # The data root is stored as given: a relative root names the same data in every job's
     # working-dir copy (a resubmitted job is a new copy); each node resolves it.
-    data.load(preset.dataset, data.resolve_root(args.data_root))  # missing data: one line, now
+    # Missing data: one line, now. The sweep hands these to every trial through Ray's object
+    # store.
+    datasets = data.load(preset.dataset, data.resolve_root(args.data_root))
     alpha = args.alpha or (read_alpha(args.alpha_from) if args.alpha_from else preset.alpha)
     cluster.init_ray()
     if alpha is None:
@@ -155,7 +157,7 @@ def sweep_command(args: argparse.Namespace) -> None:
     )
     sweep.run_sweep(
         config, points, results, experiment, preset.space.name, args.max_concurrent_trials,
-        args.max_failures, curves=sweep_tables.curves_frame(preset, alpha),
+        args.max_failures, curves=sweep_tables.curves_frame(preset, alpha), datasets=datasets,
     )  # fmt: skip
     print(report(directory, with_plots=not args.no_report))
 

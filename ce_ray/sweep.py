@@ -16,11 +16,13 @@ import os
 
 import pandas as pd
 import pyarrow as pa
+import ray
 import ray.train
 from ray import tune
 
-from ce_ray import cluster, records, storage, sweep_tables
+from ce_ray import cluster, data, records, storage, sweep_tables
 from ce_ray.configs import SweepConfig
+from ce_ray.presets import SWEEP_PRESETS
 from ce_ray.seeds import derive_seed
 
 # A trial's function only waits on its Train controller (which Ray Train V2 also runs with
@@ -34,7 +36,7 @@ TRIAL_FUNCTION_RESOURCES = {"cpu": 0, "memory": 2**20}
 EXECUTION_KEYS = ("precision", "channels_last", "compile", "loader_workers")
 
 
-def run_trial(config: dict) -> None:
+def run_trial(config: dict, datasets: list) -> None:
     """Tune's trial function: train one point's seed indices (one, or all of them packed) as
     a Ray Train job.
 
@@ -42,6 +44,10 @@ def run_trial(config: dict) -> None:
     ``Tuner.restore``: a new ``TorchTrainer`` with the same name and storage resumes from the
     run's latest checkpoint (Train V2 has no other resume). Inside the run, Train's own
     ``FailureConfig`` restarts a lost worker group from that checkpoint without Tune noticing.
+
+    ``datasets`` is ``[reference]`` to the (train, test) datasets the driver put in Ray's
+    object store once for the whole sweep (a list, so that ``tune.with_parameters`` hands
+    over the reference, not the data); the training workers fetch them from there.
     """
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -50,8 +56,9 @@ def run_trial(config: dict) -> None:
 
     # Train V2's controller collects reports when it polls the workers (every 2 s by
     # default), and a worker's report waits for that: with short epochs the poll, not the
-    # training, sets the pace. 0.25 s measured ~0.03 s epochs at ~0.3 s instead of ~2 s.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    # training, sets the pace. 0.25 s measured ~0.03 s epochs at ~0.3 s instead of ~2 s;
+    # benchmarks/sweep_overhead.py: 15 reports took 4.3 s at 0.25 s, 1.7 s at 0.05 s.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.05")
     trial_id = tune.get_context().get_trial_id()
     point, seed_indices = config["point"], config["seed_indices"]
     gpus = config["gpus_per_worker"]
@@ -67,7 +74,7 @@ def run_trial(config: dict) -> None:
                 for index in seed_indices
             ],
             "epochs": config["epochs"],
-            "data_root": config["data_root"],
+            "datasets": datasets[0],
             "record": records.record_location(config["experiment_dir"], trial_id),
             **{key: config[key] for key in EXECUTION_KEYS},
         },
@@ -196,16 +203,26 @@ def run_sweep(
     max_failures: int = 2,
     verbose: int = 1,
     curves: pd.DataFrame | None = None,
+    datasets: tuple | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run (or resume) the Tune experiment; write and return trials.parquet and
     epochs.parquet. ``points``: the curve rows being trained (``ce_ray.curves.select_points``);
     ``curves`` (``sweep_tables.curves_frame``), when given, is written as curves.parquet once
-    the configuration is known to match."""
+    the configuration is known to match. ``datasets``: the preset's (train, test) datasets if
+    the caller has them (else loaded here from ``config.data_root``); they go to Ray's object
+    store once and every trial's workers read them from there."""
     directory = storage.join(results, experiment)
     storage.check_or_write_config(directory, config.to_json(), "sweep.json")
     if curves is not None:
         write_curves(curves, directory)
-    trainable = tune.with_resources(run_trial, TRIAL_FUNCTION_RESOURCES)
+    if datasets is None:
+        preset = SWEEP_PRESETS[config.preset]
+        datasets = data.load(preset.dataset, data.resolve_root(config.data_root))
+    # Loaded once here instead of once per trial: ~0.8 s of every digits trial (importing
+    # scikit-learn and reading the data; benchmarks/sweep_overhead.py), minutes and a copy per
+    # worker for the downsampled ImageNet pickles.
+    trainable = tune.with_parameters(run_trial, datasets=[ray.put(datasets)])
+    trainable = tune.with_resources(trainable, TRIAL_FUNCTION_RESOURCES)
     tune_path = storage.join(directory, "tune")
     if tune.Tuner.can_restore(tune_path):
         print(f"[sweep] resuming {tune_path}: finished trials are kept", flush=True)

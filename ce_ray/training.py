@@ -15,7 +15,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from ce_ray import data
 from ce_ray.models import PackedSeeds
 from ce_ray.pipeline import Execution, StackedBatches, train_loader
 from ce_ray.presets import SWEEP_PRESETS, Recipe
@@ -109,16 +108,16 @@ def train_point(config: dict) -> None:
     """Ray Train's ``train_loop_per_worker`` for one point and one or more seed indices.
 
     ``config`` carries: preset, m, n, seed_indices and seeds (each index's derived seed),
-    epochs, data_root, ``record`` (the location of its :class:`~ce_ray.records.TrialRecord`)
-    and the execution settings (``ce_ray.pipeline``). Each seed's network is initialised from
-    its own seed; several seeds train together as one
-    :class:`~ce_ray.models.PackedSeeds` model, each with its own data order (its sampler and
-    item transforms are seeded by its seed) and its own optimizer state, so each trains as it
-    would alone. After every epoch it reports ``epoch``, ``train_loss`` and ``test_error``
-    (their means over the seeds: what Tune and a scheduler see), ``attempt`` (0 for the first
-    start of the trial), ``start_epoch`` and ``node_id``, each report with a checkpoint
-    (model, optimizer, lr schedule, epoch, every RNG state); the record holds every seed's
-    own figures.
+    epochs, ``datasets`` (a Ray object reference to the (train, test) datasets), ``record`` (the
+    location of its :class:`~ce_ray.records.TrialRecord`) and the execution settings
+    (``ce_ray.pipeline``). Each seed's network is initialised from its own seed; several seeds
+    train together as one :class:`~ce_ray.models.PackedSeeds` model, each with its own data
+    order (its sampler and item transforms are seeded by its seed) and its own optimizer state,
+    so each trains as it would alone. After every epoch it reports ``epoch``, ``train_loss`` and
+    ``test_error`` (their means over the seeds: what Tune and a scheduler see), ``attempt`` (0
+    for the first start of the trial), ``start_epoch`` and ``node_id``, each report with a
+    checkpoint (model, optimizer, lr schedule, epoch, every RNG state); the record holds every
+    seed's own figures.
 
     Resuming: when Ray Train hands back a checkpoint (a worker or node was lost, or the job
     was stopped and submitted again) training continues after its epoch. The data order of an
@@ -133,7 +132,7 @@ def train_point(config: dict) -> None:
     preset = SWEEP_PRESETS[config["preset"]]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    train_set, test_set = data.load(preset.dataset, data.resolve_root(config["data_root"]))
+    train_set, test_set = ray.get(config["datasets"])
     execution = Execution(config["precision"], config["channels_last"], config["compile"])
     seeds = config["seeds"]
     networks = []
