@@ -16,6 +16,10 @@ resources, same Train settings, same storage layout):
 5. ``ce-ray``      -- ce-ray's own sweep (``E`` epochs per trial, seeds unpacked), per trial;
 6. ``ce-ray packed`` -- the same sweep with its seeds packed, per (point, seed).
 
+The Train controller's report poll is ce-ray's (``ce_ray.sweep.REPORT_POLL_S``) unless
+``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` is set (0.25 reproduces the figures before it was cut).
+ce-ray rows are the sweep's wall time per (point, seed), its set-up and tables included.
+
 Inside each trial it stamps the trial function's start and end and the training loop's start
 and end, so each row splits into: between trials (Tune's scheduling), trial function start ->
 training loop start (controller, worker group, process group), the loop (data, training,
@@ -36,7 +40,6 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind to loopback only
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")  # as ce_ray.sweep sets it
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -47,7 +50,7 @@ from ray import tune
 
 from ce_ray import cli, data
 from ce_ray.presets import SWEEP_PRESETS
-from ce_ray.sweep import TRIAL_FUNCTION_RESOURCES
+from ce_ray.sweep import REPORT_POLL_S, TRIAL_FUNCTION_RESOURCES
 
 PRESET = "digits-mlp"
 
@@ -81,6 +84,7 @@ def trial(config: dict) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)  # as ce-ray's
     trial_id = tune.get_context().get_trial_id()
     stamp(config["stamps"], trial_id, "fn_start")
     if config["kind"] == "tune":

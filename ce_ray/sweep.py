@@ -32,6 +32,11 @@ from ce_ray.seeds import derive_seed
 # out after 60 s, again and again). Tune refuses an empty request, so the trial asks for
 # 1 MiB of Ray's logical memory instead, which nothing else competes for.
 TRIAL_FUNCTION_RESOURCES = {"cpu": 0, "memory": 2**20}
+# Train V2's controller collects reports when it polls the workers (every 2 s by default),
+# and a worker's report waits for that: with short epochs the poll, not the training, sets
+# the pace (0.03 s epochs took 2 s each). benchmarks/sweep_overhead.py: 15 reports with
+# checkpoints took 4.3 s at 0.25 s, 1.7 s at 0.05 s. The environment may override it.
+REPORT_POLL_S = "0.05"
 # How a trial's workers run (ce_ray.pipeline), passed from the SweepConfig to the loop.
 EXECUTION_KEYS = ("precision", "channels_last", "compile", "loader_workers")
 
@@ -54,11 +59,7 @@ def run_trial(config: dict, datasets: list) -> None:
 
     from ce_ray.training import train_point
 
-    # Train V2's controller collects reports when it polls the workers (every 2 s by
-    # default), and a worker's report waits for that: with short epochs the poll, not the
-    # training, sets the pace. 0.25 s measured ~0.03 s epochs at ~0.3 s instead of ~2 s;
-    # benchmarks/sweep_overhead.py: 15 reports took 4.3 s at 0.25 s, 1.7 s at 0.05 s.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.05")
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
     trial_id = tune.get_context().get_trial_id()
     point, seed_indices = config["point"], config["seed_indices"]
     gpus = config["gpus_per_worker"]
