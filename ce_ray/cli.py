@@ -126,9 +126,9 @@ def sweep_command(args: argparse.Namespace) -> None:
     results = storage.resolve(args.results)
     storage.check_writable(results)
     # The data root is stored as given: a relative root names the same data in every job's
-    # working-dir copy (a resubmitted job is a new copy); each node resolves it.
-    # Missing data: one line, now. The sweep hands these to every trial through Ray's object
-    # store.
+    # working-dir copy (a resubmitted job is a new copy). Missing data: one line, now. The
+    # driver loads the datasets once; the sweep hands them to every trial through Ray's
+    # object store.
     datasets = data.load(preset.dataset, data.resolve_root(args.data_root))
     alpha = args.alpha or (read_alpha(args.alpha_from) if args.alpha_from else preset.alpha)
     cluster.init_ray()
