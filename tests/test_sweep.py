@@ -153,17 +153,21 @@ def test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_a_two_worker_trial_scores_the_whole_test_set_once(tmp_path):
+    """Two DDP workers training two packed seeds: each seed's test error counts every test
+    example once."""
     args = [
-        "--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "1",
-        "--epochs", "2", "--workers-per-trial", "2", "--results", str(tmp_path),
+        "--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "2",
+        "--pack-seeds", "--epochs", "2", "--workers-per-trial", "2", "--results", str(tmp_path),
         "--experiment", "ddp", "--no-report",
     ]  # fmt: skip
     assert cli.main(["sweep", "primal", *args]) == 0
     trials = pd.read_parquet(tmp_path / "ddp/trials.parquet")
-    assert len(trials) == 2 and (trials["status"] == "finished").all()
+    assert len(trials) == 4 and (trials["status"] == "finished").all()
+    assert trials["trial_id"].nunique() == 2
+    assert trials.groupby("n")["final_train_loss"].nunique().eq(2).all()  # seeds differ
     for record in (tmp_path / "ddp/records").glob("*.json"):
         epochs = records.read_epochs(str(record))
-        assert [e["epoch"] for e in epochs] == [1, 2]
+        assert [(e["epoch"], e["seed_index"]) for e in epochs] == [(1, 0), (1, 1), (2, 0), (2, 1)]
         # gloo all-reduce of both ranks' counts: the 128 test examples, each once.
         assert all(e["test_examples"] == 128 for e in epochs)
         assert all((e["test_error"] * 128 / 100) % 1 < 1e-9 for e in epochs)
