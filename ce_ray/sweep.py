@@ -220,8 +220,9 @@ def run_sweep(
         preset = SWEEP_PRESETS[config.preset]
         datasets = data.load(preset.dataset, data.resolve_root(config.data_root))
     # Loaded once here instead of once per trial: ~0.8 s of every digits trial (importing
-    # scikit-learn and reading the data; benchmarks/sweep_overhead.py), minutes and a copy per
-    # worker for the downsampled ImageNet pickles.
+    # scikit-learn and reading the data; benchmarks/sweep_overhead.py), and the read and
+    # unpickling of the downsampled ImageNet files (each worker still holds its own copy:
+    # torch tensors are not read zero-copy from the object store).
     trainable = tune.with_parameters(run_trial, datasets=[ray.put(datasets)])
     trainable = tune.with_resources(trainable, TRIAL_FUNCTION_RESOURCES)
     tune_path = storage.join(directory, "tune")
