@@ -4,7 +4,7 @@
 
 For every dataset format (MNIST's IDX files, CIFAR images through its transforms, the
 downsampled ImageNet pickles at 32 and 64, an ImageFolder of JPEGs), generated on the spot in
-that format: images/s of the preset's training loader (``ce_ray.pipeline.train_loader``: its
+that format: images/s of the preset's training loader (``ce_ray.worker.pipeline.train_loader``: its
 transforms, per-item seeding) with 0 and with ``cpu_count - 1`` loader processes, against
 images/s of one training step (forward, loss, backward, optimizer) of the preset's baseline
 model at the recipe's batch size (capped at 64 on a CPU). The ratio loader / model must stay
@@ -27,10 +27,10 @@ from torch.utils.data import DistributedSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ce_ray import data
-from ce_ray.pipeline import train_loader
 from ce_ray.presets import SWEEP_PRESETS
-from ce_ray.training import make_optimizer
+from ce_ray.worker import data
+from ce_ray.worker.loop import make_optimizer
+from ce_ray.worker.pipeline import train_loader
 from tests.test_preset_training import (
     PILImages,
     write_downsampled_imagenet,
@@ -112,14 +112,32 @@ def main() -> None:
             batch = min(preset.recipe.batch_size, CPU_BATCH_CAP)
             alone, parallel = loader_rate(dataset, batch, 0), loader_rate(dataset, batch, workers)
             model = model_rate(preset, dataset[0][0], batch)
-            rows.append({"preset": name, "batch": batch, "loader_0": alone,
-                         f"loader_{workers}": parallel, "model": model,
-                         "loader_over_model": max(alone, parallel) / model})  # fmt: skip
-            print(f"{name:22} batch {batch:4}: loader {alone:8.0f} img/s (0 workers), "
-                  f"{parallel:8.0f} ({workers} workers); model {model:8.1f} img/s; "
-                  f"loader/model {rows[-1]['loader_over_model']:8.1f}", flush=True)  # fmt: skip
-    print(json.dumps({"benchmark": "input_pipeline", "loader_workers": workers,
-                      "cpus": os.cpu_count(), "rows": rows}))  # fmt: skip
+            rows.append(
+                {
+                    "preset": name,
+                    "batch": batch,
+                    "loader_0": alone,
+                    f"loader_{workers}": parallel,
+                    "model": model,
+                    "loader_over_model": max(alone, parallel) / model,
+                }
+            )
+            print(
+                f"{name:22} batch {batch:4}: loader {alone:8.0f} img/s (0 workers), "
+                f"{parallel:8.0f} ({workers} workers); model {model:8.1f} img/s; "
+                f"loader/model {rows[-1]['loader_over_model']:8.1f}",
+                flush=True,
+            )
+    print(
+        json.dumps(
+            {
+                "benchmark": "input_pipeline",
+                "loader_workers": workers,
+                "cpus": os.cpu_count(),
+                "rows": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from ce_ray.ntk import chunk_size, member_ntk, ntk_inputs, sample_ntk
-from ce_ray.spaces import FCSpace, ResNeXtBlockSpace
+from ce_ray.theory.ntk import chunk_size, member_ntk, ntk_inputs, sample_ntk
+from ce_ray.theory.spaces import FCSpace, ResNeXtBlockSpace
 
 BUDGET = 256 * 2**20
 
@@ -85,8 +85,12 @@ def main() -> None:
 
             rate, peak = measure(sample, many)
             chunk = min(many, chunk_size(block, n, 1, method, BUDGET))
-            row |= {f"{method}_per_s": rate, f"{method}_x_loop": rate / loop_rate,
-                    f"{method}_peak_mib": peak, f"{method}_chunk": chunk}  # fmt: skip
+            row |= {
+                f"{method}_per_s": rate,
+                f"{method}_x_loop": rate / loop_rate,
+                f"{method}_peak_mib": peak,
+                f"{method}_chunk": chunk,
+            }
             print(
                 f"{'':<11}{'':>5}{method:>9}{chunk:>7}{rate:>12.0f}"
                 f"{rate / loop_rate:>9.2f}{peak:>10.1f}"

@@ -35,18 +35,37 @@ ALPHA = "2.4112"  # the main job's fitted alpha (README)
 
 
 def sweep(results: str, name: str, pack: bool, points: int, seeds: int, epochs: int) -> dict:
-    args = ["--preset", "digits-mlp", "--alpha", ALPHA, "--points", str(points),
-            "--seeds", str(seeds), "--epochs", str(epochs), "--results", results,
-            "--experiment", name, "--no-report",
-            "--pack-seeds" if pack else "--no-pack-seeds"]  # fmt: skip
+    args = [
+        "--preset",
+        "digits-mlp",
+        "--alpha",
+        ALPHA,
+        "--points",
+        str(points),
+        "--seeds",
+        str(seeds),
+        "--epochs",
+        str(epochs),
+        "--results",
+        results,
+        "--experiment",
+        name,
+        "--no-report",
+        "--pack-seeds" if pack else "--no-pack-seeds",
+    ]
     started = time.perf_counter()
     assert cli.main(["sweep", "primal", *args]) == 0
     wall = time.perf_counter() - started
     trials = pd.read_parquet(Path(results, name, "trials.parquet"))
     epochs_frame = pd.read_parquet(Path(results, name, "epochs.parquet"))
     training = epochs_frame.groupby("trial_id")["train_time_s"].max().sum()
-    return {"wall_s": wall, "training_s": float(training), "trials": trials["trial_id"].nunique(),
-            "rows": len(trials), "epochs": epochs_frame}  # fmt: skip
+    return {
+        "wall_s": wall,
+        "training_s": float(training),
+        "trials": trials["trial_id"].nunique(),
+        "rows": len(trials),
+        "epochs": epochs_frame,
+    }
 
 
 def main() -> None:
@@ -69,23 +88,39 @@ def main() -> None:
     loss_rel = ((packed["train_loss"] - alone["train_loss"]).abs() / alone["train_loss"]).max()
     error_abs = (packed["test_error"] - alone["test_error"]).abs().max()
     base = runs["unpacked"]
-    print(f"digits-mlp primal, {args.points} points x {args.seeds} seeds x {args.epochs} "
-          "epochs, 2 CPUs, same run")  # fmt: skip
-    print(f"{'':<10}{'trials':>8}{'rows':>6}{'wall s':>9}{'x unpacked':>12}{'training s':>12}"
-          f"{'x unpacked':>12}")  # fmt: skip
+    print(
+        f"digits-mlp primal, {args.points} points x {args.seeds} seeds x {args.epochs} "
+        "epochs, 2 CPUs, same run"
+    )
+    print(
+        f"{'':<10}{'trials':>8}{'rows':>6}{'wall s':>9}{'x unpacked':>12}{'training s':>12}"
+        f"{'x unpacked':>12}"
+    )
     for name, run in runs.items():
-        print(f"{name:<10}{run['trials']:>8}{run['rows']:>6}{run['wall_s']:>9.1f}"
-              f"{base['wall_s'] / run['wall_s']:>12.2f}{run['training_s']:>12.2f}"
-              f"{base['training_s'] / run['training_s']:>12.2f}")  # fmt: skip
-    print(f"largest difference packed vs unpacked: train loss {loss_rel:.2e} (relative), "
-          f"test error {error_abs:.3g} points")  # fmt: skip
-    print(json.dumps({
-        "benchmark": "packed_seeds", "points": args.points, "seeds": args.seeds,
-        "epochs": args.epochs, **{name: run for name, run in runs.items()},
-        "wall_speedup": base["wall_s"] / runs["packed"]["wall_s"],
-        "training_speedup": base["training_s"] / runs["packed"]["training_s"],
-        "max_train_loss_rel_diff": float(loss_rel), "max_test_error_diff": float(error_abs),
-    }))  # fmt: skip
+        print(
+            f"{name:<10}{run['trials']:>8}{run['rows']:>6}{run['wall_s']:>9.1f}"
+            f"{base['wall_s'] / run['wall_s']:>12.2f}{run['training_s']:>12.2f}"
+            f"{base['training_s'] / run['training_s']:>12.2f}"
+        )
+    print(
+        f"largest difference packed vs unpacked: train loss {loss_rel:.2e} (relative), "
+        f"test error {error_abs:.3g} points"
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "packed_seeds",
+                "points": args.points,
+                "seeds": args.seeds,
+                "epochs": args.epochs,
+                **{name: run for name, run in runs.items()},
+                "wall_speedup": base["wall_s"] / runs["packed"]["wall_s"],
+                "training_speedup": base["training_s"] / runs["packed"]["training_s"],
+                "max_train_loss_rel_diff": float(loss_rel),
+                "max_test_error_diff": float(error_abs),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

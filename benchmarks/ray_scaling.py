@@ -19,14 +19,22 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind to loopb
 
 import ray
 
-from ce_ray import fit_alpha as fa
 from ce_ray.configs import FitConfig
+from ce_ray.experiments import fit_alpha as fa
 
 CONFIG = FitConfig(
-    preset="resnext-block", widths=(32, 64, 128), samples=4000, shard_size=500, seed=0,
-    method="batched", readout="pool", off_diagonal=False, device="cpu", dtype="float32",
+    preset="resnext-block",
+    widths=(32, 64, 128),
+    samples=4000,
+    shard_size=500,
+    seed=0,
+    method="batched",
+    readout="pool",
+    off_diagonal=False,
+    device="cpu",
+    dtype="float32",
     memory_budget_mib=256.0,
-)  # fmt: skip
+)
 
 
 def timed_run(workers: int, results: str) -> dict:
@@ -34,8 +42,13 @@ def timed_run(workers: int, results: str) -> dict:
     ran = fa.sample_all_shards(CONFIG, os.path.join(results, f"w{workers}"), workers, print)
     wall = time.perf_counter() - start
     busy = sum(seconds for _, seconds in ran)
-    return {"workers": workers, "wall_s": wall, "task_s": busy, "tasks": len(ran),
-            "overhead_fraction": 1 - busy / (workers * wall)}  # fmt: skip
+    return {
+        "workers": workers,
+        "wall_s": wall,
+        "task_s": busy,
+        "tasks": len(ran),
+        "overhead_fraction": 1 - busy / (workers * wall),
+    }
 
 
 def main() -> None:

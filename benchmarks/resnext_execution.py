@@ -11,7 +11,7 @@ backward, SGD with momentum) on CIFAR-sized inputs for
                           over its 37 paths (one small conv each);
 * ``1x128d dense``     -- the baseline of about the same parameter count;
 
-at fp32 and bf16 (``ce_ray.pipeline.Execution``), channels_last off and on, and (unless
+at fp32 and bf16 (``ce_ray.worker.pipeline.Execution``), channels_last off and on, and (unless
 ``--no-compile``) compiled with ``torch.compile`` for the one model and the dense network.
 Ratios are against the one model at fp32, NCHW, eager, in the same run. On a CPU use a small
 ``--batch``; the figures that matter are a GPU's.
@@ -31,9 +31,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ce_ray.models import ResNeXtBlock
-from ce_ray.pipeline import Execution
-from ce_ray.spaces import CifarResNeXt29Space
+from ce_ray.theory.models import ResNeXtBlock
+from ce_ray.theory.spaces import CifarResNeXt29Space
+from ce_ray.worker.pipeline import Execution
 
 
 class PathLoopConv(nn.Module):
@@ -49,10 +49,12 @@ class PathLoopConv(nn.Module):
         inputs = x.chunk(self.groups, dim=1)
         weights = self.weight.chunk(self.groups, dim=0)
         return torch.cat(
-            [F.conv2d(i, w, None, self.stride, self.padding) for i, w in zip(inputs, weights,
-                                                                             strict=True)],
+            [
+                F.conv2d(i, w, None, self.stride, self.padding)
+                for i, w in zip(inputs, weights, strict=True)
+            ],
             dim=1,
-        )  # fmt: skip
+        )
 
 
 def path_loop(network: nn.Module) -> nn.Module:
@@ -112,8 +114,10 @@ def main() -> None:
     rows = []
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, batch {args.batch}")
-    print(f"{'model':<18}{'params':>12}{'precision':>10}{'layout':>8}{'compiled':>9}"
-          f"{'img/s':>10}{'x base':>8}{'warm-up s':>10}")  # fmt: skip
+    print(
+        f"{'model':<18}{'params':>12}{'precision':>10}{'layout':>8}{'compiled':>9}"
+        f"{'img/s':>10}{'x base':>8}{'warm-up s':>10}"
+    )
     base = None
     for label, build in models.items():
         params = sum(p.numel() for p in build().parameters())
@@ -129,16 +133,29 @@ def main() -> None:
                         build(), execution, device, args.batch, args.seconds
                     )
                     base = base or rate
-                    rows.append({"model": label, "params": params, "precision": precision,
-                                 "channels_last": channels_last, "compile": compiled,
-                                 "images_s": rate, "x_base": rate / base,
-                                 "warmup_s": warmup})  # fmt: skip
+                    rows.append(
+                        {
+                            "model": label,
+                            "params": params,
+                            "precision": precision,
+                            "channels_last": channels_last,
+                            "compile": compiled,
+                            "images_s": rate,
+                            "x_base": rate / base,
+                            "warmup_s": warmup,
+                        }
+                    )
                     layout = "NHWC" if channels_last else "NCHW"
-                    print(f"{label:<18}{params:>12,}{precision:>10}{layout:>8}"
-                          f"{str(compiled):>9}{rate:>10.1f}{rate / base:>8.2f}{warmup:>10.1f}",
-                          flush=True)  # fmt: skip
-    print(json.dumps({"benchmark": "resnext_execution", "device": name, "batch": args.batch,
-                      "rows": rows}))  # fmt: skip
+                    print(
+                        f"{label:<18}{params:>12,}{precision:>10}{layout:>8}"
+                        f"{str(compiled):>9}{rate:>10.1f}{rate / base:>8.2f}{warmup:>10.1f}",
+                        flush=True,
+                    )
+    print(
+        json.dumps(
+            {"benchmark": "resnext_execution", "device": name, "batch": args.batch, "rows": rows}
+        )
+    )
 
 
 if __name__ == "__main__":

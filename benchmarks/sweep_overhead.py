@@ -16,7 +16,7 @@ resources, same Train settings, same storage layout):
 5. ``ce-ray``      -- ce-ray's own sweep (``E`` epochs per trial, seeds unpacked), per trial;
 6. ``ce-ray packed`` -- the same sweep with its seeds packed, per (point, seed).
 
-The Train controller's report poll is ce-ray's (``ce_ray.sweep.REPORT_POLL_S``) unless
+The Train controller's report poll is ce-ray's (``ce_ray.experiments.sweep.REPORT_POLL_S``) unless
 ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` is set (0.25 reproduces the figures before it was cut).
 ce-ray rows are the sweep's wall time per (point, seed), its set-up and tables included.
 
@@ -48,9 +48,10 @@ import ray
 import ray.train
 from ray import tune
 
-from ce_ray import cli, data
+from ce_ray import cli
+from ce_ray.experiments.sweep import REPORT_POLL_S, TRIAL_FUNCTION_RESOURCES
 from ce_ray.presets import SWEEP_PRESETS
-from ce_ray.sweep import REPORT_POLL_S, TRIAL_FUNCTION_RESOURCES
+from ce_ray.worker import data
 
 PRESET = "digits-mlp"
 
@@ -93,17 +94,19 @@ def trial(config: dict) -> None:
         TorchTrainer(
             loop,
             train_loop_config={
-                "stamps": config["stamps"], "trial": trial_id,
-                "data": config["kind"] != "train", "reports": config["reports"],
+                "stamps": config["stamps"],
+                "trial": trial_id,
+                "data": config["kind"] != "train",
+                "reports": config["reports"],
             },
-            scaling_config=ray.train.ScalingConfig(num_workers=1,
-                                                   resources_per_worker={"CPU": 1}),
+            scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
             run_config=ray.train.RunConfig(
-                name=trial_id, storage_path=os.path.join(config["storage"], "train"),
+                name=trial_id,
+                storage_path=os.path.join(config["storage"], "train"),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
                 callbacks=[TuneReportCallback()],
             ),
-        ).fit()  # fmt: skip
+        ).fit()
     stamp(config["stamps"], trial_id, "fn_end")
 
 
@@ -111,11 +114,16 @@ def run_pieces(kind: str, trials: int, reports: int, storage: str) -> dict:
     stamps = tempfile.mkdtemp(dir=storage)
     tuner = tune.Tuner(
         tune.with_resources(trial, TRIAL_FUNCTION_RESOURCES),
-        param_space={"index": tune.grid_search(list(range(trials))), "kind": kind,
-                     "reports": reports, "stamps": stamps, "storage": storage},
+        param_space={
+            "index": tune.grid_search(list(range(trials))),
+            "kind": kind,
+            "reports": reports,
+            "stamps": stamps,
+            "storage": storage,
+        },
         tune_config=tune.TuneConfig(max_concurrent_trials=1),
         run_config=tune.RunConfig(name=f"pieces-{kind}", storage_path=storage, verbose=0),
-    )  # fmt: skip
+    )
     started = time.time()
     grid = tuner.fit()
     wall = time.time() - started
@@ -144,10 +152,26 @@ def phases(stamps: str, wall: float, trials: int, training: float = 0.0) -> dict
 def run_ce_ray(seeds: int, epochs: int, pack: bool, storage: str) -> dict:
     """ce-ray's sweep; its trial function and loop stamped from the record and Tune's files."""
     name = "packed" if pack else "unpacked"
-    args = ["--preset", PRESET, "--alpha", "2.4", "--points", "2", "--seeds", str(seeds),
-            "--epochs", str(epochs), "--results", storage, "--experiment", name,
-            "--no-report", "--max-concurrent-trials", "1",
-            "--pack-seeds" if pack else "--no-pack-seeds"]  # fmt: skip
+    args = [
+        "--preset",
+        PRESET,
+        "--alpha",
+        "2.4",
+        "--points",
+        "2",
+        "--seeds",
+        str(seeds),
+        "--epochs",
+        str(epochs),
+        "--results",
+        storage,
+        "--experiment",
+        name,
+        "--no-report",
+        "--max-concurrent-trials",
+        "1",
+        "--pack-seeds" if pack else "--no-pack-seeds",
+    ]
     started = time.time()
     assert cli.main(["sweep", "primal", *args]) == 0
     wall = time.time() - started
@@ -156,8 +180,11 @@ def run_ce_ray(seeds: int, epochs: int, pack: bool, storage: str) -> dict:
     trials_frame = pd.read_parquet(directory / "trials.parquet")
     training = epochs_frame.groupby("trial_id")["train_time_s"].max().sum()
     per_trial = wall / len(trials_frame)  # per (point, seed)
-    return {"per_trial_s": per_trial, "training_s": training / len(trials_frame),
-            "trials": trials_frame["trial_id"].nunique()}  # fmt: skip
+    return {
+        "per_trial_s": per_trial,
+        "training_s": training / len(trials_frame),
+        "trials": trials_frame["trial_id"].nunique(),
+    }
 
 
 ROWS = {
@@ -188,15 +215,20 @@ def main() -> None:
         ray.shutdown()
     floor = rows["train"]["per_trial_s"] if "train" in rows else math.nan
     columns = ["per_trial_s", "between_trials_s", "start_s", "loop_s", "stop_s", "training_s"]
-    print(f"{PRESET}, {args.epochs} epochs, one trial at a time, 2 CPUs; seconds per trial "
-          f"(ce-ray rows: per (point, seed)); x floor = per trial / the `train` row's")  # fmt: skip
+    print(
+        f"{PRESET}, {args.epochs} epochs, one trial at a time, 2 CPUs; seconds per trial "
+        f"(ce-ray rows: per (point, seed)); x floor = per trial / the `train` row's"
+    )
     print(f"{'row':<15}" + "".join(f"{c:>18}" for c in columns) + f"{'x floor':>9}")
     for name, row in rows.items():
         cells = "".join(f"{row[c]:>18.2f}" if c in row else f"{'':>18}" for c in columns)
         print(f"{name:<15}{cells}{row['per_trial_s'] / floor:>9.2f}")
     figures = {name.replace(" ", "_").replace("+", "_"): row for name, row in rows.items()}
-    print(json.dumps({"benchmark": "sweep_overhead", "epochs": args.epochs,
-                      "trials": args.trials, **figures}))  # fmt: skip
+    print(
+        json.dumps(
+            {"benchmark": "sweep_overhead", "epochs": args.epochs, "trials": args.trials, **figures}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ce_ray.spaces import FCSpace, ResNeXtBlockSpace
+from ce_ray.theory.spaces import FCSpace, ResNeXtBlockSpace
 
 BATCH = 128  # --batch overrides
 
@@ -81,11 +81,18 @@ def main() -> None:
         budget = space.num_params(m, n)
         rows.append(
             {
-                "space": name, "m": m, "n": n, "ensemble_steps_s": one, "loop_steps_s": looped,
-                "speedup_vs_loop": one / looped, "target_vs_loop": m / 3, "dense_width": width,
-                "dense_steps_s": baseline, "ensemble_vs_dense": one / baseline,
+                "space": name,
+                "m": m,
+                "n": n,
+                "ensemble_steps_s": one,
+                "loop_steps_s": looped,
+                "speedup_vs_loop": one / looped,
+                "target_vs_loop": m / 3,
+                "dense_width": width,
+                "dense_steps_s": baseline,
+                "ensemble_vs_dense": one / baseline,
             }
-        )  # fmt: skip
+        )
         for label, params, rate in (
             (f"{name} {m}x{n}d one model", budget, one),
             (f"{name} {m}x{n}d loop", budget, looped),

@@ -23,8 +23,8 @@ import sys
 from collections.abc import Sequence
 
 from ce_ray import options
-from ce_ray.curves import curve, curve_to_json, format_curve
-from ce_ray.spaces import SPACES, Space, make_space
+from ce_ray.theory.curves import curve, curve_to_json, format_curve
+from ce_ray.theory.spaces import SPACES, Space, make_space
 
 
 def space_from_args(args: argparse.Namespace) -> Space:
@@ -80,17 +80,24 @@ def curve_command(args: argparse.Namespace) -> None:
 
 def fit_alpha_command(args: argparse.Namespace) -> None:
     # Ray is imported by the commands that use it, so that params and curve start without it.
-    from ce_ray import storage
     from ce_ray.configs import FitConfig
-    from ce_ray.fit_alpha import check_fits_in_memory, fit_alpha
+    from ce_ray.experiments.fit_alpha import check_fits_in_memory, fit_alpha
     from ce_ray.presets import FIT_PRESETS
+    from ce_ray.results import storage
 
     config = FitConfig.from_preset(
-        args.preset, widths=args.widths, samples=args.samples, shard_size=args.shard_size,
-        seed=args.seed, method=args.method, readout=args.readout,
-        off_diagonal=args.off_diagonal, device=args.device, dtype=args.dtype,
+        args.preset,
+        widths=args.widths,
+        samples=args.samples,
+        shard_size=args.shard_size,
+        seed=args.seed,
+        method=args.method,
+        readout=args.readout,
+        off_diagonal=args.off_diagonal,
+        device=args.device,
+        dtype=args.dtype,
         memory_budget_mib=args.memory_budget,
-    )  # fmt: skip
+    )
     experiment = args.experiment or args.preset
     check_fits_in_memory(config)
     results, log, workers = _connect(args)
@@ -114,12 +121,14 @@ def fit_alpha_command(args: argparse.Namespace) -> None:
 
 
 def sweep_command(args: argparse.Namespace) -> None:
-    from ce_ray import cluster, data, storage, sweep, sweep_tables
     from ce_ray.configs import SweepConfig
-    from ce_ray.curves import select_points
-    from ce_ray.fit_alpha import read_alpha
+    from ce_ray.experiments import cluster, sweep
+    from ce_ray.experiments.fit_alpha import read_alpha
     from ce_ray.presets import SWEEP_PRESETS
-    from ce_ray.report import report
+    from ce_ray.results import storage, tables
+    from ce_ray.results.report import report
+    from ce_ray.theory.curves import select_points
+    from ce_ray.worker import data
 
     preset = SWEEP_PRESETS[args.preset]
     experiment = args.experiment or f"{preset.name}-{args.formulation}"
@@ -139,14 +148,21 @@ def sweep_command(args: argparse.Namespace) -> None:
     )
     execution = _execution(args, preset)
     config = SweepConfig(
-        preset=preset.name, formulation=args.formulation, alpha=alpha,
+        preset=preset.name,
+        formulation=args.formulation,
+        alpha=alpha,
         points=tuple((int(n), int(m)) for n, m in zip(points["n"], points["m"], strict=True)),
-        seeds=args.seeds, epochs=args.epochs or preset.recipe.epochs,
-        workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
-        cpus_per_worker=args.cpus_per_worker, scheduler=args.scheduler, seed=args.seed,
-        data_root=args.data_root, **execution,
+        seeds=args.seeds,
+        epochs=args.epochs or preset.recipe.epochs,
+        workers_per_trial=args.workers_per_trial,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        scheduler=args.scheduler,
+        seed=args.seed,
+        data_root=args.data_root,
+        **execution,
         pack_seeds=_pack_seeds(args, preset, execution["precision"]),
-    )  # fmt: skip
+    )
     directory = storage.join(results, experiment)
     print(
         f"[sweep] {preset.name} {args.formulation}: alpha={alpha:.4f}, points "
@@ -156,15 +172,22 @@ def sweep_command(args: argparse.Namespace) -> None:
         flush=True,
     )
     sweep.run_sweep(
-        config, points, results, experiment, preset.space.name, args.max_concurrent_trials,
-        args.max_failures, curves=sweep_tables.curves_frame(preset, alpha), datasets=datasets,
-    )  # fmt: skip
+        config,
+        points,
+        results,
+        experiment,
+        preset.space.name,
+        args.max_concurrent_trials,
+        args.max_failures,
+        curves=tables.curves_frame(preset, alpha),
+        datasets=datasets,
+    )
     print(report(directory, with_plots=not args.no_report))
 
 
 def _execution(args: argparse.Namespace, preset) -> dict:
     """The training workers' execution settings: as given, else chosen for the device."""
-    from ce_ray.pipeline import Execution, default_loader_workers
+    from ce_ray.worker.pipeline import Execution, default_loader_workers
 
     on_gpu = args.gpus_per_worker > 0
     default = Execution.default(on_gpu, convolutional=preset.space.name != "fc")
@@ -193,9 +216,9 @@ def _pack_seeds(args: argparse.Namespace, preset, precision: str) -> bool:
 
 def _fit_alpha_first(fit_preset: str, results: str, experiment: str, seed: int) -> float:
     """Fit alpha with the sweep preset's fit preset into ``<results>/<experiment>/fit_alpha``."""
-    from ce_ray import cluster
     from ce_ray.configs import FitConfig
-    from ce_ray.fit_alpha import fit_alpha
+    from ce_ray.experiments import cluster
+    from ce_ray.experiments.fit_alpha import fit_alpha
 
     print(f"[sweep] fitting alpha first (fit preset {fit_preset})", flush=True)
     config = FitConfig.from_preset(fit_preset, seed=seed)
@@ -213,7 +236,8 @@ def _connect(args: argparse.Namespace):
     """For the Ray commands: check ``--results``, connect to Ray (``ray.init()``, once, here),
     and choose the log (stderr under ``--json``) and ``--workers`` (default: the cluster's
     CPUs). Returns ``(results, log, workers)``."""
-    from ce_ray import cluster, storage
+    from ce_ray.experiments import cluster
+    from ce_ray.results import storage
 
     results = storage.resolve(args.results)
     storage.check_writable(results)
@@ -231,60 +255,82 @@ def _print(args: argparse.Namespace, table, headline: dict) -> None:
 
 
 def nmk_command(args: argparse.Namespace) -> None:
-    from ce_ray.nmk_convergence import NMKConfig, nmk_convergence
+    from ce_ray.experiments.nmk import NMKConfig, run_nmk
 
     config = NMKConfig(**_given(args, NMKConfig.__dataclass_fields__))
     results, log, workers = _connect(args)
-    log(f"[nmk] L={config.depth}, widths {list(config.widths)} against {config.wide_width}, "
-        f"m in {list(config.multiplicities)}, {workers} workers")  # fmt: skip
-    result = nmk_convergence(config, results, args.experiment or "lemma1", workers, log)
+    log(
+        f"[nmk] L={config.depth}, widths {list(config.widths)} against {config.wide_width}, "
+        f"m in {list(config.multiplicities)}, {workers} workers"
+    )
+    result = run_nmk(config, results, args.experiment or "lemma1", workers, log)
     headline = result.headline()
     _print(args, result.fit, headline)
     low, high = headline["slope_m_ci"]
-    log(f"slope of ||K_e - NMK||^2 against m: {headline['slope_m']:.3f} ({low:.3f}..{high:.3f}) "
+    log(
+        f"slope of ||K_e - NMK||^2 against m: {headline['slope_m']:.3f} ({low:.3f}..{high:.3f}) "
         f"at n={headline['slope_m_at_width']} (Lemma 1: -1); largest NMK gap to n="
         f"{config.wide_width}: {headline['width_gap']:.4f} +- {headline['width_gap_se']:.4f} "
-        f"-> {result.directory}")  # fmt: skip
+        f"-> {result.directory}"
+    )
 
 
 def drift_command(args: argparse.Namespace) -> None:
-    from ce_ray.ntk_drift import DriftConfig, ntk_drift
+    from ce_ray.experiments.drift import DriftConfig, run_drift
 
     config = DriftConfig(**_given(args, DriftConfig.__dataclass_fields__))
     results, log, workers = _connect(args)
-    log(f"[drift] m in {list(config.multiplicities)}, n in {list(config.widths)}, "
-        f"{config.seeds} seeds, L={config.depth}, {workers} workers")  # fmt: skip
-    result = ntk_drift(config, results, args.experiment or "theorem1", workers, log)
+    log(
+        f"[drift] m in {list(config.multiplicities)}, n in {list(config.widths)}, "
+        f"{config.seeds} seeds, L={config.depth}, {workers} workers"
+    )
+    result = run_drift(config, results, args.experiment or "theorem1", workers, log)
     headline = result.headline()
     _print(args, result.fit, headline)
     (m_low, m_high), (n_low, n_high) = headline["exponent_m_ci"], headline["exponent_n_ci"]
-    log(f"drift ~ m^{headline['exponent_m']:.3f} ({m_low:.3f}..{m_high:.3f}) "
+    log(
+        f"drift ~ m^{headline['exponent_m']:.3f} ({m_low:.3f}..{m_high:.3f}) "
         f"n^{headline['exponent_n']:.3f} ({n_low:.3f}..{n_high:.3f}) at t={headline['time']:.4g} "
-        f"(Theorem 1: m^-1 n^-1) -> {result.directory}")  # fmt: skip
+        f"(Theorem 1: m^-1 n^-1) -> {result.directory}"
+    )
 
 
 def report_command(args: argparse.Namespace) -> None:
-    from ce_ray.report import report
+    from ce_ray.results.report import report
 
     print(report(args.results_dir, with_plots=not args.no_plots))
 
 
 #: command -> (one-line help, its options, what runs it)
 COMMANDS = {
-    "params": ("exact parameter count of an ensemble m x n d", options.add_params_options,
-               params_command),
+    "params": (
+        "exact parameter count of an ensemble m x n d",
+        options.add_params_options,
+        params_command,
+    ),
     "curve": ("primal or dual curve and its optimum", options.add_curve_options, curve_command),
-    "fit-alpha": ("fit alpha (Algorithm 1) by sharded Monte-Carlo NTK sampling on Ray",
-                  options.add_fit_alpha_options, fit_alpha_command),
-    "sweep": ("train points of the primal or dual curve (Ray Tune + Ray Train)",
-              options.add_sweep_options, sweep_command),
-    "report": ("table and plots of a sweep's results", options.add_report_options,
-               report_command),
-    "nmk": ("Fig. 2 / Lemma 1: the ensemble NTK converges to the Neural Mean Kernel",
-            options.add_nmk_options, nmk_command),
-    "drift": ("Theorem 1: how far a trained ensemble's NTK moves, against m and n",
-              options.add_drift_options, drift_command),
-}  # fmt: skip
+    "fit-alpha": (
+        "fit alpha (Algorithm 1) by sharded Monte-Carlo NTK sampling on Ray",
+        options.add_fit_alpha_options,
+        fit_alpha_command,
+    ),
+    "sweep": (
+        "train points of the primal or dual curve (Ray Tune + Ray Train)",
+        options.add_sweep_options,
+        sweep_command,
+    ),
+    "report": ("table and plots of a sweep's results", options.add_report_options, report_command),
+    "nmk": (
+        "Fig. 2 / Lemma 1: the ensemble NTK converges to the Neural Mean Kernel",
+        options.add_nmk_options,
+        nmk_command,
+    ),
+    "drift": (
+        "Theorem 1: how far a trained ensemble's NTK moves, against m and n",
+        options.add_drift_options,
+        drift_command,
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,6 @@
 """What determines an experiment's results: :class:`FitConfig` (fit-alpha) and
 :class:`SweepConfig` (a sweep). Each is stored beside its results as JSON; a rerun into the
-same experiment must match it to resume (``ce_ray.storage.check_or_write_config``).
+same experiment must match it to resume (``ce_ray.results.storage.check_or_write_config``).
 
 A configuration checks the rules that involve several of its values (and, for library users,
 the ranges the command line checks when it parses them); a violation is a ``ValueError`` with
@@ -13,18 +13,20 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from ce_ray.curves import parse_widths
-from ce_ray.ntk import METHODS, READOUTS
-from ce_ray.pipeline import PRECISIONS
+from ce_ray.choices import (
+    DTYPES,
+    METHODS,
+    PRECISIONS,
+    READOUTS,
+    SCHEDULERS,
+    check_choice,
+)
 from ce_ray.presets import FIT_PRESETS, SWEEP_PRESETS
-from ce_ray.spaces import FCSpace, Space
+from ce_ray.theory.curves import parse_widths
+from ce_ray.theory.spaces import FCSpace, Space
 
-#: Bytes per element of the sampling dtypes.
-DTYPES = {"float32": 4, "float64": 8}
 #: Draws per Ray task when ``--shard-size`` is not given, per sampler.
 DEFAULT_SHARD_SIZE = {"batched": 500, "exact": 10000}
-#: Tune schedulers a sweep can use: run every trial to the end, or stop weak ones early.
-SCHEDULERS = ("fifo", "asha")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -66,21 +68,13 @@ class FitConfig:
         )
         _require(self.samples >= 2, f"samples must be >= 2 per width; got {self.samples}")
         _require(self.shard_size >= 1, f"shard_size must be >= 1; got {self.shard_size}")
-        _require(
-            self.method in METHODS,
-            f"method must be one of {', '.join(METHODS)}; got {self.method!r}",
-        )
+        check_choice("--method", self.method, METHODS)
         _require(
             self.method == "batched" or isinstance(self.space.ntk_block(), FCSpace),
             f"--method exact samples MLP blocks only; {self.preset} is not one",
         )
-        _require(
-            self.readout in READOUTS,
-            f"--readout must be one of {', '.join(READOUTS)}; got {self.readout!r}",
-        )
-        _require(
-            self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}"
-        )
+        check_choice("--readout", self.readout, READOUTS)
+        check_choice("--dtype", self.dtype, DTYPES)
         _require(
             self.device == "cpu" or self.device.startswith("cuda"),
             f"--device must be cpu or cuda[:N]; got {self.device!r}",
@@ -142,7 +136,7 @@ class SweepConfig:
     scheduler: str = "fifo"
     seed: int = 0
     data_root: str = "data"
-    precision: str = "fp32"  # autocast: fp32 | bf16 | fp16 (ce_ray.pipeline)
+    precision: str = "fp32"  # autocast: fp32 | bf16 | fp16 (ce_ray.worker.pipeline)
     channels_last: bool = False
     compile: bool = False
     loader_workers: int = 0  # DataLoader processes per training worker
@@ -153,18 +147,12 @@ class SweepConfig:
             self.preset in SWEEP_PRESETS,
             f"unknown sweep preset {self.preset!r}; valid: {', '.join(SWEEP_PRESETS)}",
         )
-        _require(
-            self.scheduler in SCHEDULERS,
-            f"--scheduler must be one of {', '.join(SCHEDULERS)}; got {self.scheduler!r}",
-        )
+        check_choice("--scheduler", self.scheduler, SCHEDULERS)
         _require(
             math.isfinite(self.alpha) and self.alpha > 0,
             f"alpha must be a finite number > 0; got {self.alpha}",
         )
-        _require(
-            self.precision in PRECISIONS,
-            f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}",
-        )
+        check_choice("--precision", self.precision, PRECISIONS)
         _require(
             not (self.pack_seeds and self.precision == "fp16"),
             "--pack-seeds cannot train with --precision fp16: one loss scaler would skip every "

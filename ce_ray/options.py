@@ -15,12 +15,19 @@ import os
 import sys
 from collections.abc import Callable
 
-from ce_ray.configs import DTYPES, SCHEDULERS
-from ce_ray.curves import COST_MODELS, FORMULATIONS, parse_widths
-from ce_ray.ntk import METHODS, READOUTS
-from ce_ray.pipeline import PRECISIONS
+from ce_ray.choices import (
+    COST_MODELS,
+    DTYPES,
+    FORMULATIONS,
+    METHODS,
+    METRICS,
+    PRECISIONS,
+    READOUTS,
+    SCHEDULERS,
+)
 from ce_ray.presets import DEFAULT_FIT_PRESET, DEFAULT_SWEEP_PRESET, FIT_PRESETS, SWEEP_PRESETS
-from ce_ray.spaces import METRICS, SPACES
+from ce_ray.theory.curves import parse_widths
+from ce_ray.theory.spaces import SPACES
 
 USAGE_ERROR = 2
 
@@ -136,13 +143,15 @@ def add_json(parser: argparse.ArgumentParser, what: str = "the result") -> None:
 
 
 def add_space_options(parser: argparse.ArgumentParser) -> None:
-    """``--space`` and the options of its constructor (``ce_ray.spaces.make_space``)."""
+    """``--space`` and the options of its constructor (``ce_ray.theory.spaces.make_space``)."""
     parser.add_argument("--space", required=True, choices=list(SPACES), help="architecture family")
     group = parser.add_argument_group("space options (each applies to the spaces named)")
     group.add_argument(
-        "--classes", type=integer(1), dest="num_classes",
+        "--classes",
+        type=integer(1),
+        dest="num_classes",
         help="outputs: fc, cifar-resnext29, imagenet-*",
-    )  # fmt: skip
+    )
     group.add_argument("--input-dim", type=integer(1), help="fc: input size n0 (784)")
     group.add_argument("--depth", type=integer(1), help="fc: weight layers L (6)")
     group.add_argument("--in-channels", type=integer(1), help="resnext-block: n_in (256)")
@@ -177,9 +186,11 @@ def add_curve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--formulation", choices=FORMULATIONS, default="primal")
     parser.add_argument("--metric", choices=METRICS, default="params", help="budget (params)")
     parser.add_argument(
-        "--cost", choices=COST_MODELS, default="block",
+        "--cost",
+        choices=COST_MODELS,
+        default="block",
         help="beta(n) from one fitted block (the paper; default) or the whole network's count",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--widths", type=widths, help="width grid LO:HI[:STEP] or a comma list (1:BASELINE)"
     )
@@ -189,9 +200,11 @@ def add_curve_options(parser: argparse.ArgumentParser) -> None:
 
 def add_fit_alpha_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--preset", choices=list(FIT_PRESETS), default=DEFAULT_FIT_PRESET,
+        "--preset",
+        choices=list(FIT_PRESETS),
+        default=DEFAULT_FIT_PRESET,
         help=f"block to fit (default {DEFAULT_FIT_PRESET})",
-    )  # fmt: skip
+    )
     parser.add_argument("--widths", type=widths, help="width grid (default: the preset's)")
     parser.add_argument("--samples", type=integer(2), help="T, draws per width (the preset's)")
     add_workers(parser)
@@ -217,9 +230,11 @@ def add_fit_alpha_options(parser: argparse.ArgumentParser) -> None:
 def add_sweep_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("formulation", choices=FORMULATIONS, help="which curve to sweep")
     parser.add_argument(
-        "--preset", choices=list(SWEEP_PRESETS), default=DEFAULT_SWEEP_PRESET,
+        "--preset",
+        choices=list(SWEEP_PRESETS),
+        default=DEFAULT_SWEEP_PRESET,
         help=f"experiment (default {DEFAULT_SWEEP_PRESET})",
-    )  # fmt: skip
+    )
     add_experiment(parser, "PRESET-FORMULATION")
     add_results(parser)
     parser.add_argument("--points", type=integer(2), default=5, help="points on the curve (5)")
@@ -242,29 +257,35 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", choices=SCHEDULERS, default="fifo")
     add_seed(parser)
     parser.add_argument(
-        "--data-root", default=os.environ.get("CE_RAY_DATA", "data"),
+        "--data-root",
+        default=os.environ.get("CE_RAY_DATA", "data"),
         help="dataset root; relative: under the project (default: $CE_RAY_DATA or data)",
-    )  # fmt: skip
+    )
     parser.add_argument("--no-report", action="store_true", help="skip the PNGs")
     execution = parser.add_argument_group("how each training worker runs (default: per device)")
     execution.add_argument(
-        "--precision", choices=("auto", *PRECISIONS), default="auto",
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        default="auto",
         help="autocast precision (auto: bf16 with GPUs, fp32 on CPUs)",
-    )  # fmt: skip
+    )
     execution.add_argument(
-        "--channels-last", action=argparse.BooleanOptionalAction,
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
         help="NHWC layout (default: on for convolutional presets with GPUs)",
-    )  # fmt: skip
+    )
     execution.add_argument("--compile", action="store_true", help="torch.compile the model")
     execution.add_argument(
-        "--pack-seeds", action=argparse.BooleanOptionalAction,
+        "--pack-seeds",
+        action=argparse.BooleanOptionalAction,
         help="train a point's seeds as one vectorised model in one trial (default: on for "
         "the MLP presets unless fp16)",
-    )  # fmt: skip
+    )
     execution.add_argument(
-        "--loader-workers", type=integer(0),
+        "--loader-workers",
+        type=integer(0),
         help="DataLoader processes per training worker (default: --cpus-per-worker - 1)",
-    )  # fmt: skip
+    )
 
 
 def numbers(text: str) -> tuple[float, ...]:
@@ -282,7 +303,7 @@ def add_workers(parser: argparse.ArgumentParser) -> None:
 
 
 def add_nmk_options(parser: argparse.ArgumentParser) -> None:
-    """Fig. 2 / Lemma 1 (``ce_ray.nmk_convergence.NMKConfig``; None: its default)."""
+    """Fig. 2 / Lemma 1 (``ce_ray.experiments.nmk.NMKConfig``; None: its default)."""
     parser.add_argument("--depth", type=integer(2), help="fc: weight layers L (4)")
     parser.add_argument("--widths", type=widths, help="member widths n (16,64,256)")
     parser.add_argument("--wide-width", type=integer(2), help="the reference model's width (2048)")
@@ -302,7 +323,7 @@ def add_nmk_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_drift_options(parser: argparse.ArgumentParser) -> None:
-    """Theorem 1 (``ce_ray.ntk_drift.DriftConfig``; None: its default)."""
+    """Theorem 1 (``ce_ray.experiments.drift.DriftConfig``; None: its default)."""
     parser.add_argument("--multiplicities", type=widths, help="ensemble sizes m (1,2,4,8,16)")
     parser.add_argument("--widths", type=widths, help="member widths n (16,32,64,128)")
     parser.add_argument("--depth", type=integer(2), help="fc: weight layers L (3)")

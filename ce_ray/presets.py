@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ce_ray.spaces import (
+from ce_ray.theory.spaces import (
     CifarResNeXt29Space,
     FCSpace,
     ImageNetResNeXt50Space,
@@ -37,7 +37,7 @@ class FitPreset:
         name: the registry key.
         space: the space whose ``ntk_block()`` is sampled; a width n means its member width.
         widths: the default width grid (``parse_widths`` syntax).
-        method: the NTK sampler (``ce_ray.ntk.METHODS``): "exact" exists for MLPs only.
+        method: the NTK sampler (``ce_ray.theory.ntk.METHODS``): "exact" exists for MLPs only.
         samples: T, the default draws per width.
         description: one line for progress output and ``--help``.
     """
@@ -72,7 +72,7 @@ class SweepPreset:
         name: the registry key.
         space: the architecture family whose points are trained.
         baseline: n~, the baseline's width (m = 1).
-        dataset: a name from ``ce_ray.data.DATASETS``.
+        dataset: a name from ``ce_ray.worker.data.DATASETS``.
         recipe: optimizer, learning rate, epochs, batch size, schedule.
         fit_preset: the :data:`FIT_PRESETS` entry that fits alpha for this space.
         alpha: the alpha to use when none is given, or None to fit it with ``fit_preset``.
@@ -133,15 +133,24 @@ _CIFAR_RECIPE = Recipe(
     optimizer="sgd", lr=0.1, epochs=300, batch_size=128, weight_decay=5e-4, milestones=(150, 225)
 )
 _IMAGENET_RECIPE = Recipe(
-    optimizer="sgd", lr=0.1, epochs=100, batch_size=256, weight_decay=1e-4,
+    optimizer="sgd",
+    lr=0.1,
+    epochs=100,
+    batch_size=256,
+    weight_decay=1e-4,
     milestones=(30, 60, 90),
-)  # fmt: skip
+)
 
 # The downsampled ImageNet as the paper's authors' public code trains it.
 _DOWNSAMPLED_IMAGENET_RECIPE = Recipe(
-    optimizer="sgd", lr=0.08, epochs=80, batch_size=1024, weight_decay=5e-4,
-    milestones=(20, 40, 60), lr_decay=0.2,
-)  # fmt: skip
+    optimizer="sgd",
+    lr=0.08,
+    epochs=80,
+    batch_size=1024,
+    weight_decay=5e-4,
+    milestones=(20, 40, 60),
+    lr_decay=0.2,
+)
 
 SWEEP_PRESETS: dict[str, SweepPreset] = _registry(
     SweepPreset(

@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ce_ray import local_head, storage  # noqa: E402
+from ce_ray.experiments import local_head  # noqa: E402
+from ce_ray.results import storage  # noqa: E402
 
 DASHBOARD_PORT = 8265
 GCS_PORT = 6379
@@ -47,11 +48,20 @@ def main() -> int:
     try:
         runtime_env = {"env_vars": storage.storage_env()}
         command = [
-            str(local_head.BIN / "ray"), "job", "submit",
-            "--address", f"http://127.0.0.1:{DASHBOARD_PORT}", "--working-dir", str(ROOT),
-            "--runtime-env-json", json.dumps(runtime_env),
-            "--", "python", f"jobs/{args.job}.py", *job_args,
-        ]  # fmt: skip
+            str(local_head.BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{DASHBOARD_PORT}",
+            "--working-dir",
+            str(ROOT),
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--",
+            "python",
+            f"jobs/{args.job}.py",
+            *job_args,
+        ]
         return subprocess.run(command, env=env, cwd=ROOT).returncode
     finally:
         if head is not None:

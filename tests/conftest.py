@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ce_ray import local_head
+from ce_ray.experiments import local_head
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -113,8 +113,10 @@ class S3Server:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ | (env or {}),
-        )  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=os.environ | (env or {}),
+        )
         deadline = time.monotonic() + 30
         while not local_head.listening(self.port):
             assert self.process.poll() is None and time.monotonic() < deadline, "no moto"
@@ -124,9 +126,12 @@ class S3Server:
         import boto3
 
         return boto3.client(
-            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
-            aws_access_key_id="testing", aws_secret_access_key="testing",
-        )  # fmt: skip
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def keys(self, bucket: str) -> list[str]:
         listing = self.client().list_objects_v2(Bucket=bucket)

@@ -2,7 +2,7 @@
 
 import torch
 
-from ce_ray.models import CollegialBottleneck, CollegialMLP
+from ce_ray.theory.models import CollegialBottleneck, CollegialMLP
 
 
 def mlp_members(ensemble: CollegialMLP) -> list[CollegialMLP]:
@@ -45,7 +45,7 @@ def split_members(ensemble):
 def fill_first_layer(module, product, inputs) -> None:
     """Give ``module`` a first-layer weight W1 with ``W1 X = product`` (the minimum-norm one),
     so a module drawn by the product law can be split into ordinary members."""
-    from ce_ray.ntk import input_columns
+    from ce_ray.theory.ntk import input_columns
 
     columns = input_columns(inputs)  # (k, fan_in)
     weight = getattr(module, module.first_weight)

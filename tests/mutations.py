@@ -39,42 +39,42 @@ MUTATIONS = (
     # --- scaling constants of the models (Eq. 3, Fig. 5) ---
     Mutation(
         "bottleneck 3x3 scaled by sqrt(2/n), not sqrt(2/(9n))",
-        "ce_ray/models.py",
+        "ce_ray/theory/models.py",
         "h = F.relu(h * math.sqrt(2.0 / (9 * n)))",
         "h = F.relu(h * math.sqrt(2.0 / n))",
         ("tests/test_bottleneck_reference.py",),
     ),
     Mutation(
         "bottleneck 3x3 scaled by sqrt(2/(8n)) (a factor 9/8)",
-        "ce_ray/models.py",
+        "ce_ray/theory/models.py",
         "h = F.relu(h * math.sqrt(2.0 / (9 * n)))",
         "h = F.relu(h * math.sqrt(2.0 / (8 * n)))",
         ("tests/test_bottleneck_reference.py",),
     ),
     Mutation(
         "bottleneck ReLU after the 3x3 dropped",
-        "ce_ray/models.py",
+        "ce_ray/theory/models.py",
         "h = F.relu(h * math.sqrt(2.0 / (9 * n)))",
         "h = h * math.sqrt(2.0 / (9 * n))",
         ("tests/test_bottleneck_reference.py",),
     ),
     Mutation(
         "bottleneck first layer scaled by sqrt(1/n_in)",
-        "ce_ray/models.py",
+        "ce_ray/theory/models.py",
         "h = F.relu(product * math.sqrt(2.0 / self.in_channels))",
         "h = F.relu(product * math.sqrt(1.0 / self.in_channels))",
         ("tests/test_bottleneck_reference.py",),
     ),
     Mutation(
         "MLP first layer scaled by sqrt(1/n0)",
-        "ce_ray/models.py",
+        "ce_ray/theory/models.py",
         "h = F.relu(product * math.sqrt(2.0 / self.in_features))",
         "h = F.relu(product * math.sqrt(1.0 / self.in_features))",
         ("tests/test_models.py", "tests/test_ntk.py"),
     ),
     Mutation(
         "MLP hidden layers scaled by sqrt(2/(2 fan-in))",
-        "ce_ray/models.py",
+        "ce_ray/theory/models.py",
         "* math.sqrt(2.0 / fan_in))",
         "* math.sqrt(1.0 / fan_in))",
         ("tests/test_models.py", "tests/test_ntk.py"),
@@ -82,42 +82,42 @@ MUTATIONS = (
     # --- S(n) and the curves (Eqs. 9-14, Algorithm 2) ---
     Mutation(
         "fc S(n) without the 1/n0 term",
-        "ce_ray/spaces.py",
+        "ce_ray/theory/spaces.py",
         "return 1.0 / self.input_dim + (self.depth - 1) / np.asarray(n, dtype=np.float64)",
         "return (self.depth - 1) / np.asarray(n, dtype=np.float64)",
         ("tests/test_spaces.py", "tests/test_curves.py"),
     ),
     Mutation(
         "bottleneck S(n) with 1/n for the 3x3 (not 1/(9n))",
-        "ce_ray/spaces.py",
+        "ce_ray/theory/spaces.py",
         "return 1.0 / in_channels + 1.0 / (9.0 * width) + 1.0 / width",
         "return 1.0 / in_channels + 1.0 / width + 1.0 / width",
         ("tests/test_spaces.py", "tests/test_curves.py"),
     ),
     Mutation(
         "member variance exp(alpha S) instead of exp(alpha S) - 1",
-        "ce_ray/curves.py",
+        "ce_ray/theory/curves.py",
         "var_member = np.expm1(alpha * fan_in_sum)",
         "var_member = np.exp(alpha * fan_in_sum)",
         ("tests/test_curves.py",),
     ),
     Mutation(
         "dual m rounded up, not to the nearest",
-        "ce_ray/curves.py",
+        "ce_ray/theory/curves.py",
         "m = np.maximum(1, np.floor(m_curve + 0.5)).astype(np.int64)",
         "m = np.maximum(1, np.ceil(m_curve)).astype(np.int64)",
         ("tests/test_curves.py",),
     ),
     Mutation(
         "primal m: ties and near-ties to the larger m",
-        "ce_ray/curves.py",
+        "ce_ray/theory/curves.py",
         "return np.where(upper_gap < lower_gap, upper, lower)",
         "return np.where(upper_gap <= lower_gap + 1, upper, lower)",
         ("tests/test_curves.py",),
     ),
     Mutation(
         "primal m always rounded down",
-        "ce_ray/curves.py",
+        "ce_ray/theory/curves.py",
         "return np.where(upper_gap < lower_gap, upper, lower)",
         "return lower",
         ("tests/test_curves.py",),
@@ -125,21 +125,21 @@ MUTATIONS = (
     # --- the NTK sampler and the fit (Algorithm 1) ---
     Mutation(
         "first-layer products drawn from N(0, I), not N(0, Gram)",
-        "ce_ray/ntk.py",
+        "ce_ray/theory/ntk.py",
         "    return (z @ root).reshape(rows, inputs.shape[0], *inputs.shape[2:]).movedim(0, 1)",
         "    return z.reshape(rows, inputs.shape[0], *inputs.shape[2:]).movedim(0, 1)",
         ("tests/test_bottleneck_reference.py", "tests/test_ntk.py"),
     ),
     Mutation(
         "log-ratio E[K^2]/E[K] (mean not squared)",
-        "ce_ray/alpha.py",
+        "ce_ray/theory/alpha.py",
         "log_ratio=float(np.log(m2 / m1**2)),",
         "log_ratio=float(np.log(m2 / m1)),",
         ("tests/test_alpha.py", "tests/test_fit_alpha.py::test_outputs_are_plain_parquet_and_png"),
     ),
     Mutation(
         "WLS weights ignored",
-        "ce_ray/alpha.py",
+        "ce_ray/theory/alpha.py",
         "root_w = np.sqrt(w)",
         "root_w = np.ones_like(w)",
         ("tests/test_alpha.py",),
@@ -147,14 +147,14 @@ MUTATIONS = (
     # --- seeds and determinism ---
     Mutation(
         "shard seed ignores the shard index",
-        "ce_ray/shards.py",
+        "ce_ray/experiments/shards.py",
         "derive_seed(config.seed, shard.width, shard.index),",
         "derive_seed(config.seed, shard.width),",
         ("tests/test_fit_alpha.py::test_every_shard_of_a_width_draws_its_own_weights",),
     ),
     Mutation(
         "trial seed ignores the seed index",
-        "ce_ray/sweep.py",
+        "ce_ray/experiments/sweep.py",
         'derive_seed(config["experiment_seed"], point["n"], point["m"], index)',
         'derive_seed(config["experiment_seed"], point["n"], point["m"])',
         ("tests/test_sweep.py::test_sweep_writes_parquet_and_resumes_without_retraining",),
@@ -162,14 +162,14 @@ MUTATIONS = (
     # --- storage: atomic writes, resume ---
     Mutation(
         "writes go straight to the target",
-        "ce_ray/storage.py",
+        "ce_ray/results/storage.py",
         "temporary = f\"{parent}/{TEMPORARY_PREFIX}{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}\"",
         "temporary = path",
         ("tests/test_atomic_writes.py",),
     ),
     Mutation(
         "a truncated shard counts as done on resume",
-        "ce_ray/shards.py",
+        "ce_ray/experiments/shards.py",
         "return storage.parquet_rows(storage.join(shard_dir, shard.filename)) == shard.stop - shard.start",
         "return True",
         (
@@ -178,7 +178,7 @@ MUTATIONS = (
     ),
     Mutation(
         "leftover temporaries are kept on resume",
-        "ce_ray/fit_alpha.py",
+        "ce_ray/experiments/fit_alpha.py",
         "if removed := storage.remove_temporaries(shard_dir):",
         "if removed := 0:",
         (
@@ -187,7 +187,7 @@ MUTATIONS = (
     ),
     Mutation(
         "a rerun ignores a changed configuration",
-        "ce_ray/storage.py",
+        "ce_ray/results/storage.py",
         "        if changed:\n            details",
         "        if False:\n            details",
         (
@@ -196,7 +196,7 @@ MUTATIONS = (
     ),
     Mutation(
         "a results location is not checked",
-        "ce_ray/storage.py",
+        "ce_ray/results/storage.py",
         '            fail(f"bucket {bucket!r} does not exist")',
         "            pass",
         ("tests/test_storage.py",),
@@ -212,7 +212,7 @@ MUTATIONS = (
     # --- training: checkpoints, resume, retries, evaluation ---
     Mutation(
         "a resumed trial re-trains its checkpoint's epoch",
-        "ce_ray/training.py",
+        "ce_ray/worker/loop.py",
         'return state["epoch"] + 1, state["train_time_s"]',
         'return state["epoch"], state["train_time_s"]',
         (
@@ -221,7 +221,7 @@ MUTATIONS = (
     ),
     Mutation(
         "a resumed trial does not restore the optimizer",
-        "ce_ray/training.py",
+        "ce_ray/worker/loop.py",
         '    optimizer.load_state_dict(state["optimizer"])\n',
         "",
         (
@@ -230,7 +230,7 @@ MUTATIONS = (
     ),
     Mutation(
         "restarts are not counted",
-        "ce_ray/records.py",
+        "ce_ray/worker/records.py",
         '"starts": self.attempt + 1,',
         '"starts": self.attempt,',
         (
@@ -239,7 +239,7 @@ MUTATIONS = (
     ),
     Mutation(
         "each rank's test error is not summed over ranks",
-        "ce_ray/training.py",
+        "ce_ray/worker/loop.py",
         "counts = _all_reduce_sum([*wrong1.tolist(), *wrong5.tolist(), total], device)",
         "counts = [*wrong1.tolist(), *wrong5.tolist(), total]",
         ("tests/test_sweep.py::test_a_two_worker_trial_scores_the_whole_test_set_once",),
@@ -247,14 +247,14 @@ MUTATIONS = (
     # --- the rest of the paper: NMK, drift, the paper's metric, ImageNet32/64 ---
     Mutation(
         "hand-written member kernel misses the read-out layer",
-        "ce_ray/ntk.py",
+        "ce_ray/theory/ntk.py",
         "kernel = out_scale**2 * torch.bmm(h[-1], h[-1].transpose(1, 2))",
         "kernel = 0 * torch.bmm(h[-1], h[-1].transpose(1, 2))",
         ("tests/test_nmk.py::test_hand_written_member_kernels_equal_autograd",),
     ),
     Mutation(
         "distance to the NMK not corrected for the members it contains",
-        "ce_ray/nmk.py",
+        "ce_ray/theory/nmk.py",
         "correction = 1.0 - m / member_kernels.shape[0]",
         "correction = 1.0",
         (
@@ -263,28 +263,28 @@ MUTATIONS = (
     ),
     Mutation(
         "drift exponents fitted with m and n swapped",
-        "ce_ray/drift.py",
+        "ce_ray/theory/drift.py",
         "design = np.column_stack([np.log(m), np.log(n), np.ones(len(drift))])",
         "design = np.column_stack([np.log(n), np.log(m), np.ones(len(drift))])",
         ("tests/test_docs.py::test_docstring_examples_run",),
     ),
     Mutation(
         "the paper's metric averages the first epochs",
-        "ce_ray/sweep_tables.py",
+        "ce_ray/results/tables.py",
         "return float(errors.iloc[-count:].mean())",
         "return float(errors.iloc[:count].mean())",
         ("tests/test_report.py",),
     ),
     Mutation(
         "the dual curve is ranked by Var(K_e)",
-        "ce_ray/report.py",
+        "ce_ray/results/report.py",
         'PREDICTORS = {"primal": "var_ensemble", "dual": "rho"}',
         'PREDICTORS = {"primal": "var_ensemble", "dual": "var_ensemble"}',
         ("tests/test_report.py",),
     ),
     Mutation(
         "downsampled ImageNet labels kept 1-based",
-        "ce_ray/data.py",
+        "ce_ray/worker/data.py",
         'labels = np.concatenate([np.asarray(p["labels"], np.int64) for p in parts]) - 1',
         'labels = np.concatenate([np.asarray(p["labels"], np.int64) for p in parts])',
         ("tests/test_preset_training.py",),
@@ -292,21 +292,21 @@ MUTATIONS = (
     # --- how a training worker runs ---
     Mutation(
         "an item's augmentation ignores the epoch",
-        "ce_ray/pipeline.py",
+        "ce_ray/worker/pipeline.py",
         "generator.manual_seed(derive_seed(self.seed, epoch, index))",
         "generator.manual_seed(derive_seed(self.seed, index))",
         ("tests/test_docs.py::test_docstring_examples_run",),
     ),
     Mutation(
         "the loader leaves its seed in the training process's generator",
-        "ce_ray/pipeline.py",
+        "ce_ray/worker/pipeline.py",
         "            generator.set_state(state)\n",
         "            pass\n",
         ("tests/test_pipeline.py",),
     ),
     Mutation(
         "fp16 trains without a loss scaler",
-        "ce_ray/pipeline.py",
+        "ce_ray/worker/pipeline.py",
         'return torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")',
         "return torch.amp.GradScaler(device.type, enabled=False)",
         ("tests/test_pipeline.py",),
@@ -314,14 +314,14 @@ MUTATIONS = (
     # --- seeds packed into one model ---
     Mutation(
         "packed seeds read the first seed's data order",
-        "ce_ray/training.py",
+        "ce_ray/worker/loop.py",
         "seed=seed),",
         "seed=seeds[0]),",
         ("tests/test_sweep.py::test_packed_seeds_train_as_they_would_alone",),
     ),
     Mutation(
         "packed seeds drop their BatchNorm statistics",
-        "ce_ray/models.py",
+        "ce_ray/theory/models.py",
         "                        own.copy_(updated)\n",
         "                        pass\n",
         ("tests/test_models.py::test_packed_seeds_step_exactly_as_each_seed_alone",),
@@ -333,8 +333,11 @@ def copy_repository(destination: Path) -> None:
     """The tracked and untracked-but-not-ignored files, as a fresh clone plus the change."""
     listing = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for name in listing:
         source = ROOT / name
         if source.is_file():
@@ -351,17 +354,22 @@ def run(mutation: Mutation) -> tuple[bool, float, str]:
         target = copy / mutation.path
         text = target.read_text()
         if text.count(mutation.old) != 1:
-            raise SystemExit(f"mutation {mutation.name!r}: its text occurs "
-                             f"{text.count(mutation.old)} times in {mutation.path}, not once")  # fmt: skip
+            raise SystemExit(
+                f"mutation {mutation.name!r}: its text occurs "
+                f"{text.count(mutation.old)} times in {mutation.path}, not once"
+            )
         target.write_text(text.replace(mutation.old, mutation.new))
         # The copy's package first on the path; Ray workers inherit PYTHONPATH too.
         env = os.environ | {"PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
         started = time.perf_counter()
         result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-             *mutation.tests],
-            cwd=copy, env=env, capture_output=True, text=True, timeout=1200,
-        )  # fmt: skip
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests],
+            cwd=copy,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
         lines = [line for line in result.stdout.strip().splitlines() if line.strip()]
         return result.returncode != 0, time.perf_counter() - started, lines[-1] if lines else ""
 

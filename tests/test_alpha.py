@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ce_ray.alpha import bootstrap_interval, bootstrap_log_ratios, fit_line, width_moments
+from ce_ray.theory.alpha import bootstrap_interval, bootstrap_log_ratios, fit_line, width_moments
 
 
 def test_width_moments_by_hand():

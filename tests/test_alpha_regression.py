@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ce_ray.alpha import fit_line, width_moments
-from ce_ray.curves import parse_widths
-from ce_ray.ntk import ntk_inputs, sample_ntk
 from ce_ray.presets import FIT_PRESETS
-from ce_ray.seeds import derive_seed
+from ce_ray.theory.alpha import fit_line, width_moments
+from ce_ray.theory.curves import parse_widths
+from ce_ray.theory.ntk import ntk_inputs, sample_ntk
+from ce_ray.theory.seeds import derive_seed
 
 PAPER_DOC = (Path(__file__).resolve().parent.parent / "docs" / "paper.md").read_text()
 
@@ -46,7 +46,7 @@ def small_fit(preset: str, readout: str, samples: int, seed: int):
                 inputs,
                 settings.method,
                 readout=readout,
-            )  # fmt: skip
+            )
         )
         for w in widths
     ]

@@ -4,7 +4,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from ce_ray import storage
+from ce_ray.results import storage
 
 SCHEMA = pa.schema([pa.field("x", pa.int64())])
 

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from ce_ray.models import CollegialBottleneck
-from ce_ray.ntk import ntk_inputs, sample_ntk
-from ce_ray.spaces import ResNeXtBlockSpace
+from ce_ray.theory.models import CollegialBottleneck
+from ce_ray.theory.ntk import ntk_inputs, sample_ntk
+from ce_ray.theory.spaces import ResNeXtBlockSpace
 
 
 def fig5_block(x, w1, w2, w3):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from ce_ray.curves import CURVE_COLUMNS
+from ce_ray.theory.curves import CURVE_COLUMNS
 
 
 def ce_ray(*args: str) -> subprocess.CompletedProcess:
@@ -23,9 +23,21 @@ def test_params_prints_exact_count():
 
 def test_params_json_and_space_options():
     result = ce_ray(
-        "params", "--space", "fc", "--m", "30", "--n", "48", "--input-dim", "748",
-        "--depth", "6", "--classes", "1", "--json",
-    )  # fmt: skip
+        "params",
+        "--space",
+        "fc",
+        "--m",
+        "30",
+        "--n",
+        "48",
+        "--input-dim",
+        "748",
+        "--depth",
+        "6",
+        "--classes",
+        "1",
+        "--json",
+    )
     record = json.loads(result.stdout)
     assert record["params"] == 30 * (748 * 48 + 4 * 48 * 48 + 48)
     assert record["options"] == {"input_dim": 748, "depth": 6, "num_classes": 1}
@@ -33,18 +45,35 @@ def test_params_json_and_space_options():
     assert set(record) == {"space", "options", "m", "n", "label", "params", "flops", "fan_in_sum"}
     block = json.loads(
         ce_ray(
-            "params", "--space", "resnext-block", "--m", "2", "--n", "3",
-            "--in-channels", "16", "--out-channels", "8", "--json",
+            "params",
+            "--space",
+            "resnext-block",
+            "--m",
+            "2",
+            "--n",
+            "3",
+            "--in-channels",
+            "16",
+            "--out-channels",
+            "8",
+            "--json",
         ).stdout
-    )  # fmt: skip
+    )
     assert block["params"] == 2 * (16 * 3 + 9 * 3 * 3 + 3 * 8)
 
 
 def test_curve_table_and_optimum():
     result = ce_ray(
-        "curve", "--space", "cifar-resnext29", "--baseline", "128", "--alpha", "1.6",
-        "--formulation", "dual",
-    )  # fmt: skip
+        "curve",
+        "--space",
+        "cifar-resnext29",
+        "--baseline",
+        "128",
+        "--alpha",
+        "1.6",
+        "--formulation",
+        "dual",
+    )
     assert result.returncode == 0, result.stderr
     assert "optimum: n=7" in result.stdout
     assert "15x7d" in result.stdout
@@ -54,9 +83,19 @@ def test_curve_table_and_optimum():
 
 def test_curve_json_fields():
     result = ce_ray(
-        "curve", "--space", "resnext-block", "--baseline", "64", "--alpha", "1.6",
-        "--widths", "4:64:4", "--metric", "flops", "--json",
-    )  # fmt: skip
+        "curve",
+        "--space",
+        "resnext-block",
+        "--baseline",
+        "64",
+        "--alpha",
+        "1.6",
+        "--widths",
+        "4:64:4",
+        "--metric",
+        "flops",
+        "--json",
+    )
     data = json.loads(result.stdout)
     assert {"space", "options", "formulation", "metric", "cost", "alpha"} <= set(data)
     assert data["metric"] == "flops" and data["formulation"] == "primal"

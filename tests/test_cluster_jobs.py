@@ -13,15 +13,21 @@ import pandas as pd
 import psutil
 import pytest
 
-from ce_ray import local_head
+from ce_ray.experiments import local_head
 from tests.conftest import epochs_so_far
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = str(local_head.BIN / "ray")
 
 
-def submit(address: str, env: dict, *job_args: str, job_id: str | None = None,
-           wait: bool = True, timeout: int = 600):  # fmt: skip
+def submit(
+    address: str,
+    env: dict,
+    *job_args: str,
+    job_id: str | None = None,
+    wait: bool = True,
+    timeout: int = 600,
+):
     command = [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT)]
     if job_id:
         command += ["--submission-id", job_id]
@@ -38,9 +44,12 @@ def head(ray_tmpdir):
     env = local_head.head_env({"RAY_TMPDIR": ray_tmpdir})
     dashboard = local_head.free_port()
     process = local_head.start_head(
-        local_head.free_port(), dashboard, env, ["--num-cpus=2"],
+        local_head.free_port(),
+        dashboard,
+        env,
+        ["--num-cpus=2"],
         log_path=f"{ray_tmpdir}/head.log",
-    )  # fmt: skip
+    )
     try:
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
@@ -50,9 +59,25 @@ def head(ray_tmpdir):
 def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_rest(head, tmp_path):
     address, env = head
     epochs = 60
-    job = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "1",
-           "--epochs", str(epochs), "--max-concurrent-trials", "1", "--results", str(tmp_path),
-           "--experiment", "stop", "--no-report"]  # fmt: skip
+    job = [
+        "--preset",
+        "synthetic-mlp",
+        "--alpha",
+        "2.0",
+        "--points",
+        "2",
+        "--seeds",
+        "1",
+        "--epochs",
+        str(epochs),
+        "--max-concurrent-trials",
+        "1",
+        "--results",
+        str(tmp_path),
+        "--experiment",
+        "stop",
+        "--no-report",
+    ]
     job_id = f"ce-ray-stop-{uuid.uuid4().hex[:8]}"
     first = submit(address, env, *job, job_id=job_id, wait=False)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -67,8 +92,13 @@ def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_res
     while not one_finished_and_the_next_begun():
         assert time.monotonic() < deadline, "the sweep never got there"
         time.sleep(0.05)
-    subprocess.run([RAY, "job", "stop", "--address", address, job_id], env=env, check=True,
-                   capture_output=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [RAY, "job", "stop", "--address", address, job_id],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
     started = time.monotonic()
     again = submit(address, env, *job)
@@ -101,10 +131,20 @@ def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_res
 
 def fake_autoscaler_config(gcs_port: int, max_workers: int) -> dict:
     """Ray's fake multi-node provider: worker nodes are raylets started on this machine."""
-    empty = {k: [] for k in ("cluster_synced_files", "rsync_exclude", "rsync_filter",
-                             "initialization_commands", "setup_commands", "head_setup_commands",
-                             "worker_setup_commands", "head_start_ray_commands",
-                             "worker_start_ray_commands")}  # fmt: skip
+    empty = {
+        k: []
+        for k in (
+            "cluster_synced_files",
+            "rsync_exclude",
+            "rsync_filter",
+            "initialization_commands",
+            "setup_commands",
+            "head_setup_commands",
+            "worker_setup_commands",
+            "head_start_ray_commands",
+            "worker_start_ray_commands",
+        )
+    }
     return empty | {
         "cluster_name": "ce-ray-fake",
         "max_workers": max_workers,
@@ -116,7 +156,7 @@ def fake_autoscaler_config(gcs_port: int, max_workers: int) -> dict:
             "disable_node_updaters": True,
             "disable_launch_config_check": True,
             "gcs_address": f"127.0.0.1:{gcs_port}",
-        },  # fmt: skip
+        },
         "auth": {},
         "docker": {},
         "file_mounts": {},
@@ -129,7 +169,7 @@ def fake_autoscaler_config(gcs_port: int, max_workers: int) -> dict:
                 "node_config": {},
                 "min_workers": 0,
                 "max_workers": max_workers,
-            },  # fmt: skip
+            },
         },
     }
 
@@ -142,21 +182,40 @@ def test_a_sweep_grows_a_cluster_that_starts_with_no_workers(ray_tmpdir, tmp_pat
         {"RAY_TMPDIR": ray_tmpdir, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     )
     head = local_head.start_head(
-        gcs, dashboard, env, ["--num-cpus=0", f"--autoscaling-config={config}"],
+        gcs,
+        dashboard,
+        env,
+        ["--num-cpus=0", f"--autoscaling-config={config}"],
         log_path=f"{ray_tmpdir}/head.log",
-    )  # fmt: skip
+    )
     try:
-        job = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "1",
-               "--epochs", "3", "--results", str(tmp_path), "--no-report"]  # fmt: skip
+        job = [
+            "--preset",
+            "synthetic-mlp",
+            "--alpha",
+            "2.0",
+            "--points",
+            "2",
+            "--seeds",
+            "1",
+            "--epochs",
+            "3",
+            "--results",
+            str(tmp_path),
+            "--no-report",
+        ]
         # The driver joins as a plain script on the head's machine (RAY_ADDRESS), not through
         # `ray job submit`: on the fake provider every node shares this machine's session
         # directory, and a node's runtime-env agent deletes a job's working-dir copy that
         # the driver of another node still runs in (seen: FileNotFoundError from getcwd).
         run = subprocess.run(
             [str(local_head.BIN / "python"), "jobs/primal_curve.py", *job],
-            env=env | {"RAY_ADDRESS": f"127.0.0.1:{gcs}"}, cwd=ROOT, capture_output=True,
-            text=True, timeout=600,
-        )  # fmt: skip
+            env=env | {"RAY_ADDRESS": f"127.0.0.1:{gcs}"},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
         trials = pd.read_parquet(tmp_path / "synthetic-mlp-primal/trials.parquet")
         epochs = pd.read_parquet(tmp_path / "synthetic-mlp-primal/epochs.parquet")
@@ -166,6 +225,9 @@ def test_a_sweep_grows_a_cluster_that_starts_with_no_workers(ray_tmpdir, tmp_pat
         print(f"\n[figures] the autoscaler added {len(added)} nodes: {sorted(added)}")
     finally:
         local_head.stop_head(head)
-    leftovers = [p for p in psutil.process_iter(["cmdline"])
-                 if any(ray_tmpdir in part for part in (p.info["cmdline"] or []))]  # fmt: skip
+    leftovers = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if any(ray_tmpdir in part for part in (p.info["cmdline"] or []))
+    ]
     assert not leftovers

@@ -41,7 +41,7 @@ def test_head_creates_the_token_and_every_node_joins_with_it():
 
 
 def test_default_concurrency_counts_the_cluster_at_full_size():
-    from ce_ray.cluster import autoscaling_limits
+    from ce_ray.experiments.cluster import autoscaling_limits
 
     limits = autoscaling_limits(CONFIG)
     assert limits == {"CPU": 8 * 48, "GPU": 8 * 4}  # the head holds none

@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from ce_ray.curves import CURVE_COLUMNS, curve, parse_widths
-from ce_ray.spaces import (
+from ce_ray.theory.curves import CURVE_COLUMNS, curve, parse_widths
+from ce_ray.theory.spaces import (
     CifarResNeXt29Space,
     FCSpace,
     ImageNetResNeXt50Space,

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import ce_ray
-from ce_ray import storage
 from ce_ray.cli import build_parser
 from ce_ray.presets import FIT_PRESETS, SWEEP_PRESETS
+from ce_ray.results import storage
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -42,19 +42,45 @@ def test_main_command_is_the_local_submit_of_the_sweep():
 @pytest.mark.parametrize("formulation", ["primal", "dual"])
 def test_paper_doc_shows_the_real_curve_output(formulation):
     result = subprocess.run(
-        [sys.executable, "-m", "ce_ray.cli", "curve", "--space", "cifar-resnext29",
-         "--baseline", "128", "--alpha", "1.6", "--formulation", formulation],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "ce_ray.cli",
+            "curve",
+            "--space",
+            "cifar-resnext29",
+            "--baseline",
+            "128",
+            "--alpha",
+            "1.6",
+            "--formulation",
+            formulation,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert f"```text\n{result.stdout.rstrip()}\n```" in DOCS["paper.md"]
 
 
 def test_readme_examples_print_what_it_says():
     params = subprocess.run(
-        [sys.executable, "-m", "ce_ray.cli", "params", "--space", "cifar-resnext29",
-         "--m", "37", "--n", "10"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "ce_ray.cli",
+            "params",
+            "--space",
+            "cifar-resnext29",
+            "--m",
+            "37",
+            "--n",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "parameters      13,743,646" in params.stdout
     assert "# 13,743,646 parameters" in README
     assert "# 56x7d, 13,852,530 params" in README
@@ -91,11 +117,19 @@ def test_reference_documents_every_preset():
 
 def _schemas():
     return [
-        storage.SHARD_SCHEMA, storage.MOMENTS_SCHEMA, storage.ALPHA_SCHEMA,
-        storage.CURVES_SCHEMA, storage.TRIALS_SCHEMA, storage.EPOCHS_SCHEMA,
-        storage.NMK_SHARD_SCHEMA, storage.NMK_SCHEMA, storage.NMK_SUMMARY_SCHEMA,
-        storage.NMK_FIT_SCHEMA, storage.DRIFT_SCHEMA, storage.DRIFT_FIT_SCHEMA,
-    ]  # fmt: skip
+        storage.SHARD_SCHEMA,
+        storage.MOMENTS_SCHEMA,
+        storage.ALPHA_SCHEMA,
+        storage.CURVES_SCHEMA,
+        storage.TRIALS_SCHEMA,
+        storage.EPOCHS_SCHEMA,
+        storage.NMK_SHARD_SCHEMA,
+        storage.NMK_SCHEMA,
+        storage.NMK_SUMMARY_SCHEMA,
+        storage.NMK_FIT_SCHEMA,
+        storage.DRIFT_SCHEMA,
+        storage.DRIFT_FIT_SCHEMA,
+    ]
 
 
 def test_reference_documents_every_parquet_column():

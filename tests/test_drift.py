@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ce_ray import cli, drift
-from ce_ray.ntk_drift import DriftConfig, ntk_drift
+from ce_ray import cli
+from ce_ray.experiments.drift import DriftConfig, run_drift
+from ce_ray.theory import drift
 
 TASK = drift.make_task(16, 4, 4, seed=0)
 LR = drift.learning_rate(16, 3, 0.1)
@@ -38,14 +39,21 @@ def test_the_step_is_small_enough_to_follow_gradient_flow():
     assert abs(coarse - fine) < 0.05 * fine
 
 
-TINY = DriftConfig(multiplicities=(1, 4), widths=(8, 32), seeds=2, train_points=8, input_dim=4,
-                   probe_points=4, flow_times=(1.0, 4.0))  # fmt: skip
+TINY = DriftConfig(
+    multiplicities=(1, 4),
+    widths=(8, 32),
+    seeds=2,
+    train_points=8,
+    input_dim=4,
+    probe_points=4,
+    flow_times=(1.0, 4.0),
+)
 
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_the_job_writes_runs_and_fits_and_resumes(tmp_path):
     lines: list[str] = []
-    first = ntk_drift(TINY, str(tmp_path), "tiny", workers=2, log=lines.append)
+    first = run_drift(TINY, str(tmp_path), "tiny", workers=2, log=lines.append)
     directory = tmp_path / "tiny" / "drift"
     runs = pd.read_parquet(directory / "drift.parquet")
     assert len(runs) == 2 * 2 * 2 * 3  # (m, n, seed) x recorded steps 0, 10, 40
@@ -56,16 +64,33 @@ def test_the_job_writes_runs_and_fits_and_resumes(tmp_path):
     assert sum("[drift] " in line and "runs: m=" in line for line in lines) == 8
 
     lines.clear()
-    again = ntk_drift(TINY, str(tmp_path), "tiny", workers=2, log=lines.append)
+    again = run_drift(TINY, str(tmp_path), "tiny", workers=2, log=lines.append)
     assert lines == ["[drift] resuming: 8/8 runs already on storage"]
     pd.testing.assert_frame_equal(first.runs, again.runs)
 
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_the_command_prints_the_exponents_as_json(tmp_path, capsys):
-    args = ["drift", "--multiplicities", "1,4", "--widths", "8,32", "--seeds", "2",
-            "--train-points", "8", "--input-dim", "4", "--probe-points", "4",
-            "--flow-times", "1,4", "--results", str(tmp_path), "--json"]  # fmt: skip
+    args = [
+        "drift",
+        "--multiplicities",
+        "1,4",
+        "--widths",
+        "8,32",
+        "--seeds",
+        "2",
+        "--train-points",
+        "8",
+        "--input-dim",
+        "4",
+        "--probe-points",
+        "4",
+        "--flow-times",
+        "1,4",
+        "--results",
+        str(tmp_path),
+        "--json",
+    ]
     assert cli.main(args) == 0
     captured = capsys.readouterr()
     headline = json.loads(captured.out)

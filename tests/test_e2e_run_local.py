@@ -37,11 +37,24 @@ def test_run_local_submits_the_default_job_and_stops_its_head(tmp_path):
         k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH_TOKEN", "RAY_ADDRESS"))
     }
     result = subprocess.run(
-        [sys.executable, "jobs/run_local.py", "--points", "2", "--seeds", "1", "--epochs", "2",
-         "--results", str(tmp_path)],
-        capture_output=True, text=True, cwd=ROOT, timeout=900,
+        [
+            sys.executable,
+            "jobs/run_local.py",
+            "--points",
+            "2",
+            "--seeds",
+            "1",
+            "--epochs",
+            "2",
+            "--results",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
         env=env | {"HOME": str(home), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
-    )  # fmt: skip
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     out = result.stdout
     assert "[run_local] starting a Ray head on 127.0.0.1" in out

@@ -12,19 +12,28 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from ce_ray import fit_alpha as fa
-from ce_ray import shards, storage
 from ce_ray.configs import FitConfig
+from ce_ray.experiments import fit_alpha as fa
+from ce_ray.experiments import shards
+from ce_ray.results import storage
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
 def config(**overrides) -> FitConfig:
     settings = dict(
-        preset="mnist-mlp-block", widths=(8, 16, 32), samples=600, shard_size=200, seed=5,
-        method="exact", readout="pool", off_diagonal=False, device="cpu", dtype="float32",
+        preset="mnist-mlp-block",
+        widths=(8, 16, 32),
+        samples=600,
+        shard_size=200,
+        seed=5,
+        method="exact",
+        readout="pool",
+        off_diagonal=False,
+        device="cpu",
+        dtype="float32",
         memory_budget_mib=64.0,
-    )  # fmt: skip
+    )
     return FitConfig(**(settings | overrides))
 
 
@@ -167,8 +176,11 @@ def test_budget_too_small_fails_before_writing(tmp_path):
 def test_every_shard_of_a_width_draws_its_own_weights(tmp_path):
     cfg = config()
     for index in (0, 1):
-        shards.sample_shard(cfg, shards.Shard(width=16, index=index, start=200 * index,
-                                   stop=200 * (index + 1)), str(tmp_path))  # fmt: skip
+        shards.sample_shard(
+            cfg,
+            shards.Shard(width=16, index=index, start=200 * index, stop=200 * (index + 1)),
+            str(tmp_path),
+        )
     first, second = (
         pd.read_parquet(tmp_path / f"w000016-s0000{i}.parquet")["k"].to_numpy() for i in (0, 1)
     )
@@ -191,12 +203,18 @@ def test_a_killed_writer_and_a_truncated_shard_are_repaired_on_resume(tmp_path):
     # temporary file stays behind.
     victim = shard_dir / "w000008-s00000.parquet"
     original = victim.read_bytes()
-    writer = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from ce_ray import storage\n"
-        "def half(stream):\n"
-        "    stream.write(b'PAR1' + bytes(1000)); stream.flush(); time.sleep(120)\n"
-        f"storage._atomic_write({str(victim)!r}, half)\n"
-    )])  # fmt: skip
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from ce_ray.results import storage\n"
+                "def half(stream):\n"
+                "    stream.write(b'PAR1' + bytes(1000)); stream.flush(); time.sleep(120)\n"
+                f"storage._atomic_write({str(victim)!r}, half)\n"
+            ),
+        ]
+    )
     deadline = time.monotonic() + 60
     while not list(shard_dir.glob(".tmp-*")):
         assert time.monotonic() < deadline and writer.poll() is None

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ce_ray import local_head
+from ce_ray.experiments import local_head
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -40,9 +40,17 @@ def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 def test_plain_script_starts_its_own_cluster_and_prints_json(tmp_path):
     result = run(
-        sys.executable, "jobs/fit_alpha.py", *SMALL, "--workers", "2", "--results",
-        str(tmp_path), "--experiment", "plain", "--json",
-    )  # fmt: skip
+        sys.executable,
+        "jobs/fit_alpha.py",
+        *SMALL,
+        "--workers",
+        "2",
+        "--results",
+        str(tmp_path),
+        "--experiment",
+        "plain",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(result.stdout)
     assert {"alpha", "ci_low", "ci_high", "r2", "moments"} <= set(data)
@@ -64,9 +72,15 @@ def test_plain_script_starts_its_own_cluster_and_prints_json(tmp_path):
 )
 def test_cli_bad_input_is_one_line(tmp_path, args, message):
     result = run(
-        str(BIN / "ce-ray"), "fit-alpha", *SMALL, "--workers", "1", "--results", str(tmp_path),
+        str(BIN / "ce-ray"),
+        "fit-alpha",
+        *SMALL,
+        "--workers",
+        "1",
+        "--results",
+        str(tmp_path),
         *args,
-    )  # fmt: skip
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ce-ray fit-alpha: error: "), lines

@@ -13,9 +13,9 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from ce_ray.models import CollegialBottleneck, CollegialMLP, PackedSeeds
 from ce_ray.presets import SWEEP_PRESETS
-from ce_ray.training import make_optimizer, seed_losses
+from ce_ray.theory.models import CollegialBottleneck, CollegialMLP, PackedSeeds
+from ce_ray.worker.loop import make_optimizer, seed_losses
 from tests.ensembles import bottleneck_members, mlp_members
 
 

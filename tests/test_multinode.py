@@ -13,14 +13,27 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ce_ray import cli, storage
-from ce_ray import fit_alpha as fa
+from ce_ray import cli
 from ce_ray.configs import FitConfig
+from ce_ray.experiments import fit_alpha as fa
+from ce_ray.results import storage
 from tests.conftest import short_tmpdir
 
 ROOT = Path(__file__).resolve().parent.parent
-FIT = ["--preset", "mnist-mlp-block", "--widths", "8,16,32", "--samples", "2000",
-       "--shard-size", "250", "--bootstrap", "50", "--seed", "3"]  # fmt: skip
+FIT = [
+    "--preset",
+    "mnist-mlp-block",
+    "--widths",
+    "8,16,32",
+    "--samples",
+    "2000",
+    "--shard-size",
+    "250",
+    "--bootstrap",
+    "50",
+    "--seed",
+    "3",
+]
 SWEEP = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "1"]
 
 pytestmark = pytest.mark.usefixtures("multi_node")
@@ -33,10 +46,24 @@ def single_node_alpha(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = short_tmpdir()
     run = subprocess.run(
-        [sys.executable, "jobs/fit_alpha.py", *FIT, "--workers", "2", "--results", str(results),
-         "--experiment", "single", "--json"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "jobs/fit_alpha.py",
+            *FIT,
+            "--workers",
+            "2",
+            "--results",
+            str(results),
+            "--experiment",
+            "single",
+            "--json",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return pd.read_parquet(results / "single/fit_alpha/alpha.parquet").loc[0, "alpha"]
 
@@ -63,7 +90,7 @@ def test_fit_alpha_shards_run_on_both_workers_and_alpha_matches_one_node(
     multi_node, s3, single_node_alpha
 ):
     server, bucket = s3
-    from ce_ray import cluster
+    from ce_ray.experiments import cluster
 
     cluster.init_ray()
     result = fit(f"s3://{bucket}/fits", "multi")
@@ -83,8 +110,14 @@ def test_sweep_trains_on_the_workers_and_writes_to_s3(multi_node, s3):
     assert len(trials) == 2 and (trials["status"] == "finished").all()
     assert len(epochs) == 6 and set(epochs["node_id"]) <= worker_ids(multi_node)
     keys = server.keys(bucket)
-    for name in ("trials.parquet", "epochs.parquet", "curves.parquet", "curves.png",
-                 "test_error.png", "sweep.json"):  # fmt: skip
+    for name in (
+        "trials.parquet",
+        "epochs.parquet",
+        "curves.parquet",
+        "curves.png",
+        "test_error.png",
+        "sweep.json",
+    ):
         assert f"sweeps/s3/{name}" in keys
     assert any(k.startswith("sweeps/s3/tune/") for k in keys)
     assert any(k.startswith("sweeps/s3/train/") and "checkpoint" in k for k in keys)
@@ -156,7 +189,7 @@ def test_a_lost_node_mid_sweep_continues_from_checkpoints(multi_node, tmp_path):
 
 
 def test_a_lost_node_mid_fit_alpha_gives_the_same_alpha(multi_node, tmp_path, single_node_alpha):
-    from ce_ray import cluster
+    from ce_ray.experiments import cluster
 
     cluster.init_ray()
     outcome = {}

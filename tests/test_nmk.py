@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from ce_ray import cli, nmk
-from ce_ray.nmk_convergence import NMKConfig, nmk_convergence
-from ce_ray.ntk import member_ntk_matrix, mlp_member_kernels
-from ce_ray.spaces import FCSpace
+from ce_ray import cli
+from ce_ray.experiments.nmk import NMKConfig, run_nmk
+from ce_ray.theory import nmk
+from ce_ray.theory.ntk import member_ntk_matrix, mlp_member_kernels
+from ce_ray.theory.spaces import FCSpace
 
 
 @pytest.mark.parametrize(("depth", "width", "members"), [(2, 3, 2), (4, 5, 3), (5, 7, 4)])
@@ -48,9 +49,16 @@ def test_distance_to_the_mean_falls_as_one_over_m():
     for m in (1, 2, 4, 8, 16, 32):
         distance = nmk.distance_to_nmk(members, m)
         rows.append(
-            pd.DataFrame({"n": 32, "m": m, "entry": "off_diagonal",
-                          "draw": np.arange(len(distance)), "squared_distance": distance})
-        )  # fmt: skip
+            pd.DataFrame(
+                {
+                    "n": 32,
+                    "m": m,
+                    "entry": "off_diagonal",
+                    "draw": np.arange(len(distance)),
+                    "squared_distance": distance,
+                }
+            )
+        )
     fit = nmk.convergence_summary(pd.concat(rows), 300, np.random.default_rng(0)).iloc[0]
     assert fit["ci_low"] < -1 < fit["ci_high"] and -1.25 < fit["slope_m"] < -0.75
 
@@ -63,14 +71,22 @@ def test_the_distance_to_the_nmk_is_unbiased_when_the_ensembles_are_among_the_me
     assert abs(np.mean(distances) * 16 - 1) < 0.05
 
 
-TINY = NMKConfig(widths=(8, 16), wide_width=64, multiplicities=(1, 2, 4, 8), draws=8,
-                 wide_members=64, gammas=9, block_members=16, bootstrap=100)  # fmt: skip
+TINY = NMKConfig(
+    widths=(8, 16),
+    wide_width=64,
+    multiplicities=(1, 2, 4, 8),
+    draws=8,
+    wide_members=64,
+    gammas=9,
+    block_members=16,
+    bootstrap=100,
+)
 
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_the_job_writes_its_tables_and_resumes_without_sampling_again(tmp_path):
     lines: list[str] = []
-    first = nmk_convergence(TINY, str(tmp_path), "tiny", workers=2, log=lines.append)
+    first = run_nmk(TINY, str(tmp_path), "tiny", workers=2, log=lines.append)
     directory = tmp_path / "tiny" / "nmk"
     kernels = pd.read_parquet(directory / "nmk.parquet")
     # One row per (n, m, draw, gamma, entry): 64 members cut into 64/m ensembles of each m.
@@ -84,19 +100,39 @@ def test_the_job_writes_its_tables_and_resumes_without_sampling_again(tmp_path):
     assert any("[nmk] " in line and "blocks: width 64" in line for line in lines)
 
     lines.clear()
-    again = nmk_convergence(TINY, str(tmp_path), "tiny", workers=2, log=lines.append)
-    assert lines == [f"[nmk] resuming: {len(TINY.blocks())}/{len(TINY.blocks())} blocks "
-                     "already on storage"]  # fmt: skip
+    again = run_nmk(TINY, str(tmp_path), "tiny", workers=2, log=lines.append)
+    assert lines == [
+        f"[nmk] resuming: {len(TINY.blocks())}/{len(TINY.blocks())} blocks already on storage"
+    ]
     pd.testing.assert_frame_equal(first.fit, again.fit)
     with pytest.raises(ValueError, match="different configuration"):
-        nmk_convergence(NMKConfig(**{**TINY.__dict__, "draws": 4}), str(tmp_path), "tiny", 2)
+        run_nmk(NMKConfig(**{**TINY.__dict__, "draws": 4}), str(tmp_path), "tiny", 2)
 
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_the_command_prints_the_slope_and_the_width_gap_as_json(tmp_path, capsys):
-    args = ["nmk", "--widths", "8,16", "--wide-width", "64", "--multiplicities", "1,2,4,8",
-            "--draws", "8", "--wide-members", "64", "--gammas", "9", "--block-members", "16",
-            "--bootstrap", "100", "--results", str(tmp_path), "--json"]  # fmt: skip
+    args = [
+        "nmk",
+        "--widths",
+        "8,16",
+        "--wide-width",
+        "64",
+        "--multiplicities",
+        "1,2,4,8",
+        "--draws",
+        "8",
+        "--wide-members",
+        "64",
+        "--gammas",
+        "9",
+        "--block-members",
+        "16",
+        "--bootstrap",
+        "100",
+        "--results",
+        str(tmp_path),
+        "--json",
+    ]
     assert cli.main(args) == 0
     captured = capsys.readouterr()
     headline = json.loads(captured.out)

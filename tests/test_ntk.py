@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy import stats
 
-from ce_ray.alpha import width_moments
-from ce_ray.ntk import (
+from ce_ray.theory.alpha import width_moments
+from ce_ray.theory.ntk import (
     chunk_size,
     derive_seed,
     draw_chunk,
@@ -20,7 +20,7 @@ from ce_ray.ntk import (
     sample_ntk,
     scalar_readout,
 )
-from ce_ray.spaces import CifarResNeXt29Space, FCSpace, ResNeXtBlockSpace
+from ce_ray.theory.spaces import CifarResNeXt29Space, FCSpace, ResNeXtBlockSpace
 from tests.ensembles import fill_first_layer, split_members
 
 FC = FCSpace(input_dim=12, depth=4, num_classes=1)
@@ -123,8 +123,8 @@ def test_memory_budget_too_small_for_one_sample():
 
 
 MEASURE_PEAK = """
-from ce_ray.ntk import chunk_size, ntk_inputs, sample_ntk
-from ce_ray.spaces import ResNeXtBlockSpace, FCSpace
+from ce_ray.theory.ntk import chunk_size, ntk_inputs, sample_ntk
+from ce_ray.theory.spaces import ResNeXtBlockSpace, FCSpace
 
 def status(field):  # kB -> bytes, from this process's own memory map
     line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))

@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from ce_ray import cli, data
-from ce_ray.pipeline import Execution, train_loader
+from ce_ray import cli
 from ce_ray.presets import SWEEP_PRESETS
-from ce_ray.spaces import CifarResNeXt29Space
-from ce_ray.training import evaluate, make_optimizer, train_epoch
+from ce_ray.theory.spaces import CifarResNeXt29Space
+from ce_ray.worker import data
+from ce_ray.worker.loop import evaluate, make_optimizer, train_epoch
+from ce_ray.worker.pipeline import Execution, train_loader
 from tests.test_preset_training import PILImages
 
 CPU = torch.device("cpu")
@@ -20,8 +21,9 @@ CPU = torch.device("cpu")
 
 def epoch_batches(dataset, workers: int, epochs=(1, 2)) -> list[list[torch.Tensor]]:
     sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=11)
-    loader, tagged = train_loader(dataset, 5, sampler, seed=11, workers=workers,
-                                  pin_memory=False, drop_last=False)  # fmt: skip
+    loader, tagged = train_loader(
+        dataset, 5, sampler, seed=11, workers=workers, pin_memory=False, drop_last=False
+    )
     batches = []
     for epoch in epochs:
         tagged.set_epoch(epoch)
@@ -60,8 +62,9 @@ def test_each_precision_and_layout_trains_and_reports_the_same_metrics(precision
     optimizer, _ = make_optimizer(network, recipe)
     images = PILImages(8, data.cifar_transforms()[1], seed=1)
     before = [p.detach().clone() for p in network.parameters()]
-    [loss] = train_epoch(execution.model(network), DataLoader(images, batch_size=4), optimizer,
-                         CPU, execution)  # fmt: skip
+    [loss] = train_epoch(
+        execution.model(network), DataLoader(images, batch_size=4), optimizer, CPU, execution
+    )
     [metrics] = evaluate(network, images, 4, CPU, 0, 1, top5=True, execution=execution)
     assert np.isfinite(loss) and set(metrics) == {"test_error", "test_error_top5", "test_examples"}
     assert any(not torch.equal(a, b) for a, b in zip(before, network.parameters(), strict=True))
@@ -98,8 +101,12 @@ def test_a_compiled_model_trains_the_raw_modules_parameters():
 )
 def test_execution_defaults_follow_the_device(preset, gpus, cpus, expected):
     args = argparse.Namespace(
-        precision="auto", channels_last=None, compile=False, loader_workers=None,
-        gpus_per_worker=gpus, cpus_per_worker=cpus,
-    )  # fmt: skip
+        precision="auto",
+        channels_last=None,
+        compile=False,
+        loader_workers=None,
+        gpus_per_worker=gpus,
+        cpus_per_worker=cpus,
+    )
     chosen = cli._execution(args, SWEEP_PRESETS[preset])
     assert (chosen["precision"], chosen["channels_last"], chosen["loader_workers"]) == expected

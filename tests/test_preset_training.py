@@ -1,6 +1,6 @@
 """Every sweep preset's training path, on small generated data in the preset's real on-disk
 format: its dataset loader and transforms, its model at a tiny width, its optimizer and LR
-schedule, one epoch of the same functions the Ray Train loop runs (``ce_ray.training``), and
+schedule, one epoch of the same functions the Ray Train loop runs (``ce_ray.worker.loop``), and
 the test error over the whole test set. No Ray: the loop's Ray parts are covered by
 test_sweep.py."""
 
@@ -13,13 +13,17 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ce_ray import data
 from ce_ray.presets import SWEEP_PRESETS
-from ce_ray.training import evaluate, make_optimizer, train_epoch
+from ce_ray.worker import data
+from ce_ray.worker.loop import evaluate, make_optimizer, train_epoch
 
 # A tiny (m, n) for each family: small enough for a CPU, still an ensemble.
-TINY_POINT = {"fc": (2, 3), "cifar-resnext29": (2, 2), "imagenet-resnext50": (2, 1),
-              "imagenet-resnext101": (2, 1)}  # fmt: skip
+TINY_POINT = {
+    "fc": (2, 3),
+    "cifar-resnext29": (2, 2),
+    "imagenet-resnext50": (2, 1),
+    "imagenet-resnext101": (2, 1),
+}
 CLASSES_IN_DATA = 3  # labels drawn from the first few classes of each dataset
 
 
@@ -149,9 +153,13 @@ def test_mnist_as_one_tensor_holds_what_the_per_image_transform_gave(tmp_path):
 
     write_mnist(tmp_path)
     train, _ = data.load("mnist", str(tmp_path))
-    per_image = datasets.MNIST(str(tmp_path), train=True, transform=T.Compose(
-        [T.ToTensor(), T.Normalize((0.1307,), (0.3081,)), T.Lambda(torch.flatten)]
-    ))  # fmt: skip
+    per_image = datasets.MNIST(
+        str(tmp_path),
+        train=True,
+        transform=T.Compose(
+            [T.ToTensor(), T.Normalize((0.1307,), (0.3081,)), T.Lambda(torch.flatten)]
+        ),
+    )
     for index in (0, 5, len(per_image) - 1):
         torch.testing.assert_close(train[index][0], per_image[index][0], rtol=0, atol=0)
         assert int(train[index][1]) == per_image[index][1]

@@ -4,18 +4,30 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ce_ray.report import TEST_ERROR, rank_correlation, summary
-from ce_ray.sweep_tables import last_epochs_mean
+from ce_ray.results.report import TEST_ERROR, rank_correlation, summary
+from ce_ray.results.tables import last_epochs_mean
 
 
 def trials(formulation, predicted, errors_per_point):
     rows = []
     for n, (value, errors) in enumerate(zip(predicted, errors_per_point, strict=True), start=1):
         for seed_index, error in enumerate(errors):
-            rows.append({"formulation": formulation, "n": n, "m": 1, "label": f"1x{n}d",
-                         "role": "curve", "params": 10, "rho": value, "var_ensemble": value,
-                         "seed_index": seed_index, TEST_ERROR: error, "status": "finished",
-                         "retries": 0})  # fmt: skip
+            rows.append(
+                {
+                    "formulation": formulation,
+                    "n": n,
+                    "m": 1,
+                    "label": f"1x{n}d",
+                    "role": "curve",
+                    "params": 10,
+                    "rho": value,
+                    "var_ensemble": value,
+                    "seed_index": seed_index,
+                    TEST_ERROR: error,
+                    "status": "finished",
+                    "retries": 0,
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ce_ray.presets import SWEEP_PRESETS
-from ce_ray.spaces import (
+from ce_ray.theory.spaces import (
     SPACES,
     CifarResNeXt29Space,
     FCSpace,
@@ -36,18 +36,35 @@ def count_macs(module: nn.Module, example: torch.Tensor) -> int:
 
 # Table 1 (CIFAR-10 column of sizes) and Table 2, at their printed precision (millions).
 CIFAR10_TABLE1 = [
-    (1, 128, "13.8"), (3, 64, "13.3"), (37, 10, "13.7"), (28, 12, "12.9"), (1, 226, "36.3"),
-    (8, 64, "34.4"), (101, 10, "36.3"), (10, 10, "4.22"), (8, 12, "4.19"), (2, 64, "9.13"),
-    (14, 10, "5.63"), (6, 25, "7.26"), (3, 58, "11.6"), (2, 98, "17.4"),
-]  # fmt: skip
+    (1, 128, "13.8"),
+    (3, 64, "13.3"),
+    (37, 10, "13.7"),
+    (28, 12, "12.9"),
+    (1, 226, "36.3"),
+    (8, 64, "34.4"),
+    (101, 10, "36.3"),
+    (10, 10, "4.22"),
+    (8, 12, "4.19"),
+    (2, 64, "9.13"),
+    (14, 10, "5.63"),
+    (6, 25, "7.26"),
+    (3, 58, "11.6"),
+    (2, 98, "17.4"),
+]
 IMAGENET_TABLE2 = [
-    ("imagenet-resnext50", 1, 64, "25.6"), ("imagenet-resnext50", 32, 4, "25.0"),
-    ("imagenet-resnext50", 12, 10, "25.8"), ("imagenet-resnext50", 15, 8, "25.1"),
-    ("imagenet-resnext50", 3, 23, "19.4"), ("imagenet-resnext50", 4, 16, "17.1"),
-    ("imagenet-resnext101", 1, 64, "44.5"), ("imagenet-resnext101", 32, 4, "44.2"),
-    ("imagenet-resnext101", 12, 10, "45.5"), ("imagenet-resnext101", 15, 8, "44.2"),
-    ("imagenet-resnext101", 3, 23, "32.9"), ("imagenet-resnext101", 5, 12, "25.8"),
-]  # fmt: skip
+    ("imagenet-resnext50", 1, 64, "25.6"),
+    ("imagenet-resnext50", 32, 4, "25.0"),
+    ("imagenet-resnext50", 12, 10, "25.8"),
+    ("imagenet-resnext50", 15, 8, "25.1"),
+    ("imagenet-resnext50", 3, 23, "19.4"),
+    ("imagenet-resnext50", 4, 16, "17.1"),
+    ("imagenet-resnext101", 1, 64, "44.5"),
+    ("imagenet-resnext101", 32, 4, "44.2"),
+    ("imagenet-resnext101", 12, 10, "45.5"),
+    ("imagenet-resnext101", 15, 8, "44.2"),
+    ("imagenet-resnext101", 3, 23, "32.9"),
+    ("imagenet-resnext101", 5, 12, "25.8"),
+]
 
 
 @pytest.mark.parametrize(("m", "n", "printed"), CIFAR10_TABLE1)

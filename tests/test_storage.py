@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ce_ray import cli, storage
+from ce_ray import cli
+from ce_ray.results import storage
 from tests.conftest import S3_ENV, S3Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +36,12 @@ def run_sweep(capsys):
 def run_fit_cli(location, env=None):
     result = subprocess.run(
         [str(BIN / "ce-ray"), "fit-alpha", *FIT, "--results", location],
-        capture_output=True, text=True, cwd=ROOT, timeout=120, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env=env,
+    )
     return result.returncode, result.stderr
 
 
@@ -58,7 +63,7 @@ def test_a_missing_bucket_fails_first(s3, capsys):
 
 
 def test_an_unreachable_endpoint_fails_first(s3, capsys, monkeypatch):
-    from ce_ray import local_head
+    from ce_ray.experiments import local_head
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{local_head.free_port()}")
     assert_one_line_exit_2(run_sweep(capsys), f"s3://{s3[1]}/x", "connect")
@@ -88,8 +93,21 @@ def test_fit_alpha_writes_and_resumes_on_s3_and_pandas_reads_it(s3, ray_tmpdir):
     server, bucket = s3
     location = f"s3://{bucket}/r"
     env = os.environ | {"RAY_TMPDIR": ray_tmpdir}
-    command = [sys.executable, "jobs/fit_alpha.py", *FIT, "--samples", "400", "--shard-size",
-               "200", "--results", location, "--experiment", "e", "--bootstrap", "20"]  # fmt: skip
+    command = [
+        sys.executable,
+        "jobs/fit_alpha.py",
+        *FIT,
+        "--samples",
+        "400",
+        "--shard-size",
+        "200",
+        "--results",
+        location,
+        "--experiment",
+        "e",
+        "--bootstrap",
+        "20",
+    ]
     first = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)

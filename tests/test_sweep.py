@@ -12,10 +12,11 @@ import pandas as pd
 import psutil
 import pytest
 
-from ce_ray import cli, records
-from ce_ray.curves import curve, select_points
+from ce_ray import cli
 from ce_ray.presets import FIT_PRESETS, SWEEP_PRESETS
-from ce_ray.spaces import FCSpace
+from ce_ray.theory.curves import curve, select_points
+from ce_ray.theory.spaces import FCSpace
+from ce_ray.worker import records
 from tests.conftest import epochs_so_far
 
 TINY = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "2"]
@@ -80,8 +81,10 @@ def test_sweep_writes_parquet_and_resumes_without_retraining(tmp_path, capsys):
     assert "results:" in out and "1x16d" in out
     report = subprocess.run(
         [str(Path(sys.executable).parent / "ce-ray"), "report", str(tmp_path / "s"), "--no-plots"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert report.returncode == 0, report.stderr[-2000:]
     assert "1x16d" in report.stdout and "baseline" in report.stdout
 
@@ -114,9 +117,21 @@ def test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result
     """With packed seeds (the synthetic preset's default): a trial's checkpoint holds both
     seeds' weights and optimizer states."""
     common = [
-        "--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "2",
-        "--pack-seeds", "--epochs", "40", "--results", str(tmp_path), "--no-report",
-    ]  # fmt: skip
+        "--preset",
+        "synthetic-mlp",
+        "--alpha",
+        "2.0",
+        "--points",
+        "2",
+        "--seeds",
+        "2",
+        "--pack-seeds",
+        "--epochs",
+        "40",
+        "--results",
+        str(tmp_path),
+        "--no-report",
+    ]
     assert cli.main(["sweep", "primal", *common, "--experiment", "whole"]) == 0
     whole = pd.read_parquet(tmp_path / "whole/trials.parquet").set_index(["n", "seed_index"])
 
@@ -144,8 +159,10 @@ def test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result
             earlier = history.loc[history["attempt"] < attempt, "epoch"].max()
             assert history.loc[history["attempt"] == attempt, "epoch"].min() == earlier + 1
             clock = history.set_index("epoch")["time_total_s"]
-            print(f"\n[figures] restart {attempt} after epoch {earlier}: next epoch reported "
-                  f"{clock[earlier + 1] - clock[earlier]:.1f} s later")  # fmt: skip
+            print(
+                f"\n[figures] restart {attempt} after epoch {earlier}: next epoch reported "
+                f"{clock[earlier + 1] - clock[earlier]:.1f} s later"
+            )
     # Same seed, same batches, same weights: the same result as the uninterrupted run.
     for column in ("final_test_error", "final_train_loss", "best_test_error"):
         pd.testing.assert_series_equal(trials[column], whole[column])
@@ -156,10 +173,25 @@ def test_a_two_worker_trial_scores_the_whole_test_set_once(tmp_path):
     """Two DDP workers training two packed seeds: each seed's test error counts every test
     example once."""
     args = [
-        "--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "2",
-        "--pack-seeds", "--epochs", "2", "--workers-per-trial", "2", "--results", str(tmp_path),
-        "--experiment", "ddp", "--no-report",
-    ]  # fmt: skip
+        "--preset",
+        "synthetic-mlp",
+        "--alpha",
+        "2.0",
+        "--points",
+        "2",
+        "--seeds",
+        "2",
+        "--pack-seeds",
+        "--epochs",
+        "2",
+        "--workers-per-trial",
+        "2",
+        "--results",
+        str(tmp_path),
+        "--experiment",
+        "ddp",
+        "--no-report",
+    ]
     assert cli.main(["sweep", "primal", *args]) == 0
     trials = pd.read_parquet(tmp_path / "ddp/trials.parquet")
     assert len(trials) == 4 and (trials["status"] == "finished").all()
@@ -186,9 +218,22 @@ def test_each_preset_fits_alpha_on_the_block_its_curve_uses():
 @pytest.mark.usefixtures("ray_cluster")
 def test_asha_stops_losing_points_early_and_rows_say_so(tmp_path):
     args = [
-        "--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "4", "--seeds", "1",
-        "--epochs", "8", "--scheduler", "asha", "--results", str(tmp_path), "--no-report",
-    ]  # fmt: skip
+        "--preset",
+        "synthetic-mlp",
+        "--alpha",
+        "2.0",
+        "--points",
+        "4",
+        "--seeds",
+        "1",
+        "--epochs",
+        "8",
+        "--scheduler",
+        "asha",
+        "--results",
+        str(tmp_path),
+        "--no-report",
+    ]
     assert cli.main(["sweep", "dual", *args]) == 0
     trials = pd.read_parquet(tmp_path / "synthetic-mlp-dual/trials.parquet")
     assert len(trials) == 4 and set(trials["formulation"]) == {"dual"}
@@ -203,9 +248,17 @@ def test_asha_stops_losing_points_early_and_rows_say_so(tmp_path):
 @pytest.mark.usefixtures("ray_cluster")
 def test_loader_workers_in_a_trial_change_no_number(tmp_path):
     """The same sweep read by the training process alone and by 2 loader processes per
-    worker: every epoch's loss and test error are identical (ce_ray.pipeline's seeding)."""
-    common = [*TINY[:-2], "--seeds", "1", "--epochs", "2", "--results", str(tmp_path),
-              "--no-report"]  # fmt: skip
+    worker: every epoch's loss and test error are identical (ce_ray.worker.pipeline's seeding)."""
+    common = [
+        *TINY[:-2],
+        "--seeds",
+        "1",
+        "--epochs",
+        "2",
+        "--results",
+        str(tmp_path),
+        "--no-report",
+    ]
     assert cli.main(["sweep", "primal", *common, "--experiment", "alone"]) == 0
     assert (
         cli.main(["sweep", "primal", *common, "--experiment", "two", "--loader-workers", "2"]) == 0

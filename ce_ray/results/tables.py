@@ -1,10 +1,10 @@
-"""A sweep's result tables, as pandas frames in the schemas of ``ce_ray.storage``.
+"""A sweep's result tables, as pandas frames in the schemas of ``ce_ray.results.storage``.
 
 * :func:`trials_frame` and :func:`epochs_frame` -- one row per (point, seed index) and one per
-  trained epoch, from each trial's record (``ce_ray.records``) and its Tune status;
+  trained epoch, from each trial's record (``ce_ray.worker.records``) and its Tune status;
 * :func:`curves_frame` -- both curves of the preset, long form, for the report.
 
-No Ray here: the Ray layer (``ce_ray.sweep``) passes what Tune returned.
+No Ray here: the Ray layer (``ce_ray.experiments.sweep``) passes what Tune returned.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ce_ray import storage
+from ce_ray.results import storage
 from ce_ray.configs import SweepConfig
-from ce_ray.curves import curve
+from ce_ray.theory.curves import curve
 from ce_ray.presets import SweepPreset
 
 #: The paper reports "test errors averaged over the last 10 epochs over 10 runs".
@@ -52,7 +52,7 @@ def _last(history: pd.DataFrame, column: str):
 
 
 def _trial_row(outcome: TrialOutcome, history: pd.DataFrame, point: pd.Series,
-               config: SweepConfig, experiment: str, space_name: str) -> dict:  # fmt: skip
+               config: SweepConfig, experiment: str, space_name: str) -> dict:
     done = int(history["epoch"].max()) if len(history) else 0
     if outcome.error:
         status = "error"
@@ -96,20 +96,20 @@ Histories = dict[tuple[str, int], pd.DataFrame]  # (trial id, seed index) -> its
 
 def trials_frame(outcomes: list[TrialOutcome], histories: Histories, points: pd.DataFrame,
                  config: SweepConfig, experiment: str,
-                 space_name: str) -> pd.DataFrame:  # fmt: skip
+                 space_name: str) -> pd.DataFrame:
     """trials.parquet: one row per outcome, i.e. per (point, seed index)."""
     by_width = points.set_index("n")
     rows = [
         _trial_row(o, histories[o.trial_id, o.seed_index], by_width.loc[o.n], config,
                    experiment, space_name)
         for o in outcomes
-    ]  # fmt: skip
+    ]
     frame = pd.DataFrame(rows, columns=storage.TRIALS_SCHEMA.names)
     return frame.sort_values(["n", "seed_index"]).reset_index(drop=True)
 
 
 def epochs_frame(outcomes: list[TrialOutcome], histories: Histories,
-                 experiment: str) -> pd.DataFrame:  # fmt: skip
+                 experiment: str) -> pd.DataFrame:
     """epochs.parquet: one row per trained epoch of each (point, seed index) (its trial's
     latest training)."""
     frames = []
@@ -120,7 +120,7 @@ def epochs_frame(outcomes: list[TrialOutcome], histories: Histories,
         history = history.assign(
             experiment=experiment, trial_id=outcome.trial_id, n=outcome.n, m=outcome.m,
             seed_index=outcome.seed_index, packed_seeds=outcome.packed_seeds,
-        )  # fmt: skip
+        )
         frames.append(history.reindex(columns=storage.EPOCHS_SCHEMA.names))
     columns = storage.EPOCHS_SCHEMA.names
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)

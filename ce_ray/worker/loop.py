@@ -15,10 +15,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from ce_ray.models import PackedSeeds
-from ce_ray.pipeline import Execution, StackedBatches, train_loader
 from ce_ray.presets import SWEEP_PRESETS, Recipe
-from ce_ray.records import TrialRecord
+from ce_ray.theory.models import PackedSeeds
+from ce_ray.worker.pipeline import Execution, StackedBatches, train_loader
+from ce_ray.worker.records import TrialRecord
 
 # Plain fp32, no layout change, no compile: what the loop does unless told otherwise.
 FP32 = Execution()
@@ -35,9 +35,12 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe):
         )
     else:
         optimizer = torch.optim.SGD(
-            model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-            weight_decay=recipe.weight_decay, nesterov=False,
-        )  # fmt: skip
+            model.parameters(),
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            weight_decay=recipe.weight_decay,
+            nesterov=False,
+        )
     schedule = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, list(recipe.milestones), recipe.lr_decay
     )
@@ -52,11 +55,18 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 def evaluate(
-    model, test_set, batch_size: int, device, rank: int, world: int, top5: bool,
-    execution: Execution = FP32, copies: int = 1,
-) -> list[dict]:  # fmt: skip
+    model,
+    test_set,
+    batch_size: int,
+    device,
+    rank: int,
+    world: int,
+    top5: bool,
+    execution: Execution = FP32,
+    copies: int = 1,
+) -> list[dict]:
     """Top-1 (and top-5) test error in percent over the WHOLE test set, one dict per copy of
-    the network (``copies`` > 1: a :class:`~ce_ray.models.PackedSeeds` model, each copy fed
+    the network (``copies`` > 1: a :class:`~ce_ray.theory.models.PackedSeeds` model, each copy fed
     the same test batch). Each rank scores the examples rank, rank + world, ... and the
     counts are summed (no padding, no repeats); ``test_examples`` is that sum."""
     loader = DataLoader(Subset(test_set, range(rank, len(test_set), world)), batch_size)
@@ -109,9 +119,9 @@ def train_point(config: dict) -> None:
 
     ``config`` carries: preset, m, n, seed_indices and seeds (each index's derived seed),
     epochs, ``datasets`` (a Ray object reference to the (train, test) datasets), ``record`` (the
-    location of its :class:`~ce_ray.records.TrialRecord`) and the execution settings
-    (``ce_ray.pipeline``). Each seed's network is initialised from its own seed; several seeds
-    train together as one :class:`~ce_ray.models.PackedSeeds` model, each with its own data
+    location of its :class:`~ce_ray.worker.records.TrialRecord`) and the execution settings
+    (``ce_ray.worker.pipeline``). Each seed's network is initialised from its own seed; several seeds
+    train together as one :class:`~ce_ray.theory.models.PackedSeeds` model, each with its own data
     order (its sampler and item transforms are seeded by its seed) and its own optimizer state,
     so each trains as it would alone. After every epoch it reports ``epoch``, ``train_loss`` and
     ``test_error`` (their means over the seeds: what Tune and a scheduler see), ``attempt`` (0
@@ -151,12 +161,14 @@ def train_point(config: dict) -> None:
     samplers, loaders = [], []
     for seed in seeds:
         loader, sampler = train_loader(
-            train_set, batch,
-            DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
-                               seed=seed),
-            seed, config["loader_workers"] // len(seeds), pin_memory=device.type == "cuda",
+            train_set,
+            batch,
+            DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed),
+            seed,
+            config["loader_workers"] // len(seeds),
+            pin_memory=device.type == "cuda",
             drop_last=len(train_set) > batch * world,
-        )  # fmt: skip
+        )
         samplers.append(sampler)
         # prepare_data_loader: device moves.
         loaders.append(ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False))
@@ -172,9 +184,8 @@ def train_point(config: dict) -> None:
         train_time += time.perf_counter() - started
         per_seed = [
             {"seed_index": index, "train_loss": loss} | seed_errors
-            for index, loss, seed_errors in zip(config["seed_indices"], losses, errors,
-                                                strict=True)
-        ]  # fmt: skip
+            for index, loss, seed_errors in zip(config["seed_indices"], losses, errors, strict=True)
+        ]
         metrics = {
             "epoch": epoch,
             "train_loss": float(np.mean(losses)),
@@ -193,7 +204,7 @@ def train_point(config: dict) -> None:
 
 def seed_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Each copy's mean cross-entropy: ``(copies,)``. ``logits`` is ``(batch, classes)`` for
-    one network, ``(copies, batch, classes)`` for a :class:`~ce_ray.models.PackedSeeds`."""
+    one network, ``(copies, batch, classes)`` for a :class:`~ce_ray.theory.models.PackedSeeds`."""
     if logits.dim() == 2:
         return F.cross_entropy(logits, y)[None]
     pairs = zip(logits, y, strict=True)

@@ -1,5 +1,5 @@
 """``ce-ray report RESULTS_DIR``: a sweep's table, how well the curve's prediction ranked the
-trained points, and the plots (``ce_ray.plots``).
+trained points, and the plots (``ce_ray.results.plots``).
 
 The table has one row per point: label, params, rho, predicted Var(K_e), the paper's test error
 (each trial's mean over its last 10 epochs; mean and standard error over seeds), status and
@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from ce_ray import plots, storage
-from ce_ray.seeds import derive_seed
-from ce_ray.sweep_tables import LAST_EPOCHS
+from ce_ray.results import plots
+from ce_ray.results import storage
+from ce_ray.theory.seeds import derive_seed
+from ce_ray.results.tables import LAST_EPOCHS
 
 #: The column a trial's test error is read from: the paper's last-epochs mean.
 TEST_ERROR = "mean_test_error_last_epochs"

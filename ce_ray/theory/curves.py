@@ -27,17 +27,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from ce_ray.spaces import METRICS, Metric, Space
-
-Formulation = Literal["primal", "dual"]
-FORMULATIONS: tuple[str, ...] = ("primal", "dual")
-CostModel = Literal["block", "network"]
-COST_MODELS: tuple[str, ...] = ("block", "network")
+from ce_ray.choices import (
+    COST_MODELS,
+    FORMULATIONS,
+    METRICS,
+    CostModel,
+    Formulation,
+    Metric,
+    check_choice,
+)
+from ce_ray.theory.spaces import Space
 
 #: Columns of every curve table, in order.
 CURVE_COLUMNS: tuple[str, ...] = (
@@ -137,7 +140,7 @@ def curve(
         cost: ``"block"`` (the paper's curve from one member of the fitted block) or
             ``"network"`` (the whole network's exact count).
 
-    >>> from ce_ray.spaces import CifarResNeXt29Space
+    >>> from ce_ray.theory.spaces import CifarResNeXt29Space
     >>> primal = curve(CifarResNeXt29Space(), alpha=1.6, baseline_width=128)
     >>> space = primal.space
     >>> space.label(int(primal.optimum["m"]), int(primal.optimum["n"]))
@@ -181,13 +184,9 @@ def curve(
 
 def _check_grid(formulation, metric, cost, baseline_width, widths) -> tuple[np.ndarray, int]:
     """The validated width grid (int64, sorted, unique) and baseline width."""
-    if formulation not in FORMULATIONS:
-        allowed = ", ".join(FORMULATIONS)
-        raise ValueError(f"formulation must be one of {allowed}; got {formulation!r}")
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}")
-    if cost not in COST_MODELS:
-        raise ValueError(f"cost must be one of {', '.join(COST_MODELS)}; got {cost!r}")
+    check_choice("formulation", formulation, FORMULATIONS)
+    check_choice("metric", metric, METRICS)
+    check_choice("cost", cost, COST_MODELS)
     if isinstance(baseline_width, bool) or int(baseline_width) != baseline_width:
         raise ValueError(f"baseline width must be an integer; got {baseline_width!r}")
     baseline_width = int(baseline_width)
@@ -203,8 +202,9 @@ def _check_grid(formulation, metric, cost, baseline_width, widths) -> tuple[np.n
     return n.astype(np.int64), baseline_width
 
 
-def _cost_model(space: Space, n: np.ndarray, baseline_width: int, metric: Metric,
-                cost: CostModel) -> tuple[float, np.ndarray, float]:  # fmt: skip
+def _cost_model(
+    space: Space, n: np.ndarray, baseline_width: int, metric: Metric, cost: CostModel
+) -> tuple[float, np.ndarray, float]:
     """``(fixed, per_member(n), baseline cost)``: a network of m members at width n costs
     ``fixed + m * per_member(n)``; "block" counts one member of the fitted block only."""
     if cost == "block":
@@ -242,7 +242,7 @@ def select_points(result: Curve, count: int) -> pd.DataFrame:
     """``count`` rows of the curve to train: the optimum, the baseline, and widths spread
     log-uniformly over the grid (each with its integer m). Column ``role`` says which.
 
-    >>> from ce_ray.spaces import FCSpace
+    >>> from ce_ray.theory.spaces import FCSpace
     >>> primal = curve(FCSpace(input_dim=64, depth=4, num_classes=10), 2.4, baseline_width=64)
     >>> select_points(primal, 3)[["n", "m", "role"]].to_dict("list")
     {'n': [8, 13, 64], 'm': [18, 10, 1], 'role': ['curve', 'optimum', 'baseline']}

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ce_ray.ntk import make_generator, mlp_member_kernels
-from ce_ray.spaces import FCSpace
+from ce_ray.theory.ntk import make_generator, mlp_member_kernels
+from ce_ray.theory.spaces import FCSpace
 
 ENTRIES = ("diagonal", "off_diagonal")
 

@@ -20,10 +20,12 @@ import ray
 import ray.train
 from ray import tune
 
-from ce_ray import cluster, data, records, storage, sweep_tables
 from ce_ray.configs import SweepConfig
+from ce_ray.experiments import cluster
 from ce_ray.presets import SWEEP_PRESETS
-from ce_ray.seeds import derive_seed
+from ce_ray.results import storage, tables
+from ce_ray.theory.seeds import derive_seed
+from ce_ray.worker import data, records
 
 # A trial's function only waits on its Train controller (which Ray Train V2 also runs with
 # num_cpus=0), so it reserves no CPU. Reserving one deadlocks a small machine: Tune stages the
@@ -37,7 +39,7 @@ TRIAL_FUNCTION_RESOURCES = {"cpu": 0, "memory": 2**20}
 # the pace (0.03 s epochs took 2 s each). benchmarks/sweep_overhead.py: 15 reports with
 # checkpoints took 4.3 s at 0.25 s, 1.7 s at 0.05 s. The environment may override it.
 REPORT_POLL_S = "0.05"
-# How a trial's workers run (ce_ray.pipeline), passed from the SweepConfig to the loop.
+# How a trial's workers run (ce_ray.worker.pipeline), passed from the SweepConfig to the loop.
 EXECUTION_KEYS = ("precision", "channels_last", "compile", "loader_workers")
 
 
@@ -57,7 +59,7 @@ def run_trial(config: dict, datasets: list) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ce_ray.training import train_point
+    from ce_ray.worker.loop import train_point
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
     trial_id = tune.get_context().get_trial_id()
@@ -123,14 +125,22 @@ def _trial_name(trial) -> str:
     return f"{point['m']}x{point['n']}d-{seeds}-{trial.trial_id}"
 
 
-def _new_tuner(trainable, config: SweepConfig, directory: str, concurrency: int,
-               max_failures: int, verbose: int) -> tune.Tuner:  # fmt: skip
+def _new_tuner(
+    trainable,
+    config: SweepConfig,
+    directory: str,
+    concurrency: int,
+    max_failures: int,
+    verbose: int,
+) -> tune.Tuner:
     scheduler = None
     if config.scheduler == "asha":
         scheduler = tune.schedulers.ASHAScheduler(
-            time_attr="epoch", max_t=config.epochs, grace_period=max(1, config.epochs // 4),
+            time_attr="epoch",
+            max_t=config.epochs,
+            grace_period=max(1, config.epochs // 4),
             reduction_factor=2,
-        )  # fmt: skip
+        )
     param_space = {
         "point": tune.grid_search([{"n": n, "m": m} for n, m in config.points]),
         "seed_indices": tune.grid_search(seed_groups(config.seeds, config.pack_seeds)),
@@ -155,17 +165,17 @@ def _new_tuner(trainable, config: SweepConfig, directory: str, concurrency: int,
             max_concurrent_trials=concurrency,
             trial_dirname_creator=_trial_name,
             trial_name_creator=_trial_name,
-        ),  # fmt: skip
+        ),
         run_config=tune.RunConfig(
             name="tune",
             storage_path=directory,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             verbose=verbose,
-        ),  # fmt: skip
+        ),
     )
 
 
-def _outcomes(grid) -> list[sweep_tables.TrialOutcome]:
+def _outcomes(grid) -> list[tables.TrialOutcome]:
     """One outcome per (trial, seed index it trained)."""
     outcomes = []
     for result in grid:
@@ -174,7 +184,7 @@ def _outcomes(grid) -> list[sweep_tables.TrialOutcome]:
         point, indices = result.config["point"], result.config["seed_indices"]
         error = str(result.error).strip().splitlines()[-1] if result.error else None
         outcomes += [
-            sweep_tables.TrialOutcome(
+            tables.TrialOutcome(
                 trial_id, int(point["n"]), int(point["m"]), int(index), error, len(indices)
             )
             for index in indices
@@ -207,8 +217,8 @@ def run_sweep(
     datasets: tuple | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run (or resume) the Tune experiment; write and return trials.parquet and
-    epochs.parquet. ``points``: the curve rows being trained (``ce_ray.curves.select_points``);
-    ``curves`` (``sweep_tables.curves_frame``), when given, is written as curves.parquet once
+    epochs.parquet. ``points``: the curve rows being trained (``ce_ray.theory.curves.select_points``);
+    ``curves`` (``tables.curves_frame``), when given, is written as curves.parquet once
     the configuration is known to match. ``datasets``: the preset's (train, test) datasets if
     the caller has them (else loaded here from ``config.data_root``); they go to Ray's object
     store once and every trial's workers read them from there."""
@@ -238,17 +248,19 @@ def run_sweep(
         tuner = _new_tuner(trainable, config, directory, concurrency, max_failures, verbose)
     outcomes = _outcomes(tuner.fit())
     histories = _histories(directory, outcomes)
-    trials = sweep_tables.trials_frame(outcomes, histories, points, config, experiment, space_name)
-    epochs = sweep_tables.epochs_frame(outcomes, histories, experiment)
-    for frame, name, schema in ((trials, "trials", storage.TRIALS_SCHEMA),
-                                (epochs, "epochs", storage.EPOCHS_SCHEMA)):  # fmt: skip
+    trials = tables.trials_frame(outcomes, histories, points, config, experiment, space_name)
+    epochs = tables.epochs_frame(outcomes, histories, experiment)
+    for frame, name, schema in (
+        (trials, "trials", storage.TRIALS_SCHEMA),
+        (epochs, "epochs", storage.EPOCHS_SCHEMA),
+    ):
         location = storage.join(directory, f"{name}.parquet")
         storage.write_parquet(pa.Table.from_pandas(frame), location, schema)
     return trials, epochs
 
 
 def write_curves(frame: pd.DataFrame, directory: str) -> None:
-    """curves.parquet from ``sweep_tables.curves_frame``."""
+    """curves.parquet from ``tables.curves_frame``."""
     storage.write_parquet(
         pa.Table.from_pandas(frame, preserve_index=False),
         storage.join(directory, "curves.parquet"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from ce_ray import storage
+from ce_ray.results import storage
 
 # Set by Ray's job manager in the driver of a submitted job (ray._private.runtime_env.constants).
 SUBMITTED_JOB_MARKER = "RAY_JOB_CONFIG_JSON_ENV_VAR"

@@ -46,19 +46,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 import torch
 
-from ce_ray.models import CollegialMLP, CollegialModel
-from ce_ray.seeds import derive_seed
-from ce_ray.spaces import FCSpace, ResNeXtBlockSpace, Space
-
-Method = Literal["batched", "exact"]
-METHODS: tuple[str, ...] = ("batched", "exact")
-Readout = Literal["pool", "centre"]
-READOUTS: tuple[str, ...] = ("pool", "centre")
+from ce_ray.choices import METHODS, READOUTS, Method, Readout, check_choice
+from ce_ray.theory.models import CollegialMLP, CollegialModel
+from ce_ray.theory.seeds import derive_seed
+from ce_ray.theory.spaces import FCSpace, ResNeXtBlockSpace, Space
 
 
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
@@ -444,10 +439,8 @@ def sample_ntk(
         memory_budget: bytes a chunk may allocate.
         readout: conv read-out, ``"pool"`` or ``"centre"`` (ignored by the MLP).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    if readout not in READOUTS:
-        raise ValueError(f"readout must be one of {', '.join(READOUTS)}; got {readout!r}")
+    check_choice("method", method, METHODS)
+    check_choice("readout", readout, READOUTS)
     block = space.ntk_block()
     if method == "exact" and not isinstance(block, FCSpace):
         raise ValueError(f"the exact sampler supports the fc space only; got {space.name}")

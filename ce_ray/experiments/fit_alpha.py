@@ -1,8 +1,8 @@
 """Fit alpha (Algorithm 1) with the NTK sampling sharded as Ray tasks.
 
 The caller connects to Ray (``ray.init()`` in the entry point); this module schedules one
-task per shard (``ce_ray.shards``), at most ``workers`` at a time, with Ray's task retries for
-a worker that dies; then fits Eq. 9 (``ce_ray.alpha.fit_eq9``) and writes the outputs. A rerun
+task per shard (``ce_ray.experiments.shards``), at most ``workers`` at a time, with Ray's task retries for
+a worker that dies; then fits Eq. 9 (``ce_ray.theory.alpha.fit_eq9``) and writes the outputs. A rerun
 of the same experiment skips shards already whole on storage.
 
 Layout of ``<results>/<experiment>/fit_alpha/``: ``config.json``, ``shards/``,
@@ -17,13 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
+import torch
 
-from ce_ray import cluster, plots, storage
-from ce_ray.alpha import AlphaFit, fit_eq9
-from ce_ray.configs import DTYPES, FitConfig
-from ce_ray.ntk import chunk_size
-from ce_ray.shards import Shard, is_whole, plan_shards, read_width, sample_shard
-from ce_ray.tasks import run_tasks
+from ce_ray.configs import FitConfig
+from ce_ray.experiments import cluster
+from ce_ray.experiments.shards import Shard, is_whole, plan_shards, read_width, sample_shard
+from ce_ray.experiments.tasks import run_tasks
+from ce_ray.results import plots, storage
+from ce_ray.theory.alpha import AlphaFit, fit_eq9
+from ce_ray.theory.ntk import chunk_size
 
 Log = Callable[[str], None]
 
@@ -43,9 +45,13 @@ def check_fits_in_memory(config: FitConfig) -> None:
     """A chunk of the sampler must hold one sample at every width (ValueError if not)."""
     for width in config.widths:
         chunk_size(
-            config.space.ntk_block(), width, 2 if config.off_diagonal else 1, config.method,
-            config.memory_budget, DTYPES[config.dtype],
-        )  # fmt: skip
+            config.space.ntk_block(),
+            width,
+            2 if config.off_diagonal else 1,
+            config.method,
+            config.memory_budget,
+            getattr(torch, config.dtype).itemsize,
+        )
 
 
 def _shard_task(config: FitConfig, shard: Shard, shard_dir: str) -> tuple[Shard, float]:
@@ -87,10 +93,17 @@ def sample_all_shards(
         return f"width {shard.width} shard {shard.index} ({samples} samples, {seconds:.2f}s)"
 
     return run_tasks(
-        _shard_task, [(config, shard, shard_dir) for shard in todo], workers, describe, log,
-        prefix="[fit-alpha]", unit="shards", done_before=total - len(todo),
-        max_retries=max_retries, num_gpus=1 if config.device.startswith("cuda") else 0,
-    )  # fmt: skip
+        _shard_task,
+        [(config, shard, shard_dir) for shard in todo],
+        workers,
+        describe,
+        log,
+        prefix="[fit-alpha]",
+        unit="shards",
+        done_before=total - len(todo),
+        max_retries=max_retries,
+        num_gpus=1 if config.device.startswith("cuda") else 0,
+    )
 
 
 def fit_from_shards(
@@ -112,9 +125,14 @@ def fit_from_shards(
         return k
 
     return fit_eq9(
-        config.widths, config.space.fan_in_sum, samples_of, config.seed, bootstrap, ci_level,
+        config.widths,
+        config.space.fan_in_sum,
+        samples_of,
+        config.seed,
+        bootstrap,
+        ci_level,
         intercept,
-    )  # fmt: skip
+    )
 
 
 def write_outputs(
@@ -129,19 +147,30 @@ def write_outputs(
         "versions": storage.library_versions(),
     }
     storage.write_parquet(
-        pa.Table.from_pandas(fit.moments), storage.join(directory, "moments.parquet"),
+        pa.Table.from_pandas(fit.moments),
+        storage.join(directory, "moments.parquet"),
         storage.MOMENTS_SCHEMA,
-    )  # fmt: skip
+    )
     row = {
-        "experiment": experiment, "space": config.space.name, "alpha": fit.alpha,
-        "alpha_se": fit.alpha_se, "ci_low": fit.ci_low, "ci_high": fit.ci_high,
-        "ci_level": fit.ci_level, "intercept": fit.intercept, "r2": fit.r2,
-        "num_widths": len(config.widths), "samples_per_width": config.samples, "seed": config.seed,
-    }  # fmt: skip
+        "experiment": experiment,
+        "space": config.space.name,
+        "alpha": fit.alpha,
+        "alpha_se": fit.alpha_se,
+        "ci_low": fit.ci_low,
+        "ci_high": fit.ci_high,
+        "ci_level": fit.ci_level,
+        "intercept": fit.intercept,
+        "r2": fit.r2,
+        "num_widths": len(config.widths),
+        "samples_per_width": config.samples,
+        "seed": config.seed,
+    }
     storage.write_parquet(
-        pa.Table.from_pylist([row]), storage.join(directory, "alpha.parquet"),
-        storage.ALPHA_SCHEMA, metadata,
-    )  # fmt: skip
+        pa.Table.from_pylist([row]),
+        storage.join(directory, "alpha.parquet"),
+        storage.ALPHA_SCHEMA,
+        metadata,
+    )
     storage.write_bytes(plots.alpha_fit_png(fit), storage.join(directory, "alpha.png"))
 
 

@@ -21,18 +21,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
+
+from ce_ray.choices import METRICS, Metric, check_choice
 
 if TYPE_CHECKING:  # torch is imported only to build modules: the curves need numpy alone
     from torch import nn
     from torchvision.models.resnet import ResNet
 
-    from ce_ray.models import CifarResNeXt, CollegialBottleneck, CollegialMLP
+    from ce_ray.theory.models import CifarResNeXt, CollegialBottleneck, CollegialMLP
 
-Metric = Literal["params", "flops"]
-METRICS: tuple[str, ...] = ("params", "flops")
 
 IntLike = int | np.ndarray
 
@@ -103,8 +103,7 @@ class Space(ABC):
 
 
 def _check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}")
+    check_choice("metric", metric, METRICS)
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,7 @@ class FCSpace(Space):
             raise ValueError("input_dim and num_classes must be positive integers")
 
     def build(self, m: int, n: int) -> CollegialMLP:
-        from ce_ray.models import CollegialMLP
+        from ce_ray.theory.models import CollegialMLP
 
         return CollegialMLP(self.input_dim, [n] * (self.depth - 1), self.num_classes, m)
 
@@ -169,7 +168,7 @@ class ResNeXtBlockSpace(Space):
             raise ValueError("in_channels, out_channels and spatial must be positive integers")
 
     def build(self, m: int, n: int) -> CollegialBottleneck:
-        from ce_ray.models import CollegialBottleneck
+        from ce_ray.theory.models import CollegialBottleneck
 
         return CollegialBottleneck(self.in_channels, n, self.out_channels, m)
 
@@ -225,12 +224,16 @@ class CifarResNeXt29Space(_ResNeXtNetworkSpace):
     image_size: int = 32
 
     def build(self, m: int, n: int) -> CifarResNeXt:
-        from ce_ray.models import CifarResNeXt
+        from ce_ray.theory.models import CifarResNeXt
 
         return CifarResNeXt(
-            m, n, self.num_classes, stem_channels=CIFAR_STEM_CHANNELS,
-            stage_channels=CIFAR_STAGE_CHANNELS, stage_strides=CIFAR_STAGE_STRIDES,
-        )  # fmt: skip
+            m,
+            n,
+            self.num_classes,
+            stem_channels=CIFAR_STEM_CHANNELS,
+            stage_channels=CIFAR_STAGE_CHANNELS,
+            stage_strides=CIFAR_STAGE_STRIDES,
+        )
 
     def _count(self, m: IntLike, n: IntLike, flops: bool) -> IntLike:
         m, n = _as_int(m), _as_int(n)

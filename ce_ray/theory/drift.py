@@ -19,9 +19,9 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from ce_ray.ntk import make_generator, mlp_member_kernels
-from ce_ray.seeds import derive_seed
-from ce_ray.spaces import FCSpace
+from ce_ray.theory.ntk import make_generator, mlp_member_kernels
+from ce_ray.theory.seeds import derive_seed
+from ce_ray.theory.spaces import FCSpace
 
 # Identities of the draws: the task (inputs, targets, probes) and a run's initial weights.
 TASK_STREAM, WEIGHTS_STREAM = 0x7A5C, 0x3E16
@@ -96,8 +96,14 @@ def measure_drift(
         if step in record_steps:
             kernel = ensemble_ntk(module, task.probes)
             drift = float(torch.linalg.norm(kernel - initial) / torch.linalg.norm(initial))
-            rows.append({"steps": step, "time": lr * step, "drift": drift,
-                         "train_loss": float(loss.detach()) / len(task.targets)})  # fmt: skip
+            rows.append(
+                {
+                    "steps": step,
+                    "time": lr * step,
+                    "drift": drift,
+                    "train_loss": float(loss.detach()) / len(task.targets),
+                }
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -141,7 +147,11 @@ def fit_exponents(m, n, drift, level: float = 0.95) -> ExponentFit:
     r2 = 1.0 - float(residuals @ residuals) / total if total > 0 else float("nan")
     low, high = coefficients - half, coefficients + half
     return ExponentFit(
-        float(coefficients[0]), (float(low[0]), float(high[0])),
-        float(coefficients[1]), (float(low[1]), float(high[1])),
-        float(coefficients[2]), r2, len(y),
-    )  # fmt: skip
+        float(coefficients[0]),
+        (float(low[0]), float(high[0])),
+        float(coefficients[1]),
+        (float(low[1]), float(high[1])),
+        float(coefficients[2]),
+        r2,
+        len(y),
+    )

@@ -7,7 +7,7 @@ what it computes.
   each item's random transforms draw from a generator seeded by (seed, epoch, index)
   (:class:`SeededItems`), not from a worker's own stream.
 * Packed seeds: :class:`StackedBatches` steps the loaders of S seeds together for one
-  :class:`~ce_ray.models.PackedSeeds` model, each seed reading its own batches.
+  :class:`~ce_ray.theory.models.PackedSeeds` model, each seed reading its own batches.
 * Execution: :class:`Execution` holds the numeric settings -- autocast precision (fp32, bf16,
   fp16 with a gradient scaler), ``channels_last`` memory layout for convolutional networks,
   ``torch.compile`` -- and applies them to the model, the inputs and the step.
@@ -23,10 +23,11 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset
 
-from ce_ray.seeds import derive_seed
+from ce_ray.choices import PRECISIONS, Precision, check_choice
+from ce_ray.theory.seeds import derive_seed
 
 #: Autocast dtype of each precision (None: no autocast).
-PRECISIONS: dict[str, torch.dtype | None] = {
+AUTOCAST_DTYPES: dict[Precision, torch.dtype | None] = {
     "fp32": None,
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
@@ -44,15 +45,13 @@ class Execution:
         compile_backend: its backend (inductor generates and compiles C++/Triton code).
     """
 
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     channels_last: bool = False
     compile: bool = False
     compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            allowed = ", ".join(PRECISIONS)
-            raise ValueError(f"--precision must be one of {allowed}; got {self.precision!r}")
+        check_choice("--precision", self.precision, PRECISIONS)
 
     @classmethod
     def default(cls, on_gpu: bool, convolutional: bool) -> Execution:
@@ -64,7 +63,7 @@ class Execution:
         return cls("bf16" if on_gpu else "fp32", on_gpu and convolutional, False)
 
     def autocast(self, device: torch.device) -> AbstractContextManager:
-        dtype = PRECISIONS[self.precision]
+        dtype = AUTOCAST_DTYPES[self.precision]
         return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
     def scaler(self, device: torch.device) -> torch.amp.GradScaler:

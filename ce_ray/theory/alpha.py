@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ce_ray.seeds import derive_seed
+from ce_ray.theory.seeds import derive_seed
 
 # Identity of the bootstrap's draws for a width: (experiment seed, width, BOOTSTRAP_STREAM).
 BOOTSTRAP_STREAM = 0xB007

@@ -23,8 +23,15 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 DATASETS: tuple[str, ...] = (
-    "digits", "synthetic", "mnist", "cifar10", "cifar100", "imagenet", "imagenet32", "imagenet64",
-)  # fmt: skip
+    "digits",
+    "synthetic",
+    "mnist",
+    "cifar10",
+    "cifar100",
+    "imagenet",
+    "imagenet32",
+    "imagenet64",
+)
 #: Image side of the downsampled ImageNet datasets.
 DOWNSAMPLED_SIDES = {"imagenet32": 32, "imagenet64": 64}
 DOWNSAMPLED_TRAIN_BATCHES = 10

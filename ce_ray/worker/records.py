@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 
-from ce_ray import storage
+from ce_ray.results import storage
 
 
 def record_location(experiment_dir: str, trial_id: str) -> str:

@@ -20,9 +20,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ce_ray import cluster, nmk, plots, storage
-from ce_ray.seeds import derive_seed
-from ce_ray.tasks import run_tasks
+from ce_ray.experiments import cluster
+from ce_ray.experiments.tasks import run_tasks
+from ce_ray.results import plots, storage
+from ce_ray.theory import nmk
+from ce_ray.theory.seeds import derive_seed
 
 Log = Callable[[str], None]
 # Identities of the draws: member weights (with width and block) and the bootstrap.
@@ -125,15 +127,17 @@ def sample_block(
     kernels = nmk.member_kernels_on_circle(config.depth, width, members, config.gamma_grid, seed)
     gammas = config.gamma_grid
     frames = [
-        pd.DataFrame({
-            "width": width,
-            "member": np.repeat(np.arange(start, start + members), len(gammas)),
-            "gamma": np.tile(gammas, members),
-            "entry": entry,
-            "k": values.ravel(),
-        })
+        pd.DataFrame(
+            {
+                "width": width,
+                "member": np.repeat(np.arange(start, start + members), len(gammas)),
+                "gamma": np.tile(gammas, members),
+                "entry": entry,
+                "k": values.ravel(),
+            }
+        )
         for entry, values in kernels.items()
-    ]  # fmt: skip
+    ]
     table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
     storage.write_parquet(
         table,
@@ -163,8 +167,16 @@ def sample_all_blocks(config: NMKConfig, directory: str, workers: int, log: Log 
         width, index, members = result
         return f"width {width} block {index} ({members} members)"
 
-    run_tasks(_block_task, todo, workers, describe, log, prefix="[nmk]", unit="blocks",
-              done_before=len(plan) - len(todo))  # fmt: skip
+    run_tasks(
+        _block_task,
+        todo,
+        workers,
+        describe,
+        log,
+        prefix="[nmk]",
+        unit="blocks",
+        done_before=len(plan) - len(todo),
+    )
     return len(todo)
 
 
@@ -224,15 +236,30 @@ def summarise(config: NMKConfig, directory: str) -> NMKResult:
             for m in config.multiplicities:
                 ensembles = nmk.ensemble_kernels(kernels, m)
                 draws = np.arange(len(ensembles))
-                rows.append(pd.DataFrame({
-                    "n": width, "m": m, "draw": np.repeat(draws, len(gammas)),
-                    "gamma": np.tile(gammas, len(draws)), "entry": entry,
-                    "kernel": ensembles.ravel(), "nmk": np.tile(mean_kernel, len(draws)),
-                }))  # fmt: skip
-                distances.append(pd.DataFrame({
-                    "n": width, "m": m, "entry": entry, "draw": draws,
-                    "squared_distance": nmk.distance_to_nmk(kernels, m),
-                }))  # fmt: skip
+                rows.append(
+                    pd.DataFrame(
+                        {
+                            "n": width,
+                            "m": m,
+                            "draw": np.repeat(draws, len(gammas)),
+                            "gamma": np.tile(gammas, len(draws)),
+                            "entry": entry,
+                            "kernel": ensembles.ravel(),
+                            "nmk": np.tile(mean_kernel, len(draws)),
+                        }
+                    )
+                )
+                distances.append(
+                    pd.DataFrame(
+                        {
+                            "n": width,
+                            "m": m,
+                            "entry": entry,
+                            "draw": draws,
+                            "squared_distance": nmk.distance_to_nmk(kernels, m),
+                        }
+                    )
+                )
     kernels_frame = pd.concat(rows, ignore_index=True)
     distance_frame = pd.concat(distances, ignore_index=True)
     summary = (
@@ -253,8 +280,12 @@ def _gap_row(width: int, entry: str, kernels: np.ndarray, wide: np.ndarray) -> d
     nmk_n, nmk_wide = kernels.mean(axis=0), wide.mean(axis=0)
     variance = kernels.var(axis=0, ddof=1) / len(kernels) + wide.var(axis=0, ddof=1) / len(wide)
     se = math.sqrt(variance.sum()) / np.linalg.norm(nmk_wide)
-    return {"n": width, "entry": entry, "width_gap": nmk.relative_gap(nmk_n, nmk_wide),
-            "width_gap_se": se}  # fmt: skip
+    return {
+        "n": width,
+        "entry": entry,
+        "width_gap": nmk.relative_gap(nmk_n, nmk_wide),
+        "width_gap_se": se,
+    }
 
 
 def _write(directory, kernels_frame, summary, fit, config, wide) -> None:
@@ -264,14 +295,18 @@ def _write(directory, kernels_frame, summary, fit, config, wide) -> None:
         (fit, "nmk_fit", storage.NMK_FIT_SCHEMA),
     ):
         location = storage.join(directory, f"{name}.parquet")
-        storage.write_parquet(pa.Table.from_pandas(frame, preserve_index=False), location, schema,
-                              {"config": config.to_json()})  # fmt: skip
+        storage.write_parquet(
+            pa.Table.from_pandas(frame, preserve_index=False),
+            location,
+            schema,
+            {"config": config.to_json()},
+        )
     wide_nmk = {entry: values.mean(axis=0) for entry, values in wide.items()}
     png = plots.nmk_png(kernels_frame, summary, fit, wide_nmk, config.gamma_grid, config.wide_width)
     storage.write_bytes(png, storage.join(directory, "nmk.png"))
 
 
-def nmk_convergence(
+def run_nmk(
     config: NMKConfig, results: str, experiment: str, workers: int, log: Log = print
 ) -> NMKResult:
     """Fig. 2 end to end into ``<results>/<experiment>/nmk``: sample (resuming), summarise."""

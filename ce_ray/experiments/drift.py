@@ -1,5 +1,5 @@
 """Theorem 1 as a Ray job: collegial ensembles over a grid of (m, n), each (m, n, seed index)
-trained as a Ray task (``ce_ray.drift.measure_drift``); then the fit of the drift's exponents.
+trained as a Ray task (``ce_ray.theory.drift.measure_drift``); then the fit of the drift's exponents.
 
 Every run's weights derive from (experiment seed, m, n, seed index), the task from the
 experiment seed alone, so a rerun skips runs already on storage. Layout of
@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import pandas as pd
 import pyarrow as pa
 
-from ce_ray import cluster, drift, plots, storage
-from ce_ray.seeds import derive_seed
-from ce_ray.tasks import run_tasks
+from ce_ray.experiments import cluster
+from ce_ray.experiments.tasks import run_tasks
+from ce_ray.results import plots, storage
+from ce_ray.theory import drift
+from ce_ray.theory.seeds import derive_seed
 
 Log = Callable[[str], None]
 
@@ -77,8 +79,9 @@ class DriftConfig:
         return [0, *sorted({max(1, round(t / self.step)) for t in self.flow_times})]
 
     def runs(self) -> list[tuple[int, int, int]]:
-        return [(m, n, s) for m in self.multiplicities for n in self.widths
-                for s in range(self.seeds)]  # fmt: skip
+        return [
+            (m, n, s) for m in self.multiplicities for n in self.widths for s in range(self.seeds)
+        ]
 
     def to_json(self) -> dict:
         return {
@@ -90,17 +93,31 @@ def _run_file(m: int, n: int, seed_index: int) -> str:
     return f"m{m:05d}-n{n:06d}-s{seed_index:03d}.parquet"
 
 
-def run_one(config: DriftConfig, m: int, n: int, seed_index: int, runs_dir: str,
-            metadata: dict | None = None) -> tuple[int, int, int, float]:  # fmt: skip
+def run_one(
+    config: DriftConfig,
+    m: int,
+    n: int,
+    seed_index: int,
+    runs_dir: str,
+    metadata: dict | None = None,
+) -> tuple[int, int, int, float]:
     """Train one ensemble and write its rows; returns (m, n, seed index, final drift)."""
     task = drift.make_task(config.train_points, config.input_dim, config.probe_points, config.seed)
     rows = drift.measure_drift(
-        m, n, config.depth, task, config.learning_rate, config.record_steps,
+        m,
+        n,
+        config.depth,
+        task,
+        config.learning_rate,
+        config.record_steps,
         derive_seed(config.seed, m, n, seed_index),
-    ).assign(m=m, n=n, seed_index=seed_index)  # fmt: skip
-    storage.write_parquet(pa.Table.from_pandas(rows, preserve_index=False),
-                          storage.join(runs_dir, _run_file(m, n, seed_index)),
-                          storage.DRIFT_SCHEMA, metadata)  # fmt: skip
+    ).assign(m=m, n=n, seed_index=seed_index)
+    storage.write_parquet(
+        pa.Table.from_pandas(rows, preserve_index=False),
+        storage.join(runs_dir, _run_file(m, n, seed_index)),
+        storage.DRIFT_SCHEMA,
+        metadata,
+    )
     return m, n, seed_index, float(rows["drift"].iloc[-1])
 
 
@@ -135,16 +152,24 @@ def fit_by_time(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for time, group in runs[runs["steps"] > 0].groupby("time", sort=True):
         fit = drift.fit_exponents(group["m"], group["n"], group["drift"])
-        rows.append({
-            "time": time, "exponent_m": fit.exponent_m, "exponent_m_low": fit.exponent_m_ci[0],
-            "exponent_m_high": fit.exponent_m_ci[1], "exponent_n": fit.exponent_n,
-            "exponent_n_low": fit.exponent_n_ci[0], "exponent_n_high": fit.exponent_n_ci[1],
-            "intercept": fit.intercept, "r2": fit.r2, "runs": fit.runs,
-        })  # fmt: skip
+        rows.append(
+            {
+                "time": time,
+                "exponent_m": fit.exponent_m,
+                "exponent_m_low": fit.exponent_m_ci[0],
+                "exponent_m_high": fit.exponent_m_ci[1],
+                "exponent_n": fit.exponent_n,
+                "exponent_n_low": fit.exponent_n_ci[0],
+                "exponent_n_high": fit.exponent_n_ci[1],
+                "intercept": fit.intercept,
+                "r2": fit.r2,
+                "runs": fit.runs,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def ntk_drift(
+def run_drift(
     config: DriftConfig, results: str, experiment: str, workers: int, log: Log = print
 ) -> DriftResult:
     """Theorem 1 end to end into ``<results>/<experiment>/drift``: train (resuming), fit."""
@@ -162,16 +187,22 @@ def ntk_drift(
         m, n, seed_index, last = result
         return f"m={m} n={n} seed {seed_index}: drift {last:.4g}"
 
-    run_tasks(_run_task, todo, workers, describe, log, prefix="[drift]", unit="runs",
-              done_before=done)  # fmt: skip
+    run_tasks(
+        _run_task, todo, workers, describe, log, prefix="[drift]", unit="runs", done_before=done
+    )
     runs = pd.concat(
-        [storage.read_parquet(storage.join(runs_dir, _run_file(*run))).to_pandas()
-         for run in config.runs()], ignore_index=True,
-    ).sort_values(["m", "n", "seed_index", "steps"], ignore_index=True)  # fmt: skip
+        [
+            storage.read_parquet(storage.join(runs_dir, _run_file(*run))).to_pandas()
+            for run in config.runs()
+        ],
+        ignore_index=True,
+    ).sort_values(["m", "n", "seed_index", "steps"], ignore_index=True)
     fit = fit_by_time(runs)
     metadata = {"config": config.to_json()}
-    for frame, name, schema in ((runs, "drift", storage.DRIFT_SCHEMA),
-                                (fit, "drift_fit", storage.DRIFT_FIT_SCHEMA)):  # fmt: skip
+    for frame, name, schema in (
+        (runs, "drift", storage.DRIFT_SCHEMA),
+        (fit, "drift_fit", storage.DRIFT_FIT_SCHEMA),
+    ):
         location = storage.join(directory, f"{name}.parquet")
         table = pa.Table.from_pandas(frame, preserve_index=False)
         storage.write_parquet(table, location, schema, metadata)

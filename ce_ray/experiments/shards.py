@@ -4,7 +4,7 @@ The (width, sample range) grid is cut into shards of ``shard_size`` draws. A sha
 come from ``derive_seed(experiment seed, width, shard index)`` alone, so its samples do not
 depend on how many workers run, in which order, or how often a task is retried; its file,
 ``shards/w<width>-s<shard>.parquet``, is written atomically. Pure PyTorch and storage: the Ray
-layer (``ce_ray.fit_alpha``) only schedules :func:`sample_shard`.
+layer (``ce_ray.experiments.fit_alpha``) only schedules :func:`sample_shard`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ce_ray import storage
 from ce_ray.configs import FitConfig
-from ce_ray.ntk import ntk_inputs, sample_ntk
-from ce_ray.seeds import derive_seed
+from ce_ray.results import storage
+from ce_ray.theory.ntk import ntk_inputs, sample_ntk
+from ce_ray.theory.seeds import derive_seed
 
 
 @dataclass(frozen=True)

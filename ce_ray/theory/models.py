@@ -206,7 +206,7 @@ class CifarResNeXt(nn.Module):
     classifier. A stage with output channels ``c`` has bottleneck width
     ``D = m * floor(n * c / 256)`` and a 3x3 conv with ``groups = m``.
 
-    The layout is the space's (``ce_ray.spaces.CifarResNeXt29Space.build`` passes it), so
+    The layout is the space's (``ce_ray.theory.spaces.CifarResNeXt29Space.build`` passes it), so
     the network and its closed-form counts cannot drift apart.
 
     Args:

@@ -36,8 +36,11 @@ def ensure_auth_token(env: dict[str, str]) -> None:
         return
     subprocess.run(
         [str(BIN / "ray"), "get-auth-token", "--generate"],
-        check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def head_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -84,12 +87,25 @@ def start_head(
     agent_port = free_port()
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-         f"--port={gcs_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-         f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={agent_port}",
-         "--disable-usage-stats", *(extra_args or [])],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs_port}",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            f"--dashboard-port={dashboard_port}",
+            f"--dashboard-agent-listen-port={agent_port}",
+            "--disable-usage-stats",
+            *(extra_args or []),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     process.gcs_address = f"127.0.0.1:{gcs_port}"  # for stop_head's clean-up
     process.ray_tmpdir = env.get("RAY_TMPDIR", tempfile.gettempdir())
     deadline = time.monotonic() + timeout_s

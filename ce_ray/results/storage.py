@@ -120,7 +120,7 @@ EPOCHS_SCHEMA = pa.schema(
     ]
 )
 
-#: Both curves of a sweep, long form (curves.parquet): ``ce_ray.curves.CURVE_COLUMNS`` (see
+#: Both curves of a sweep, long form (curves.parquet): ``ce_ray.theory.curves.CURVE_COLUMNS`` (see
 #: there) and which curve, alpha and baseline each row belongs to.
 CURVES_SCHEMA = pa.schema(
     [
