@@ -34,12 +34,17 @@ def alpha_fit_png(fit: AlphaFit) -> bytes:
     frame = fit.moments
     figure, axes = plt.subplots(figsize=(6, 4.5))
     axes.errorbar(
-        frame["fan_in_sum"], frame["log_ratio"], yerr=1.96 * frame["se_log_ratio"],
-        fmt="o", capsize=3, label="Monte Carlo (95% error bars)",
+        frame["fan_in_sum"],
+        frame["log_ratio"],
+        yerr=1.96 * frame["se_log_ratio"],
+        fmt="o",
+        capsize=3,
+        label="Monte Carlo (95% error bars)",
     )
     s = np.linspace(0, frame["fan_in_sum"].max() * 1.05, 100)
     axes.plot(
-        s, fit.intercept + fit.alpha * s,
+        s,
+        fit.intercept + fit.alpha * s,
         label=f"alpha = {fit.alpha:.3f} [{fit.ci_low:.3f}, {fit.ci_high:.3f}]",
     )
     for _, row in frame.iterrows():
@@ -61,8 +66,14 @@ def curves_png(curves: pd.DataFrame, trained_widths: set[int]) -> bytes:
         table = curves[curves["formulation"] == formulation]
         axes.plot(table["n"], table[column], color="tab:blue", label=f"{formulation} curve")
         best = table[column].idxmin() if formulation == "primal" else table[column].idxmax()
-        axes.plot(table.loc[best, "n"], table.loc[best, column], "*", color="tab:red",
-                  markersize=14, label=f"optimum n={int(table.loc[best, 'n'])}")
+        axes.plot(
+            table.loc[best, "n"],
+            table.loc[best, column],
+            "*",
+            color="tab:red",
+            markersize=14,
+            label=f"optimum n={int(table.loc[best, 'n'])}",
+        )
         marked = table[table["n"].isin(trained_widths)]
         axes.plot(marked["n"], marked[column], "o", color="tab:orange", label="trained")
         axes.set_xscale("log")
@@ -78,11 +89,21 @@ def curves_png(curves: pd.DataFrame, trained_widths: set[int]) -> bytes:
 def test_error_png(summary: pd.DataFrame, formulation: str) -> bytes:
     """``summary``: ``ce_ray.results.report.summary`` of the trials."""
     figure, axes = plt.subplots(figsize=(6.5, 4.2))
-    axes.errorbar(summary["n"], summary["test_error"], yerr=summary["test_error_se"].fillna(0),
-                  fmt="o-", capsize=3)
+    axes.errorbar(
+        summary["n"],
+        summary["test_error"],
+        yerr=summary["test_error_se"].fillna(0),
+        fmt="o-",
+        capsize=3,
+    )
     for _, row in summary.iterrows():
-        axes.annotate(row["label"], (row["n"], row["test_error"]), fontsize=8,
-                      textcoords="offset points", xytext=(4, 4))
+        axes.annotate(
+            row["label"],
+            (row["n"], row["test_error"]),
+            fontsize=8,
+            textcoords="offset points",
+            xytext=(4, 4),
+        )
     axes.set_xscale("log")
     axes.set_xlabel("member width n")
     axes.set_ylabel("test error (%), mean of the last 10 epochs")
@@ -115,8 +136,13 @@ def nmk_png(
     curves_axes.legend(fontsize=7)
     for (n, entry), group in summary.groupby(["n", "entry"], sort=True):
         slope = fit[(fit["n"] == n) & (fit["entry"] == entry)]["slope_m"].iloc[0]
-        distance_axes.loglog(group["m"], group["mean_squared_distance"], "o-", ms=3,
-                             label=f"n={n} {entry}: slope {slope:.2f}")
+        distance_axes.loglog(
+            group["m"],
+            group["mean_squared_distance"],
+            "o-",
+            ms=3,
+            label=f"n={n} {entry}: slope {slope:.2f}",
+        )
     reference = summary[summary["m"] == summary["m"].min()]["mean_squared_distance"].max()
     m_range = np.array([summary["m"].min(), summary["m"].max()], dtype=float)
     distance_axes.loglog(m_range, reference * m_range[0] / m_range, "k--", label="slope -1")
@@ -128,8 +154,7 @@ def nmk_png(
         nmks = kernels[(kernels["entry"] == entry) & (kernels["draw"] == 0)]
         for n, group in nmks[nmks["m"] == nmks["m"].min()].groupby("n", sort=True):
             width_axes.plot(group["gamma"], group["nmk"], style, lw=1, label=f"n={n} {entry}")
-        width_axes.plot(gammas, wide_nmk[entry], "k" + style, lw=2,
-                        label=f"n={wide_width} {entry}")
+        width_axes.plot(gammas, wide_nmk[entry], "k" + style, lw=2, label=f"n={wide_width} {entry}")
     width_axes.set_xlabel("gamma")
     width_axes.set_ylabel("NMK")
     width_axes.set_title("(c) the NMK hardly depends on n")
@@ -148,8 +173,9 @@ def drift_png(runs: pd.DataFrame, fit: pd.DataFrame) -> bytes:
     anchor = last["drift"].max() * span[0]
     axes.loglog(span, anchor / span, "k--", label="slope -1 (Theorem 1)")
     row = fit.iloc[-1]
-    axes.set_title(f"t = {row['time']:.3g}: drift ~ m^{row['exponent_m']:.2f} "
-                   f"n^{row['exponent_n']:.2f}")
+    axes.set_title(
+        f"t = {row['time']:.3g}: drift ~ m^{row['exponent_m']:.2f} n^{row['exponent_n']:.2f}"
+    )
     axes.set_xlabel("m n")
     axes.set_ylabel("||K_e(t) - K_e(0)||_F / ||K_e(0)||_F")
     axes.legend(fontsize=7)

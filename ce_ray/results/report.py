@@ -17,10 +17,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from ce_ray.results import plots
-from ce_ray.results import storage
-from ce_ray.theory.seeds import derive_seed
+from ce_ray.results import plots, storage
 from ce_ray.results.tables import LAST_EPOCHS
+from ce_ray.theory.seeds import derive_seed
 
 #: The column a trial's test error is read from: the paper's last-epochs mean.
 TEST_ERROR = "mean_test_error_last_epochs"

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ce_ray.results import storage
 from ce_ray.configs import SweepConfig
-from ce_ray.theory.curves import curve
 from ce_ray.presets import SweepPreset
+from ce_ray.results import storage
+from ce_ray.theory.curves import curve
 
 #: The paper reports "test errors averaged over the last 10 epochs over 10 runs".
 LAST_EPOCHS = 10
@@ -51,8 +51,14 @@ def _last(history: pd.DataFrame, column: str):
     return float(history[column].iloc[-1])
 
 
-def _trial_row(outcome: TrialOutcome, history: pd.DataFrame, point: pd.Series,
-               config: SweepConfig, experiment: str, space_name: str) -> dict:
+def _trial_row(
+    outcome: TrialOutcome,
+    history: pd.DataFrame,
+    point: pd.Series,
+    config: SweepConfig,
+    experiment: str,
+    space_name: str,
+) -> dict:
     done = int(history["epoch"].max()) if len(history) else 0
     if outcome.error:
         status = "error"
@@ -94,22 +100,34 @@ def _trial_row(outcome: TrialOutcome, history: pd.DataFrame, point: pd.Series,
 Histories = dict[tuple[str, int], pd.DataFrame]  # (trial id, seed index) -> its epochs
 
 
-def trials_frame(outcomes: list[TrialOutcome], histories: Histories, points: pd.DataFrame,
-                 config: SweepConfig, experiment: str,
-                 space_name: str) -> pd.DataFrame:
+def trials_frame(
+    outcomes: list[TrialOutcome],
+    histories: Histories,
+    points: pd.DataFrame,
+    config: SweepConfig,
+    experiment: str,
+    space_name: str,
+) -> pd.DataFrame:
     """trials.parquet: one row per outcome, i.e. per (point, seed index)."""
     by_width = points.set_index("n")
     rows = [
-        _trial_row(o, histories[o.trial_id, o.seed_index], by_width.loc[o.n], config,
-                   experiment, space_name)
+        _trial_row(
+            o,
+            histories[o.trial_id, o.seed_index],
+            by_width.loc[o.n],
+            config,
+            experiment,
+            space_name,
+        )
         for o in outcomes
     ]
     frame = pd.DataFrame(rows, columns=storage.TRIALS_SCHEMA.names)
     return frame.sort_values(["n", "seed_index"]).reset_index(drop=True)
 
 
-def epochs_frame(outcomes: list[TrialOutcome], histories: Histories,
-                 experiment: str) -> pd.DataFrame:
+def epochs_frame(
+    outcomes: list[TrialOutcome], histories: Histories, experiment: str
+) -> pd.DataFrame:
     """epochs.parquet: one row per trained epoch of each (point, seed index) (its trial's
     latest training)."""
     frames = []
@@ -118,8 +136,12 @@ def epochs_frame(outcomes: list[TrialOutcome], histories: Histories,
         if not len(history):
             continue
         history = history.assign(
-            experiment=experiment, trial_id=outcome.trial_id, n=outcome.n, m=outcome.m,
-            seed_index=outcome.seed_index, packed_seeds=outcome.packed_seeds,
+            experiment=experiment,
+            trial_id=outcome.trial_id,
+            n=outcome.n,
+            m=outcome.m,
+            seed_index=outcome.seed_index,
+            packed_seeds=outcome.packed_seeds,
         )
         frames.append(history.reindex(columns=storage.EPOCHS_SCHEMA.names))
     columns = storage.EPOCHS_SCHEMA.names
