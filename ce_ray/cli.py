@@ -21,10 +21,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ce_ray import options
 from ce_ray.theory.curves import curve, curve_to_json, format_curve
 from ce_ray.theory.spaces import SPACES, Space, make_space
+
+if TYPE_CHECKING:
+    from ce_ray.configs import SweepConfig
 
 
 def space_from_args(args: argparse.Namespace) -> Space:
@@ -120,111 +124,52 @@ def fit_alpha_command(args: argparse.Namespace) -> None:
     )
 
 
-def sweep_command(args: argparse.Namespace) -> None:
+def sweep_config(args: argparse.Namespace) -> SweepConfig:
+    """The sweep the options describe: ``SweepConfig.from_preset`` with the options given."""
     from ce_ray.configs import SweepConfig
-    from ce_ray.experiments import cluster, sweep
     from ce_ray.experiments.fit_alpha import read_alpha
-    from ce_ray.presets import SWEEP_PRESETS
-    from ce_ray.results import storage, tables
+
+    settings = _given(args, SweepConfig.__dataclass_fields__) | {
+        "alpha": read_alpha(args.alpha_from) if args.alpha_from else args.alpha,
+        "precision": None if args.precision == "auto" else args.precision,
+    }
+    del settings["preset"], settings["formulation"]
+    return SweepConfig.from_preset(args.preset, args.formulation, **settings)
+
+
+def sweep_command(args: argparse.Namespace) -> None:
+    from ce_ray.experiments import cluster
+    from ce_ray.experiments.sweep import default_experiment, run_sweep
+    from ce_ray.results import storage
     from ce_ray.results.report import report
-    from ce_ray.theory.curves import select_points
     from ce_ray.worker import data
 
-    preset = SWEEP_PRESETS[args.preset]
-    experiment = args.experiment or f"{preset.name}-{args.formulation}"
+    config = sweep_config(args)
+    alpha = config.alpha
+    experiment = args.experiment or default_experiment(config)
     results = storage.resolve(args.results)
     storage.check_writable(results)
-    # The data root is stored as given: a relative root names the same data in every job's
-    # working-dir copy (a resubmitted job is a new copy). Missing data: one line, now. The
-    # driver loads the datasets once; the sweep hands them to every trial through Ray's
-    # object store.
-    datasets = data.load(preset.dataset, data.resolve_root(args.data_root))
-    alpha = args.alpha or (read_alpha(args.alpha_from) if args.alpha_from else preset.alpha)
+    # Missing data: one line, now. The driver loads the datasets once; the sweep hands them to
+    # every trial through Ray's object store.
+    datasets = data.load(config.spec.dataset, data.resolve_root(config.data_root))
     cluster.init_ray()
-    if alpha is None:
-        alpha = _fit_alpha_first(preset.fit_preset, results, experiment, args.seed)
-    points = select_points(
-        curve(preset.space, alpha, preset.baseline, formulation=args.formulation), args.points
-    )
-    execution = _execution(args, preset)
-    config = SweepConfig(
-        preset=preset.name,
-        formulation=args.formulation,
-        alpha=alpha,
-        points=tuple((int(n), int(m)) for n, m in zip(points["n"], points["m"], strict=True)),
-        seeds=args.seeds,
-        epochs=args.epochs or preset.recipe.epochs,
-        workers_per_trial=args.workers_per_trial,
-        gpus_per_worker=args.gpus_per_worker,
-        cpus_per_worker=args.cpus_per_worker,
-        scheduler=args.scheduler,
-        seed=args.seed,
-        data_root=args.data_root,
-        **execution,
-        pack_seeds=_pack_seeds(args, preset, execution["precision"]),
-    )
-    directory = storage.join(results, experiment)
+    points = ", ".join(config.spec.space.label(m, n) for n, m in config.points) if alpha else "?"
     print(
-        f"[sweep] {preset.name} {args.formulation}: alpha={alpha:.4f}, points "
-        f"{', '.join(f'{m}x{n}d' for n, m in config.points)} x {config.seeds} seeds"
+        f"[sweep] {config.preset} {config.formulation}: alpha="
+        f"{f'{alpha:.4f}' if alpha else 'to be fitted'}, points {points} x {config.seeds} seeds"
         f"{' (packed: one trial per point)' if config.pack_seeds else ''}, "
-        f"{config.epochs} epochs -> {directory}",
+        f"{config.epochs} epochs -> {storage.join(results, experiment)}",
         flush=True,
     )
-    sweep.run_sweep(
+    result = run_sweep(
         config,
-        points,
         results,
         experiment,
-        preset.space.name,
-        args.max_concurrent_trials,
-        args.max_failures,
-        curves=tables.curves_frame(preset, alpha),
+        max_concurrent_trials=args.max_concurrent_trials,
+        max_failures=args.max_failures,
         datasets=datasets,
     )
-    print(report(directory, with_plots=not args.no_report))
-
-
-def _execution(args: argparse.Namespace, preset) -> dict:
-    """The training workers' execution settings: as given, else chosen for the device."""
-    from ce_ray.worker.pipeline import Execution, default_loader_workers
-
-    on_gpu = args.gpus_per_worker > 0
-    default = Execution.default(on_gpu, convolutional=preset.space.name != "fc")
-    workers = args.loader_workers
-    return {
-        "precision": default.precision if args.precision == "auto" else args.precision,
-        "channels_last": default.channels_last
-        if args.channels_last is None
-        else args.channels_last,
-        "compile": args.compile,
-        "loader_workers": default_loader_workers(args.cpus_per_worker)
-        if workers is None
-        else workers,
-    }
-
-
-def _pack_seeds(args: argparse.Namespace, preset, precision: str) -> bool:
-    """As given, else packed for the MLP presets (small models: Ray's fixed cost per trial
-    outweighs their training) unless fp16 (one loss scaler for all seeds would not be exact);
-    convolutional presets train a seed per trial (one seed's model fills a device, and more
-    trials run at once on a large cluster)."""
-    if args.pack_seeds is not None:
-        return args.pack_seeds
-    return preset.space.name == "fc" and precision != "fp16"
-
-
-def _fit_alpha_first(fit_preset: str, results: str, experiment: str, seed: int) -> float:
-    """Fit alpha with the sweep preset's fit preset into ``<results>/<experiment>/fit_alpha``."""
-    from ce_ray.configs import FitConfig
-    from ce_ray.experiments import cluster
-    from ce_ray.experiments.fit_alpha import fit_alpha
-
-    print(f"[sweep] fitting alpha first (fit preset {fit_preset})", flush=True)
-    config = FitConfig.from_preset(fit_preset, seed=seed)
-    fit = fit_alpha(config, results, experiment, cluster.default_workers(), bootstrap=200)
-    print(f"[sweep] alpha = {fit.alpha:.4f} (95% CI {fit.ci_low:.4f}..{fit.ci_high:.4f})")
-    return fit.alpha
+    print(report(result.directory, with_plots=not args.no_report))
 
 
 def _given(args: argparse.Namespace, fields) -> dict:

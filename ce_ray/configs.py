@@ -11,18 +11,29 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
+from functools import cached_property
+
+import pandas as pd
 
 from ce_ray.choices import (
     DTYPES,
+    FORMULATIONS,
     METHODS,
     PRECISIONS,
     READOUTS,
     SCHEDULERS,
+    Dtype,
+    Formulation,
+    Method,
+    Precision,
+    Readout,
+    Scheduler,
     check_choice,
 )
-from ce_ray.presets import FIT_PRESETS, SWEEP_PRESETS
-from ce_ray.theory.curves import parse_widths
+from ce_ray.presets import FIT_PRESETS, SWEEP_PRESETS, SweepPreset
+from ce_ray.theory.curves import Curve, curve, parse_widths, select_points
 from ce_ray.theory.spaces import FCSpace, Space
 
 #: Draws per Ray task when ``--shard-size`` is not given, per sampler.
@@ -48,11 +59,11 @@ class FitConfig:
     samples: int
     shard_size: int
     seed: int = 0
-    method: str
-    readout: str = "pool"
+    method: Method
+    readout: Readout = "pool"
     off_diagonal: bool = False
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     memory_budget_mib: float = 256.0
 
     def __post_init__(self) -> None:
@@ -120,52 +131,147 @@ class FitConfig:
 class SweepConfig:
     """Everything that decides which trials of a sweep exist and how they train.
 
+    Build it with :meth:`from_preset`, which holds the defaults the command line uses. The
+    trained points derive from (preset, formulation, alpha, num_points); ``alpha`` None means
+    "fit it first" with the preset's fit preset (``ce_ray.experiments.sweep.run_sweep`` does).
     ``seed`` is the experiment seed; ``seeds`` how many seed indices (0..seeds-1) each point
     trains; a trial's own seed derives from (seed, n, m, seed index).
+
+    >>> config = SweepConfig.from_preset("digits-mlp", alpha=2.4, num_points=3)
+    >>> config.points, config.pack_seeds, config.precision
+    (((8, 18), (13, 10), (64, 1)), True, 'fp32')
     """
 
     preset: str
-    formulation: str
-    alpha: float
-    points: tuple[tuple[int, int], ...]  # (n, m) of each trained point
+    formulation: Formulation
+    alpha: float | None
+    num_points: int
     seeds: int
     epochs: int
-    workers_per_trial: int = 1
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-    scheduler: str = "fifo"
-    seed: int = 0
-    data_root: str = "data"
-    precision: str = "fp32"  # autocast: fp32 | bf16 | fp16 (ce_ray.worker.pipeline)
-    channels_last: bool = False
-    compile: bool = False
-    loader_workers: int = 0  # DataLoader processes per training worker
-    pack_seeds: bool = False  # a point's seeds train as one model in one trial
+    workers_per_trial: int
+    gpus_per_worker: float
+    cpus_per_worker: float
+    scheduler: Scheduler
+    seed: int
+    data_root: str  # relative: under the project, so it names the same data in every job copy
+    precision: Precision  # autocast of the training workers (ce_ray.worker.pipeline)
+    channels_last: bool
+    compile: bool
+    loader_workers: int  # DataLoader processes per training worker
+    pack_seeds: bool  # a point's seeds train as one model in one trial
 
     def __post_init__(self) -> None:
         _require(
             self.preset in SWEEP_PRESETS,
             f"unknown sweep preset {self.preset!r}; valid: {', '.join(SWEEP_PRESETS)}",
         )
+        check_choice("formulation", self.formulation, FORMULATIONS)
         check_choice("--scheduler", self.scheduler, SCHEDULERS)
+        check_choice("--precision", self.precision, PRECISIONS)
         _require(
-            math.isfinite(self.alpha) and self.alpha > 0,
+            self.alpha is None or (math.isfinite(self.alpha) and self.alpha > 0),
             f"alpha must be a finite number > 0; got {self.alpha}",
         )
-        check_choice("--precision", self.precision, PRECISIONS)
+        _require(self.num_points >= 2, f"--points must be >= 2; got {self.num_points}")
+        _require(
+            self.seeds >= 1 and self.epochs >= 1,
+            f"a sweep needs at least one seed and one epoch; got {self.seeds}, {self.epochs}",
+        )
         _require(
             not (self.pack_seeds and self.precision == "fp16"),
             "--pack-seeds cannot train with --precision fp16: one loss scaler would skip every "
             "seed's step when one seed overflows; use bf16 or --no-pack-seeds",
         )
+
+    @classmethod
+    def from_preset(
+        cls, preset: str, formulation: Formulation = "primal", **settings: object
+    ) -> SweepConfig:
+        """The sweep of ``preset`` along ``formulation``'s curve with the command line's
+        defaults, overridden by ``settings`` that are not None (any field above).
+
+        Defaults: alpha from the preset (None: fit it first), 5 points, 2 seeds, the recipe's
+        epochs, 1 worker per trial with 1 CPU and no GPU, FIFO, seed 0, data root
+        ``$CE_RAY_DATA`` or ``data``, and execution chosen for the device: bf16 with GPUs
+        (fp32 on CPUs), channels-last for convolutional presets on GPUs, the worker's CPUs
+        beyond the first as loader processes, and packed seeds for the MLP presets unless
+        fp16 (small models: Ray's fixed cost per trial outweighs their training;
+        a convolutional seed fills a device, and more trials spread over a big cluster).
+        """
         _require(
-            len(self.points) >= 1 and self.seeds >= 1 and self.epochs >= 1,
-            "a sweep needs at least one point, one seed and one epoch",
+            preset in SWEEP_PRESETS,
+            f"unknown sweep preset {preset!r}; valid: {', '.join(SWEEP_PRESETS)}",
         )
+        spec = SWEEP_PRESETS[preset]
+        given = {key: value for key, value in settings.items() if value is not None}
+        unknown = sorted(set(given) - {f.name for f in dataclasses.fields(cls)})
+        _require(not unknown, f"SweepConfig has no setting {', '.join(unknown)}")
+        on_gpu = float(given.get("gpus_per_worker", 0.0)) > 0  # type: ignore[arg-type]
+        convolutional = spec.space.name != "fc"
+        cpus = float(given.get("cpus_per_worker", 1.0))  # type: ignore[arg-type]
+        precision = given.get("precision", "bf16" if on_gpu else "fp32")
+        defaults: dict[str, object] = {
+            "alpha": spec.alpha,
+            "num_points": 5,
+            "seeds": 2,
+            "epochs": spec.recipe.epochs,
+            "workers_per_trial": 1,
+            "gpus_per_worker": 0.0,
+            "cpus_per_worker": 1.0,
+            "scheduler": "fifo",
+            "seed": 0,
+            "data_root": os.environ.get("CE_RAY_DATA", "data"),
+            "precision": precision,
+            "channels_last": on_gpu and convolutional,
+            "compile": False,
+            "loader_workers": default_loader_workers(cpus),
+            "pack_seeds": not convolutional and precision != "fp16",
+        }
+        return cls(preset=preset, formulation=formulation, **(defaults | given))  # type: ignore[arg-type]
+
+    @property
+    def spec(self) -> SweepPreset:
+        """The preset: space, baseline, dataset, recipe."""
+        return SWEEP_PRESETS[self.preset]
+
+    @cached_property
+    def curves(self) -> dict[Formulation, Curve]:
+        """Both curves around the preset's baseline (computed once)."""
+        if self.alpha is None:
+            raise ValueError("alpha is not known yet: fit it first (ce-ray fit-alpha)")
+        space, alpha, baseline = self.spec.space, self.alpha, self.spec.baseline
+        return {f: curve(space, alpha, baseline, formulation=f) for f in FORMULATIONS}
+
+    @cached_property
+    def point_rows(self) -> pd.DataFrame:
+        """The curve's rows of the trained points (``ce_ray.theory.curves.select_points``)."""
+        return select_points(self.curves[self.formulation], self.num_points)
+
+    @property
+    def points(self) -> tuple[tuple[int, int], ...]:
+        """``(n, m)`` of each trained point, by width."""
+        rows = self.point_rows
+        return tuple((int(n), int(m)) for n, m in zip(rows["n"], rows["m"], strict=True))
 
     @property
     def trials(self) -> int:
         return len(self.points) * (1 if self.pack_seeds else self.seeds)
 
     def to_json(self) -> dict:
-        return {**dataclasses.asdict(self), "points": [list(p) for p in self.points]}
+        """The fields, plus the trained points when alpha is known (derived: for readers)."""
+        record = dataclasses.asdict(self)
+        return record | ({"points": [list(p) for p in self.points]} if self.alpha else {})
+
+    @classmethod
+    def from_json(cls, data: dict) -> SweepConfig:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+def default_loader_workers(cpus_per_worker: float) -> int:
+    """Loader processes for a training worker holding ``cpus_per_worker`` CPUs: the CPUs
+    beyond the one the training process itself uses.
+
+    >>> default_loader_workers(1), default_loader_workers(4), default_loader_workers(2.5)
+    (0, 3, 1)
+    """
+    return max(0, math.floor(cpus_per_worker) - 1)

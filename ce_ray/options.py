@@ -237,16 +237,18 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
     )
     add_experiment(parser, "PRESET-FORMULATION")
     add_results(parser)
-    parser.add_argument("--points", type=integer(2), default=5, help="points on the curve (5)")
-    parser.add_argument("--seeds", type=integer(1), default=2, help="seeds per point (2)")
+    parser.add_argument(
+        "--points", dest="num_points", type=integer(2), help="points on the curve (5)"
+    )
+    parser.add_argument("--seeds", type=integer(1), help="seeds per point (2)")
     parser.add_argument("--epochs", type=integer(1), help="epochs (default: the preset's)")
     parser.add_argument(
-        "--workers-per-trial", type=integer(1), default=1, help="Ray Train workers per trial (1)"
+        "--workers-per-trial", type=integer(1), help="Ray Train workers per trial (1)"
     )
     parser.add_argument(
-        "--gpus-per-worker", type=number(inclusive=True), default=0.0, help="GPUs per worker (0)"
+        "--gpus-per-worker", type=number(inclusive=True), help="GPUs per worker (0)"
     )
-    parser.add_argument("--cpus-per-worker", type=number(), default=1.0, help="CPUs per worker")
+    parser.add_argument("--cpus-per-worker", type=number(), help="CPUs per worker (1)")
     alpha = parser.add_mutually_exclusive_group()
     alpha.add_argument("--alpha", type=number(), help="alpha of Eq. 9 (default: the preset's)")
     alpha.add_argument("--alpha-from", help="alpha.parquet of an earlier fit-alpha run")
@@ -254,11 +256,10 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
         "--max-concurrent-trials", type=integer(1), help="default: what the cluster can hold"
     )
     parser.add_argument("--max-failures", type=integer(0), default=2, help="restarts per trial (2)")
-    parser.add_argument("--scheduler", choices=SCHEDULERS, default="fifo")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, help="fifo (default) or asha")
     add_seed(parser)
     parser.add_argument(
         "--data-root",
-        default=os.environ.get("CE_RAY_DATA", "data"),
         help="dataset root; relative: under the project (default: $CE_RAY_DATA or data)",
     )
     parser.add_argument("--no-report", action="store_true", help="skip the PNGs")

@@ -1,14 +1,12 @@
 """How a training worker feeds and runs its model: loader workers that do not change the
 batches, and each precision / layout / compile path training with the same metrics."""
 
-import argparse
-
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from ce_ray import cli
+from ce_ray.configs import SweepConfig
 from ce_ray.presets import SWEEP_PRESETS
 from ce_ray.theory.spaces import CifarResNeXt29Space
 from ce_ray.worker import data
@@ -100,13 +98,5 @@ def test_a_compiled_model_trains_the_raw_modules_parameters():
     ],
 )
 def test_execution_defaults_follow_the_device(preset, gpus, cpus, expected):
-    args = argparse.Namespace(
-        precision="auto",
-        channels_last=None,
-        compile=False,
-        loader_workers=None,
-        gpus_per_worker=gpus,
-        cpus_per_worker=cpus,
-    )
-    chosen = cli._execution(args, SWEEP_PRESETS[preset])
-    assert (chosen["precision"], chosen["channels_last"], chosen["loader_workers"]) == expected
+    chosen = SweepConfig.from_preset(preset, gpus_per_worker=gpus, cpus_per_worker=cpus)
+    assert (chosen.precision, chosen.channels_last, chosen.loader_workers) == expected

@@ -13,6 +13,8 @@ import psutil
 import pytest
 
 from ce_ray import cli
+from ce_ray.configs import SweepConfig
+from ce_ray.experiments.sweep import run_sweep
 from ce_ray.presets import FIT_PRESETS, SWEEP_PRESETS
 from ce_ray.theory.curves import curve, select_points
 from ce_ray.theory.spaces import FCSpace
@@ -56,6 +58,23 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, messag
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    ("argv", "settings"),
+    [
+        (["--alpha", "2.4"], {"alpha": 2.4}),
+        (
+            ["--preset", "cifar10-resnext29", "--gpus-per-worker", "1", "--cpus-per-worker", "4"],
+            {"gpus_per_worker": 1.0, "cpus_per_worker": 4.0},
+        ),
+        (["--precision", "fp16", "--seeds", "3"], {"precision": "fp16", "seeds": 3}),
+    ],
+)
+def test_the_command_line_and_a_python_caller_get_the_same_sweep(argv, settings):
+    args = cli.build_parser().parse_args(["sweep", "dual", *argv])
+    preset = args.preset
+    assert cli.sweep_config(args) == SweepConfig.from_preset(preset, "dual", **settings)
+
+
 @pytest.mark.usefixtures("ray_cluster")
 def test_sweep_writes_parquet_and_resumes_without_retraining(tmp_path, capsys):
     args = [*TINY, "--epochs", "2", "--results", str(tmp_path), "--experiment", "s"]
@@ -93,6 +112,11 @@ def test_sweep_writes_parquet_and_resumes_without_retraining(tmp_path, capsys):
     again = pd.read_parquet(tmp_path / "s/epochs.parquet")
     pd.testing.assert_frame_equal(epochs, again)  # same timestamps: nothing retrained
     assert len(pd.read_parquet(tmp_path / "s/trials.parquet")) == 4
+
+    # A Python caller with the same settings gets the same sweep: it resumes, trains nothing.
+    config = SweepConfig.from_preset("synthetic-mlp", alpha=2.0, num_points=2, seeds=2, epochs=2)
+    result = run_sweep(config, str(tmp_path), "s")
+    pd.testing.assert_frame_equal(epochs, result.epochs)
 
     changed = [*TINY, "--epochs", "3", "--results", str(tmp_path), "--experiment", "s"]
     assert cli.main(["sweep", "primal", *changed]) == 2

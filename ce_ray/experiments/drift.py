@@ -1,5 +1,6 @@
 """Theorem 1 as a Ray job: collegial ensembles over a grid of (m, n), each (m, n, seed index)
-trained as a Ray task (``ce_ray.theory.drift.measure_drift``); then the fit of the drift's exponents.
+trained as a Ray task (``ce_ray.theory.drift.measure_drift``); then the fit of the drift's
+exponents.
 
 Every run's weights derive from (experiment seed, m, n, seed index), the task from the
 experiment seed alone, so a rerun skips runs already on storage. Layout of

@@ -1,9 +1,9 @@
 """Fit alpha (Algorithm 1) with the NTK sampling sharded as Ray tasks.
 
 The caller connects to Ray (``ray.init()`` in the entry point); this module schedules one
-task per shard (``ce_ray.experiments.shards``), at most ``workers`` at a time, with Ray's task retries for
-a worker that dies; then fits Eq. 9 (``ce_ray.theory.alpha.fit_eq9``) and writes the outputs. A rerun
-of the same experiment skips shards already whole on storage.
+task per shard (``ce_ray.experiments.shards``), at most ``workers`` at a time, with Ray's task
+retries for a worker that dies; then fits Eq. 9 (``ce_ray.theory.alpha.fit_eq9``) and writes
+the outputs. A rerun of the same experiment skips shards already whole on storage.
 
 Layout of ``<results>/<experiment>/fit_alpha/``: ``config.json``, ``shards/``,
 ``moments.parquet``, ``alpha.parquet`` (configuration, seed and library versions in its

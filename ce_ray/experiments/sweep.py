@@ -12,7 +12,9 @@ Train runs and their checkpoints), ``records/`` (each trial's record), ``trials.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass
 
 import pandas as pd
 import pyarrow as pa
@@ -20,11 +22,10 @@ import ray
 import ray.train
 from ray import tune
 
-from ce_ray.configs import SweepConfig
+from ce_ray.configs import FitConfig, SweepConfig
 from ce_ray.experiments import cluster
-from ce_ray.presets import SWEEP_PRESETS
+from ce_ray.experiments.tasks import Log
 from ce_ray.results import storage, tables
-from ce_ray.theory.seeds import derive_seed
 from ce_ray.worker import data, records
 
 # A trial's function only waits on its Train controller (which Ray Train V2 also runs with
@@ -39,14 +40,14 @@ TRIAL_FUNCTION_RESOURCES = {"cpu": 0, "memory": 2**20}
 # the pace (0.03 s epochs took 2 s each). benchmarks/sweep_overhead.py: 15 reports with
 # checkpoints took 4.3 s at 0.25 s, 1.7 s at 0.05 s. The environment may override it.
 REPORT_POLL_S = "0.05"
-# How a trial's workers run (ce_ray.worker.pipeline), passed from the SweepConfig to the loop.
-EXECUTION_KEYS = ("precision", "channels_last", "compile", "loader_workers")
 
 
-def run_trial(config: dict, datasets: list) -> None:
+def run_trial(trial: dict, datasets: list) -> None:
     """Tune's trial function: train one point's seed indices (one, or all of them packed) as
     a Ray Train job.
 
+    ``trial`` holds the sweep's configuration whole (``SweepConfig.to_json``), the point
+    ``{"n", "m"}``, its ``seed_indices``, the experiment directory and the retry budget.
     The Train run is named after the Tune trial id alone, which survives Tune's retries and
     ``Tuner.restore``: a new ``TorchTrainer`` with the same name and storage resumes from the
     run's latest checkpoint (Train V2 has no other resume). Inside the run, Train's own
@@ -62,36 +63,28 @@ def run_trial(config: dict, datasets: list) -> None:
     from ce_ray.worker.loop import train_point
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
+    config = SweepConfig.from_json(trial["sweep"])
     trial_id = tune.get_context().get_trial_id()
-    point, seed_indices = config["point"], config["seed_indices"]
-    gpus = config["gpus_per_worker"]
+    gpus = config.gpus_per_worker
     trainer = TorchTrainer(
         train_point,
         train_loop_config={
-            "preset": config["preset"],
-            "m": point["m"],
-            "n": point["n"],
-            "seed_indices": seed_indices,
-            "seeds": [
-                derive_seed(config["experiment_seed"], point["n"], point["m"], index)
-                for index in seed_indices
-            ],
-            "epochs": config["epochs"],
+            "sweep": trial["sweep"],
+            "point": trial["point"],
+            "seed_indices": trial["seed_indices"],
             "datasets": datasets[0],
-            "record": records.record_location(config["experiment_dir"], trial_id),
-            **{key: config[key] for key in EXECUTION_KEYS},
+            "record": records.record_location(trial["experiment_dir"], trial_id),
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=config["workers_per_trial"],
+            num_workers=config.workers_per_trial,
             use_gpu=gpus > 0,
-            resources_per_worker={"CPU": config["cpus_per_worker"]}
-            | ({"GPU": gpus} if gpus else {}),
+            resources_per_worker={"CPU": config.cpus_per_worker} | ({"GPU": gpus} if gpus else {}),
         ),
         run_config=ray.train.RunConfig(
             name=trial_id,
-            storage_path=storage.join(config["experiment_dir"], "train"),
+            storage_path=storage.join(trial["experiment_dir"], "train"),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=config["max_failures"]),
+            failure_config=ray.train.FailureConfig(max_failures=trial["max_failures"]),
             callbacks=[TuneReportCallback()],
         ),
     )
@@ -144,16 +137,9 @@ def _new_tuner(
     param_space = {
         "point": tune.grid_search([{"n": n, "m": m} for n, m in config.points]),
         "seed_indices": tune.grid_search(seed_groups(config.seeds, config.pack_seeds)),
-        "preset": config.preset,
-        "epochs": config.epochs,
-        "experiment_seed": config.seed,
-        "data_root": config.data_root,
-        "workers_per_trial": config.workers_per_trial,
-        "gpus_per_worker": config.gpus_per_worker,
-        "cpus_per_worker": config.cpus_per_worker,
+        "sweep": config.to_json(),
         "experiment_dir": directory,
         "max_failures": max_failures,
-        **{key: getattr(config, key) for key in EXECUTION_KEYS},
     }
     return tune.Tuner(
         trainable,
@@ -206,29 +192,34 @@ def _histories(directory: str, outcomes) -> dict[tuple[str, int], pd.DataFrame]:
 
 def run_sweep(
     config: SweepConfig,
-    points: pd.DataFrame,
     results: str,
-    experiment: str,
-    space_name: str,
+    experiment: str | None = None,
+    *,
     max_concurrent_trials: int | None = None,
     max_failures: int = 2,
     verbose: int = 1,
-    curves: pd.DataFrame | None = None,
     datasets: tuple | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run (or resume) the Tune experiment; write and return trials.parquet and
-    epochs.parquet. ``points``: the curve rows being trained (``ce_ray.theory.curves.select_points``);
-    ``curves`` (``tables.curves_frame``), when given, is written as curves.parquet once
-    the configuration is known to match. ``datasets``: the preset's (train, test) datasets if
-    the caller has them (else loaded here from ``config.data_root``); they go to Ray's object
-    store once and every trial's workers read them from there."""
+    log: Log = print,
+) -> SweepResult:
+    """Run (or resume) the sweep into ``<results>/<experiment>`` (default experiment:
+    ``PRESET-FORMULATION``) and write its tables; the caller connects to Ray.
+
+    Fits alpha first when ``config.alpha`` is None (into ``<experiment>/fit_alpha``), then
+    writes sweep.json (a rerun must match it) and curves.parquet, runs one Tune trial per
+    (point, seed group), and writes trials.parquet and epochs.parquet. ``datasets``: the
+    preset's (train, test) datasets if the caller has them (else loaded here from
+    ``config.data_root``); they go to Ray's object store once and every trial's workers read
+    them from there. ``max_failures``: restarts per trial (Tune's and Train's).
+    """
+    experiment = experiment or default_experiment(config)
     directory = storage.join(results, experiment)
+    if config.alpha is None:
+        alpha = _fit_alpha_first(config, results, experiment, log)
+        config = dataclasses.replace(config, alpha=alpha)
     storage.check_or_write_config(directory, config.to_json(), "sweep.json")
-    if curves is not None:
-        write_curves(curves, directory)
+    write_curves(tables.curves_frame(config), directory)
     if datasets is None:
-        preset = SWEEP_PRESETS[config.preset]
-        datasets = data.load(preset.dataset, data.resolve_root(config.data_root))
+        datasets = data.load(config.spec.dataset, data.resolve_root(config.data_root))
     # Loaded once here instead of once per trial: ~0.8 s of every digits trial (importing
     # scikit-learn and reading the data; benchmarks/sweep_overhead.py), and the read and
     # unpickling of the downsampled ImageNet files (each worker still holds its own copy:
@@ -237,7 +228,7 @@ def run_sweep(
     trainable = tune.with_resources(trainable, TRIAL_FUNCTION_RESOURCES)
     tune_path = storage.join(directory, "tune")
     if tune.Tuner.can_restore(tune_path):
-        print(f"[sweep] resuming {tune_path}: finished trials are kept", flush=True)
+        log(f"[sweep] resuming {tune_path}: finished trials are kept")
         # Same trial ids for unfinished and errored trials: their Train runs resume from
         # their checkpoints (restart_errored would start them over under new ids).
         tuner = tune.Tuner.restore(
@@ -248,7 +239,7 @@ def run_sweep(
         tuner = _new_tuner(trainable, config, directory, concurrency, max_failures, verbose)
     outcomes = _outcomes(tuner.fit())
     histories = _histories(directory, outcomes)
-    trials = tables.trials_frame(outcomes, histories, points, config, experiment, space_name)
+    trials = tables.trials_frame(outcomes, histories, config, experiment)
     epochs = tables.epochs_frame(outcomes, histories, experiment)
     for frame, name, schema in (
         (trials, "trials", storage.TRIALS_SCHEMA),
@@ -256,11 +247,39 @@ def run_sweep(
     ):
         location = storage.join(directory, f"{name}.parquet")
         storage.write_parquet(pa.Table.from_pandas(frame), location, schema)
-    return trials, epochs
+    return SweepResult(config, trials, epochs, directory)
+
+
+def default_experiment(config: SweepConfig) -> str:
+    """``PRESET-FORMULATION``, the experiment name when none is given."""
+    return f"{config.preset}-{config.formulation}"
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """A finished sweep: its configuration (alpha known), its tables and their directory."""
+
+    config: SweepConfig
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    directory: str
+
+
+def _fit_alpha_first(config: SweepConfig, results: str, experiment: str, log: Log) -> float:
+    """Fit alpha with the preset's fit preset into ``<results>/<experiment>/fit_alpha``."""
+    from ce_ray.experiments.fit_alpha import fit_alpha
+
+    fit_preset = config.spec.fit_preset
+    log(f"[sweep] fitting alpha first (fit preset {fit_preset})")
+    fit_config = FitConfig.from_preset(fit_preset, seed=config.seed)
+    workers = cluster.default_workers()
+    fit = fit_alpha(fit_config, results, experiment, workers, bootstrap=200, log=log)
+    log(f"[sweep] alpha = {fit.alpha:.4f} (95% CI {fit.ci_low:.4f}..{fit.ci_high:.4f})")
+    return fit.alpha
 
 
 def write_curves(frame: pd.DataFrame, directory: str) -> None:
-    """curves.parquet from ``tables.curves_frame``."""
+    """curves.parquet from ``ce_ray.results.tables.curves_frame``."""
     storage.write_parquet(
         pa.Table.from_pandas(frame, preserve_index=False),
         storage.join(directory, "curves.parquet"),

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from ce_ray.configs import SweepConfig
 from ce_ray.results import plots, storage
 from ce_ray.results.tables import LAST_EPOCHS
 from ce_ray.theory.seeds import derive_seed
@@ -136,9 +137,11 @@ def write_plots(directory: str, trials: pd.DataFrame, table: pd.DataFrame) -> No
 
 
 def _sweep_seed(directory: str) -> int:
-    """The experiment seed in the sweep's sweep.json (0 when there is none)."""
+    """The experiment seed of the sweep's configuration (0 when there is none)."""
     location = storage.join(directory, "sweep.json")
-    return json.loads(storage.read_text(location)).get("seed", 0) if storage.exists(location) else 0
+    if not storage.exists(location):
+        return 0
+    return SweepConfig.from_json(json.loads(storage.read_text(location))).seed
 
 
 def report(directory: str, with_plots: bool = True) -> str:

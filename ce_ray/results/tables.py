@@ -15,9 +15,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ce_ray.configs import SweepConfig
-from ce_ray.presets import SweepPreset
 from ce_ray.results import storage
-from ce_ray.theory.curves import curve
 
 #: The paper reports "test errors averaged over the last 10 epochs over 10 runs".
 LAST_EPOCHS = 10
@@ -57,7 +55,6 @@ def _trial_row(
     point: pd.Series,
     config: SweepConfig,
     experiment: str,
-    space_name: str,
 ) -> dict:
     done = int(history["epoch"].max()) if len(history) else 0
     if outcome.error:
@@ -67,8 +64,8 @@ def _trial_row(
     return {
         "experiment": experiment,
         "formulation": config.formulation,
-        "space": space_name,
-        "label": f"{outcome.m}x{outcome.n}d",
+        "space": config.spec.space.name,
+        "label": config.spec.space.label(outcome.m, outcome.n),
         "n": outcome.n,
         "m": outcome.m,
         "params": int(point["params"]),
@@ -101,24 +98,12 @@ Histories = dict[tuple[str, int], pd.DataFrame]  # (trial id, seed index) -> its
 
 
 def trials_frame(
-    outcomes: list[TrialOutcome],
-    histories: Histories,
-    points: pd.DataFrame,
-    config: SweepConfig,
-    experiment: str,
-    space_name: str,
+    outcomes: list[TrialOutcome], histories: Histories, config: SweepConfig, experiment: str
 ) -> pd.DataFrame:
     """trials.parquet: one row per outcome, i.e. per (point, seed index)."""
-    by_width = points.set_index("n")
+    by_width = config.point_rows.set_index("n")
     rows = [
-        _trial_row(
-            o,
-            histories[o.trial_id, o.seed_index],
-            by_width.loc[o.n],
-            config,
-            experiment,
-            space_name,
-        )
+        _trial_row(o, histories[o.trial_id, o.seed_index], by_width.loc[o.n], config, experiment)
         for o in outcomes
     ]
     frame = pd.DataFrame(rows, columns=storage.TRIALS_SCHEMA.names)
@@ -149,10 +134,11 @@ def epochs_frame(
     return frame.sort_values(["n", "seed_index", "epoch"]).reset_index(drop=True)
 
 
-def curves_frame(preset: SweepPreset, alpha: float) -> pd.DataFrame:
-    """Both curves of the preset around its baseline, long form (curves.parquet)."""
-    frames = []
-    for formulation in ("primal", "dual"):
-        table = curve(preset.space, alpha, preset.baseline, formulation=formulation).table
-        frames.append(table.assign(formulation=formulation, alpha=alpha, baseline=preset.baseline))
+def curves_frame(config: SweepConfig) -> pd.DataFrame:
+    """Both curves of the sweep's preset around its baseline, long form (curves.parquet)."""
+    baseline = config.spec.baseline
+    frames = [
+        result.table.assign(formulation=formulation, alpha=config.alpha, baseline=baseline)
+        for formulation, result in config.curves.items()
+    ]
     return pd.concat(frames, ignore_index=True)

@@ -15,8 +15,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from ce_ray.presets import SWEEP_PRESETS, Recipe
+from ce_ray.configs import SweepConfig
+from ce_ray.presets import Recipe
 from ce_ray.theory.models import PackedSeeds
+from ce_ray.theory.seeds import derive_seed
 from ce_ray.worker.pipeline import Execution, StackedBatches, train_loader
 from ce_ray.worker.records import TrialRecord
 
@@ -117,13 +119,14 @@ def _set_rng_state(state: dict) -> None:
 def train_point(config: dict) -> None:
     """Ray Train's ``train_loop_per_worker`` for one point and one or more seed indices.
 
-    ``config`` carries: preset, m, n, seed_indices and seeds (each index's derived seed),
-    epochs, ``datasets`` (a Ray object reference to the (train, test) datasets), ``record`` (the
-    location of its :class:`~ce_ray.worker.records.TrialRecord`) and the execution settings
-    (``ce_ray.worker.pipeline``). Each seed's network is initialised from its own seed; several seeds
-    train together as one :class:`~ce_ray.theory.models.PackedSeeds` model, each with its own data
-    order (its sampler and item transforms are seeded by its seed) and its own optimizer state,
-    so each trains as it would alone. After every epoch it reports ``epoch``, ``train_loss`` and
+    ``config`` carries ``sweep`` (the sweep's ``SweepConfig.to_json()``: preset, epochs,
+    execution settings, experiment seed), ``point`` (``{"n", "m"}``), ``seed_indices``,
+    ``datasets`` (a Ray object reference to the (train, test) datasets) and ``record`` (the
+    location of its :class:`~ce_ray.worker.records.TrialRecord`). Each seed index trains from
+    its own seed, derived from (experiment seed, n, m, index); several seeds train together as
+    one :class:`~ce_ray.theory.models.PackedSeeds` model, each with its own data order (its
+    sampler and item transforms are seeded by its seed) and its own optimizer state, so each
+    trains as it would alone. After every epoch it reports ``epoch``, ``train_loss`` and
     ``test_error`` (their means over the seeds: what Tune and a scheduler see), ``attempt`` (0
     for the first start of the trial), ``start_epoch`` and ``node_id``, each report with a
     checkpoint (model, optimizer, lr schedule, epoch, every RNG state); the record holds every
@@ -139,16 +142,17 @@ def train_point(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    preset = SWEEP_PRESETS[config["preset"]]
+    sweep = SweepConfig.from_json(config["sweep"])
+    preset, (n, m) = sweep.spec, (config["point"]["n"], config["point"]["m"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     train_set, test_set = ray.get(config["datasets"])
-    execution = Execution(config["precision"], config["channels_last"], config["compile"])
-    seeds = config["seeds"]
+    execution = Execution(sweep.precision, sweep.channels_last, sweep.compile)
+    seeds = [derive_seed(sweep.seed, n, m, index) for index in config["seed_indices"]]
     networks = []
     for seed in seeds:  # the same initial weights on every rank (DDP checks)
         torch.manual_seed(seed)
-        networks.append(preset.space.build(config["m"], config["n"]))
+        networks.append(preset.space.build(m, n))
     # The raw module is what is checkpointed.
     network = networks[0] if len(seeds) == 1 else PackedSeeds(networks)
     optimizer, schedule = make_optimizer(network, preset.recipe)
@@ -165,7 +169,7 @@ def train_point(config: dict) -> None:
             batch,
             DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed),
             seed,
-            config["loader_workers"] // len(seeds),
+            sweep.loader_workers // len(seeds),
             pin_memory=device.type == "cuda",
             drop_last=len(train_set) > batch * world,
         )
@@ -174,7 +178,7 @@ def train_point(config: dict) -> None:
         loaders.append(ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False))
     loader = loaders[0] if len(seeds) == 1 else StackedBatches(loaders)
     top5 = getattr(preset.space, "num_classes", 0) > 5
-    for epoch in range(start_epoch, config["epochs"] + 1):
+    for epoch in range(start_epoch, sweep.epochs + 1):
         started = time.perf_counter()
         for sampler in samplers:
             sampler.set_epoch(epoch)

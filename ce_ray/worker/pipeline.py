@@ -15,7 +15,6 @@ what it computes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -53,15 +52,6 @@ class Execution:
     def __post_init__(self) -> None:
         check_choice("--precision", self.precision, PRECISIONS)
 
-    @classmethod
-    def default(cls, on_gpu: bool, convolutional: bool) -> Execution:
-        """bf16 and channels_last (for convolutional models) on a GPU; fp32 on a CPU.
-
-        >>> Execution.default(on_gpu=False, convolutional=True)
-        Execution(precision='fp32', channels_last=False, compile=False, compile_backend='inductor')
-        """
-        return cls("bf16" if on_gpu else "fp32", on_gpu and convolutional, False)
-
     def autocast(self, device: torch.device) -> AbstractContextManager:
         dtype = AUTOCAST_DTYPES[self.precision]
         return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
@@ -81,16 +71,6 @@ class Execution:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return torch.compile(model, backend=self.compile_backend) if self.compile else model
-
-
-def default_loader_workers(cpus_per_worker: float) -> int:
-    """Loader processes for a training worker holding ``cpus_per_worker`` CPUs: the CPUs
-    beyond the one the training process itself uses.
-
-    >>> default_loader_workers(1), default_loader_workers(4), default_loader_workers(2.5)
-    (0, 3, 1)
-    """
-    return max(0, math.floor(cpus_per_worker) - 1)
 
 
 class EpochTaggedSampler(Sampler[int]):
