@@ -43,6 +43,15 @@ def epochs_so_far(experiment_dir) -> list[int]:
     return counts
 
 
+def damage_one_file(directory: Path) -> str:
+    """Leave what a killed writer leaves (a temporary file) and cut one Parquet file short;
+    returns the damaged file's name."""
+    victim = sorted(directory.glob("*.parquet"))[-1]
+    (directory / ".tmp-killed-writer").write_bytes(b"PAR1" + bytes(100))
+    victim.write_bytes(victim.read_bytes()[:200])
+    return victim.name
+
+
 def short_tmpdir() -> str:
     """A new directory under /tmp with a short name: a RAY_TMPDIR must keep Ray's socket paths
     under the 107 bytes of AF_UNIX (pytest's tmp_path is too deep)."""

@@ -9,6 +9,7 @@ import pytest
 from ce_ray import cli
 from ce_ray.experiments.drift import DriftConfig, run_drift
 from ce_ray.theory import drift
+from tests.conftest import damage_one_file
 
 TASK = drift.make_task(16, 4, 4, seed=0)
 LR = drift.learning_rate(16, 3, 0.1)
@@ -67,6 +68,15 @@ def test_the_job_writes_runs_and_fits_and_resumes(tmp_path):
     again = run_drift(TINY, str(tmp_path), "tiny", workers=2, log=lines.append)
     assert lines == ["[drift] resuming: 8/8 runs already on storage"]
     pd.testing.assert_frame_equal(first.runs, again.runs)
+
+    lines.clear()
+    damaged = damage_one_file(directory / "runs")
+    repaired = run_drift(TINY, str(tmp_path), "tiny", workers=2, log=lines.append)
+    assert "[drift] removed 1 unfinished write(s)" in lines[0]
+    assert f"[drift] {damaged} is damaged (not a whole file): recomputing it" in lines
+    assert "[drift] resuming: 7/8 runs already on storage" in lines
+    assert not list((directory / "runs").glob(".tmp-*"))
+    pd.testing.assert_frame_equal(first.runs, repaired.runs)
 
 
 @pytest.mark.usefixtures("ray_cluster")

@@ -92,14 +92,14 @@ def test_rerun_resumes_and_recomputes_only_missing_shards(tmp_path):
     first = fa.fit_alpha(config(), str(tmp_path), "resume", workers=2, bootstrap=50)
     before = shard_tables(first.directory)
     again = fa.fit_alpha(config(), str(tmp_path), "resume", 2, bootstrap=50, log=lines.append)
-    assert lines == ["[fit-alpha] resuming: 9/9 shards already on disk"]
+    assert lines == ["[fit-alpha] resuming: 9/9 shards already on storage"]
     assert again.alpha == first.alpha
 
     missing = "w000016-s00001.parquet"
     (tmp_path / "resume/fit_alpha/shards" / missing).unlink()
     lines.clear()
     fa.fit_alpha(config(), str(tmp_path), "resume", 2, bootstrap=50, log=lines.append)
-    assert lines[0] == "[fit-alpha] resuming: 8/9 shards already on disk"
+    assert lines[0] == "[fit-alpha] resuming: 8/9 shards already on storage"
     assert [line for line in lines if "width" in line] == [
         "[fit-alpha] 9/9 shards: width 16 shard 1 " + lines[1].split("shard 1 ")[1]
     ]
@@ -230,7 +230,7 @@ def test_a_killed_writer_and_a_truncated_shard_are_repaired_on_resume(tmp_path):
     again = fa.fit_alpha(config(), str(tmp_path), "repair", 2, bootstrap=50, log=lines.append)
     assert "[fit-alpha] removed 1 unfinished write(s)" in lines[0]
     assert any("w000032-s00002.parquet is damaged" in line for line in lines)
-    assert "[fit-alpha] resuming: 8/9 shards already on disk" in lines
+    assert "[fit-alpha] resuming: 8/9 shards already on storage" in lines
     assert not list(shard_dir.glob(".tmp-*"))
     assert_same_shards(first.directory, again.directory)
     for name, table in before.items():

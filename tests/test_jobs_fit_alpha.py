@@ -116,5 +116,5 @@ def test_ray_job_submit_against_a_local_head(ray_head, tmp_path):
 
     again = run(*submit, "--", "python", "jobs/fit_alpha.py", *job)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
-    assert "resuming: 3/3 shards already on disk" in again.stdout
+    assert "resuming: 3/3 shards already on storage" in again.stdout
     assert f"alpha = {alpha.loc[0, 'alpha']:.4f}" in again.stdout

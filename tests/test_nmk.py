@@ -12,6 +12,7 @@ from ce_ray.experiments.nmk import NMKConfig, run_nmk
 from ce_ray.theory import nmk
 from ce_ray.theory.ntk import member_ntk_matrix, mlp_member_kernels
 from ce_ray.theory.spaces import FCSpace
+from tests.conftest import damage_one_file
 
 
 @pytest.mark.parametrize(("depth", "width", "members"), [(2, 3, 2), (4, 5, 3), (5, 7, 4)])
@@ -105,6 +106,17 @@ def test_the_job_writes_its_tables_and_resumes_without_sampling_again(tmp_path):
         f"[nmk] resuming: {len(TINY.blocks())}/{len(TINY.blocks())} blocks already on storage"
     ]
     pd.testing.assert_frame_equal(first.fit, again.fit)
+
+    lines.clear()
+    damaged = damage_one_file(directory / "shards")
+    repaired = run_nmk(TINY, str(tmp_path), "tiny", workers=2, log=lines.append)
+    assert "[nmk] removed 1 unfinished write(s)" in lines[0]
+    assert f"[nmk] {damaged} is damaged (not a whole file): recomputing it" in lines
+    blocks = len(TINY.blocks())
+    assert f"[nmk] resuming: {blocks - 1}/{blocks} blocks already on storage" in lines
+    assert not list((directory / "shards").glob(".tmp-*"))
+    pd.testing.assert_frame_equal(first.kernels, repaired.kernels)
+    pd.testing.assert_frame_equal(first.fit, repaired.fit)
     with pytest.raises(ValueError, match="different configuration"):
         run_nmk(NMKConfig(**{**TINY.__dict__, "draws": 4}), str(tmp_path), "tiny", 2)
 

@@ -112,7 +112,7 @@ def test_fit_alpha_writes_and_resumes_on_s3_and_pandas_reads_it(s3, ray_tmpdir):
     assert first.returncode == 0, first.stderr[-3000:]
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming: 4/4 shards already on disk" in again.stdout
+    assert "resuming: 4/4 shards already on storage" in again.stdout
     alpha = pd.read_parquet(f"{location}/e/fit_alpha/alpha.parquet").loc[0, "alpha"]
     assert f"alpha = {alpha:.4f}" in first.stdout and f"alpha = {alpha:.4f}" in again.stdout
     keys = {k.removeprefix("r/e/fit_alpha/") for k in server.keys(bucket)}

@@ -12,19 +12,16 @@ experiment seed alone, so a rerun skips runs already on storage. Layout of
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
 import pyarrow as pa
 
 from ce_ray.experiments import cluster
-from ce_ray.experiments.tasks import run_tasks
+from ce_ray.experiments.tasks import Log, WorkItem, run_missing
 from ce_ray.results import plots, storage
 from ce_ray.theory import drift
 from ce_ray.theory.seeds import derive_seed
-
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,20 +174,15 @@ def run_drift(
     directory = storage.join(results, experiment, "drift")
     storage.check_or_write_config(directory, config.to_json())
     runs_dir = storage.join(directory, "runs")
-    storage.remove_temporaries(runs_dir)
-    present = set(storage.list_files(runs_dir, ".parquet"))
-    todo = [(config, *run, runs_dir) for run in config.runs() if _run_file(*run) not in present]
-    done = len(config.runs()) - len(todo)
-    if done:
-        log(f"[drift] resuming: {done}/{len(config.runs())} runs already on storage")
+    # A run's file: one row per recorded step.
+    steps = len(config.record_steps)
+    items = [WorkItem((config, *run, runs_dir), _run_file(*run), steps) for run in config.runs()]
 
     def describe(item, result) -> str:
         m, n, seed_index, last = result
         return f"m={m} n={n} seed {seed_index}: drift {last:.4g}"
 
-    run_tasks(
-        _run_task, todo, workers, describe, log, prefix="[drift]", unit="runs", done_before=done
-    )
+    run_missing(_run_task, items, runs_dir, workers, describe, log, prefix="[drift]", unit="runs")
     runs = pd.concat(
         [
             storage.read_parquet(storage.join(runs_dir, _run_file(*run))).to_pandas()

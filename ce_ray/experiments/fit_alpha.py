@@ -13,7 +13,6 @@ metadata) and ``alpha.png``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -21,13 +20,11 @@ import torch
 
 from ce_ray.configs import FitConfig
 from ce_ray.experiments import cluster
-from ce_ray.experiments.shards import Shard, is_whole, plan_shards, read_width, sample_shard
-from ce_ray.experiments.tasks import run_tasks
+from ce_ray.experiments.shards import Shard, plan_shards, read_width, sample_shard
+from ce_ray.experiments.tasks import Log, WorkItem, run_missing
 from ce_ray.results import plots, storage
 from ce_ray.theory.alpha import AlphaFit, fit_eq9
 from ce_ray.theory.ntk import chunk_size
-
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -59,48 +56,33 @@ def _shard_task(config: FitConfig, shard: Shard, shard_dir: str) -> tuple[Shard,
     return shard, sample_shard(config, shard, shard_dir, {"node_id": cluster.node_id()})
 
 
-def _shards_to_run(config: FitConfig, shard_dir: str, log: Log) -> list[Shard]:
-    """The shards not yet whole on storage; clears what killed writes and damage left."""
-    if removed := storage.remove_temporaries(shard_dir):
-        log(f"[fit-alpha] removed {removed} unfinished write(s) in {shard_dir}")
-    present = set(storage.list_files(shard_dir, ".parquet"))
-    todo = []
-    for shard in plan_shards(config):
-        if shard.filename in present and not is_whole(shard_dir, shard):
-            log(f"[fit-alpha] {shard.filename} is damaged (not a whole shard): recomputing it")
-            storage.delete(storage.join(shard_dir, shard.filename))
-            present.discard(shard.filename)
-        if shard.filename not in present:
-            todo.append(shard)
-    return todo
-
-
 def sample_all_shards(
     config: FitConfig, directory: str, workers: int, log: Log = print, max_retries: int = 3
 ) -> list[tuple[Shard, float]]:
-    """Run every shard not yet on storage as a Ray task, at most ``workers`` at a time.
+    """Run every shard not yet whole on storage as a Ray task, at most ``workers`` at a time.
 
     Returns the shards this call ran, each with the seconds its task spent sampling.
     """
     shard_dir = storage.join(directory, "shards")
-    todo, total = _shards_to_run(config, shard_dir, log), len(plan_shards(config))
-    if total > len(todo):
-        log(f"[fit-alpha] resuming: {total - len(todo)}/{total} shards already on disk")
+    items = [
+        WorkItem((config, shard, shard_dir), shard.filename, shard.stop - shard.start)
+        for shard in plan_shards(config)
+    ]
 
     def describe(item, result) -> str:
         shard, seconds = result
         samples = shard.stop - shard.start
         return f"width {shard.width} shard {shard.index} ({samples} samples, {seconds:.2f}s)"
 
-    return run_tasks(
+    return run_missing(
         _shard_task,
-        [(config, shard, shard_dir) for shard in todo],
+        items,
+        shard_dir,
         workers,
         describe,
         log,
         prefix="[fit-alpha]",
         unit="shards",
-        done_before=total - len(todo),
         max_retries=max_retries,
         num_gpus=1 if config.device.startswith("cuda") else 0,
     )

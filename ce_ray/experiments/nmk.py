@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,12 +20,11 @@ import pandas as pd
 import pyarrow as pa
 
 from ce_ray.experiments import cluster
-from ce_ray.experiments.tasks import run_tasks
+from ce_ray.experiments.tasks import Log, WorkItem, run_missing
 from ce_ray.results import plots, storage
 from ce_ray.theory import nmk
 from ce_ray.theory.seeds import derive_seed
 
-Log = Callable[[str], None]
 # Identities of the draws: member weights (with width and block) and the bootstrap.
 MEMBERS_STREAM, BOOTSTRAP_STREAM = 0x4E4D4B, 0xB007
 # The width at which a task holds ``block_members`` members.
@@ -154,30 +152,22 @@ def _block_task(*block) -> tuple[int, int, int]:
 
 
 def sample_all_blocks(config: NMKConfig, directory: str, workers: int, log: Log = print) -> int:
-    """Every block not yet on storage, as Ray tasks; returns how many ran."""
+    """Every block not yet whole on storage, as Ray tasks; returns how many ran."""
     shard_dir = storage.join(directory, "shards")
-    storage.remove_temporaries(shard_dir)
-    present = set(storage.list_files(shard_dir, ".parquet"))
-    plan = config.blocks()
-    todo = [(config, *block, shard_dir) for block in plan if _block_file(*block[:2]) not in present]
-    if len(todo) < len(plan):
-        log(f"[nmk] resuming: {len(plan) - len(todo)}/{len(plan)} blocks already on storage")
+    # A block's file: one row per (member, gamma, entry), two entries.
+    items = [
+        WorkItem((config, *block, shard_dir), _block_file(*block[:2]), block[3] * config.gammas * 2)
+        for block in config.blocks()
+    ]
 
     def describe(item, result) -> str:
         width, index, members = result
         return f"width {width} block {index} ({members} members)"
 
-    run_tasks(
-        _block_task,
-        todo,
-        workers,
-        describe,
-        log,
-        prefix="[nmk]",
-        unit="blocks",
-        done_before=len(plan) - len(todo),
+    ran = run_missing(
+        _block_task, items, shard_dir, workers, describe, log, prefix="[nmk]", unit="blocks"
     )
-    return len(todo)
+    return len(ran)
 
 
 def _member_kernels(shard_dir: str, width: int, gammas: int) -> dict[str, np.ndarray]:

@@ -84,11 +84,6 @@ def sample_shard(
     return time.perf_counter() - started
 
 
-def is_whole(shard_dir: str, shard: Shard) -> bool:
-    """Whether the shard's file holds all its rows (a truncated file does not)."""
-    return storage.parquet_rows(storage.join(shard_dir, shard.filename)) == shard.stop - shard.start
-
-
 def read_width(shard_dir: str, width: int) -> np.ndarray:
     """All samples of one width, in sample order."""
     prefix = f"w{width:06d}-"

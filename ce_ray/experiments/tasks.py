@@ -1,16 +1,73 @@
 """Run independent work items as Ray tasks: at most ``workers`` at a time, Ray's own retries
 for a worker or node that dies, one progress line per finished item, and the first failure
-turned into one line. The caller connects to Ray; the items' functions know nothing of it."""
+turned into one line. The caller connects to Ray; the items' functions know nothing of it.
+
+:func:`run_missing` is how fit-alpha, nmk and drift resume: each work item writes one Parquet
+file, and only the items whose file is not whole on storage run again.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ray
 
+from ce_ray.results import storage
+
+#: Where progress lines go (``print``, ``list.append``, stderr under ``--json``).
 Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One work item: the arguments of its task function, the file the task writes, and the
+    rows a whole file holds."""
+
+    args: tuple
+    filename: str
+    rows: int
+
+
+def run_missing(
+    function: Callable[..., Any],
+    items: Sequence[WorkItem],
+    directory: str,
+    workers: int,
+    describe: Callable[[tuple, Any], str],
+    log: Log = print,
+    prefix: str = "[tasks]",
+    unit: str = "items",
+    **task_options: Any,
+) -> list[Any]:
+    """Run, as Ray tasks (:func:`run_tasks`), the items whose file in ``directory`` is not
+    whole; returns their results.
+
+    First it removes the temporary files that killed writers left behind and deletes any
+    item file without its ``rows`` (e.g. cut short by a failed copy), so those items run
+    again; items whose files are whole are skipped, and the count is logged.
+    """
+    if removed := storage.remove_temporaries(directory):
+        log(f"{prefix} removed {removed} unfinished write(s) in {directory}")
+    present = set(storage.list_files(directory, ".parquet"))
+    todo = []
+    for item in items:
+        location = storage.join(directory, item.filename)
+        if item.filename in present and storage.parquet_rows(location) != item.rows:
+            log(f"{prefix} {item.filename} is damaged (not a whole file): recomputing it")
+            storage.delete(location)
+            present.discard(item.filename)
+        if item.filename not in present:
+            todo.append(item)
+    done = len(items) - len(todo)
+    if done:
+        log(f"{prefix} resuming: {done}/{len(items)} {unit} already on storage")
+    args = [item.args for item in todo]
+    return run_tasks(
+        function, args, workers, describe, log, prefix, unit, done_before=done, **task_options
+    )
 
 
 def run_tasks(
