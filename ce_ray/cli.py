@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from ce_ray import options
 from ce_ray.theory.curves import curve, curve_to_json, format_curve
-from ce_ray.theory.spaces import SPACES, Space, make_space
+from ce_ray.theory.spaces import Space, make_space
 
 if TYPE_CHECKING:
     from ce_ray.configs import SweepConfig
@@ -33,20 +33,9 @@ if TYPE_CHECKING:
 
 def space_from_args(args: argparse.Namespace) -> Space:
     """The space named by ``--space`` with the space options that were given."""
-    allowed = set(SPACES[args.space].__dataclass_fields__)
-    given = {
-        flag: field
-        for flag, field in options.SPACE_FLAGS.items()
-        if getattr(args, field) is not None
-    }
-    for flag, field in given.items():
-        if field not in allowed:
-            takes = [f for f, name in options.SPACE_FLAGS.items() if name in allowed]
-            raise ValueError(
-                f"{flag} does not apply to --space {args.space} "
-                f"(it takes: {', '.join(takes) or 'no options'})"
-            )
-    return make_space(args.space, **{field: getattr(args, field) for field in given.values()})
+    flags = {field: flag for flag, field in options.SPACE_FLAGS.items()}
+    given = {field: getattr(args, field) for field in flags if getattr(args, field) is not None}
+    return make_space(args.space, spelled=flags, **given)
 
 
 def params_command(args: argparse.Namespace) -> None:

@@ -114,7 +114,7 @@ def test_curve_json_fields():
         (["params", "--space", "fc", "--m", "1", "--n", "2", "--depth", "1"], "depth must be >= 2"),
         (
             ["params", "--space", "cifar-resnext29", "--m", "1", "--n", "2", "--depth", "3"],
-            "--depth does not apply to --space cifar-resnext29 (it takes: --classes, --image-size)",
+            "space 'cifar-resnext29' does not take --depth (it takes: --classes, --image-size)",
         ),
         (["curve", "--space", "fc", "--baseline", "50", "--alpha", "0"], "--alpha: must be a"),
         (["curve", "--space", "fc", "--baseline", "50", "--alpha", "-2"], "--alpha: must be a"),

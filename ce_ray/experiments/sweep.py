@@ -113,9 +113,11 @@ def seed_groups(seeds: int, pack: bool) -> list[list[int]]:
 
 
 def _trial_name(trial) -> str:
+    """``<m>x<n>d-seed<s>-<trial id>`` (or ``seeds<a>-<b>`` when packed)."""
     point, indices = trial.config["point"], trial.config["seed_indices"]
     seeds = f"seed{indices[0]}" if len(indices) == 1 else f"seeds{indices[0]}-{indices[-1]}"
-    return f"{point['m']}x{point['n']}d-{seeds}-{trial.trial_id}"
+    label = SweepConfig.from_json(trial.config["sweep"]).spec.space.label(point["m"], point["n"])
+    return f"{label}-{seeds}-{trial.trial_id}"
 
 
 def _new_tuner(

@@ -20,6 +20,7 @@ that block while ``num_params``/``flops`` count the whole network.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, ClassVar
 
@@ -51,6 +52,39 @@ def _bottleneck_fan_in_sum(in_channels: int, width: IntLike) -> np.ndarray:
     """S(n) of the Fig. 5 bottleneck: fan-ins n_in, 9n and n."""
     width = np.asarray(width, dtype=np.float64)
     return 1.0 / in_channels + 1.0 / (9.0 * width) + 1.0 / width
+
+
+def _resnext_stages_count(
+    m: IntLike,
+    in_channels: int,
+    size: int,
+    stages: Sequence[tuple[int, IntLike, int, int]],
+    num_classes: int,
+    flops: bool,
+) -> IntLike:
+    """Parameters (or MACs on ``size x size`` inputs) of ResNeXt bottleneck stages and the
+    linear classifier after global pooling.
+
+    ``stages``: ``(out_channels, group_width, blocks, stride)`` each; a block has a 1x1 conv
+    in -> m * group_width, a 3x3 grouped conv (m groups, stride on the first block), a 1x1
+    conv to out_channels, BatchNorm after each (2 parameters per channel), and the first
+    block of each stage a 1x1 projection shortcut with its BatchNorm.
+    """
+    total: IntLike = 0
+    in_ch = in_channels
+    for out_ch, group_width, blocks, stride in stages:
+        width = m * group_width
+        for block in range(blocks):
+            s = stride if block == 0 else 1
+            in_area, out_area = (size * size, (size // s) ** 2) if flops else (1, 1)
+            total = total + in_ch * width * in_area + 9 * width * group_width * out_area
+            total = total + width * out_ch * out_area
+            if not flops:
+                total = total + 2 * width + 2 * width + 2 * out_ch
+            if block == 0:  # every stage's first block changes the channels: a projection
+                total = total + in_ch * out_ch * out_area + (0 if flops else 2 * out_ch)
+            in_ch, size = out_ch, size // s
+    return total + in_ch * num_classes + (0 if flops else num_classes)
 
 
 @dataclass(frozen=True)
@@ -237,27 +271,14 @@ class CifarResNeXt29Space(_ResNeXtNetworkSpace):
 
     def _count(self, m: IntLike, n: IntLike, flops: bool) -> IntLike:
         m, n = _as_int(m), _as_int(n)
-        stem = CIFAR_STEM_CHANNELS
-        size = self.image_size
-        # Parameters: conv weights plus BatchNorm's weight and bias (2 per channel).
-        total = 3 * 9 * stem * (size * size if flops else 1) + (0 if flops else 2 * stem)
-        in_ch = stem
-        for out_ch, stride in zip(CIFAR_STAGE_CHANNELS, CIFAR_STAGE_STRIDES, strict=True):
-            group_width = n * out_ch // 256
-            d = m * group_width
-            for block in range(3):
-                s = stride if block == 0 else 1
-                in_area, out_area = size * size, (size // s) ** 2
-                if not flops:
-                    in_area = out_area = 1
-                total = total + in_ch * d * in_area + 9 * d * group_width * out_area
-                total = total + d * out_ch * out_area
-                if not flops:
-                    total = total + 2 * d + 2 * d + 2 * out_ch
-                if s != 1 or in_ch != out_ch:
-                    total = total + in_ch * out_ch * out_area + (0 if flops else 2 * out_ch)
-                in_ch, size = out_ch, size // s
-        return total + in_ch * self.num_classes + (0 if flops else self.num_classes)
+        stem, size = CIFAR_STEM_CHANNELS, self.image_size
+        # The 3x3 stem conv and its BatchNorm (2 parameters per channel).
+        total = 3 * 9 * stem * size * size if flops else 3 * 9 * stem + 2 * stem
+        stages = [
+            (out_ch, n * out_ch // 256, 3, stride)
+            for out_ch, stride in zip(CIFAR_STAGE_CHANNELS, CIFAR_STAGE_STRIDES, strict=True)
+        ]
+        return total + _resnext_stages_count(m, stem, size, stages, self.num_classes, flops)
 
     def num_params(self, m: IntLike, n: IntLike) -> IntLike:
         return self._count(m, n, flops=False)
@@ -295,24 +316,13 @@ class ImageNetResNeXtSpace(_ResNeXtNetworkSpace):
     def _count(self, m: IntLike, n: IntLike, flops: bool) -> IntLike:
         m, n = _as_int(m), _as_int(n)
         size = self.image_size // 2  # the 7x7 stem conv has stride 2
-        total = 3 * 49 * 64 * (size * size) if flops else 3 * 49 * 64 + 2 * 64
-        size //= 2  # max pool
-        in_ch = 64
-        for i, (planes, blocks) in enumerate(zip(self.stage_planes, self.layers, strict=True)):
-            out_ch = planes * IMAGENET_EXPANSION
-            group_width = planes * n // 64
-            width = group_width * m
-            for block in range(blocks):
-                s = 2 if (i > 0 and block == 0) else 1
-                in_area, out_area = (size * size, (size // s) ** 2) if flops else (1, 1)
-                total = total + in_ch * width * in_area + 9 * width * group_width * out_area
-                total = total + width * out_ch * out_area
-                if not flops:
-                    total = total + 2 * width + 2 * width + 2 * out_ch
-                if block == 0:  # torchvision adds a projection to every stage's first block
-                    total = total + in_ch * out_ch * out_area + (0 if flops else 2 * out_ch)
-                in_ch, size = out_ch, size // s
-        return total + in_ch * self.num_classes + (0 if flops else self.num_classes)
+        total = 3 * 49 * 64 * size * size if flops else 3 * 49 * 64 + 2 * 64
+        stages = [
+            (planes * IMAGENET_EXPANSION, planes * n // 64, blocks, 1 if i == 0 else 2)
+            for i, (planes, blocks) in enumerate(zip(self.stage_planes, self.layers, strict=True))
+        ]
+        # After the stride-2 max pool.
+        return total + _resnext_stages_count(m, 64, size // 2, stages, self.num_classes, flops)
 
     def num_params(self, m: IntLike, n: IntLike) -> IntLike:
         return self._count(m, n, flops=False)
@@ -350,8 +360,11 @@ SPACES: dict[str, type[Space]] = {
 }
 
 
-def make_space(name: str, **options: int) -> Space:
+def make_space(name: str, spelled: Mapping[str, str] | None = None, **options: int) -> Space:
     """The space called ``name`` with construction ``options`` (e.g. ``depth=6`` for fc).
+
+    ``spelled`` maps an option to how the caller names it (the command line: ``--depth``),
+    for the error message.
 
     Raises:
         ValueError: unknown space, or an option the space does not take.
@@ -361,13 +374,20 @@ def make_space(name: str, **options: int) -> Space:
     ('37x10d', 13743646)
     >>> round(float(make_space("fc", depth=3).fan_in_sum(10)), 6)  # 1/784 + 2/10
     0.201276
+    >>> make_space("fc", spatial=3)
+    Traceback (most recent call last):
+    ValueError: space 'fc' does not take spatial (it takes: input_dim, depth, num_classes)
     """
     if name not in SPACES:
         raise ValueError(f"unknown space {name!r}; valid spaces: {', '.join(SPACES)}")
     cls = SPACES[name]
-    allowed = {f.name for f in fields(cls)}
-    unknown = sorted(set(options) - allowed)
+    spell = (spelled or {}).get
+    allowed = [f.name for f in fields(cls)]
+    unknown = [option for option in options if option not in allowed]
     if unknown:
-        takes = ", ".join(sorted(allowed)) or "no options"
-        raise ValueError(f"space {name!r} does not take {', '.join(unknown)} (it takes: {takes})")
+        takes = ", ".join(spell(f, f) for f in allowed if not spelled or f in spelled)
+        raise ValueError(
+            f"space {name!r} does not take {', '.join(spell(f, f) for f in unknown)} "
+            f"(it takes: {takes or 'no options'})"
+        )
     return cls(**options)
