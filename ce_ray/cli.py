@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from ce_ray import options
@@ -28,7 +28,10 @@ from ce_ray.theory.curves import curve, curve_to_json, format_curve
 from ce_ray.theory.spaces import Space, make_space
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from ce_ray.configs import SweepConfig
+    from ce_ray.experiments.tasks import Log
 
 
 def space_from_args(args: argparse.Namespace) -> Space:
@@ -161,12 +164,12 @@ def sweep_command(args: argparse.Namespace) -> None:
     print(report(result.directory, with_plots=not args.no_report))
 
 
-def _given(args: argparse.Namespace, fields) -> dict:
+def _given(args: argparse.Namespace, fields: Iterable[str]) -> dict:
     """The options of ``args`` named like ``fields`` that were given (the rest: defaults)."""
     return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
 
 
-def _connect(args: argparse.Namespace):
+def _connect(args: argparse.Namespace) -> tuple[str, Log, int]:
     """For the Ray commands: check ``--results``, connect to Ray (``ray.init()``, once, here),
     and choose the log (stderr under ``--json``) and ``--workers`` (default: the cluster's
     CPUs). Returns ``(results, log, workers)``."""
@@ -180,7 +183,7 @@ def _connect(args: argparse.Namespace):
     return results, log, args.workers or cluster.default_workers()
 
 
-def _print(args: argparse.Namespace, table, headline: dict) -> None:
+def _print(args: argparse.Namespace, table: pd.DataFrame, headline: dict) -> None:
     """The headline as JSON under ``--json``, else the table."""
     if args.json:
         print(json.dumps(headline, indent=2))

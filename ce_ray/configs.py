@@ -14,6 +14,7 @@ import math
 import os
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import pandas as pd
 
@@ -96,13 +97,13 @@ class FitConfig:
         )
 
     @classmethod
-    def from_preset(cls, preset: str, **settings) -> FitConfig:
+    def from_preset(cls, preset: str, **settings: Any) -> FitConfig:
         """The preset's widths, samples and sampler, overridden by ``settings`` that are not
         None; the shard size follows the sampler unless given."""
-        defaults = FIT_PRESETS[preset] if preset in FIT_PRESETS else None
         _require(
-            defaults is not None, f"unknown fit preset {preset!r}; valid: {', '.join(FIT_PRESETS)}"
+            preset in FIT_PRESETS, f"unknown fit preset {preset!r}; valid: {', '.join(FIT_PRESETS)}"
         )
+        defaults = FIT_PRESETS[preset]
         given = {k: v for k, v in settings.items() if v is not None}
         given.setdefault("method", defaults.method)
         given.setdefault("widths", tuple(int(w) for w in parse_widths(defaults.widths)))

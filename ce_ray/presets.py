@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ce_ray.theory.spaces import (
     CifarResNeXt29Space,
@@ -89,7 +90,10 @@ class SweepPreset:
     description: str
 
 
-def _registry(*presets):
+P = TypeVar("P", "FitPreset", "SweepPreset")
+
+
+def _registry(*presets: P) -> dict[str, P]:
     return {preset.name: preset for preset in presets}
 
 

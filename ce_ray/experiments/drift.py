@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -119,9 +120,11 @@ def run_one(
     return m, n, seed_index, float(rows["drift"].iloc[-1])
 
 
-def _run_task(*run) -> tuple[int, int, int, float]:
+def _run_task(
+    config: DriftConfig, m: int, n: int, seed_index: int, runs_dir: str
+) -> tuple[int, int, int, float]:
     """The Ray task: :func:`run_one`, recording in the file which node computed it."""
-    return run_one(*run, metadata={"node_id": cluster.node_id()})
+    return run_one(config, m, n, seed_index, runs_dir, metadata={"node_id": cluster.node_id()})
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ def run_drift(
     steps = len(config.record_steps)
     items = [WorkItem((config, *run, runs_dir), _run_file(*run), steps) for run in config.runs()]
 
-    def describe(item, result) -> str:
+    def describe(item: tuple, result: Any) -> str:
         m, n, seed_index, last = result
         return f"m={m} n={n} seed {seed_index}: drift {last:.4g}"
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -69,7 +71,7 @@ def sample_all_shards(
         for shard in plan_shards(config)
     ]
 
-    def describe(item, result) -> str:
+    def describe(item: tuple, result: Any) -> str:
         shard, seconds = result
         samples = shard.stop - shard.start
         return f"width {shard.width} shard {shard.index} ({samples} samples, {seconds:.2f}s)"
@@ -98,7 +100,7 @@ def fit_from_shards(
     """Eq. 9 fitted to the shards on storage, one width in memory at a time."""
     shard_dir = storage.join(directory, "shards")
 
-    def samples_of(width: int):
+    def samples_of(width: int) -> np.ndarray:
         k = read_width(shard_dir, width)
         if k.size != config.samples:
             raise ValueError(

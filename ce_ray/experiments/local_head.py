@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -71,6 +72,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Head:
+    """A Ray head started by :func:`start_head`: its ``ray start`` process (the leader of its
+    process group), its GCS address and its RAY_TMPDIR (for :func:`stop_head`'s clean-up)."""
+
+    process: subprocess.Popen
+    gcs_address: str
+    ray_tmpdir: str
+
+
 def start_head(
     gcs_port: int,
     dashboard_port: int,
@@ -78,7 +89,7 @@ def start_head(
     extra_args: list[str] | None = None,
     log_path: str | None = None,
     timeout_s: float = 120.0,
-) -> subprocess.Popen:
+) -> Head:
     """Start ``ray start --head --block`` in a new process group; return once its dashboard
     and its dashboard agent (which runs submitted jobs) listen: the dashboard alone answers
     `ray job submit` with "No available agent" while the agent is starting (seen on a busy
@@ -106,25 +117,25 @@ def start_head(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    process.gcs_address = f"127.0.0.1:{gcs_port}"  # for stop_head's clean-up
-    process.ray_tmpdir = env.get("RAY_TMPDIR", tempfile.gettempdir())
+    head = Head(process, f"127.0.0.1:{gcs_port}", env.get("RAY_TMPDIR", tempfile.gettempdir()))
     deadline = time.monotonic() + timeout_s
     while not (listening(dashboard_port) and listening(agent_port)):
         if process.poll() is not None or time.monotonic() > deadline:
-            stop_head(process)
+            stop_head(head)
             tail = Path(log_path).read_text()[-2000:] if log_path else ""
             raise RuntimeError(f"the Ray head did not start (exit {process.returncode}): {tail}")
         time.sleep(0.25)
-    return process
+    return head
 
 
-def stop_head(process: subprocess.Popen, grace_s: float = 3.0) -> None:
+def stop_head(head: Head, grace_s: float = 3.0) -> None:
     """Stop the head's whole process group: SIGTERM, then SIGKILL after ``grace_s``.
 
     (Ray drains a node for up to 30 s on SIGTERM; nothing of ours needs that.) Like
     ``ray stop``, it then removes the head's entry in ``<RAY_TMPDIR>/ray/ray_current_cluster``;
     left behind, it makes the next ``ray.init()`` on this machine try to join the dead head.
     """
+    process = head.process
     try:
         os.killpg(process.pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -139,9 +150,8 @@ def stop_head(process: subprocess.Popen, grace_s: float = 3.0) -> None:
         except ProcessLookupError:
             pass
     process.wait()
-    address = getattr(process, "gcs_address", None)
-    current = Path(getattr(process, "ray_tmpdir", "/tmp")) / "ray" / "ray_current_cluster"
-    if address and current.exists() and current.read_text().strip() == address:
+    current = Path(head.ray_tmpdir) / "ray" / "ray_current_cluster"
+    if current.exists() and current.read_text().strip() == head.gcs_address:
         current.unlink()
 
 

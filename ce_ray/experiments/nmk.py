@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -146,9 +147,12 @@ def sample_block(
     return width, index, members
 
 
-def _block_task(*block) -> tuple[int, int, int]:
+def _block_task(
+    config: NMKConfig, width: int, index: int, start: int, members: int, shard_dir: str
+) -> tuple[int, int, int]:
     """The Ray task: :func:`sample_block`, recording in the file which node computed it."""
-    return sample_block(*block, metadata={"node_id": cluster.node_id()})
+    metadata = {"node_id": cluster.node_id()}
+    return sample_block(config, width, index, start, members, shard_dir, metadata)
 
 
 def sample_all_blocks(config: NMKConfig, directory: str, workers: int, log: Log = print) -> int:
@@ -160,7 +164,7 @@ def sample_all_blocks(config: NMKConfig, directory: str, workers: int, log: Log 
         for block in config.blocks()
     ]
 
-    def describe(item, result) -> str:
+    def describe(item: tuple, result: Any) -> str:
         width, index, members = result
         return f"width {width} block {index} ({members} members)"
 
@@ -278,7 +282,14 @@ def _gap_row(width: int, entry: str, kernels: np.ndarray, wide: np.ndarray) -> d
     }
 
 
-def _write(directory, kernels_frame, summary, fit, config, wide) -> None:
+def _write(
+    directory: str,
+    kernels_frame: pd.DataFrame,
+    summary: pd.DataFrame,
+    fit: pd.DataFrame,
+    config: NMKConfig,
+    wide: dict[str, np.ndarray],
+) -> None:
     for frame, name, schema in (
         (kernels_frame, "nmk", storage.NMK_SCHEMA),
         (summary, "nmk_summary", storage.NMK_SUMMARY_SCHEMA),

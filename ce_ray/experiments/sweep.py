@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -21,6 +22,7 @@ import pyarrow as pa
 import ray
 import ray.train
 from ray import tune
+from ray.tune.experiment import Trial
 
 from ce_ray.configs import FitConfig, SweepConfig
 from ce_ray.experiments import cluster
@@ -34,7 +36,7 @@ from ce_ray.worker import data, records
 # the running trial's training worker is waiting for (seen on 2 CPUs: the worker group timed
 # out after 60 s, again and again). Tune refuses an empty request, so the trial asks for
 # 1 MiB of Ray's logical memory instead, which nothing else competes for.
-TRIAL_FUNCTION_RESOURCES = {"cpu": 0, "memory": 2**20}
+TRIAL_FUNCTION_RESOURCES: dict[str, float] = {"cpu": 0, "memory": 2**20}
 # Train V2's controller collects reports when it polls the workers (every 2 s by default),
 # and a worker's report waits for that: with short epochs the poll, not the training, sets
 # the pace (0.03 s epochs took 2 s each). benchmarks/sweep_overhead.py: 15 reports with
@@ -85,7 +87,8 @@ def run_trial(trial: dict, datasets: list) -> None:
             storage_path=storage.join(trial["experiment_dir"], "train"),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=trial["max_failures"]),
-            callbacks=[TuneReportCallback()],
+            # Ray types RunConfig.callbacks with Train V1's Callback; V2's is what it takes.
+            callbacks=[TuneReportCallback()],  # type: ignore[list-item]
         ),
     )
     trainer.fit()
@@ -112,7 +115,7 @@ def seed_groups(seeds: int, pack: bool) -> list[list[int]]:
     return [list(range(seeds))] if pack else [[index] for index in range(seeds)]
 
 
-def _trial_name(trial) -> str:
+def _trial_name(trial: Trial) -> str:
     """``<m>x<n>d-seed<s>-<trial id>`` (or ``seeds<a>-<b>`` when packed)."""
     point, indices = trial.config["point"], trial.config["seed_indices"]
     seeds = f"seed{indices[0]}" if len(indices) == 1 else f"seeds{indices[0]}-{indices[-1]}"
@@ -121,7 +124,7 @@ def _trial_name(trial) -> str:
 
 
 def _new_tuner(
-    trainable,
+    trainable: Callable,
     config: SweepConfig,
     directory: str,
     concurrency: int,
@@ -163,13 +166,14 @@ def _new_tuner(
     )
 
 
-def _outcomes(grid) -> list[tables.TrialOutcome]:
+def _outcomes(grid: tune.ResultGrid) -> list[tables.TrialOutcome]:
     """One outcome per (trial, seed index it trained)."""
     outcomes = []
-    for result in grid:
+    for result in (grid[i] for i in range(len(grid))):
         # The trial directory is named by _trial_name: "<m>x<n>d-seed<s>-<trial id>".
         trial_id = os.path.basename(str(result.path).rstrip("/")).rsplit("-", 1)[-1]
-        point, indices = result.config["point"], result.config["seed_indices"]
+        config = result.config or {}  # Tune always records a trial's config
+        point, indices = config["point"], config["seed_indices"]
         error = str(result.error).strip().splitlines()[-1] if result.error else None
         outcomes += [
             tables.TrialOutcome(
@@ -180,7 +184,9 @@ def _outcomes(grid) -> list[tables.TrialOutcome]:
     return outcomes
 
 
-def _histories(directory: str, outcomes) -> dict[tuple[str, int], pd.DataFrame]:
+def _histories(
+    directory: str, outcomes: list[tables.TrialOutcome]
+) -> dict[tuple[str, int], pd.DataFrame]:
     """(trial id, seed index) -> that seed's epochs, from the trial's record."""
     histories = {}
     for trial_id in {o.trial_id for o in outcomes}:

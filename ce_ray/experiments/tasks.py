@@ -90,7 +90,8 @@ def run_tasks(
     last line of its error (the cause's message for a ValueError).
     """
     task = ray.remote(function).options(max_retries=max_retries, num_cpus=1, num_gpus=num_gpus)
-    queue, pending, results = list(items), {}, []
+    queue, results = list(items), []
+    pending: dict[ray.ObjectRef, tuple] = {}
     started, total = time.perf_counter(), done_before + len(items)
     while queue or pending:
         while queue and len(pending) < workers:

@@ -20,9 +20,10 @@ from ce_ray.theory.alpha import AlphaFit
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the headless backend
+from matplotlib.figure import Figure
 
 
-def _png(figure, dpi: int = 110) -> bytes:
+def _png(figure: Figure, dpi: int = 110) -> bytes:
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=dpi)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Callable
 from importlib import metadata
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -375,7 +377,7 @@ def library_versions() -> dict[str, str]:
 TEMPORARY_PREFIX = ".tmp-"
 
 
-def _atomic_write(location: str, write) -> None:
+def _atomic_write(location: str, write: Callable[[Any], None]) -> None:
     fs, path = filesystem(location)
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)

@@ -43,7 +43,7 @@ class TrialOutcome:
     packed_seeds: int = 1
 
 
-def _last(history: pd.DataFrame, column: str):
+def _last(history: pd.DataFrame, column: str) -> float | None:
     if column not in history or history[column].isna().all():
         return None
     return float(history[column].iloc[-1])

@@ -182,7 +182,9 @@ def curve(
     return Curve(space, formulation, alpha, baseline_width, metric, cost, table)
 
 
-def _check_grid(formulation, metric, cost, baseline_width, widths) -> tuple[np.ndarray, int]:
+def _check_grid(
+    formulation: str, metric: str, cost: str, baseline_width: int, widths: object
+) -> tuple[np.ndarray, int]:
     """The validated width grid (int64, sorted, unique) and baseline width."""
     check_choice("formulation", formulation, FORMULATIONS)
     check_choice("metric", metric, METRICS)
@@ -267,10 +269,10 @@ MAX_PRINTED_ROWS = 40
 
 
 def _row_record(space: Space, row: pd.Series) -> dict:
-    record = {
-        k: (int(v) if k in ("n", "m", "params", "flops") else float(v)) for k, v in row.items()
+    record: dict[str, int | float | str] = {
+        str(k): (int(v) if k in ("n", "m", "params", "flops") else float(v)) for k, v in row.items()
     }
-    record["label"] = space.label(record["m"], record["n"])
+    record["label"] = space.label(int(row["m"]), int(row["n"]))
     return record
 
 

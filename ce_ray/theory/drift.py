@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from numpy.typing import ArrayLike
 from scipy import stats
 
+from ce_ray.theory.models import CollegialMLP
 from ce_ray.theory.ntk import make_generator, mlp_member_kernels
 from ce_ray.theory.seeds import derive_seed
 from ce_ray.theory.spaces import FCSpace
@@ -58,7 +60,7 @@ def make_task(samples: int, features: int, probes: int, seed: int) -> Task:
     return Task(inputs, targets, probe_points)
 
 
-def ensemble_ntk(module, probes: torch.Tensor) -> torch.Tensor:
+def ensemble_ntk(module: CollegialMLP, probes: torch.Tensor) -> torch.Tensor:
     """``(P, P)``: the ensemble NTK, the mean of the members' (Eq. 4)."""
     with torch.no_grad():
         return mlp_member_kernels(module, probes).mean(dim=0)
@@ -124,7 +126,7 @@ class ExponentFit:
     runs: int
 
 
-def fit_exponents(m, n, drift, level: float = 0.95) -> ExponentFit:
+def fit_exponents(m: ArrayLike, n: ArrayLike, drift: ArrayLike, level: float = 0.95) -> ExponentFit:
     """Ordinary least squares on logs (runs with zero drift cannot be logged: ValueError).
 
     >>> m = np.array([1, 2, 4, 1, 2, 4]); n = np.array([8, 8, 8, 16, 16, 16])

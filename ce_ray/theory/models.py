@@ -185,7 +185,7 @@ class ResNeXtBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
-        self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
@@ -281,12 +281,14 @@ class PackedSeeds(nn.Module):
         self.seeds = nn.ModuleList(networks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        per_seed = [dict(network.named_parameters()) for network in self.seeds]
-        params = {name: torch.stack([p[name] for p in per_seed]) for name in per_seed[0]}
-        per_seed = [dict(network.named_buffers()) for network in self.seeds]
-        buffers = {name: torch.stack([b[name] for b in per_seed]) for name in per_seed[0]}
+        seed_params = [dict(network.named_parameters()) for network in self.seeds]
+        params = {name: torch.stack([p[name] for p in seed_params]) for name in seed_params[0]}
+        seed_buffers = [dict(network.named_buffers()) for network in self.seeds]
+        buffers = {name: torch.stack([b[name] for b in seed_buffers]) for name in seed_buffers[0]}
 
-        def one_seed(params, buffers, x):
+        def one_seed(
+            params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor
+        ) -> torch.Tensor:
             # The first copy serves as the template: functional_call swaps its tensors for
             # the given ones for this call only.
             return torch.func.functional_call(self.seeds[0], (params, buffers), (x,))
@@ -295,6 +297,6 @@ class PackedSeeds(nn.Module):
         if self.training and buffers:  # the stacked running statistics were updated in place
             with torch.no_grad():
                 for name, stacked in buffers.items():
-                    for own, updated in zip((b[name] for b in per_seed), stacked, strict=True):
+                    for own, updated in zip((b[name] for b in seed_buffers), stacked, strict=True):
                         own.copy_(updated)
         return out

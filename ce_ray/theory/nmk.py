@@ -29,8 +29,8 @@ def circle_inputs(gammas: np.ndarray) -> torch.Tensor:
     >>> circle_inputs(np.array([0.0, np.pi / 2])).round(decimals=6).tolist()
     [[1.0, 0.0], [0.0, 1.0]]
     """
-    gammas = torch.as_tensor(gammas, dtype=torch.float64)
-    return torch.stack([torch.cos(gammas), torch.sin(gammas)], dim=1)
+    angles = torch.as_tensor(gammas, dtype=torch.float64)
+    return torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
 def member_kernels_on_circle(

@@ -44,7 +44,9 @@ conservative (see :func:`bytes_per_sample`).
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Sequence
 
 import numpy as np
@@ -102,11 +104,18 @@ def _gradients(outputs: torch.Tensor, leaves: Sequence[torch.Tensor]) -> list[tu
     return [torch.autograd.grad(o, leaves, retain_graph=a < last) for a, o in enumerate(outputs)]
 
 
-def _weight_kernel(module: CollegialModel, names, grads_a, grads_b) -> torch.Tensor:
+def _weight_kernel(
+    module: CollegialModel,
+    names: Sequence[str],
+    grads_a: Sequence[torch.Tensor],
+    grads_b: Sequence[torch.Tensor],
+) -> torch.Tensor:
     """Per member, sum over the named weights of <grad_a, grad_b> restricted to the member."""
     first = module.member_views(zip(names, grads_a, strict=True))
     second = first if grads_b is grads_a else module.member_views(zip(names, grads_b, strict=True))
-    return sum((a * b).sum(dim=1) for a, b in zip(first, second, strict=True))
+    return functools.reduce(
+        operator.add, ((a * b).sum(dim=1) for a, b in zip(first, second, strict=True))
+    )
 
 
 def member_ntk(
@@ -286,6 +295,7 @@ def bytes_per_sample(
     budget (tests/test_ntk.py).
     """
     if method == "exact":
+        assert isinstance(block, FCSpace), "the exact sampler supports the fc space only"
         return dtype_bytes * inputs * (12 * block.depth * n + 2 * block.input_dim + 64)
     params = int(block.num_params(1, n))
     if isinstance(block, FCSpace):
@@ -449,7 +459,7 @@ def sample_ntk(
         block, n, inputs.shape[0], method, memory_budget, dtype_bytes, inputs.device.type
     )
     generator = make_generator(seed, inputs.device)
-    if method == "exact":
+    if isinstance(block, FCSpace) and method == "exact":
         values = sample_exact_fc(block, n, num_samples, generator, inputs, chunk)
     else:
         values = sample_batched(block, n, num_samples, generator, inputs, chunk, readout)

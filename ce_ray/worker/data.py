@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
+
+#: A torchvision transform: an image in, a tensor out.
+Transform = Callable[[Any], torch.Tensor]
 
 DATASETS: tuple[str, ...] = (
     "digits",
@@ -54,7 +59,9 @@ def _digits() -> tuple[Dataset, Dataset]:
     return TensorDataset(x[train], y[train]), TensorDataset(x[test], y[test])
 
 
-def _synthetic(features: int = 16, classes: int = 4, train: int = 256, test: int = 128):
+def _synthetic(
+    features: int = 16, classes: int = 4, train: int = 256, test: int = 128
+) -> tuple[Dataset, Dataset]:
     generator = torch.Generator().manual_seed(1234)
     centres = 2.0 * torch.randn(classes, features, generator=generator)
 
@@ -66,7 +73,12 @@ def _synthetic(features: int = 16, classes: int = 4, train: int = 256, test: int
     return draw(train), draw(test)
 
 
-def _torchvision(name: str, data_root: str, train_transform, test_transform):
+def _torchvision(
+    name: str,
+    data_root: str,
+    train_transform: Transform | None,
+    test_transform: Transform | None,
+) -> tuple[Dataset, Dataset]:
     from torchvision import datasets
 
     cls = {"mnist": datasets.MNIST, "cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
@@ -101,7 +113,7 @@ class DownsampledImageNet(Dataset):
     """Downsampled ImageNet images as uint8 ``(N, 3, r, r)`` with 0-based labels; ``transform``
     maps a uint8 image tensor to the model's input."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Transform):
         self.images = torch.from_numpy(images)
         self.labels = torch.from_numpy(labels)
         self.transform = transform
@@ -109,7 +121,7 @@ class DownsampledImageNet(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transform(self.images[index]), self.labels[index]
 
 
@@ -128,7 +140,7 @@ def _unpickle(path: str) -> dict:
         return pickle.load(stream)
 
 
-def _downsampled_imagenet(name: str, data_root: str):
+def _downsampled_imagenet(name: str, data_root: str) -> tuple[Dataset, Dataset]:
     """``(train, test)`` from the pickled batches; the authors' preprocessing: scale to [0, 1],
     subtract the training set's mean image, random crop (padding 4) and flip for training."""
     from torchvision import transforms as T
@@ -164,7 +176,7 @@ def _downsampled_imagenet(name: str, data_root: str):
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
-def _normalised_mnist(dataset) -> TensorDataset:
+def _normalised_mnist(dataset: Any) -> TensorDataset:
     """MNIST as one tensor: scaled to [0, 1], normalised by the usual mean and std, flattened
     -- the numbers ToTensor + Normalize give per image, computed once (MNIST's preset has no
     augmentation), so that loading an example costs an index, not a PIL round trip."""
@@ -172,7 +184,7 @@ def _normalised_mnist(dataset) -> TensorDataset:
     return TensorDataset(images, dataset.targets.clone())
 
 
-def cifar_transforms():
+def cifar_transforms() -> tuple[Transform, Transform]:
     """``(train, test)`` transforms of the CIFAR presets: crop (padding 4) and flip, then
     per-channel normalisation, as in the ResNeXt paper's recipe."""
     from torchvision import transforms as T

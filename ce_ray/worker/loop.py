@@ -8,12 +8,15 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ce_ray.configs import SweepConfig
 from ce_ray.presets import Recipe
@@ -28,9 +31,12 @@ FP32 = Execution()
 CHECKPOINT_FILE = "state.pt"
 
 
-def make_optimizer(model: torch.nn.Module, recipe: Recipe):
+def make_optimizer(
+    model: torch.nn.Module, recipe: Recipe
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
     """The recipe's optimizer and its lr schedule, stepped once per epoch (the lr is
     multiplied by ``recipe.lr_decay`` at each milestone)."""
+    optimizer: torch.optim.Optimizer
     if recipe.optimizer == "adam":
         optimizer = torch.optim.Adam(
             model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
@@ -57,10 +63,10 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 def evaluate(
-    model,
-    test_set,
+    model: nn.Module,
+    test_set: Dataset,
     batch_size: int,
-    device,
+    device: torch.device,
     rank: int,
     world: int,
     top5: bool,
@@ -71,7 +77,8 @@ def evaluate(
     the network (``copies`` > 1: a :class:`~ce_ray.theory.models.PackedSeeds` model, each copy fed
     the same test batch). Each rank scores the examples rank, rank + world, ... and the
     counts are summed (no padding, no repeats); ``test_examples`` is that sum."""
-    loader = DataLoader(Subset(test_set, range(rank, len(test_set), world)), batch_size)
+    size = len(test_set)  # type: ignore[arg-type]  # map-style datasets have a length
+    loader: DataLoader = DataLoader(Subset(test_set, range(rank, size, world)), batch_size)
     model.eval()
     wrong1, wrong5, total = torch.zeros(copies), torch.zeros(copies), 0.0
     with torch.no_grad():
@@ -176,13 +183,13 @@ def train_point(config: dict) -> None:
         samplers.append(sampler)
         # prepare_data_loader: device moves.
         loaders.append(ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False))
-    loader = loaders[0] if len(seeds) == 1 else StackedBatches(loaders)
+    batches: Iterable = loaders[0] if len(seeds) == 1 else StackedBatches(loaders)
     top5 = getattr(preset.space, "num_classes", 0) > 5
     for epoch in range(start_epoch, sweep.epochs + 1):
         started = time.perf_counter()
         for sampler in samplers:
             sampler.set_epoch(epoch)
-        losses = train_epoch(model, loader, optimizer, device, execution, scaler)
+        losses = train_epoch(model, batches, optimizer, device, execution, scaler)
         schedule.step()
         errors = evaluate(model, test_set, batch, device, rank, world, top5, execution, len(seeds))
         train_time += time.perf_counter() - started
@@ -216,14 +223,19 @@ def seed_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def train_epoch(
-    model, loader, optimizer, device, execution: Execution = FP32, scaler=None
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    execution: Execution = FP32,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> list[float]:
     """One pass over this rank's batches; each copy's mean loss over every rank's examples
     (one value for a single network). The forward runs under ``execution``'s autocast;
     ``scaler`` (fp16) scales the loss. Packed copies minimise the SUM of their losses, whose
     gradient for each copy is that copy's own."""
     scaler = scaler or execution.scaler(device)
-    loss_sums, count = None, 0.0
+    loss_sums, count = torch.zeros(0, dtype=torch.float64), 0.0
     for x, y in loader:
         optimizer.zero_grad(set_to_none=True)
         with execution.autocast(device):
@@ -232,13 +244,19 @@ def train_epoch(
         scaler.step(optimizer)
         scaler.update()
         batch_sums = losses.detach().double().cpu() * y.shape[-1]
-        loss_sums = batch_sums if loss_sums is None else loss_sums + batch_sums
+        loss_sums = batch_sums if not loss_sums.numel() else loss_sums + batch_sums
         count += y.shape[-1]
     totals = _all_reduce_sum([*loss_sums.tolist(), count], device)
     return [loss_sum / totals[-1] for loss_sum in totals[:-1]]
 
 
-def _restore(model, optimizer, schedule, scaler, rank: int) -> tuple[int, float]:
+def _restore(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: LRScheduler,
+    scaler: torch.amp.GradScaler,
+    rank: int,
+) -> tuple[int, float]:
     """Load Ray Train's checkpoint, if it hands one back: ``(first epoch to train, training
     seconds so far)``; ``(1, 0.0)`` on a fresh start."""
     import ray.train
@@ -256,7 +274,14 @@ def _restore(model, optimizer, schedule, scaler, rank: int) -> tuple[int, float]
     return state["epoch"] + 1, state["train_time_s"]
 
 
-def _state(network, optimizer, schedule, scaler, epoch: int, train_time: float) -> dict:
+def _state(
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: LRScheduler,
+    scaler: torch.amp.GradScaler,
+    epoch: int,
+    train_time: float,
+) -> dict:
     """What a checkpoint holds besides the RNG states (``network`` is the raw module, whose
     state_dict keys do not depend on DDP or compile wrappers)."""
     return {
@@ -277,11 +302,11 @@ def _report_with_checkpoint(metrics: dict, state: dict, world: int) -> None:
     """
     import ray.train
 
-    rng = [None] * world
+    rng: list[dict | None] = [None] * world
     if dist.is_available() and dist.is_initialized():
         dist.all_gather_object(rng, _rng_state())
     else:
-        rng = [_rng_state()]
+        rng[0] = _rng_state()
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics)
         return

@@ -18,8 +18,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import cast
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset
 
 from ce_ray.choices import PRECISIONS, Precision, check_choice
@@ -70,7 +72,9 @@ class Execution:
         ``model`` keeps the parameters (checkpoint it, not the compiled wrapper)."""
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        return torch.compile(model, backend=self.compile_backend) if self.compile else model
+        if self.compile:
+            return cast(nn.Module, torch.compile(model, backend=self.compile_backend))
+        return model
 
 
 class EpochTaggedSampler(Sampler[int]):
@@ -111,7 +115,7 @@ class SeededItems(Dataset):
     def __len__(self) -> int:
         return self.size
 
-    def __getitem__(self, tag: int):
+    def __getitem__(self, tag: int) -> tuple[torch.Tensor, int]:
         epoch, index = divmod(tag, self.size)
         # The CPU generator alone (torch.manual_seed also seeds every accelerator: ~30x
         # slower per item); torchvision's random transforms draw from it.
@@ -137,11 +141,14 @@ def train_loader(
 
     A ``TensorDataset`` holds final tensors, with nothing random to seed: it is read by plain
     indices, without :class:`SeededItems`' per-item cost."""
+    items: Dataset
+    epoch_sampler: EpochTaggedSampler | DistributedSampler
     if isinstance(dataset, TensorDataset):
         items, epoch_sampler = dataset, sampler
     else:
-        items = SeededItems(dataset, seed, len(dataset))
-        epoch_sampler = EpochTaggedSampler(sampler, len(dataset))
+        size = len(dataset)  # type: ignore[arg-type]  # map-style datasets have a length
+        items = SeededItems(dataset, seed, size)
+        epoch_sampler = EpochTaggedSampler(sampler, size)
     loader = DataLoader(
         items,
         batch_size=batch_size,
