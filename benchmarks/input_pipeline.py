@@ -31,7 +31,7 @@ from ce_ray.presets import SWEEP_PRESETS
 from ce_ray.worker import data
 from ce_ray.worker.loop import make_optimizer
 from ce_ray.worker.pipeline import train_loader
-from tests.test_preset_training import (
+from tests.worker.test_loop import (
     PILImages,
     write_downsampled_imagenet,
     write_image_folder,

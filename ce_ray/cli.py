@@ -137,7 +137,6 @@ def sweep_command(args: argparse.Namespace) -> None:
     from ce_ray.worker import data
 
     config = sweep_config(args)
-    alpha = config.alpha
     experiment = args.experiment or default_experiment(config)
     results = storage.resolve(args.results)
     storage.check_writable(results)
@@ -145,14 +144,6 @@ def sweep_command(args: argparse.Namespace) -> None:
     # every trial through Ray's object store.
     datasets = data.load(config.spec.dataset, data.resolve_root(config.data_root))
     cluster.init_ray()
-    points = ", ".join(config.spec.space.label(m, n) for n, m in config.points) if alpha else "?"
-    print(
-        f"[sweep] {config.preset} {config.formulation}: alpha="
-        f"{f'{alpha:.4f}' if alpha else 'to be fitted'}, points {points} x {config.seeds} seeds"
-        f"{' (packed: one trial per point)' if config.pack_seeds else ''}, "
-        f"{config.epochs} epochs -> {storage.join(results, experiment)}",
-        flush=True,
-    )
     result = run_sweep(
         config,
         results,

@@ -26,9 +26,36 @@ from ce_ray.experiments import local_head
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 # Token authentication, as on a fresh machine: every cluster of the suite uses the token that
-# `ray get-auth-token --generate` creates in this HOME (CI runs with a new, empty HOME).
+# `ray get-auth-token --generate` creates in this HOME (CI runs with a new, empty HOME) --
+# created before the first test marked `ray`, and by nothing else.
 os.environ["RAY_AUTH_MODE"] = "token"
-local_head.ensure_auth_token(dict(os.environ))
+
+
+#: Fixtures that start Ray: a test using one is marked `ray` without saying so.
+RAY_FIXTURES = {"ray_cluster", "multi_node", "ray_tmpdir"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("ray"):
+        local_head.ensure_auth_token(dict(os.environ))
+
+
+@pytest.fixture(autouse=True)
+def _only_ray_tests_start_ray(request: pytest.FixtureRequest):
+    """A test that is not marked `ray` must leave no Ray connection behind (the fast tier,
+    ``pytest -m "not ray"``, runs without Ray)."""
+    yield
+    if request.node.get_closest_marker("ray") is None and "ray" in sys.modules:
+        import ray
+
+        assert not ray.is_initialized(), f"{request.node.nodeid} started Ray: mark it `ray`"
 
 
 def epochs_so_far(experiment_dir) -> list[int]:

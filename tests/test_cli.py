@@ -142,3 +142,23 @@ def test_bad_input_is_one_line_and_status_2(args, message):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["params", "--space", "cifar-resnext29", "--m", "37", "--n", "10"],
+        ["curve", "--space", "fc", "--baseline", "64", "--alpha", "2.4"],
+    ],
+)
+def test_params_and_curve_start_without_torch_or_ray(argv):
+    probe = (
+        "import sys; from ce_ray.cli import main; status = main(sys.argv[1:]); "
+        "loaded = sorted({'torch', 'torchvision', 'ray'} & set(sys.modules)); "
+        "print('LOADED', loaded, file=sys.stderr); sys.exit(status)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "LOADED []" in done.stderr, done.stderr[-2000:]

@@ -21,19 +21,19 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 DOCS = {path.name: path.read_text() for path in (ROOT / "docs").glob("*.md")}
 REFERENCE = DOCS["reference.md"]
-MODULES = sorted(m.name for m in pkgutil.iter_modules(ce_ray.__path__))
+MODULES = sorted(m.name for m in pkgutil.walk_packages(ce_ray.__path__, "ce_ray.") if not m.ispkg)
 
 
-def test_ci_runs_the_readme_test_command():
-    ci_commands = [
-        line for line in (ROOT / ".ci/run").read_text().splitlines() if line.startswith("python3")
-    ]
-    assert len(ci_commands) == 1
-    assert f"```bash\n{ci_commands[0]}\n```" in README
+def test_ci_runs_the_checks_then_the_readme_test_command():
+    lines = (ROOT / ".ci/run").read_text().splitlines()
+    test_command = re.search(r"Tests:\n\n```bash\n(.*)\n```", README)
+    assert test_command and lines[-1] == test_command.group(1)
+    for check in ("ruff check .", "ruff format --check .", "mypy", "lint-imports"):
+        assert f".venv/bin/{check}" in lines, check
 
 
 def test_main_command_is_the_local_submit_of_the_sweep():
-    """tests/test_e2e_run_local.py runs this same script end to end with tiny settings."""
+    """tests/jobs/test_run_local.py runs this same script end to end with tiny settings."""
     command = re.search(r"```bash\n(python3 -m venv .*)\n```", README)
     assert command and command.group(1).endswith(".venv/bin/python jobs/run_local.py")
     assert (ROOT / "jobs/run_local.py").exists()
@@ -140,14 +140,21 @@ def test_reference_documents_every_parquet_column():
 
 
 def test_readme_layout_names_every_module_once():
-    listed = re.findall(r"^\* `ce_ray/(\w+)\.py` -- ", README, re.M)
-    assert sorted(listed) == [m for m in MODULES if m != "__init__"]
+    listed = re.findall(r"^ *\* `ce_ray/([\w/]+)\.py` -- ", README, re.M)
+    assert sorted("ce_ray." + name.replace("/", ".") for name in listed) == MODULES
+
+
+def test_every_package_says_what_it_may_import():
+    for package in pkgutil.walk_packages(ce_ray.__path__, "ce_ray."):
+        if package.ispkg:
+            doc = importlib.import_module(package.name).__doc__ or ""
+            assert "import" in doc.lower(), package.name
 
 
 def test_every_test_the_docs_name_exists():
     """Statements of behaviour name the test that backs them; each name must be real."""
     text = README + "".join(DOCS.values())
-    named = set(re.findall(r"(test_\w+\.py)(?:::(test_\w+))?", text))
+    named = set(re.findall(r"(?:tests/)?((?:\w+/)?test_\w+\.py)(?:::(test_\w+))?", text))
     assert len(named) >= 20
     for filename, function in named:
         path = ROOT / "tests" / filename
@@ -159,11 +166,22 @@ def test_every_test_the_docs_name_exists():
 
 
 def test_the_package_cites_the_paper_once():
-    sources = [p.read_text() for p in (ROOT / "ce_ray").glob("*.py")]
+    sources = [p.read_text() for p in (ROOT / "ce_ray").rglob("*.py")]
     assert sum("arXiv:2006.07678" in s for s in sources) == 1
 
 
 @pytest.mark.parametrize("module", MODULES)
 def test_docstring_examples_run(module):
-    result = doctest.testmod(importlib.import_module(f"ce_ray.{module}"), verbose=False)
+    result = doctest.testmod(importlib.import_module(module), verbose=False)
     assert result.failed == 0
+
+
+def test_git_and_ray_job_submit_keep_every_package_file():
+    """`ray job submit --working-dir .` uploads what .gitignore does not exclude: a pattern
+    that matches a package folder (once: `results/` matched ce_ray/results/) would ship a
+    broken package to the cluster."""
+    sources = [str(p.relative_to(ROOT)) for p in (ROOT / "ce_ray").rglob("*.py")]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *sources], cwd=ROOT, capture_output=True, text=True
+    )
+    assert ignored.stdout == "", ignored.stdout

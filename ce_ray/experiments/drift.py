@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ce_ray.experiments import cluster
-from ce_ray.experiments.tasks import Log, WorkItem, run_missing
+from ce_ray.experiments.tasks import Log, WorkItem, print_line, run_missing
 from ce_ray.results import plots, storage
 from ce_ray.theory import drift
 from ce_ray.theory.seeds import derive_seed
@@ -171,7 +171,7 @@ def fit_by_time(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_drift(
-    config: DriftConfig, results: str, experiment: str, workers: int, log: Log = print
+    config: DriftConfig, results: str, experiment: str, workers: int, log: Log = print_line
 ) -> DriftResult:
     """Theorem 1 end to end into ``<results>/<experiment>/drift``: train (resuming), fit."""
     directory = storage.join(results, experiment, "drift")

@@ -23,7 +23,7 @@ import torch
 from ce_ray.configs import FitConfig
 from ce_ray.experiments import cluster
 from ce_ray.experiments.shards import Shard, plan_shards, read_width, sample_shard
-from ce_ray.experiments.tasks import Log, WorkItem, run_missing
+from ce_ray.experiments.tasks import Log, WorkItem, print_line, run_missing
 from ce_ray.results import plots, storage
 from ce_ray.theory.alpha import AlphaFit, fit_eq9
 from ce_ray.theory.ntk import chunk_size
@@ -59,7 +59,7 @@ def _shard_task(config: FitConfig, shard: Shard, shard_dir: str) -> tuple[Shard,
 
 
 def sample_all_shards(
-    config: FitConfig, directory: str, workers: int, log: Log = print, max_retries: int = 3
+    config: FitConfig, directory: str, workers: int, log: Log = print_line, max_retries: int = 3
 ) -> list[tuple[Shard, float]]:
     """Run every shard not yet whole on storage as a Ray task, at most ``workers`` at a time.
 
@@ -166,7 +166,7 @@ def fit_alpha(
     bootstrap: int = 1000,
     ci_level: float = 0.95,
     intercept: bool = False,
-    log: Log = print,
+    log: Log = print_line,
 ) -> FitResult:
     """Algorithm 1 end to end into ``<results>/<experiment>/fit_alpha``: sample (resuming),
     fit, write the outputs. Settings that cannot run fail before anything is written."""

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ce_ray.experiments import cluster
-from ce_ray.experiments.tasks import Log, WorkItem, run_missing
+from ce_ray.experiments.tasks import Log, WorkItem, print_line, run_missing
 from ce_ray.results import plots, storage
 from ce_ray.theory import nmk
 from ce_ray.theory.seeds import derive_seed
@@ -155,7 +155,9 @@ def _block_task(
     return sample_block(config, width, index, start, members, shard_dir, metadata)
 
 
-def sample_all_blocks(config: NMKConfig, directory: str, workers: int, log: Log = print) -> int:
+def sample_all_blocks(
+    config: NMKConfig, directory: str, workers: int, log: Log = print_line
+) -> int:
     """Every block not yet whole on storage, as Ray tasks; returns how many ran."""
     shard_dir = storage.join(directory, "shards")
     # A block's file: one row per (member, gamma, entry), two entries.
@@ -308,7 +310,7 @@ def _write(
 
 
 def run_nmk(
-    config: NMKConfig, results: str, experiment: str, workers: int, log: Log = print
+    config: NMKConfig, results: str, experiment: str, workers: int, log: Log = print_line
 ) -> NMKResult:
     """Fig. 2 end to end into ``<results>/<experiment>/nmk``: sample (resuming), summarise."""
     directory = storage.join(results, experiment, "nmk")

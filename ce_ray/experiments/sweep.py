@@ -26,7 +26,7 @@ from ray.tune.experiment import Trial
 
 from ce_ray.configs import FitConfig, SweepConfig
 from ce_ray.experiments import cluster
-from ce_ray.experiments.tasks import Log
+from ce_ray.experiments.tasks import Log, print_line
 from ce_ray.results import storage, tables
 from ce_ray.worker import data, records
 
@@ -207,7 +207,7 @@ def run_sweep(
     max_failures: int = 2,
     verbose: int = 1,
     datasets: tuple | None = None,
-    log: Log = print,
+    log: Log = print_line,
 ) -> SweepResult:
     """Run (or resume) the sweep into ``<results>/<experiment>`` (default experiment:
     ``PRESET-FORMULATION``) and write its tables; the caller connects to Ray.
@@ -225,6 +225,12 @@ def run_sweep(
         alpha = _fit_alpha_first(config, results, experiment, log)
         config = dataclasses.replace(config, alpha=alpha)
     storage.check_or_write_config(directory, config.to_json(), "sweep.json")
+    log(
+        f"[sweep] {config.preset} {config.formulation}: alpha={config.alpha:.4f}, points "
+        f"{', '.join(config.spec.space.label(m, n) for n, m in config.points)} x "
+        f"{config.seeds} seeds{' (packed: one trial per point)' if config.pack_seeds else ''}, "
+        f"{config.epochs} epochs -> {directory}"
+    )
     write_curves(tables.curves_frame(config), directory)
     if datasets is None:
         datasets = data.load(config.spec.dataset, data.resolve_root(config.data_root))

@@ -21,6 +21,11 @@ from ce_ray.results import storage
 Log = Callable[[str], None]
 
 
+def print_line(line: str) -> None:
+    """The default :data:`Log`: stdout, flushed (a job's log shows it at once)."""
+    print(line, flush=True)
+
+
 @dataclass(frozen=True)
 class WorkItem:
     """One work item: the arguments of its task function, the file the task writes, and the
@@ -37,7 +42,7 @@ def run_missing(
     directory: str,
     workers: int,
     describe: Callable[[tuple, Any], str],
-    log: Log = print,
+    log: Log = print_line,
     prefix: str = "[tasks]",
     unit: str = "items",
     **task_options: Any,
@@ -75,7 +80,7 @@ def run_tasks(
     items: Sequence[tuple],
     workers: int,
     describe: Callable[[tuple, Any], str],
-    log: Log = print,
+    log: Log = print_line,
     prefix: str = "[tasks]",
     unit: str = "items",
     done_before: int = 0,

@@ -292,7 +292,7 @@ def bytes_per_sample(
     activations) -- an upper bound, as the first layer's weight is never drawn when its
     product is. Exact fc: the per-layer vectors the backward pass keeps (h, z, A, d and
     temporaries: 12 per layer) for each input. Measured peak resident growth stays below the
-    budget (tests/test_ntk.py).
+    budget (tests/theory/test_ntk.py).
     """
     if method == "exact":
         assert isinstance(block, FCSpace), "the exact sampler supports the fc space only"

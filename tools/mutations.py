@@ -5,7 +5,7 @@ test files that should catch it there, and reports the mutations the tests let t
 ("survivors"). Not part of CI (it runs the relevant tests once per mutation, several minutes
 in all); run it before calling a change to the maths or the storage done:
 
-    python tests/mutations.py [NAME ...]
+    python tools/mutations.py [NAME ...]
 
 Prints a table and, as its last line, a JSON object ``{"mutations": N, "survivors": [...]}``.
 Exit status 1 when a mutation survives.
@@ -42,42 +42,42 @@ MUTATIONS = (
         "ce_ray/theory/models.py",
         "h = F.relu(h * math.sqrt(2.0 / (9 * n)))",
         "h = F.relu(h * math.sqrt(2.0 / n))",
-        ("tests/test_bottleneck_reference.py",),
+        ("tests/theory/test_ntk.py",),
     ),
     Mutation(
         "bottleneck 3x3 scaled by sqrt(2/(8n)) (a factor 9/8)",
         "ce_ray/theory/models.py",
         "h = F.relu(h * math.sqrt(2.0 / (9 * n)))",
         "h = F.relu(h * math.sqrt(2.0 / (8 * n)))",
-        ("tests/test_bottleneck_reference.py",),
+        ("tests/theory/test_ntk.py",),
     ),
     Mutation(
         "bottleneck ReLU after the 3x3 dropped",
         "ce_ray/theory/models.py",
         "h = F.relu(h * math.sqrt(2.0 / (9 * n)))",
         "h = h * math.sqrt(2.0 / (9 * n))",
-        ("tests/test_bottleneck_reference.py",),
+        ("tests/theory/test_ntk.py",),
     ),
     Mutation(
         "bottleneck first layer scaled by sqrt(1/n_in)",
         "ce_ray/theory/models.py",
         "h = F.relu(product * math.sqrt(2.0 / self.in_channels))",
         "h = F.relu(product * math.sqrt(1.0 / self.in_channels))",
-        ("tests/test_bottleneck_reference.py",),
+        ("tests/theory/test_ntk.py",),
     ),
     Mutation(
         "MLP first layer scaled by sqrt(1/n0)",
         "ce_ray/theory/models.py",
         "h = F.relu(product * math.sqrt(2.0 / self.in_features))",
         "h = F.relu(product * math.sqrt(1.0 / self.in_features))",
-        ("tests/test_models.py", "tests/test_ntk.py"),
+        ("tests/theory/test_models.py", "tests/theory/test_ntk.py"),
     ),
     Mutation(
         "MLP hidden layers scaled by sqrt(2/(2 fan-in))",
         "ce_ray/theory/models.py",
         "* math.sqrt(2.0 / fan_in))",
         "* math.sqrt(1.0 / fan_in))",
-        ("tests/test_models.py", "tests/test_ntk.py"),
+        ("tests/theory/test_models.py", "tests/theory/test_ntk.py"),
     ),
     # --- S(n) and the curves (Eqs. 9-14, Algorithm 2) ---
     Mutation(
@@ -85,42 +85,42 @@ MUTATIONS = (
         "ce_ray/theory/spaces.py",
         "return 1.0 / self.input_dim + (self.depth - 1) / np.asarray(n, dtype=np.float64)",
         "return (self.depth - 1) / np.asarray(n, dtype=np.float64)",
-        ("tests/test_spaces.py", "tests/test_curves.py"),
+        ("tests/theory/test_spaces.py", "tests/theory/test_curves.py"),
     ),
     Mutation(
         "bottleneck S(n) with 1/n for the 3x3 (not 1/(9n))",
         "ce_ray/theory/spaces.py",
         "return 1.0 / in_channels + 1.0 / (9.0 * width) + 1.0 / width",
         "return 1.0 / in_channels + 1.0 / width + 1.0 / width",
-        ("tests/test_spaces.py", "tests/test_curves.py"),
+        ("tests/theory/test_spaces.py", "tests/theory/test_curves.py"),
     ),
     Mutation(
         "member variance exp(alpha S) instead of exp(alpha S) - 1",
         "ce_ray/theory/curves.py",
         "var_member = np.expm1(alpha * fan_in_sum)",
         "var_member = np.exp(alpha * fan_in_sum)",
-        ("tests/test_curves.py",),
+        ("tests/theory/test_curves.py",),
     ),
     Mutation(
         "dual m rounded up, not to the nearest",
         "ce_ray/theory/curves.py",
         "m = np.maximum(1, np.floor(m_curve + 0.5)).astype(np.int64)",
         "m = np.maximum(1, np.ceil(m_curve)).astype(np.int64)",
-        ("tests/test_curves.py",),
+        ("tests/theory/test_curves.py",),
     ),
     Mutation(
         "primal m: ties and near-ties to the larger m",
         "ce_ray/theory/curves.py",
         "return np.where(upper_gap < lower_gap, upper, lower)",
         "return np.where(upper_gap <= lower_gap + 1, upper, lower)",
-        ("tests/test_curves.py",),
+        ("tests/theory/test_curves.py",),
     ),
     Mutation(
         "primal m always rounded down",
         "ce_ray/theory/curves.py",
         "return np.where(upper_gap < lower_gap, upper, lower)",
         "return lower",
-        ("tests/test_curves.py",),
+        ("tests/theory/test_curves.py",),
     ),
     # --- the NTK sampler and the fit (Algorithm 1) ---
     Mutation(
@@ -128,21 +128,24 @@ MUTATIONS = (
         "ce_ray/theory/ntk.py",
         "    return (z @ root).reshape(rows, inputs.shape[0], *inputs.shape[2:]).movedim(0, 1)",
         "    return z.reshape(rows, inputs.shape[0], *inputs.shape[2:]).movedim(0, 1)",
-        ("tests/test_bottleneck_reference.py", "tests/test_ntk.py"),
+        ("tests/theory/test_ntk.py", "tests/theory/test_ntk.py"),
     ),
     Mutation(
         "log-ratio E[K^2]/E[K] (mean not squared)",
         "ce_ray/theory/alpha.py",
         "log_ratio=float(np.log(m2 / m1**2)),",
         "log_ratio=float(np.log(m2 / m1)),",
-        ("tests/test_alpha.py", "tests/test_fit_alpha.py::test_outputs_are_plain_parquet_and_png"),
+        (
+            "tests/theory/test_alpha.py",
+            "tests/experiments/test_fit_alpha.py::test_outputs_are_plain_parquet_and_png",
+        ),
     ),
     Mutation(
         "WLS weights ignored",
         "ce_ray/theory/alpha.py",
         "root_w = np.sqrt(w)",
         "root_w = np.ones_like(w)",
-        ("tests/test_alpha.py",),
+        ("tests/theory/test_alpha.py",),
     ),
     # --- seeds and determinism ---
     Mutation(
@@ -150,14 +153,16 @@ MUTATIONS = (
         "ce_ray/experiments/shards.py",
         "derive_seed(config.seed, shard.width, shard.index),",
         "derive_seed(config.seed, shard.width),",
-        ("tests/test_fit_alpha.py::test_every_shard_of_a_width_draws_its_own_weights",),
+        ("tests/experiments/test_fit_alpha.py::test_every_shard_of_a_width_draws_its_own_weights",),
     ),
     Mutation(
         "trial seed ignores the seed index",
-        "ce_ray/experiments/sweep.py",
-        'derive_seed(config["experiment_seed"], point["n"], point["m"], index)',
-        'derive_seed(config["experiment_seed"], point["n"], point["m"])',
-        ("tests/test_sweep.py::test_sweep_writes_parquet_and_resumes_without_retraining",),
+        "ce_ray/worker/loop.py",
+        'seeds = [derive_seed(sweep.seed, n, m, index) for index in config["seed_indices"]]',
+        'seeds = [derive_seed(sweep.seed, n, m) for index in config["seed_indices"]]',
+        (
+            "tests/experiments/test_sweep.py::test_sweep_writes_parquet_and_resumes_without_retraining",
+        ),
     ),
     # --- storage: atomic writes, resume ---
     Mutation(
@@ -165,24 +170,24 @@ MUTATIONS = (
         "ce_ray/results/storage.py",
         "temporary = f\"{parent}/{TEMPORARY_PREFIX}{uuid.uuid4().hex}-{path.rsplit('/', 1)[1]}\"",
         "temporary = path",
-        ("tests/test_atomic_writes.py",),
+        ("tests/results/test_storage.py",),
     ),
     Mutation(
-        "a truncated shard counts as done on resume",
-        "ce_ray/experiments/shards.py",
-        "return storage.parquet_rows(storage.join(shard_dir, shard.filename)) == shard.stop - shard.start",
-        "return True",
+        "a truncated work-item file counts as done on resume",
+        "ce_ray/experiments/tasks.py",
+        "if item.filename in present and storage.parquet_rows(location) != item.rows:",
+        "if False:",
         (
-            "tests/test_fit_alpha.py::test_a_killed_writer_and_a_truncated_shard_are_repaired_on_resume",
+            "tests/experiments/test_fit_alpha.py::test_a_killed_writer_and_a_truncated_shard_are_repaired_on_resume",
         ),
     ),
     Mutation(
         "leftover temporaries are kept on resume",
-        "ce_ray/experiments/fit_alpha.py",
-        "if removed := storage.remove_temporaries(shard_dir):",
+        "ce_ray/experiments/tasks.py",
+        "if removed := storage.remove_temporaries(directory):",
         "if removed := 0:",
         (
-            "tests/test_fit_alpha.py::test_a_killed_writer_and_a_truncated_shard_are_repaired_on_resume",
+            "tests/experiments/test_fit_alpha.py::test_a_killed_writer_and_a_truncated_shard_are_repaired_on_resume",
         ),
     ),
     Mutation(
@@ -191,7 +196,7 @@ MUTATIONS = (
         "        if changed:\n            details",
         "        if False:\n            details",
         (
-            "tests/test_fit_alpha.py::test_a_different_configuration_is_refused_and_nothing_is_written",
+            "tests/experiments/test_fit_alpha.py::test_a_different_configuration_is_refused_and_nothing_is_written",
         ),
     ),
     Mutation(
@@ -199,7 +204,7 @@ MUTATIONS = (
         "ce_ray/results/storage.py",
         '            fail(f"bucket {bucket!r} does not exist")',
         "            pass",
-        ("tests/test_storage.py",),
+        ("tests/results/test_storage.py",),
     ),
     # --- preset wiring ---
     Mutation(
@@ -207,7 +212,9 @@ MUTATIONS = (
         "ce_ray/presets.py",
         "space=FCSpace(input_dim=64, depth=4, num_classes=1),",
         "space=FCSpace(input_dim=64, depth=6, num_classes=1),",
-        ("tests/test_sweep.py::test_each_preset_fits_alpha_on_the_block_its_curve_uses",),
+        (
+            "tests/experiments/test_sweep.py::test_each_preset_fits_alpha_on_the_block_its_curve_uses",
+        ),
     ),
     # --- training: checkpoints, resume, retries, evaluation ---
     Mutation(
@@ -216,7 +223,7 @@ MUTATIONS = (
         'return state["epoch"] + 1, state["train_time_s"]',
         'return state["epoch"], state["train_time_s"]',
         (
-            "tests/test_sweep.py::test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result",
+            "tests/experiments/test_sweep.py::test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result",
         ),
     ),
     Mutation(
@@ -225,7 +232,7 @@ MUTATIONS = (
         '    optimizer.load_state_dict(state["optimizer"])\n',
         "",
         (
-            "tests/test_sweep.py::test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result",
+            "tests/experiments/test_sweep.py::test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result",
         ),
     ),
     Mutation(
@@ -234,7 +241,7 @@ MUTATIONS = (
         '"starts": self.attempt + 1,',
         '"starts": self.attempt,',
         (
-            "tests/test_sweep.py::test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result",
+            "tests/experiments/test_sweep.py::test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result",
         ),
     ),
     Mutation(
@@ -242,7 +249,9 @@ MUTATIONS = (
         "ce_ray/worker/loop.py",
         "counts = _all_reduce_sum([*wrong1.tolist(), *wrong5.tolist(), total], device)",
         "counts = [*wrong1.tolist(), *wrong5.tolist(), total]",
-        ("tests/test_sweep.py::test_a_two_worker_trial_scores_the_whole_test_set_once",),
+        (
+            "tests/experiments/test_sweep.py::test_a_two_worker_trial_scores_the_whole_test_set_once",
+        ),
     ),
     # --- the rest of the paper: NMK, drift, the paper's metric, ImageNet32/64 ---
     Mutation(
@@ -250,7 +259,7 @@ MUTATIONS = (
         "ce_ray/theory/ntk.py",
         "kernel = out_scale**2 * torch.bmm(h[-1], h[-1].transpose(1, 2))",
         "kernel = 0 * torch.bmm(h[-1], h[-1].transpose(1, 2))",
-        ("tests/test_nmk.py::test_hand_written_member_kernels_equal_autograd",),
+        ("tests/theory/test_nmk.py::test_hand_written_member_kernels_equal_autograd",),
     ),
     Mutation(
         "distance to the NMK not corrected for the members it contains",
@@ -258,7 +267,7 @@ MUTATIONS = (
         "correction = 1.0 - m / member_kernels.shape[0]",
         "correction = 1.0",
         (
-            "tests/test_nmk.py::test_the_distance_to_the_nmk_is_unbiased_when_the_ensembles_are_among_the_members",
+            "tests/theory/test_nmk.py::test_the_distance_to_the_nmk_is_unbiased_when_the_ensembles_are_among_the_members",
         ),
     ),
     Mutation(
@@ -273,21 +282,21 @@ MUTATIONS = (
         "ce_ray/results/tables.py",
         "return float(errors.iloc[-count:].mean())",
         "return float(errors.iloc[:count].mean())",
-        ("tests/test_report.py",),
+        ("tests/results/test_report.py",),
     ),
     Mutation(
         "the dual curve is ranked by Var(K_e)",
         "ce_ray/results/report.py",
         'PREDICTORS = {"primal": "var_ensemble", "dual": "rho"}',
         'PREDICTORS = {"primal": "var_ensemble", "dual": "var_ensemble"}',
-        ("tests/test_report.py",),
+        ("tests/results/test_report.py",),
     ),
     Mutation(
         "downsampled ImageNet labels kept 1-based",
         "ce_ray/worker/data.py",
         'labels = np.concatenate([np.asarray(p["labels"], np.int64) for p in parts]) - 1',
         'labels = np.concatenate([np.asarray(p["labels"], np.int64) for p in parts])',
-        ("tests/test_preset_training.py",),
+        ("tests/worker/test_loop.py",),
     ),
     # --- how a training worker runs ---
     Mutation(
@@ -302,14 +311,14 @@ MUTATIONS = (
         "ce_ray/worker/pipeline.py",
         "            generator.set_state(state)\n",
         "            pass\n",
-        ("tests/test_pipeline.py",),
+        ("tests/worker/test_pipeline.py",),
     ),
     Mutation(
         "fp16 trains without a loss scaler",
         "ce_ray/worker/pipeline.py",
         'return torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")',
         "return torch.amp.GradScaler(device.type, enabled=False)",
-        ("tests/test_pipeline.py",),
+        ("tests/worker/test_pipeline.py",),
     ),
     # --- seeds packed into one model ---
     Mutation(
@@ -317,14 +326,14 @@ MUTATIONS = (
         "ce_ray/worker/loop.py",
         "seed=seed),",
         "seed=seeds[0]),",
-        ("tests/test_sweep.py::test_packed_seeds_train_as_they_would_alone",),
+        ("tests/experiments/test_sweep.py::test_packed_seeds_train_as_they_would_alone",),
     ),
     Mutation(
         "packed seeds drop their BatchNorm statistics",
         "ce_ray/theory/models.py",
         "                        own.copy_(updated)\n",
         "                        pass\n",
-        ("tests/test_models.py::test_packed_seeds_step_exactly_as_each_seed_alone",),
+        ("tests/theory/test_models.py::test_packed_seeds_step_exactly_as_each_seed_alone",),
     ),
 )
 

@@ -2,7 +2,7 @@
 format: its dataset loader and transforms, its model at a tiny width, its optimizer and LR
 schedule, one epoch of the same functions the Ray Train loop runs (``ce_ray.worker.loop``), and
 the test error over the whole test set. No Ray: the loop's Ray parts are covered by
-test_sweep.py."""
+experiments/test_sweep.py."""
 
 import pickle
 import struct

@@ -1,5 +1,8 @@
 """Results locations: a real S3 API on 127.0.0.1 (moto's server), and locations that cannot
-be written failing before any Ray work with one line naming the location and the reason."""
+be written failing before any Ray work with one line naming the location and the reason.
+
+Atomic writes: a write interrupted between start and finish leaves the old file or none.
+"""
 
 import os
 import subprocess
@@ -7,12 +10,14 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pytest
 
 from ce_ray import cli
 from ce_ray.results import storage
 from tests.conftest import S3_ENV, S3Server
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SWEEP = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "1"]
 FIT = ["--preset", "mnist-mlp-block", "--widths", "8,16", "--samples", "100", "--workers", "1"]
@@ -118,3 +123,44 @@ def test_fit_alpha_writes_and_resumes_on_s3_and_pandas_reads_it(s3, ray_tmpdir):
     keys = {k.removeprefix("r/e/fit_alpha/") for k in server.keys(bucket)}
     assert {"alpha.png", "config.json", "moments.parquet", "alpha.parquet"} <= keys
     assert len([k for k in keys if k.startswith("shards/w")]) == 4
+
+
+SCHEMA = pa.schema([pa.field("x", pa.int64())])
+
+
+def half_then_fail(table, stream, **kwargs):
+    stream.write(b"PAR1" + bytes(100))  # some bytes reach the file, then the writer dies
+    raise KeyboardInterrupt
+
+
+def test_an_interrupted_first_write_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage.pq, "write_table", half_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        storage.write_parquet(pa.table({"x": [1, 2]}), str(tmp_path / "t.parquet"), SCHEMA)
+    assert list(tmp_path.iterdir()) == []  # no target, no temporary
+
+
+def test_an_interrupted_rewrite_leaves_the_old_file(tmp_path, monkeypatch):
+    target = str(tmp_path / "t.parquet")
+    storage.write_parquet(pa.table({"x": [1, 2]}), target, SCHEMA)
+    monkeypatch.setattr(storage.pq, "write_table", half_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        storage.write_parquet(pa.table({"x": [3, 4, 5]}), target, SCHEMA)
+    assert pd.read_parquet(target)["x"].tolist() == [1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
+
+
+def test_temporaries_are_hidden_from_listings_and_removable(tmp_path):
+    (tmp_path / f"{storage.TEMPORARY_PREFIX}abc-w1.parquet").write_bytes(b"PAR1")
+    storage.write_parquet(pa.table({"x": [1]}), str(tmp_path / "w2.parquet"), SCHEMA)
+    assert storage.list_files(str(tmp_path), ".parquet") == ["w2.parquet"]
+    assert storage.remove_temporaries(str(tmp_path)) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["w2.parquet"]
+
+
+def test_parquet_rows_tells_a_whole_file_from_a_truncated_one(tmp_path):
+    target = tmp_path / "t.parquet"
+    storage.write_parquet(pa.table({"x": [1, 2, 3]}), str(target), SCHEMA)
+    assert storage.parquet_rows(str(target)) == 3
+    target.write_bytes(target.read_bytes()[:-20])
+    assert storage.parquet_rows(str(target)) is None

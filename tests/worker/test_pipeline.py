@@ -12,7 +12,7 @@ from ce_ray.theory.spaces import CifarResNeXt29Space
 from ce_ray.worker import data
 from ce_ray.worker.loop import evaluate, make_optimizer, train_epoch
 from ce_ray.worker.pipeline import Execution, train_loader
-from tests.test_preset_training import PILImages
+from tests.worker.test_loop import PILImages
 
 CPU = torch.device("cpu")
 

@@ -1,6 +1,7 @@
 """Several nodes: a 0-CPU head and two 1-CPU workers (separate raylets) on 127.0.0.1, results
 on a real S3 API, and worker nodes removed mid-run. The nodes are started without any AWS
-variables: the driver's runtime environment is what carries them to tasks and workers."""
+variables: the driver's runtime environment is what carries them to tasks and workers.
+"""
 
 import json
 import os
@@ -19,7 +20,7 @@ from ce_ray.experiments import fit_alpha as fa
 from ce_ray.results import storage
 from tests.conftest import short_tmpdir
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIT = [
     "--preset",
     "mnist-mlp-block",

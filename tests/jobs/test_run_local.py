@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 import psutil
+import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+# Each test starts its own Ray head (a subprocess), as a user's shell would.
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def ray_daemons(wait_s: float = 15.0) -> list[int]:

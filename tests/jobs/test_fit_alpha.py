@@ -12,7 +12,10 @@ import pytest
 
 from ce_ray.experiments import local_head
 
-ROOT = Path(__file__).resolve().parent.parent
+# Each test starts its own Ray head (a subprocess), as a user's shell would.
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # The head's workers and the job's `python` must be this environment's.
 ENV = os.environ | {

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ce_ray.presets import SWEEP_PRESETS
 from ce_ray.theory.models import CollegialBottleneck, CollegialMLP, PackedSeeds
 from ce_ray.worker.loop import make_optimizer, seed_losses
-from tests.ensembles import bottleneck_members, mlp_members
+from tests.theory.ensembles import bottleneck_members, mlp_members
 
 
 def member_gradient_in_ensemble(ensemble, member_index: int) -> list[torch.Tensor]:

@@ -16,7 +16,10 @@ import pytest
 from ce_ray.experiments import local_head
 from tests.conftest import epochs_so_far
 
-ROOT = Path(__file__).resolve().parent.parent
+# Each test starts its own Ray head (a subprocess), as a user's shell would.
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[2]
 RAY = str(local_head.BIN / "ray")
 
 
