@@ -51,11 +51,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def _only_ray_tests_start_ray(request: pytest.FixtureRequest):
     """A test that is not marked `ray` must leave no Ray connection behind (the fast tier,
     ``pytest -m "not ray"``, runs without Ray)."""
+    before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
     yield
-    if request.node.get_closest_marker("ray") is None and "ray" in sys.modules:
-        import ray
-
-        assert not ray.is_initialized(), f"{request.node.nodeid} started Ray: mark it `ray`"
+    if request.node.get_closest_marker("ray") is None and not before and "ray" in sys.modules:
+        started = sys.modules["ray"].is_initialized()
+        assert not started, f"{request.node.nodeid} started Ray: mark it `ray`"
 
 
 def epochs_so_far(experiment_dir) -> list[int]:

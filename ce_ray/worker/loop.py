@@ -23,7 +23,7 @@ from ce_ray.presets import Recipe
 from ce_ray.theory.models import PackedSeeds
 from ce_ray.theory.seeds import derive_seed
 from ce_ray.worker.pipeline import Execution, StackedBatches, train_loader
-from ce_ray.worker.records import TrialRecord
+from ce_ray.worker.records import TrialRecord, read_last_epoch
 
 # Plain fp32, no layout change, no compile: what the loop does unless told otherwise.
 FP32 = Execution()
@@ -166,6 +166,11 @@ def train_point(config: dict) -> None:
     device = ray.train.torch.get_device()
     scaler = execution.scaler(device)
     start_epoch, train_time = _restore(network, optimizer, schedule, scaler, rank)
+    if start_epoch > sweep.epochs:
+        # Every epoch was trained before the job stopped, but Tune had not recorded the
+        # trial as finished: report the last epoch again, which ends the trial with it.
+        ray.train.report(read_last_epoch(config["record"]))
+        return
     record = TrialRecord(config["record"], start_epoch) if rank == 0 else None
     model = execution.model(ray.train.torch.prepare_model(network))
     batch = max(1, preset.recipe.batch_size // world)

@@ -34,6 +34,12 @@ def read_epochs(location: str) -> list[dict]:
     return rows
 
 
+def read_last_epoch(location: str) -> dict:
+    """The last epoch's shared figures (what that epoch reported), without the seeds'."""
+    last = json.loads(storage.read_text(location))["epochs"][-1]
+    return {key: value for key, value in last.items() if key != "seeds"}
+
+
 class TrialRecord:
     """The record of one trial, opened by a start of its training at ``start_epoch``.
 
