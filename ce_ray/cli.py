@@ -143,7 +143,7 @@ def sweep_command(args: argparse.Namespace) -> None:
     # Missing data: one line, now. The driver loads the datasets once; the sweep hands them to
     # every trial through Ray's object store.
     datasets = data.load(config.spec.dataset, data.resolve_root(config.data_root))
-    cluster.init_ray()
+    cluster.init_ray(results)
     result = run_sweep(
         config,
         results,
@@ -170,7 +170,7 @@ def _connect(args: argparse.Namespace) -> tuple[str, Log, int]:
     results = storage.resolve(args.results)
     storage.check_writable(results)
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
-    cluster.init_ray()
+    cluster.init_ray(results)
     return results, log, args.workers or cluster.default_workers()
 
 

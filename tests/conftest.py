@@ -3,8 +3,8 @@ takes 127.0.0.1 as the node address (its single-machine mode) instead of the rou
 
 * ``ray_cluster`` -- a 2-CPU cluster in this process, for one test module.
 * ``multi_node`` -- a head with 0 CPUs and two 1-CPU worker nodes (separate raylets) in their
-  own RAY_TMPDIR, started WITHOUT any storage variables: what reaches the workers comes from
-  the driver's runtime environment, as on a real cluster.
+  own RAY_TMPDIR, started with S3 credentials (as a cloud node has its instance profile's) but
+  no endpoint: the driver passes only the endpoint, as on a real cluster.
 * ``s3`` -- a real S3 API (moto's server) on 127.0.0.1 with an empty bucket, and the standard
   AWS variables pointing at it in this process.
 """
@@ -108,6 +108,14 @@ def ray_cluster():
         ray.shutdown()
 
 
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
 @pytest.fixture(scope="module")
 def multi_node():
     """``(cluster, [worker nodes])``: head 0 CPUs + two 1-CPU workers on 127.0.0.1.
@@ -118,8 +126,9 @@ def multi_node():
     import ray
     from ray.cluster_utils import Cluster
 
-    previous = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_ADDRESS")}
+    previous = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_ADDRESS", *S3_ENV)}
     os.environ["RAY_TMPDIR"] = tmpdir = short_tmpdir()
+    os.environ.update(S3_ENV)  # the nodes' own credentials
     # The dashboard (State API) lets Train free a dead trial's worker group (see the notes).
     cluster = Cluster(
         initialize_head=True,
@@ -176,14 +185,6 @@ class S3Server:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
-
-
-S3_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 
 
 @pytest.fixture(scope="module")

@@ -1,35 +1,43 @@
-"""The few facts about the Ray cluster that the jobs need: connecting to it so that storage
-credentials reach every node, what it can hold now or after autoscaling, and which node a
-piece of work ran on."""
+"""The few facts about the Ray cluster that the jobs need: connecting to it (a new local
+cluster binds to 127.0.0.1), what it can hold now or after autoscaling, and which node a piece
+of work ran on."""
 
 from __future__ import annotations
 
 import os
 
+from ce_ray.experiments import local_head
 from ce_ray.results import storage
 
 # Set by Ray's job manager in the driver of a submitted job (ray._private.runtime_env.constants).
 SUBMITTED_JOB_MARKER = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
-def init_ray() -> None:
-    """``ray.init()`` once, in the entry point: join the cluster (or start a local one).
+def init_ray(results: str) -> None:
+    """``ray.init()`` once, in the entry point: join the cluster, or start a local one bound
+    to 127.0.0.1 (nothing listens on the machine's network address).
 
-    A plain-script driver passes the storage variables it has (AWS_*) to the job's runtime
-    environment, so every task and training worker of the job sees them whatever the nodes
-    were started with. A submitted job already has its runtime environment (``ray job submit
-    --runtime-env-json``, which ``jobs/run_local.py`` fills the same way); Ray refuses the same
-    variable twice, so it is not passed again.
+    A plain-script driver passes the non-secret location of ``s3://`` results (endpoint,
+    region: ``storage.forwarded_env``) to its tasks and workers; credentials never travel
+    through Ray. A submitted job already has its runtime environment (``ray job submit
+    --runtime-env-json``); Ray refuses the same variable twice, so nothing is passed again.
     """
     import ray
+    from ray._private.services import canonicalize_bootstrap_address
 
     if ray.is_initialized():
         return
-    env = storage.storage_env()
+    options: dict = {}
+    env = storage.forwarded_env(results)
     if env and SUBMITTED_JOB_MARKER not in os.environ:
-        ray.init(runtime_env={"env_vars": env})
-    else:
-        ray.init()
+        options["runtime_env"] = {"env_vars": env}
+    # No address here, in RAY_ADDRESS or in Ray's record of the last cluster started on this
+    # machine: ray.init() starts one, which would otherwise bind to the routable address.
+    starts_one = canonicalize_bootstrap_address(None) is None  # type: ignore[arg-type]
+    if starts_one:
+        options["_node_ip_address"] = "127.0.0.1"
+        local_head.ensure_auth_token(dict(os.environ))  # private, not Ray's 0644 default
+    ray.init(**options)
 
 
 def max_resources() -> dict[str, float]:

@@ -30,18 +30,35 @@ TOKEN_SOURCES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
 def ensure_auth_token(env: dict[str, str]) -> None:
-    """Create ``~/.ray/auth_token`` (of ``env``'s HOME) unless a token is already given."""
+    """Create ``~/.ray/auth_token`` (of ``env``'s HOME) unless a token is already given, and
+    keep it private: 0600 in a 0700 ``~/.ray``, whoever created it (``ray get-auth-token
+    --generate`` and Ray's own ``ray.init()`` leave it 0644 in a 0755 directory, where any
+    local user could read it and drive the cluster)."""
     if any(env.get(name) for name in TOKEN_SOURCES):
         return
-    if (Path(env.get("HOME", str(Path.home()))) / ".ray" / "auth_token").exists():
-        return
-    subprocess.run(
-        [str(BIN / "ray"), "get-auth-token", "--generate"],
-        check=True,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    directory = Path(env.get("HOME", str(Path.home()))) / ".ray"
+    if not (directory / "auth_token").exists():
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        previous = os.umask(0o077)
+        try:
+            subprocess.run(
+                [str(BIN / "ray"), "get-auth-token", "--generate"],
+                check=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        finally:
+            os.umask(previous)
+    make_token_private(directory)
+
+
+def make_token_private(directory: Path) -> None:
+    """0700 on ``directory`` (``~/.ray``) and 0600 on its ``auth_token``, where this user
+    owns them."""
+    for path, mode in ((directory, 0o700), (directory / "auth_token", 0o600)):
+        if path.exists() and path.stat().st_uid == os.getuid():
+            path.chmod(mode)
 
 
 def head_env(extra: dict[str, str] | None = None) -> dict[str, str]:

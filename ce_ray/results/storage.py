@@ -223,24 +223,26 @@ DRIFT_FIT_SCHEMA = pa.schema(
 )
 
 
-#: The standard AWS variables that locate and open ``s3://`` results. The driver passes those
-#: it has to every Ray task and training worker (through the job's runtime environment), so
-#: nodes need no storage configuration of their own.
-STORAGE_ENV_VARS = (
+#: The AWS variables that say where ``s3://`` results are, none of them secret. A driver
+#: passes those it has to its tasks and training workers for an ``s3://`` location. Keys and
+#: session tokens never travel through Ray (a job's runtime environment is readable in Ray's
+#: job table and logged on every node): nodes get access from their own environment -- the
+#: shell that started the local head, or a cloud node's instance profile.
+FORWARDED_ENV_VARS = (
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
     "AWS_EC2_METADATA_DISABLED",
 )
 
 
-def storage_env() -> dict[str, str]:
-    """The storage variables set in this process (see :data:`STORAGE_ENV_VARS`)."""
-    return {name: os.environ[name] for name in STORAGE_ENV_VARS if name in os.environ}
+def forwarded_env(location: str) -> dict[str, str]:
+    """The variables of :data:`FORWARDED_ENV_VARS` set here, for an ``s3://`` ``location``
+    (none for any other)."""
+    if not location.startswith("s3://"):
+        return {}
+    return {name: os.environ[name] for name in FORWARDED_ENV_VARS if name in os.environ}
 
 
 def is_uri(location: str) -> bool:

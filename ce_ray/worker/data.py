@@ -135,9 +135,43 @@ class ScaleAndCentre:
         return image.float() / 255.0 - self.mean
 
 
+class ArraysOnly(pickle.Unpickler):
+    """An unpickler that builds NumPy arrays and plain containers only.
+
+    The downsampled ImageNet batches are pickles, and ``pickle.load`` runs whatever code a
+    pickle names; this one refuses every global but the few that rebuild an array, so a
+    tampered file in the data root is an error, not code run on every training worker.
+    """
+
+    ALLOWED = frozenset(
+        {
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("numpy.core.numeric", "_frombuffer"),
+            ("numpy._core.numeric", "_frombuffer"),
+            ("_codecs", "encode"),
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(
+                f"{module}.{name} is not allowed (only NumPy arrays and plain containers)"
+            )
+        return super().find_class(module, name)
+
+
 def _unpickle(path: str) -> dict:
+    """A downsampled ImageNet batch, through :class:`ArraysOnly` (ValueError if refused)."""
     with open(path, "rb") as stream:
-        return pickle.load(stream)
+        try:
+            return ArraysOnly(stream).load()
+        except pickle.UnpicklingError as error:
+            raise ValueError(f"{path}: not a downsampled ImageNet batch: {error}") from None
 
 
 def _downsampled_imagenet(name: str, data_root: str) -> tuple[Dataset, Dataset]:

@@ -9,6 +9,7 @@ import random
 import tempfile
 import time
 from collections.abc import Iterable
+from typing import cast
 
 import numpy as np
 import torch
@@ -105,9 +106,12 @@ def evaluate(
 
 
 def _rng_state() -> dict:
+    """Every RNG's state, as tensors and plain values (a checkpoint loads with
+    ``torch.load(weights_only=True)``, which builds nothing else)."""
+    kind, keys, position, has_gauss, gauss = cast(tuple, np.random.get_state())
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -117,7 +121,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -270,7 +275,7 @@ def _restore(
     if checkpoint is None:
         return 1, 0.0
     with checkpoint.as_directory() as directory:
-        state = torch.load(os.path.join(directory, CHECKPOINT_FILE), weights_only=False)
+        state = torch.load(os.path.join(directory, CHECKPOINT_FILE), weights_only=True)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])

@@ -1,6 +1,7 @@
 """Several nodes: a 0-CPU head and two 1-CPU workers (separate raylets) on 127.0.0.1, results
-on a real S3 API, and worker nodes removed mid-run. The nodes are started without any AWS
-variables: the driver's runtime environment is what carries them to tasks and workers.
+on a real S3 API, and worker nodes removed mid-run. The nodes are started with S3 credentials
+of their own (as an instance profile gives them) but without the endpoint: the driver passes
+only that, non-secret, to its tasks and workers.
 """
 
 import json
@@ -93,7 +94,7 @@ def test_fit_alpha_shards_run_on_both_workers_and_alpha_matches_one_node(
     server, bucket = s3
     from ce_ray.experiments import cluster
 
-    cluster.init_ray()
+    cluster.init_ray(f"s3://{bucket}/fits")
     result = fit(f"s3://{bucket}/fits", "multi")
     assert result.alpha == single_node_alpha  # to the last bit
     assert shard_nodes(result.directory) == worker_ids(multi_node)  # both workers, not the head
@@ -192,7 +193,7 @@ def test_a_lost_node_mid_sweep_continues_from_checkpoints(multi_node, tmp_path):
 def test_a_lost_node_mid_fit_alpha_gives_the_same_alpha(multi_node, tmp_path, single_node_alpha):
     from ce_ray.experiments import cluster
 
-    cluster.init_ray()
+    cluster.init_ray(str(tmp_path))
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.setdefault("r", fit(str(tmp_path), "lost")))
     thread.start()

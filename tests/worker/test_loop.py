@@ -4,7 +4,10 @@ schedule, one epoch of the same functions the Ray Train loop runs (``ce_ray.work
 the test error over the whole test set. No Ray: the loop's Ray parts are covered by
 experiments/test_sweep.py."""
 
+import io
+import os
 import pickle
+import random
 import struct
 
 import numpy as np
@@ -163,3 +166,42 @@ def test_mnist_as_one_tensor_holds_what_the_per_image_transform_gave(tmp_path):
     for index in (0, 5, len(per_image) - 1):
         torch.testing.assert_close(train[index][0], per_image[index][0], rtol=0, atol=0)
         assert int(train[index][1]) == per_image[index][1]
+
+
+class RunsCode:
+    """What a tampered pickle holds: unpickling it would run a shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_downsampled_imagenet_file_that_would_run_code_is_refused(tmp_path):
+    write_downsampled_imagenet(tmp_path, "imagenet32", 32)
+    marker = tmp_path / "ran"
+    with open(tmp_path / "imagenet32" / "val_data", "wb") as stream:
+        pickle.dump({"data": RunsCode(marker), "labels": [1]}, stream)
+    with pytest.raises(ValueError, match="posix.system is not allowed|os.system is not allowed"):
+        data.load("imagenet32", str(tmp_path))
+    assert not marker.exists()
+
+
+def test_a_checkpoint_loads_with_weights_only_and_restores_every_rng():
+    from ce_ray.worker.loop import _rng_state, _set_rng_state, _state
+
+    network = torch.nn.Linear(4, 3)
+    optimizer, schedule = make_optimizer(network, SWEEP_PRESETS["cifar10-resnext29"].recipe)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    buffer = io.BytesIO()
+    torch.save(
+        _state(network, optimizer, schedule, scaler, 3, 1.5) | {"rng": [_rng_state()]}, buffer
+    )
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)  # builds tensors and plain values only
+    _set_rng_state(state["rng"][0])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
+    assert state["epoch"] == 3 and set(state["model"]) == {"weight", "bias"}
