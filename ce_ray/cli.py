@@ -95,6 +95,7 @@ def fit_alpha_command(args: argparse.Namespace) -> None:
         memory_budget_mib=args.memory_budget,
     )
     experiment = args.experiment or args.preset
+    config.check_bootstrap(args.bootstrap)
     check_fits_in_memory(config)
     results, log, workers = _connect(args)
     log(

@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import pandas as pd
 
+from ce_ray import limits
 from ce_ray.choices import (
     DTYPES,
     FORMULATIONS,
@@ -34,7 +36,7 @@ from ce_ray.choices import (
     check_choice,
 )
 from ce_ray.presets import FIT_PRESETS, SWEEP_PRESETS, SweepPreset
-from ce_ray.theory.curves import Curve, curve, parse_widths, select_points
+from ce_ray.theory.curves import Curve, check_alpha, curve, parse_widths, select_points
 from ce_ray.theory.spaces import FCSpace, Space
 
 #: Draws per Ray task when ``--shard-size`` is not given, per sampler.
@@ -76,10 +78,20 @@ class FitConfig:
             len(self.widths) >= 2, f"need at least two widths to fit alpha; got {list(self.widths)}"
         )
         _require(
-            min(self.widths) >= 1, f"widths must be positive integers; got {list(self.widths)}"
+            min(self.widths) >= 1 and max(self.widths) <= limits.MAX_WIDTH,
+            f"widths must be integers from 1 to {limits.MAX_WIDTH}; got {list(self.widths)}",
         )
-        _require(self.samples >= 2, f"samples must be >= 2 per width; got {self.samples}")
-        _require(self.shard_size >= 1, f"shard_size must be >= 1; got {self.shard_size}")
+        _require(
+            2 <= self.samples <= limits.MAX_SAMPLES,
+            f"--samples must be from 2 to {limits.MAX_SAMPLES:,} per width; got {self.samples}",
+        )
+        _require(self.shard_size >= 1, f"--shard-size must be >= 1; got {self.shard_size}")
+        _require(
+            self.tasks <= limits.MAX_TASKS,
+            f"--samples {self.samples} in shards of --shard-size {self.shard_size} at "
+            f"{len(self.widths)} widths plan {self.tasks:,} Ray tasks; at most "
+            f"{limits.MAX_TASKS:,} (raise --shard-size)",
+        )
         check_choice("--method", self.method, METHODS)
         _require(
             self.method == "batched" or isinstance(self.space.ntk_block(), FCSpace),
@@ -88,12 +100,14 @@ class FitConfig:
         check_choice("--readout", self.readout, READOUTS)
         check_choice("--dtype", self.dtype, DTYPES)
         _require(
-            self.device == "cpu" or self.device.startswith("cuda"),
-            f"--device must be cpu or cuda[:N]; got {self.device!r}",
+            re.fullmatch(r"cpu|cuda(:[0-9]+)?", self.device) is not None,
+            f"--device must be cpu, cuda or cuda:N; got {self.device!r}",
         )
+        half_memory_mib = limits.machine_memory_bytes() / 2**21
         _require(
-            math.isfinite(self.memory_budget_mib) and self.memory_budget_mib > 0,
-            f"--memory-budget must be > 0 MiB; got {self.memory_budget_mib}",
+            math.isfinite(self.memory_budget_mib) and 0 < self.memory_budget_mib <= half_memory_mib,
+            f"--memory-budget must be > 0 and at most half this machine's memory "
+            f"({half_memory_mib:,.0f} MiB); got {self.memory_budget_mib:g}",
         )
 
     @classmethod
@@ -114,6 +128,24 @@ class FitConfig:
     @property
     def space(self) -> Space:
         return FIT_PRESETS[self.preset].space
+
+    @property
+    def tasks(self) -> int:
+        """Ray tasks (shards) the run plans."""
+        return len(self.widths) * -(-self.samples // self.shard_size)
+
+    def check_bootstrap(self, replicates: int) -> None:
+        """Refuse a bootstrap that would not end in reasonable time (ValueError)."""
+        _require(
+            1 <= replicates <= limits.MAX_BOOTSTRAP,
+            f"--bootstrap must be from 1 to {limits.MAX_BOOTSTRAP:,}; got {replicates}",
+        )
+        work = replicates * self.samples * len(self.widths)
+        _require(
+            work <= limits.MAX_BOOTSTRAP_WORK,
+            f"--bootstrap {replicates} x --samples {self.samples} x {len(self.widths)} widths "
+            f"resamples {work:.2g} draws; at most {limits.MAX_BOOTSTRAP_WORK:.0g}",
+        )
 
     @property
     def memory_budget(self) -> int:
@@ -169,19 +201,53 @@ class SweepConfig:
         check_choice("formulation", self.formulation, FORMULATIONS)
         check_choice("--scheduler", self.scheduler, SCHEDULERS)
         check_choice("--precision", self.precision, PRECISIONS)
+        if self.alpha is not None:
+            check_alpha(self.alpha)
+        for name, value, low, high in (
+            ("--points", self.num_points, 2, limits.MAX_POINTS),
+            ("--seeds", self.seeds, 1, limits.MAX_SEEDS),
+            ("--epochs", self.epochs, 1, limits.MAX_EPOCHS),
+            ("--workers-per-trial", self.workers_per_trial, 1, limits.MAX_WORKERS_PER_TRIAL),
+        ):
+            _require(low <= value <= high, f"{name} must be from {low} to {high}; got {value}")
         _require(
-            self.alpha is None or (math.isfinite(self.alpha) and self.alpha > 0),
-            f"alpha must be a finite number > 0; got {self.alpha}",
+            limits.MIN_CPUS_PER_WORKER <= self.cpus_per_worker <= limits.MAX_CPUS_PER_WORKER,
+            f"--cpus-per-worker must be from {limits.MIN_CPUS_PER_WORKER} to "
+            f"{limits.MAX_CPUS_PER_WORKER:g}; got {self.cpus_per_worker:g}",
         )
-        _require(self.num_points >= 2, f"--points must be >= 2; got {self.num_points}")
+        gpus = self.gpus_per_worker
         _require(
-            self.seeds >= 1 and self.epochs >= 1,
-            f"a sweep needs at least one seed and one epoch; got {self.seeds}, {self.epochs}",
+            0 <= gpus <= limits.MAX_GPUS_PER_WORKER and (gpus < 1 or gpus == int(gpus)),
+            f"--gpus-per-worker must be a fraction below 1 or a whole number up to "
+            f"{limits.MAX_GPUS_PER_WORKER} (Ray gives no 1.5 GPUs); got {gpus:g}",
+        )
+        most_loaders = limits.MAX_LOADER_WORKERS_PER_CPU * max(1, math.ceil(self.cpus_per_worker))
+        _require(
+            0 <= self.loader_workers <= most_loaders,
+            f"--loader-workers must be from 0 to {most_loaders} "
+            f"({limits.MAX_LOADER_WORKERS_PER_CPU} per CPU of --cpus-per-worker); "
+            f"got {self.loader_workers}",
         )
         _require(
             not (self.pack_seeds and self.precision == "fp16"),
             "--pack-seeds cannot train with --precision fp16: one loss scaler would skip every "
             "seed's step when one seed overflows; use bf16 or --no-pack-seeds",
+        )
+        if self.alpha is not None:
+            self.check_trial_memory()
+
+    def check_trial_memory(self) -> None:
+        """Refuse a trial whose model state alone would not fit in half this machine's memory:
+        fp32 weights, gradients and two optimizer moments (16 bytes a parameter) of the
+        largest point, times the seeds packed into one trial."""
+        copies = self.seeds if self.pack_seeds else 1
+        largest = max(int(self.spec.space.num_params(m, n)) for n, m in self.points)
+        need, half = 16 * largest * copies, limits.machine_memory_bytes() / 2
+        _require(
+            need <= half,
+            f"a trial's {copies} packed seed(s) of {largest:,} parameters need about "
+            f"{need / 2**30:.1f} GiB of model state; at most half this machine's memory "
+            f"({half / 2**30:.1f} GiB): use fewer --seeds or --no-pack-seeds",
         )
 
     @classmethod
@@ -265,6 +331,9 @@ class SweepConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> SweepConfig:
+        """The configuration ``to_json`` wrote (ValueError if ``data`` is not one)."""
+        if not isinstance(data, dict) or not {f.name for f in dataclasses.fields(cls)} <= set(data):
+            raise ValueError("not a sweep configuration written by ce-ray")
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
 
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
+from ce_ray import limits
 from ce_ray.choices import (
     COST_MODELS,
     DTYPES,
@@ -40,27 +43,49 @@ class Parser(argparse.ArgumentParser):
 
 
 def run_reporting_errors(prog: str, command: Callable[[], int | None]) -> int:
-    """Run ``command``; a ``ValueError`` (bad input found after parsing: a missing dataset,
-    an unwritable results location, a changed configuration) becomes one line on stderr and
-    exit status 2."""
+    """Run ``command``; any error becomes one line on stderr.
+
+    Bad input found after parsing -- a missing dataset, an unusable results location, a
+    changed configuration, a file that is not what it should be (``ValueError``, ``OSError``,
+    pyarrow's errors) -- exits with status 2. Anything else is a failure of ce-ray or of the
+    cluster: status 1, and the traceback only with ``CE_RAY_TRACEBACK=1``.
+    """
     try:
         return command() or 0
-    except ValueError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return USAGE_ERROR
+    except Exception as error:
+        if isinstance(error, ValueError | OSError) or type(error).__module__.startswith("pyarrow"):
+            print(f"{prog}: error: {first_line(error)}", file=sys.stderr)
+            return USAGE_ERROR
+        if os.environ.get("CE_RAY_TRACEBACK"):
+            raise
+        print(
+            f"{prog}: failed: {type(error).__name__}: {first_line(error)} "
+            "(CE_RAY_TRACEBACK=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message (its type when it has none)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 # Value types: parse one value or say, in one line, what is allowed.
 
 
-def integer(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``minimum``.
+def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (and <= ``maximum``).
 
     >>> integer(2)("5")
     5
     >>> integer(2)("1")
     Traceback (most recent call last):
     argparse.ArgumentTypeError: must be an integer >= 2; got '1'
+    >>> integer(1, 256)("1000")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be an integer <= 256; got '1000'
     """
 
     def parse(text: str) -> int:
@@ -70,13 +95,18 @@ def integer(minimum: int) -> Callable[[str], int]:
             value = None
         if value is None or value < minimum:
             raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}; got {text!r}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be an integer <= {maximum}; got {text!r}")
         return value
 
     return parse
 
 
-def number(minimum: float = 0.0, *, inclusive: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite number > ``minimum`` (>= with ``inclusive``).
+def number(
+    minimum: float = 0.0, maximum: float | None = None, *, inclusive: bool = False
+) -> Callable[[str], float]:
+    """An argparse type: a finite number > ``minimum`` (>= with ``inclusive``), and <=
+    ``maximum``.
 
     >>> number()("1.5")
     1.5
@@ -95,9 +125,73 @@ def number(minimum: float = 0.0, *, inclusive: bool = False) -> Callable[[str], 
             raise argparse.ArgumentTypeError(
                 f"must be a finite number {relation} {minimum:g}; got {text!r}"
             )
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number <= {maximum:g}; got {text!r}"
+            )
         return value
 
     return parse
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def experiment_name(text: str) -> str:
+    """An argparse type: an experiment name, one safe path segment under the results.
+
+    >>> experiment_name("digits-mlp-primal")
+    'digits-mlp-primal'
+    >>> experiment_name("../x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be one path segment of letters, digits, ...
+    """
+    if len(text) > limits.MAX_NAME_LENGTH or not NAME.fullmatch(text):
+        shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+        raise argparse.ArgumentTypeError(
+            "must be one path segment of letters, digits, '.', '_' and '-' (not starting "
+            f"with '.' or '-', at most {limits.MAX_NAME_LENGTH} characters); got {shown!r}"
+        )
+    return text
+
+
+def results_location(text: str) -> str:
+    """An argparse type: a results directory or a URI without a query or credentials.
+
+    A query would be dropped from every file's key, and credentials in a URI would be printed
+    and stored; neither is echoed back.
+
+    >>> results_location("s3://bucket/ce-ray")
+    's3://bucket/ce-ray'
+    >>> results_location("s3://KEY:SECRET@bucket/x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: a URI must not carry credentials (user:password@): ...
+    """
+    if "://" not in text:
+        return text
+    parts = urlsplit(text)
+    if "@" in parts.netloc:
+        raise argparse.ArgumentTypeError(
+            "a URI must not carry credentials (user:password@): the nodes read them from "
+            "their own environment or instance profile"
+        )
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise argparse.ArgumentTypeError(
+            f"a URI must not have a query or fragment ({parts.scheme}://{parts.netloc}"
+            f"{parts.path}?...): set AWS_ENDPOINT_URL and AWS_REGION instead"
+        )
+    return text
+
+
+def device(text: str) -> str:
+    """An argparse type: ``cpu``, ``cuda`` or ``cuda:N``.
+
+    >>> device("cuda:1")
+    'cuda:1'
+    """
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", text):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N; got {text!r}")
+    return text
 
 
 def widths(text: str) -> tuple[int, ...]:
@@ -119,6 +213,7 @@ def widths(text: str) -> tuple[int, ...]:
 def add_results(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--results",
+        type=results_location,
         default=os.environ.get("CE_RAY_RESULTS", "results"),
         help="results directory or URI (s3://...); shared storage on a multi-node cluster "
         "(default: $CE_RAY_RESULTS or ./results)",
@@ -126,12 +221,17 @@ def add_results(parser: argparse.ArgumentParser) -> None:
 
 
 def add_experiment(parser: argparse.ArgumentParser, default: str) -> None:
-    parser.add_argument("--experiment", help=f"experiment name (default: {default})")
+    parser.add_argument(
+        "--experiment", type=experiment_name, help=f"experiment name (default: {default})"
+    )
 
 
 def add_seed(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--seed", type=integer(0), default=0, help="experiment seed: every draw derives from it (0)"
+        "--seed",
+        type=integer(0, 2**63 - 1),
+        default=0,
+        help="experiment seed: every draw derives from it (0)",
     )
 
 
@@ -148,16 +248,18 @@ def add_space_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("space options (each applies to the spaces named)")
     group.add_argument(
         "--classes",
-        type=integer(1),
+        type=integer(1, 10**6),
         dest="num_classes",
         help="outputs: fc, cifar-resnext29, imagenet-*",
     )
-    group.add_argument("--input-dim", type=integer(1), help="fc: input size n0 (784)")
-    group.add_argument("--depth", type=integer(1), help="fc: weight layers L (6)")
-    group.add_argument("--in-channels", type=integer(1), help="resnext-block: n_in (256)")
-    group.add_argument("--out-channels", type=integer(1), help="resnext-block: n_out (256)")
-    group.add_argument("--spatial", type=integer(1), help="resnext-block: input side (8)")
-    group.add_argument("--image-size", type=integer(1), help="cifar-resnext29: input side (32)")
+    group.add_argument("--input-dim", type=integer(1, 10**7), help="fc: input size n0 (784)")
+    group.add_argument("--depth", type=integer(1, 1000), help="fc: weight layers L (6)")
+    group.add_argument("--in-channels", type=integer(1, 10**5), help="resnext-block: n_in (256)")
+    group.add_argument("--out-channels", type=integer(1, 10**5), help="resnext-block: n_out (256)")
+    group.add_argument("--spatial", type=integer(1, 4096), help="resnext-block: input side (8)")
+    group.add_argument(
+        "--image-size", type=integer(1, 4096), help="cifar-resnext29: input side (32)"
+    )
 
 
 #: The space options above: command-line flag -> the space constructor's keyword.
@@ -174,15 +276,23 @@ SPACE_FLAGS: dict[str, str] = {
 
 def add_params_options(parser: argparse.ArgumentParser) -> None:
     add_space_options(parser)
-    parser.add_argument("--m", type=integer(1), required=True, help="multiplicity m")
-    parser.add_argument("--n", type=integer(1), required=True, help="member width n")
+    parser.add_argument(
+        "--m", type=integer(1, limits.MAX_MULTIPLICITY), required=True, help="multiplicity m"
+    )
+    parser.add_argument(
+        "--n", type=integer(1, limits.MAX_WIDTH), required=True, help="member width n"
+    )
     add_json(parser)
 
 
 def add_curve_options(parser: argparse.ArgumentParser) -> None:
     add_space_options(parser)
-    parser.add_argument("--baseline", type=integer(1), required=True, help="baseline width n~")
-    parser.add_argument("--alpha", type=number(), required=True, help="fitted alpha of Eq. 9")
+    parser.add_argument(
+        "--baseline", type=integer(1, limits.MAX_WIDTH), required=True, help="baseline width n~"
+    )
+    parser.add_argument(
+        "--alpha", type=number(0, limits.MAX_ALPHA), required=True, help="fitted alpha of Eq. 9"
+    )
     parser.add_argument("--formulation", choices=FORMULATIONS, default="primal")
     parser.add_argument("--metric", choices=METRICS, default="params", help="budget (params)")
     parser.add_argument(
@@ -206,22 +316,31 @@ def add_fit_alpha_options(parser: argparse.ArgumentParser) -> None:
         help=f"block to fit (default {DEFAULT_FIT_PRESET})",
     )
     parser.add_argument("--widths", type=widths, help="width grid (default: the preset's)")
-    parser.add_argument("--samples", type=integer(2), help="T, draws per width (the preset's)")
+    parser.add_argument(
+        "--samples", type=integer(2, limits.MAX_SAMPLES), help="T, draws per width (the preset's)"
+    )
     add_workers(parser)
     add_experiment(parser, "the preset")
     add_results(parser)
     add_seed(parser)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    parser.add_argument(
+        "--device", type=device, default="cpu", help="cpu or cuda[:N] (default cpu)"
+    )
     parser.add_argument("--method", choices=METHODS, help="NTK sampler (default: the preset's)")
     parser.add_argument("--readout", choices=READOUTS, default="pool", help="conv read-out")
     parser.add_argument("--off-diagonal", action="store_true", help="sample K(x1, x2)")
-    parser.add_argument("--shard-size", type=integer(1), help="draws per Ray task")
     parser.add_argument(
-        "--memory-budget", type=number(), default=256.0, help="MiB per sampling chunk (256)"
+        "--shard-size", type=integer(1, limits.MAX_SAMPLES), help="draws per Ray task"
+    )
+    parser.add_argument(
+        "--memory-budget", type=number(0, 2**20), default=256.0, help="MiB per sampling chunk (256)"
     )
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     parser.add_argument(
-        "--bootstrap", type=integer(1), default=1000, help="bootstrap replicates (1000)"
+        "--bootstrap",
+        type=integer(1, limits.MAX_BOOTSTRAP),
+        default=1000,
+        help="bootstrap replicates (1000)",
     )
     parser.add_argument("--intercept", action="store_true", help="fit an intercept too")
     add_json(parser)
@@ -238,24 +357,44 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
     add_experiment(parser, "PRESET-FORMULATION")
     add_results(parser)
     parser.add_argument(
-        "--points", dest="num_points", type=integer(2), help="points on the curve (5)"
+        "--points",
+        dest="num_points",
+        type=integer(2, limits.MAX_POINTS),
+        help="points on the curve (5)",
     )
-    parser.add_argument("--seeds", type=integer(1), help="seeds per point (2)")
-    parser.add_argument("--epochs", type=integer(1), help="epochs (default: the preset's)")
+    parser.add_argument("--seeds", type=integer(1, limits.MAX_SEEDS), help="seeds per point (2)")
     parser.add_argument(
-        "--workers-per-trial", type=integer(1), help="Ray Train workers per trial (1)"
+        "--epochs", type=integer(1, limits.MAX_EPOCHS), help="epochs (default: the preset's)"
     )
     parser.add_argument(
-        "--gpus-per-worker", type=number(inclusive=True), help="GPUs per worker (0)"
+        "--workers-per-trial",
+        type=integer(1, limits.MAX_WORKERS_PER_TRIAL),
+        help="Ray Train workers per trial (1)",
     )
-    parser.add_argument("--cpus-per-worker", type=number(), help="CPUs per worker (1)")
+    parser.add_argument(
+        "--gpus-per-worker",
+        type=number(0, limits.MAX_GPUS_PER_WORKER, inclusive=True),
+        help="GPUs per worker: a fraction below 1 or a whole number (0)",
+    )
+    parser.add_argument(
+        "--cpus-per-worker",
+        type=number(limits.MIN_CPUS_PER_WORKER, limits.MAX_CPUS_PER_WORKER, inclusive=True),
+        help="CPUs per worker (1)",
+    )
     alpha = parser.add_mutually_exclusive_group()
-    alpha.add_argument("--alpha", type=number(), help="alpha of Eq. 9 (default: the preset's)")
+    alpha.add_argument(
+        "--alpha", type=number(0, limits.MAX_ALPHA), help="alpha of Eq. 9 (default: the preset's)"
+    )
     alpha.add_argument("--alpha-from", help="alpha.parquet of an earlier fit-alpha run")
     parser.add_argument(
-        "--max-concurrent-trials", type=integer(1), help="default: what the cluster can hold"
+        "--max-concurrent-trials", type=integer(1, 10**6), help="default: what the cluster can hold"
     )
-    parser.add_argument("--max-failures", type=integer(0), default=2, help="restarts per trial (2)")
+    parser.add_argument(
+        "--max-failures",
+        type=integer(0, limits.MAX_FAILURES),
+        default=2,
+        help="restarts per trial (2)",
+    )
     parser.add_argument("--scheduler", choices=SCHEDULERS, help="fifo (default) or asha")
     add_seed(parser)
     parser.add_argument(
@@ -284,7 +423,7 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
     )
     execution.add_argument(
         "--loader-workers",
-        type=integer(0),
+        type=integer(0, 4096),
         help="DataLoader processes per training worker (default: --cpus-per-worker - 1)",
     )
 
@@ -295,27 +434,41 @@ def numbers(text: str) -> tuple[float, ...]:
     >>> numbers("2,8,32")
     (2.0, 8.0, 32.0)
     """
-    parse = number()
+    parse = number(0, 10**6)
     return tuple(parse(part) for part in text.split(","))
 
 
 def add_workers(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=integer(1), help="concurrent tasks (cluster CPUs)")
+    parser.add_argument("--workers", type=integer(1, 10**6), help="concurrent tasks (cluster CPUs)")
 
 
 def add_nmk_options(parser: argparse.ArgumentParser) -> None:
     """Fig. 2 / Lemma 1 (``ce_ray.experiments.nmk.NMKConfig``; None: its default)."""
-    parser.add_argument("--depth", type=integer(2), help="fc: weight layers L (4)")
+    parser.add_argument("--depth", type=integer(2, 64), help="fc: weight layers L (4)")
     parser.add_argument("--widths", type=widths, help="member widths n (16,64,256)")
-    parser.add_argument("--wide-width", type=integer(2), help="the reference model's width (2048)")
-    parser.add_argument("--multiplicities", type=widths, help="ensemble sizes m (1,2,4,...,64)")
-    parser.add_argument("--draws", type=integer(2), help="ensembles at the largest m (32)")
-    parser.add_argument("--wide-members", type=integer(2), help="members at the wide width (256)")
-    parser.add_argument("--gammas", type=integer(2), help="points on [-pi, pi] (33)")
     parser.add_argument(
-        "--block-members", type=integer(1), help="members per Ray task at width 256 (512)"
+        "--wide-width", type=integer(2, limits.MAX_WIDTH), help="the reference model's width (2048)"
     )
-    parser.add_argument("--bootstrap", type=integer(1), help="bootstrap replicates (1000)")
+    parser.add_argument("--multiplicities", type=widths, help="ensemble sizes m (1,2,4,...,64)")
+    parser.add_argument(
+        "--draws", type=integer(2, limits.MAX_MEMBERS), help="ensembles at the largest m (32)"
+    )
+    parser.add_argument(
+        "--wide-members",
+        type=integer(2, limits.MAX_MEMBERS),
+        help="members at the wide width (256)",
+    )
+    parser.add_argument(
+        "--gammas", type=integer(2, limits.MAX_GAMMAS), help="points on [-pi, pi] (33)"
+    )
+    parser.add_argument(
+        "--block-members",
+        type=integer(1, limits.MAX_MEMBERS),
+        help="members per Ray task at width 256 (512)",
+    )
+    parser.add_argument(
+        "--bootstrap", type=integer(1, limits.MAX_BOOTSTRAP), help="bootstrap replicates (1000)"
+    )
     add_workers(parser)
     add_experiment(parser, "lemma1")
     add_results(parser)
@@ -327,12 +480,16 @@ def add_drift_options(parser: argparse.ArgumentParser) -> None:
     """Theorem 1 (``ce_ray.experiments.drift.DriftConfig``; None: its default)."""
     parser.add_argument("--multiplicities", type=widths, help="ensemble sizes m (1,2,4,8,16)")
     parser.add_argument("--widths", type=widths, help="member widths n (16,32,64,128)")
-    parser.add_argument("--depth", type=integer(2), help="fc: weight layers L (3)")
-    parser.add_argument("--seeds", type=integer(1), help="runs per (m, n) (3)")
-    parser.add_argument("--train-points", type=integer(1), help="training inputs N (32)")
-    parser.add_argument("--input-dim", type=integer(1), help="fc: input size n0 (8)")
-    parser.add_argument("--probe-points", type=integer(1), help="kernel probe inputs P (8)")
-    parser.add_argument("--step", type=number(), help="learning rate x N L (0.1)")
+    parser.add_argument("--depth", type=integer(2, 64), help="fc: weight layers L (3)")
+    parser.add_argument("--seeds", type=integer(1, limits.MAX_SEEDS), help="runs per (m, n) (3)")
+    parser.add_argument(
+        "--train-points", type=integer(1, limits.MAX_TRAIN_POINTS), help="training inputs N (32)"
+    )
+    parser.add_argument("--input-dim", type=integer(1, 10**5), help="fc: input size n0 (8)")
+    parser.add_argument(
+        "--probe-points", type=integer(1, limits.MAX_PROBE_POINTS), help="kernel probe inputs P (8)"
+    )
+    parser.add_argument("--step", type=number(0, 1), help="learning rate x N L (0.1)")
     parser.add_argument(
         "--flow-times", type=numbers, help="when to measure, gradient-flow time x N L (2,8,32)"
     )

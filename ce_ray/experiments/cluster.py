@@ -64,14 +64,30 @@ def max_resources() -> dict[str, float]:
     return {key: max(float(limits.get(key, 0)), current.get(key, 0.0)) for key in keys}
 
 
+def largest_node() -> dict[str, float]:
+    """The most CPUs and GPUs one node has, among the live nodes and, on an autoscaling
+    cluster whose config this node reads, its node types ({} when unknown)."""
+    import ray
+
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    try:
+        types = _local_autoscaler_node_types() or []
+    except Exception:  # no readable autoscaler config: the live nodes alone
+        types = []
+    candidates = nodes + types
+    if not candidates:
+        return {}
+    return {key: max(float(node.get(key, 0.0)) for node in candidates) for key in ("CPU", "GPU")}
+
+
 def default_workers() -> int:
     """Concurrent fit-alpha tasks when --workers is not given: the cluster's CPUs at its
     largest (at least 1)."""
     return max(1, int(max_resources().get("CPU", 1)))
 
 
-def _local_autoscaler_limits() -> dict[str, float] | None:
-    """Resource limits from the ``--autoscaling-config`` of a Ray monitor on this node."""
+def _local_autoscaler_config() -> dict | None:
+    """The ``--autoscaling-config`` of a Ray monitor on this node, if one runs here."""
     import psutil
     import yaml
 
@@ -83,8 +99,22 @@ def _local_autoscaler_limits() -> dict[str, float] | None:
             if part.startswith("--autoscaling-config="):
                 path = os.path.expanduser(part.split("=", 1)[1])
                 with open(path) as stream:
-                    return autoscaling_limits(yaml.safe_load(stream))
+                    return yaml.safe_load(stream)
     return None
+
+
+def _local_autoscaler_limits() -> dict[str, float] | None:
+    """Resource limits from the autoscaling config of a Ray monitor on this node."""
+    config = _local_autoscaler_config()
+    return autoscaling_limits(config) if config else None
+
+
+def _local_autoscaler_node_types() -> list[dict[str, float]] | None:
+    """The resources of each node type of the autoscaling config of a monitor on this node."""
+    config = _local_autoscaler_config()
+    if not config:
+        return None
+    return [dict(t.get("resources", {})) for t in config["available_node_types"].values()]
 
 
 def autoscaling_limits(config: dict) -> dict[str, float]:

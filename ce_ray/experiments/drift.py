@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from ce_ray import limits
 from ce_ray.experiments import cluster
 from ce_ray.experiments.tasks import Log, WorkItem, print_line, run_missing
 from ce_ray.results import plots, storage
@@ -64,10 +65,27 @@ class DriftConfig:
             >= 1,
             "0 < step <= 1": 0 < self.step <= 1,
             "flow_times > 0": min(self.flow_times) > 0,
+            f"widths at most {limits.MAX_WIDTH} and multiplicities at most "
+            f"{limits.MAX_MULTIPLICITY}": max(self.widths) <= limits.MAX_WIDTH
+            and max(self.multiplicities) <= limits.MAX_MULTIPLICITY,
+            f"at most {limits.MAX_TASKS:,} runs (multiplicities x widths x seeds)": len(
+                self.multiplicities
+            )
+            * len(self.widths)
+            * self.seeds
+            <= limits.MAX_TASKS,
         }
         for message, holds in checks.items():
             if not holds:
-                raise ValueError(f"drift settings need {message}; got {self}")
+                raise ValueError(f"drift settings need {message}; got {self.to_json()}")
+        # A run holds m members of L weight layers of width n, with their gradients.
+        largest = max(self.multiplicities) * max(self.widths) ** 2 * self.depth * 4 * 4
+        half = limits.machine_memory_bytes() / 2
+        if largest > half:
+            raise ValueError(
+                f"drift settings: the largest ensemble needs about {largest / 2**30:.1f} GiB; "
+                f"at most half this machine's memory ({half / 2**30:.1f} GiB)"
+            )
 
     @property
     def learning_rate(self) -> float:

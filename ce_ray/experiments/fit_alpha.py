@@ -26,6 +26,7 @@ from ce_ray.experiments.shards import Shard, plan_shards, read_width, sample_sha
 from ce_ray.experiments.tasks import Log, WorkItem, print_line, run_missing
 from ce_ray.results import plots, storage
 from ce_ray.theory.alpha import AlphaFit, fit_eq9
+from ce_ray.theory.curves import check_alpha
 from ce_ray.theory.ntk import chunk_size
 
 
@@ -180,10 +181,20 @@ def fit_alpha(
 
 
 def read_alpha(location: str) -> float:
-    """The alpha of an ``alpha.parquet`` written by fit-alpha (ValueError if it is not one)."""
+    """The alpha of an ``alpha.parquet`` written by fit-alpha (ValueError if it is not one,
+    or its alpha is not a usable one)."""
     if not storage.exists(location):
         raise ValueError(f"--alpha-from {location}: no such file (an alpha.parquet of fit-alpha)")
-    table = storage.read_parquet(location)
+    if storage.is_directory(location):
+        raise ValueError(f"--alpha-from {location}: a directory, not an alpha.parquet")
+    try:
+        table = storage.read_parquet(location)
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise ValueError(f"--alpha-from {location}: not a Parquet file ({error})") from None
     if "alpha" not in table.column_names or table.num_rows != 1:
         raise ValueError(f"--alpha-from {location}: not an alpha.parquet written by fit-alpha")
-    return float(table.column("alpha")[0].as_py())
+    alpha = table.column("alpha")[0].as_py()
+    try:
+        return check_alpha(alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"--alpha-from {location}: its alpha {alpha!r} cannot be used") from None

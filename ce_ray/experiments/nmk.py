@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ce_ray import limits
 from ce_ray.experiments import cluster
 from ce_ray.experiments.tasks import Log, WorkItem, print_line, run_missing
 from ce_ray.results import plots, storage
@@ -75,10 +76,24 @@ class NMKConfig:
             )
             >= 1,
             "bootstrap must be >= 1": self.bootstrap >= 1,
+            f"widths and wide_width must be at most {limits.MAX_WIDTH}": max(
+                *self.widths, self.wide_width
+            )
+            <= limits.MAX_WIDTH,
+            f"gammas must be at most {limits.MAX_GAMMAS}": self.gammas <= limits.MAX_GAMMAS,
+            f"members per width (max multiplicity x draws, wide_members) must be at most "
+            f"{limits.MAX_MEMBERS:,}": max(self.members(w) for w in (*self.widths, self.wide_width))
+            <= limits.MAX_MEMBERS,
         }
         for message, holds in checks.items():
             if not holds:
-                raise ValueError(f"{message}; got {self}")
+                raise ValueError(f"nmk settings: {message}; got {self.to_json()}")
+        tasks = len(self.blocks())
+        if tasks > limits.MAX_TASKS:
+            raise ValueError(
+                f"nmk settings plan {tasks:,} Ray tasks; at most {limits.MAX_TASKS:,} "
+                "(raise --block-members)"
+            )
 
     @property
     def gamma_grid(self) -> np.ndarray:

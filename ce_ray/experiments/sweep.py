@@ -106,6 +106,28 @@ def default_concurrency(config: SweepConfig) -> int:
     return max(1, min(fits, config.trials))
 
 
+def check_schedulable(config: SweepConfig) -> None:
+    """Refuse, in one line, a trial that the cluster can never hold (Tune would wait for it
+    forever): its workers' CPUs and GPUs against the cluster at its largest (autoscaling
+    included), and one worker against the largest node there is or can be."""
+    resources = cluster.max_resources()
+    per_worker = {"CPU": config.cpus_per_worker, "GPU": config.gpus_per_worker}
+    largest = cluster.largest_node()
+    for name, amount in per_worker.items():
+        need = amount * config.workers_per_trial
+        if need > resources.get(name, 0.0) + 1e-9:
+            raise ValueError(
+                f"a trial needs {config.workers_per_trial} worker(s) x {amount:g} {name} = "
+                f"{need:g} {name}; the cluster holds at most {resources.get(name, 0.0):g} "
+                "(--workers-per-trial, --cpus-per-worker, --gpus-per-worker)"
+            )
+        if largest and amount > largest.get(name, 0.0) + 1e-9:
+            raise ValueError(
+                f"a worker needs {amount:g} {name}; no node has more than "
+                f"{largest.get(name, 0.0):g} (--cpus-per-worker, --gpus-per-worker)"
+            )
+
+
 def seed_groups(seeds: int, pack: bool) -> list[list[int]]:
     """The seed indices each trial of a point trains: all in one, or one each.
 
@@ -238,6 +260,7 @@ def run_sweep(
     # scikit-learn and reading the data; benchmarks/sweep_overhead.py), and the read and
     # unpickling of the downsampled ImageNet files (each worker still holds its own copy:
     # torch tensors are not read zero-copy from the object store).
+    check_schedulable(config)
     trainable = tune.with_parameters(run_trial, datasets=[ray.put(datasets)])
     trainable = tune.with_resources(trainable, TRIAL_FUNCTION_RESOURCES)
     tune_path = storage.join(directory, "tune")

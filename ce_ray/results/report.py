@@ -141,7 +141,10 @@ def _sweep_seed(directory: str) -> int:
     location = storage.join(directory, "sweep.json")
     if not storage.exists(location):
         return 0
-    return SweepConfig.from_json(json.loads(storage.read_text(location))).seed
+    try:
+        return SweepConfig.from_json(json.loads(storage.read_text(location))).seed
+    except ValueError:  # not JSON, or not a configuration
+        raise ValueError(f"{location}: not a sweep configuration written by ce-ray") from None
 
 
 def report(directory: str, with_plots: bool = True) -> str:
@@ -149,7 +152,15 @@ def report(directory: str, with_plots: bool = True) -> str:
     trials_path = storage.join(directory, "trials.parquet")
     if not storage.exists(trials_path):
         raise ValueError(f"{directory} has no trials.parquet (not a sweep's results directory)")
-    trials = storage.read_parquet(trials_path).to_pandas()
+    try:
+        columns = storage.read_parquet(trials_path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{trials_path}: not a Parquet file ({error})") from None
+    if missing := sorted(set(storage.TRIALS_SCHEMA.names) - set(columns.column_names)):
+        raise ValueError(
+            f"{trials_path}: not a trials.parquet of ce-ray sweep (no {', '.join(missing[:3])})"
+        )
+    trials = columns.to_pandas()
     table = summary(trials)
     lines = [
         f"test_error: each trial's mean top-1 error (%) over its last {LAST_EPOCHS} epochs; "
@@ -160,7 +171,9 @@ def report(directory: str, with_plots: bool = True) -> str:
     if len(trials):
         ranking = rank_correlation(trials, seed=_sweep_seed(directory))
         lines.insert(2, ranking.describe())
-    if with_plots:
+    if with_plots and len(trials):
         write_plots(directory, trials, table)
         lines.append(f"plots: {directory}/curves.png, {directory}/test_error.png")
+    elif with_plots:
+        lines.append("plots: none (no trial has finished yet)")
     return "\n".join(lines)

@@ -40,6 +40,7 @@ from ce_ray.choices import (
     Metric,
     check_choice,
 )
+from ce_ray.limits import MAX_ALPHA, MAX_GRID_VALUES, MAX_WIDTH
 from ce_ray.theory.spaces import Space
 
 #: Columns of every curve table, in order.
@@ -98,23 +99,28 @@ def parse_widths(text: str) -> np.ndarray:
             lo, hi, step = (*parts, 1) if len(parts) == 2 else parts
             if step < 1 or hi < lo:
                 raise ValueError
-            widths = np.arange(lo, hi + 1, step, dtype=np.int64)
+            values = list(range(lo, hi + 1, step)) if (hi - lo) // step < MAX_GRID_VALUES else []
+            count = (hi - lo) // step + 1
         else:
-            widths = np.array([int(p) for p in text.split(",")], dtype=np.int64)
+            values = [int(p) for p in text.split(",")]
+            count = len(values)
     except ValueError:
         raise ValueError(
             f"widths must be LO:HI, LO:HI:STEP (LO <= HI, STEP >= 1) or a comma list of "
             f"integers; got {text!r}"
         ) from None
-    if widths.size == 0 or widths.min() < 1:
-        raise ValueError(f"widths must be positive integers; got {text!r}")
-    return np.unique(widths)
+    if count > MAX_GRID_VALUES:
+        raise ValueError(f"a width grid holds at most {MAX_GRID_VALUES} values; got {count}")
+    if not values or min(values) < 1 or max(values) > MAX_WIDTH:
+        raise ValueError(f"widths must be integers from 1 to {MAX_WIDTH}; got {text!r}")
+    return np.unique(np.array(values, dtype=np.int64))
 
 
 def check_alpha(alpha: float) -> float:
+    """``alpha`` as a float if it is finite, > 0 and at most ``MAX_ALPHA`` (ValueError)."""
     alpha = float(alpha)
-    if not math.isfinite(alpha) or alpha <= 0:
-        raise ValueError(f"alpha must be a finite number > 0; got {alpha!r}")
+    if not math.isfinite(alpha) or alpha <= 0 or alpha > MAX_ALPHA:
+        raise ValueError(f"alpha must be a finite number in (0, {MAX_ALPHA:g}]; got {alpha!r}")
     return alpha
 
 
@@ -192,8 +198,8 @@ def _check_grid(
     if isinstance(baseline_width, bool) or int(baseline_width) != baseline_width:
         raise ValueError(f"baseline width must be an integer; got {baseline_width!r}")
     baseline_width = int(baseline_width)
-    if baseline_width < 1:
-        raise ValueError(f"baseline width must be a positive integer; got {baseline_width}")
+    if not 1 <= baseline_width <= MAX_WIDTH:
+        raise ValueError(f"baseline width must be from 1 to {MAX_WIDTH}; got {baseline_width}")
     n = np.arange(1, baseline_width + 1) if widths is None else np.unique(np.asarray(widths))
     if n.size == 0 or n.min() < 1 or not np.issubdtype(n.dtype, np.integer):
         raise ValueError("widths must be a non-empty grid of positive integers")
