@@ -1,0 +1,226 @@
+"""Every bad value is one line on stderr and exit status 2, before Ray starts, with nothing
+written: a table of bad inputs across every command (values out of range or of the wrong
+kind, work no machine can hold, unsafe names and locations, files that are not what they
+should be). Each case runs ``ce-ray`` in this process, so the test also sees that Ray was
+never initialised."""
+
+import math
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ce_ray import cli
+from ce_ray.results import storage
+
+BIG = "99999999999999999999"
+
+# (command line, text the one stderr line must contain). {tmp} is this test's directory,
+# where the files named below are made first; --results defaults to {tmp}/results.
+CASES = [
+    # params
+    ("params --space fc --m 0 --n 4", "argument --m: must be an integer >= 1"),
+    ("params --space fc --m 4 --n -3", "argument --n: must be an integer >= 1"),
+    ("params --space fc --m abc --n 4", "argument --m: must be an integer"),
+    ("params --space nope --m 1 --n 4", "argument --space: invalid choice"),
+    ("params --space fc --spatial 3 --m 1 --n 4", "does not take --spatial"),
+    ("params --space fc --m 1 --n 100000000", "argument --n: must be an integer <= 65536"),
+    ("params --space fc --m 10000000000 --n 4", "argument --m: must be an integer <="),
+    ("params --space fc --classes 0 --m 1 --n 4", "argument --classes"),
+    ("params --space fc --depth 1 --m 1 --n 4", "depth must be >= 2"),
+    ("params --space fc --input-dim 0 --m 1 --n 4", "argument --input-dim"),
+    ("params --space fc --m 1", "the following arguments are required: --n"),
+    # curve
+    (
+        "curve --space fc --baseline 64 --alpha 1e308",
+        "argument --alpha: must be a finite number <=",
+    ),
+    ("curve --space fc --baseline 64 --alpha nan", "argument --alpha: must be a finite number"),
+    ("curve --space fc --baseline 64 --alpha -1", "argument --alpha: must be a finite number > 0"),
+    ("curve --space fc --baseline 64 --alpha 0", "argument --alpha: must be a finite number > 0"),
+    (
+        "curve --space fc --baseline 1000000000 --alpha 2",
+        "argument --baseline: must be an integer <=",
+    ),
+    ("curve --space fc --baseline 0 --alpha 2", "argument --baseline: must be an integer >= 1"),
+    (f"curve --space fc --baseline 64 --alpha 2 --widths {BIG}:{BIG}0", "argument --widths"),
+    ("curve --space fc --baseline 64 --alpha 2 --widths 1:100000000", "at most 4096 values"),
+    ("curve --space fc --baseline 64 --alpha 2 --widths 5:2", "argument --widths: widths must be"),
+    ("curve --space fc --baseline 64 --alpha 2 --widths a,b", "argument --widths: widths must be"),
+    ("curve --space fc --baseline 64 --alpha 2 --widths 0:10", "argument --widths: widths must be"),
+    (
+        "curve --space fc --baseline 64 --alpha 2 --widths 1:3:0",
+        "argument --widths: widths must be",
+    ),
+    ("curve --space fc --baseline 64 --alpha 2 --formulation x", "argument --formulation"),
+    ("curve --space fc --baseline 64 --alpha 2 --metric x", "argument --metric"),
+    ("curve --space fc --baseline 64 --alpha 2 --cost x", "argument --cost"),
+    ("curve --space fc --baseline 64 --alpha 2 --widths 100:200", "baseline width 64"),
+    # fit-alpha
+    ("fit-alpha --preset nope", "argument --preset: invalid choice"),
+    ("fit-alpha --widths 1:100000000", "argument --widths: a width grid holds at most 4096"),
+    ("fit-alpha --widths 4", "need at least two widths"),
+    ("fit-alpha --widths 4,100000", "argument --widths: widths must be integers from 1 to 65536"),
+    ("fit-alpha --samples 1", "argument --samples: must be an integer >= 2"),
+    ("fit-alpha --samples 1000000000000", "argument --samples: must be an integer <="),
+    ("fit-alpha --samples 10000000 --shard-size 1", "Ray tasks; at most 100,000"),
+    ("fit-alpha --shard-size 0", "argument --shard-size: must be an integer >= 1"),
+    ("fit-alpha --bootstrap 0", "argument --bootstrap: must be an integer >= 1"),
+    ("fit-alpha --bootstrap 1000000000000", "argument --bootstrap: must be an integer <="),
+    ("fit-alpha --samples 1000000 --bootstrap 100000", "resamples"),
+    ("fit-alpha --device cuda:banana", "argument --device: must be cpu, cuda or cuda:N"),
+    ("fit-alpha --device tpu", "argument --device"),
+    ("fit-alpha --memory-budget 1e12", "argument --memory-budget: must be a finite number <="),
+    ("fit-alpha --memory-budget 500000", "--memory-budget must be > 0 and at most half"),
+    ("fit-alpha --memory-budget 0", "argument --memory-budget: must be a finite number > 0"),
+    ("fit-alpha --preset resnext-block --method exact", "--method exact samples MLP blocks only"),
+    ("fit-alpha --method bogus", "argument --method: invalid choice"),
+    ("fit-alpha --readout bogus", "argument --readout: invalid choice"),
+    ("fit-alpha --dtype float16", "argument --dtype: invalid choice"),
+    ("fit-alpha --experiment ../../x", "argument --experiment: must be one path segment"),
+    ("fit-alpha --experiment ..", "argument --experiment: must be one path segment"),
+    ("fit-alpha --experiment /abs", "argument --experiment: must be one path segment"),
+    ("fit-alpha --experiment a/b", "argument --experiment: must be one path segment"),
+    (f"fit-alpha --experiment {'a' * 300}", "(300 characters)"),
+    ("fit-alpha --experiment .hidden", "argument --experiment: must be one path segment"),
+    ("fit-alpha --results s3://b/x?endpoint_override=h", "must not have a query or fragment"),
+    ("fit-alpha --results s3://AKIA:SeCrEt@bucket/x", "must not carry credentials"),
+    ("fit-alpha --workers 0", "argument --workers: must be an integer >= 1"),
+    ("fit-alpha --seed -1", "argument --seed: must be an integer >= 0"),
+    ("fit-alpha --results {tmp}/file/below", "is a file, not a directory"),
+    ("fit-alpha --intercept --widths 1,2,x", "argument --widths"),
+    # sweep
+    ("sweep primal --points 1", "argument --points: must be an integer >= 2"),
+    ("sweep primal --points 100000", "argument --points: must be an integer <= 256"),
+    ("sweep primal --seeds 0", "argument --seeds: must be an integer >= 1"),
+    ("sweep primal --seeds 1000000", "argument --seeds: must be an integer <= 1000"),
+    ("sweep primal --epochs 0", "argument --epochs: must be an integer >= 1"),
+    ("sweep primal --epochs 100000000", "argument --epochs: must be an integer <="),
+    ("sweep primal --alpha -1", "argument --alpha: must be a finite number > 0"),
+    ("sweep primal --alpha 1e308", "argument --alpha: must be a finite number <="),
+    ("sweep primal --alpha inf", "argument --alpha: must be a finite number"),
+    ("sweep primal --alpha-from {tmp}/missing.parquet", "no such file"),
+    ("sweep primal --alpha-from {tmp}/folder", "a directory, not an alpha.parquet"),
+    ("sweep primal --alpha-from {tmp}/nan_alpha.parquet", "its alpha nan cannot be used"),
+    ("sweep primal --alpha-from {tmp}/negative_alpha.parquet", "its alpha -1.5 cannot be used"),
+    ("sweep primal --alpha-from {tmp}/not_parquet.txt", "not a Parquet file"),
+    ("sweep primal --alpha-from {tmp}/other.parquet", "not an alpha.parquet written by"),
+    ("sweep primal --alpha 2 --alpha-from {tmp}/x", "not allowed with argument --alpha"),
+    ("sweep primal --precision fp16 --pack-seeds", "--pack-seeds cannot train with --precision"),
+    ("sweep primal --precision fp8", "argument --precision: invalid choice"),
+    ("sweep primal --gpus-per-worker 1.5", "a fraction below 1 or a whole number"),
+    ("sweep primal --gpus-per-worker -1", "argument --gpus-per-worker: must be a finite number"),
+    ("sweep primal --gpus-per-worker 1000", "argument --gpus-per-worker: must be a finite number"),
+    ("sweep primal --cpus-per-worker 0.000001", "argument --cpus-per-worker: must be a finite"),
+    ("sweep primal --cpus-per-worker 100000", "argument --cpus-per-worker: must be a finite"),
+    ("sweep primal --loader-workers 100000", "argument --loader-workers: must be an integer <="),
+    ("sweep primal --loader-workers 100", "--loader-workers must be from 0 to 4"),
+    ("sweep primal --workers-per-trial 100000", "argument --workers-per-trial: must be an"),
+    ("sweep primal --workers-per-trial 0", "argument --workers-per-trial: must be an integer"),
+    ("sweep primal --max-failures -1", "argument --max-failures: must be an integer >= 0"),
+    ("sweep primal --max-failures 100000", "argument --max-failures: must be an integer <="),
+    ("sweep primal --max-concurrent-trials 0", "argument --max-concurrent-trials"),
+    ("sweep primal --scheduler bogus", "argument --scheduler: invalid choice"),
+    ("sweep primal --preset nope", "argument --preset: invalid choice"),
+    ("sweep primal --experiment ../x", "argument --experiment: must be one path segment"),
+    ("sweep primal --preset mnist-mlp --data-root {tmp}/nodata", "mnist not found: put MNIST/"),
+    ("sweep primal --results s3://b/x?region=us-east-1", "must not have a query or fragment"),
+    ("sweep sideways", "argument formulation: invalid choice"),
+    ("sweep primal --preset cifar10-resnext29 --seeds 1000 --pack-seeds", "GiB of model state"),
+    ("sweep primal --results {tmp}/file", "is a file, not a directory"),
+    # report
+    ("report {tmp}/missing", "has no trials.parquet"),
+    ("report {tmp}/foreign", "not a trials.parquet of ce-ray sweep"),
+    ("report {tmp}/garbled", "not a Parquet file"),
+    ("report {tmp}/listed", "not a sweep configuration written by ce-ray"),
+    ("report {tmp}/blocked", "Is a directory"),
+    # nmk
+    ("nmk --depth 1", "argument --depth: must be an integer >= 2"),
+    ("nmk --wide-width 100000000", "argument --wide-width: must be an integer <="),
+    ("nmk --gammas 1000000000", "argument --gammas: must be an integer <="),
+    ("nmk --widths 0,4", "argument --widths: widths must be"),
+    ("nmk --multiplicities 1", "multiplicities must be at least two values"),
+    ("nmk --draws 1", "argument --draws: must be an integer >= 2"),
+    ("nmk --bootstrap 0", "argument --bootstrap: must be an integer >= 1"),
+    ("nmk --wide-width 8 --widths 16", "wide_width must exceed every width"),
+    ("nmk --block-members 0", "argument --block-members: must be an integer >= 1"),
+    ("nmk --draws 100000 --multiplicities 1,64", "members per width"),
+    ("nmk --experiment ../x", "argument --experiment: must be one path segment"),
+    # drift
+    ("drift --multiplicities 0,1", "argument --multiplicities: widths must be"),
+    ("drift --widths 1:100000000", "argument --widths: a width grid holds at most"),
+    ("drift --seeds 0", "argument --seeds: must be an integer >= 1"),
+    ("drift --step 0", "argument --step: must be a finite number > 0"),
+    ("drift --step 2", "argument --step: must be a finite number <= 1"),
+    ("drift --flow-times 1,-2", "argument --flow-times: must be a finite number > 0"),
+    ("drift --train-points 100000000", "argument --train-points: must be an integer <="),
+    ("drift --probe-points 0", "argument --probe-points: must be an integer >= 1"),
+    ("drift --depth 1", "argument --depth: must be an integer >= 2"),
+    ("drift --multiplicities 1,65536 --widths 4096,8192", "GiB; at most half this machine"),
+    ("drift --seeds 1000 --widths 1:200", "at most 100,000 runs"),
+    ("drift --results s3://u:p@bucket/x", "must not carry credentials"),
+]
+
+
+def _trials_row() -> dict:
+    """One plausible row of trials.parquet."""
+    values = {pa.string(): "x", pa.int64(): 1, pa.float64(): 1.0}
+    row = {field.name: values[field.type] for field in storage.TRIALS_SCHEMA}
+    return row | {"formulation": "primal", "status": "finished", "role": "baseline"}
+
+
+def make_files(tmp: Path) -> None:
+    """The files and folders the cases name."""
+    (tmp / "results").mkdir()
+    (tmp / "file").write_text("a file where a directory should be")
+    (tmp / "folder").mkdir()
+    (tmp / "not_parquet.txt").write_text("alpha = 2.4")
+    for name, alpha in (("nan_alpha", math.nan), ("negative_alpha", -1.5)):
+        pq.write_table(pa.table({"alpha": [alpha]}), tmp / f"{name}.parquet")
+    pq.write_table(pa.table({"beta": [1.0]}), tmp / "other.parquet")
+    (tmp / "foreign").mkdir()
+    pq.write_table(pa.table({"n": [1], "error": [3.0]}), tmp / "foreign/trials.parquet")
+    (tmp / "garbled").mkdir()
+    (tmp / "garbled/trials.parquet").write_bytes(b"PAR1 but no more")
+    trials = pa.Table.from_pylist([_trials_row()], schema=storage.TRIALS_SCHEMA)
+    for name in ("listed", "blocked"):
+        (tmp / name).mkdir()
+        pq.write_table(trials, tmp / name / "trials.parquet")
+    (tmp / "listed/sweep.json").write_text("[1, 2, 3]")
+    (tmp / "blocked/test_error.png").mkdir()  # the report cannot write its plot there
+
+
+def _snapshot(tmp: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_size for p in tmp.rglob("*")}
+
+
+def test_the_table_covers_every_command_with_over_ninety_cases():
+    commands = {line.split()[0] for line, _ in CASES}
+    assert commands == {"params", "curve", "fit-alpha", "sweep", "report", "nmk", "drift"}
+    assert len(CASES) >= 90
+
+
+@pytest.mark.parametrize(("line", "expected"), CASES, ids=[line for line, _ in CASES])
+def test_a_bad_value_is_one_line_and_exit_2_before_ray_starts(
+    tmp_path, capsys, monkeypatch, line, expected
+):
+    from ce_ray.experiments import cluster
+
+    def reached_ray(results: str) -> None:  # a case that gets this far fails, cheaply
+        raise AssertionError(f"{line!r} reached ray.init")
+
+    monkeypatch.setattr(cluster, "init_ray", reached_ray)
+    make_files(tmp_path)
+    argv = [part.replace("{tmp}", str(tmp_path)) for part in line.split()]
+    if argv[0] not in ("params", "curve", "report") and "--results" not in argv:
+        argv += ["--results", str(tmp_path / "results")]
+    before = _snapshot(tmp_path)
+    status = cli.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2, err
+    assert len(err) == 1 and expected in err[0], err
+    assert "Traceback" not in err[0] and "SeCrEt" not in err[0]
+    assert _snapshot(tmp_path) == before  # nothing written, nothing removed
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
