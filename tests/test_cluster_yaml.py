@@ -9,7 +9,8 @@ import ray.autoscaler
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-CONFIG = yaml.safe_load((Path(__file__).resolve().parent.parent / "cluster.yaml").read_text())
+CONFIG_PATH = Path(__file__).resolve().parent.parent / "cluster.yaml"
+CONFIG = yaml.safe_load(CONFIG_PATH.read_text())
 SCHEMA = json.loads(
     (Path(os.path.dirname(ray.autoscaler.__file__)) / "ray-schema.json").read_text()
 )
@@ -31,8 +32,19 @@ def test_cpu_head_and_autoscaling_gpu_workers():
     assert "--dashboard-host=127.0.0.1" in " ".join(CONFIG["head_start_ray_commands"])
 
 
+def test_nodes_use_their_own_profiles_and_ssh_is_open_to_one_address():
+    types = CONFIG["available_node_types"]
+    profiles = {name: t["node_config"]["IamInstanceProfile"]["Name"] for name, t in types.items()}
+    assert profiles == {"head": "ce-ray-head", "gpu-worker": "ce-ray-worker"}
+    (rule,) = CONFIG["provider"]["security_group"]["IpPermissions"]
+    assert (rule["FromPort"], rule["ToPort"]) == (22, 22)
+    assert all(not r["CidrIp"].endswith("/0") for r in rule["IpRanges"])
+    assert not any("AWS_SECRET" in line for line in Path(CONFIG_PATH).read_text().splitlines())
+
+
 def test_head_creates_the_token_and_every_node_joins_with_it():
-    assert any("get-auth-token --generate" in c for c in CONFIG["head_setup_commands"])
+    (token,) = [c for c in CONFIG["head_setup_commands"] if "get-auth-token --generate" in c]
+    assert "umask 077" in token and "chmod 600 ~/.ray/auth_token" in token
     assert "~/.ray/auth_token" in CONFIG["cluster_synced_files"]  # head -> workers, before start
     for commands in (CONFIG["head_start_ray_commands"], CONFIG["worker_start_ray_commands"]):
         start = next(c for c in commands if "ray start" in c)
