@@ -106,6 +106,29 @@ def default_concurrency(config: SweepConfig) -> int:
     return max(1, min(fits, config.trials))
 
 
+#: What Tune 2.60 copies from the driver's environment into every trial actor's runtime
+#: environment (``ray/tune/execution/class_cache.py``, ``ENV_VARS_TO_PROPAGATE``), from where
+#: it reaches the command line of Ray's ``setup_worker.py`` and the runtime-env agent's log.
+TUNE_PROPAGATED_SECRETS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SECURITY_TOKEN",
+    "AWS_SESSION_TOKEN",
+)
+
+
+def keep_credentials_out_of_trials() -> None:
+    """Stop Tune from copying the driver's AWS keys into its trials' runtime environments.
+
+    A trial's node has credentials of its own (the shell that started the local head, or an
+    instance profile), as every fit-alpha task does; a runtime environment is readable by any
+    local user (a process's command line) and logged on every node.
+    """
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE.difference_update(TUNE_PROPAGATED_SECRETS)
+
+
 def check_schedulable(config: SweepConfig) -> None:
     """Refuse, in one line, a trial that the cluster can never hold (Tune would wait for it
     forever): its workers' CPUs and GPUs against the cluster at its largest (autoscaling
@@ -261,6 +284,7 @@ def run_sweep(
     # unpickling of the downsampled ImageNet files (each worker still holds its own copy:
     # torch tensors are not read zero-copy from the object store).
     check_schedulable(config)
+    keep_credentials_out_of_trials()
     trainable = tune.with_parameters(run_trial, datasets=[ray.put(datasets)])
     trainable = tune.with_resources(trainable, TRIAL_FUNCTION_RESOURCES)
     tune_path = storage.join(directory, "tune")

@@ -43,7 +43,8 @@ class CommandLineWatch:
             for process in psutil.process_iter(["cmdline"]):
                 line = " ".join(process.info["cmdline"] or [])
                 if SECRET in line or SESSION in line:
-                    self.leaks.append(line[:200])
+                    at = max(line.find(SECRET), line.find(SESSION))
+                    self.leaks.append(line[max(0, at - 300) : at + 80])
             time.sleep(0.1)
 
     def stop(self) -> list[str]:
@@ -106,7 +107,7 @@ def test_credentials_reach_no_job_table_file_command_line_or_result(s3_server):
         client = JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
         jobs = client.list_jobs()
         assert len(jobs) == 2
-        table = json.dumps([job.dict() for job in jobs], default=str)
+        table = json.dumps([vars(job) for job in jobs], default=str)
         assert SECRET not in table and SESSION not in table
     finally:
         local_head.stop_head(head)
