@@ -104,7 +104,14 @@ def fit_alpha_command(args: argparse.Namespace) -> None:
         f"{workers} workers -> {storage.join(results, experiment, 'fit_alpha')}"
     )
     fit = fit_alpha(
-        config, results, experiment, workers, args.bootstrap, intercept=args.intercept, log=log
+        config,
+        results,
+        experiment,
+        workers,
+        args.bootstrap,
+        intercept=args.intercept,
+        log=log,
+        stall_timeout_s=args.stall_timeout,
     )
     if args.json:
         print(json.dumps(fit.to_json(), indent=2))
@@ -152,8 +159,14 @@ def sweep_command(args: argparse.Namespace) -> None:
         max_concurrent_trials=args.max_concurrent_trials,
         max_failures=args.max_failures,
         datasets=datasets,
+        stall_timeout_s=args.stall_timeout,
     )
     print(report(result.directory, with_plots=not args.no_report))
+    failed = result.trials[result.trials["status"] == "error"]
+    if len(failed) and len(failed) == len(result.trials):
+        raise RuntimeError(f"every trial failed; the last error: {failed['error'].iloc[-1]}")
+    if len(failed):
+        print(f"[sweep] {len(failed)} of {len(result.trials)} trial rows failed (trials.parquet)")
 
 
 def _given(args: argparse.Namespace, fields: Iterable[str]) -> dict:
@@ -192,7 +205,7 @@ def nmk_command(args: argparse.Namespace) -> None:
         f"[nmk] L={config.depth}, widths {list(config.widths)} against {config.wide_width}, "
         f"m in {list(config.multiplicities)}, {workers} workers"
     )
-    result = run_nmk(config, results, args.experiment or "lemma1", workers, log)
+    result = run_nmk(config, results, args.experiment or "lemma1", workers, log, args.stall_timeout)
     headline = result.headline()
     _print(args, result.fit, headline)
     low, high = headline["slope_m_ci"]
@@ -213,7 +226,9 @@ def drift_command(args: argparse.Namespace) -> None:
         f"[drift] m in {list(config.multiplicities)}, n in {list(config.widths)}, "
         f"{config.seeds} seeds, L={config.depth}, {workers} workers"
     )
-    result = run_drift(config, results, args.experiment or "theorem1", workers, log)
+    result = run_drift(
+        config, results, args.experiment or "theorem1", workers, log, args.stall_timeout
+    )
     headline = result.headline()
     _print(args, result.fit, headline)
     (m_low, m_high), (n_low, n_high) = headline["exponent_m_ci"], headline["exponent_n_ci"]

@@ -235,6 +235,16 @@ def add_seed(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_stall_timeout(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--stall-timeout",
+        type=number(10, 86400, inclusive=True),
+        default=120.0,
+        help=f"seconds without progress after which {what} (at least: 5 x the longest so far "
+        "when larger; 120)",
+    )
+
+
 def add_json(parser: argparse.ArgumentParser, what: str = "the result") -> None:
     parser.add_argument("--json", action="store_true", help=f"print {what} as JSON")
 
@@ -343,6 +353,7 @@ def add_fit_alpha_options(parser: argparse.ArgumentParser) -> None:
         help="bootstrap replicates (1000)",
     )
     parser.add_argument("--intercept", action="store_true", help="fit an intercept too")
+    add_stall_timeout(parser, "a task is killed and run again")
     add_json(parser)
 
 
@@ -395,6 +406,7 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
         default=2,
         help="restarts per trial (2)",
     )
+    add_stall_timeout(parser, "a trial fails and is retried from its checkpoint")
     parser.add_argument("--scheduler", choices=SCHEDULERS, help="fifo (default) or asha")
     add_seed(parser)
     parser.add_argument(
@@ -473,6 +485,7 @@ def add_nmk_options(parser: argparse.ArgumentParser) -> None:
     add_experiment(parser, "lemma1")
     add_results(parser)
     add_seed(parser)
+    add_stall_timeout(parser, "a task is killed and run again")
     add_json(parser)
 
 
@@ -497,6 +510,7 @@ def add_drift_options(parser: argparse.ArgumentParser) -> None:
     add_experiment(parser, "theorem1")
     add_results(parser)
     add_seed(parser)
+    add_stall_timeout(parser, "a task is killed and run again")
     add_json(parser)
 
 

@@ -20,7 +20,13 @@ import pyarrow as pa
 
 from ce_ray import limits
 from ce_ray.experiments import cluster
-from ce_ray.experiments.tasks import Log, WorkItem, print_line, run_missing
+from ce_ray.experiments.tasks import (
+    DEFAULT_STALL_TIMEOUT_S,
+    Log,
+    WorkItem,
+    print_line,
+    run_missing,
+)
 from ce_ray.results import plots, storage
 from ce_ray.theory import drift
 from ce_ray.theory.seeds import derive_seed
@@ -189,7 +195,12 @@ def fit_by_time(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_drift(
-    config: DriftConfig, results: str, experiment: str, workers: int, log: Log = print_line
+    config: DriftConfig,
+    results: str,
+    experiment: str,
+    workers: int,
+    log: Log = print_line,
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
 ) -> DriftResult:
     """Theorem 1 end to end into ``<results>/<experiment>/drift``: train (resuming), fit."""
     directory = storage.join(results, experiment, "drift")
@@ -203,7 +214,17 @@ def run_drift(
         m, n, seed_index, last = result
         return f"m={m} n={n} seed {seed_index}: drift {last:.4g}"
 
-    run_missing(_run_task, items, runs_dir, workers, describe, log, prefix="[drift]", unit="runs")
+    run_missing(
+        _run_task,
+        items,
+        runs_dir,
+        workers,
+        describe,
+        log,
+        prefix="[drift]",
+        unit="runs",
+        stall_timeout_s=stall_timeout_s,
+    )
     runs = pd.concat(
         [
             storage.read_parquet(storage.join(runs_dir, _run_file(*run))).to_pandas()

@@ -23,7 +23,13 @@ import torch
 from ce_ray.configs import FitConfig
 from ce_ray.experiments import cluster
 from ce_ray.experiments.shards import Shard, plan_shards, read_width, sample_shard
-from ce_ray.experiments.tasks import Log, WorkItem, print_line, run_missing
+from ce_ray.experiments.tasks import (
+    DEFAULT_STALL_TIMEOUT_S,
+    Log,
+    WorkItem,
+    print_line,
+    run_missing,
+)
 from ce_ray.results import plots, storage
 from ce_ray.theory.alpha import AlphaFit, fit_eq9
 from ce_ray.theory.curves import check_alpha
@@ -60,7 +66,12 @@ def _shard_task(config: FitConfig, shard: Shard, shard_dir: str) -> tuple[Shard,
 
 
 def sample_all_shards(
-    config: FitConfig, directory: str, workers: int, log: Log = print_line, max_retries: int = 3
+    config: FitConfig,
+    directory: str,
+    workers: int,
+    log: Log = print_line,
+    max_retries: int = 3,
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
 ) -> list[tuple[Shard, float]]:
     """Run every shard not yet whole on storage as a Ray task, at most ``workers`` at a time.
 
@@ -88,6 +99,7 @@ def sample_all_shards(
         unit="shards",
         max_retries=max_retries,
         num_gpus=1 if config.device.startswith("cuda") else 0,
+        stall_timeout_s=stall_timeout_s,
     )
 
 
@@ -168,13 +180,14 @@ def fit_alpha(
     ci_level: float = 0.95,
     intercept: bool = False,
     log: Log = print_line,
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
 ) -> FitResult:
     """Algorithm 1 end to end into ``<results>/<experiment>/fit_alpha``: sample (resuming),
     fit, write the outputs. Settings that cannot run fail before anything is written."""
     check_fits_in_memory(config)
     directory = storage.join(results, experiment, "fit_alpha")
     storage.check_or_write_config(directory, config.to_json())
-    sample_all_shards(config, directory, workers, log)
+    sample_all_shards(config, directory, workers, log, stall_timeout_s=stall_timeout_s)
     fit = fit_from_shards(config, directory, bootstrap, ci_level, intercept)
     write_outputs(config, fit, directory, experiment, bootstrap)
     return FitResult(**vars(fit), directory=directory)

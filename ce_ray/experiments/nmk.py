@@ -22,7 +22,13 @@ import pyarrow as pa
 
 from ce_ray import limits
 from ce_ray.experiments import cluster
-from ce_ray.experiments.tasks import Log, WorkItem, print_line, run_missing
+from ce_ray.experiments.tasks import (
+    DEFAULT_STALL_TIMEOUT_S,
+    Log,
+    WorkItem,
+    print_line,
+    run_missing,
+)
 from ce_ray.results import plots, storage
 from ce_ray.theory import nmk
 from ce_ray.theory.seeds import derive_seed
@@ -171,7 +177,11 @@ def _block_task(
 
 
 def sample_all_blocks(
-    config: NMKConfig, directory: str, workers: int, log: Log = print_line
+    config: NMKConfig,
+    directory: str,
+    workers: int,
+    log: Log = print_line,
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
 ) -> int:
     """Every block not yet whole on storage, as Ray tasks; returns how many ran."""
     shard_dir = storage.join(directory, "shards")
@@ -186,7 +196,15 @@ def sample_all_blocks(
         return f"width {width} block {index} ({members} members)"
 
     ran = run_missing(
-        _block_task, items, shard_dir, workers, describe, log, prefix="[nmk]", unit="blocks"
+        _block_task,
+        items,
+        shard_dir,
+        workers,
+        describe,
+        log,
+        prefix="[nmk]",
+        unit="blocks",
+        stall_timeout_s=stall_timeout_s,
     )
     return len(ran)
 
@@ -325,10 +343,15 @@ def _write(
 
 
 def run_nmk(
-    config: NMKConfig, results: str, experiment: str, workers: int, log: Log = print_line
+    config: NMKConfig,
+    results: str,
+    experiment: str,
+    workers: int,
+    log: Log = print_line,
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
 ) -> NMKResult:
     """Fig. 2 end to end into ``<results>/<experiment>/nmk``: sample (resuming), summarise."""
     directory = storage.join(results, experiment, "nmk")
     storage.check_or_write_config(directory, config.to_json())
-    sample_all_blocks(config, directory, workers, log)
+    sample_all_blocks(config, directory, workers, log, stall_timeout_s)
     return summarise(config, directory)

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -55,18 +58,21 @@ def run_trial(trial: dict, datasets: list) -> None:
     run's latest checkpoint (Train V2 has no other resume). Inside the run, Train's own
     ``FailureConfig`` restarts a lost worker group from that checkpoint without Tune noticing.
 
+    Tune hears of each epoch from the trial's record, not from Train's ``TuneReportCallback``
+    (:func:`report_from_record`), and a trial that stops making progress fails.
+
     ``datasets`` is ``[reference]`` to the (train, test) datasets the driver put in Ray's
     object store once for the whole sweep (a list, so that ``tune.with_parameters`` hands
     over the reference, not the data); the training workers fetch them from there.
     """
     from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from ce_ray.worker.loop import train_point
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
     config = SweepConfig.from_json(trial["sweep"])
     trial_id = tune.get_context().get_trial_id()
+    record = records.record_location(trial["experiment_dir"], trial_id)
     gpus = config.gpus_per_worker
     trainer = TorchTrainer(
         train_point,
@@ -75,7 +81,7 @@ def run_trial(trial: dict, datasets: list) -> None:
             "point": trial["point"],
             "seed_indices": trial["seed_indices"],
             "datasets": datasets[0],
-            "record": records.record_location(trial["experiment_dir"], trial_id),
+            "record": record,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.workers_per_trial,
@@ -87,11 +93,11 @@ def run_trial(trial: dict, datasets: list) -> None:
             storage_path=storage.join(trial["experiment_dir"], "train"),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=trial["max_failures"]),
-            # Ray types RunConfig.callbacks with Train V1's Callback; V2's is what it takes.
-            callbacks=[TuneReportCallback()],  # type: ignore[list-item]
         ),
     )
-    trainer.fit()
+    point, indices = trial["point"], trial["seed_indices"]
+    label = f"{config.spec.space.label(point['m'], point['n'])} seeds {indices}"
+    report_from_record(trainer, record, trial["stall_timeout_s"], label)
 
 
 def default_concurrency(config: SweepConfig) -> int:
@@ -127,6 +133,107 @@ def keep_credentials_out_of_trials() -> None:
     from ray.tune.execution import class_cache
 
     class_cache.ENV_VARS_TO_PROPAGATE.difference_update(TUNE_PROPAGATED_SECRETS)
+
+
+#: How often a trial function reads its record and heartbeat (seconds).
+PROGRESS_POLL_S = 1.0
+#: A trial stalls after this many times its longest pause between signs of progress so far,
+#: and never before its floor (``--stall-timeout``).
+STALL_FACTOR = 5.0
+#: The default floor: a couple of minutes, far above a heartbeat's interval.
+DEFAULT_STALL_TIMEOUT_S = 120.0
+
+
+class TrialStalled(RuntimeError):
+    """A trial's training made no progress for longer than its limit."""
+
+
+class Progress:
+    """One trial's signs of life, read from its record and its heartbeat by the trial
+    function: the epochs it reported and rank 0's beats. The stall clock starts with this
+    start's first beat (until then the worker group may be waiting for a node) and runs from
+    the last change seen, against ``max(floor, STALL_FACTOR x the longest pause so far)``."""
+
+    def __init__(self, record: str, floor_s: float):
+        self.record, self.floor_s = record, floor_s
+        self.first_beat = records.read_heartbeat(record)  # left by an earlier start, if any
+        self.state: tuple | None = None
+        self.changed_at: float | None = None
+        self.longest_pause = 0.0
+
+    def read(self) -> list[dict]:
+        """The record's epochs now; notes whether anything moved."""
+        epochs = records.read_reports(self.record)
+        beat = records.read_heartbeat(self.record)
+        state = (len(epochs), epochs[-1]["epoch"] if epochs else 0, beat)
+        now = time.monotonic()
+        if state != self.state:
+            if self.changed_at is not None:
+                self.longest_pause = max(self.longest_pause, now - self.changed_at)
+            if self.changed_at is not None or beat != self.first_beat:
+                self.changed_at = now
+            self.state = state
+        return epochs
+
+    @property
+    def limit_s(self) -> float:
+        return max(self.floor_s, STALL_FACTOR * self.longest_pause)
+
+    def idle_s(self) -> float:
+        """Seconds since the last sign of progress (0 before this start's first beat)."""
+        return 0.0 if self.changed_at is None else time.monotonic() - self.changed_at
+
+
+def report_from_record(trainer: Any, record: str, stall_timeout_s: float, label: str) -> None:
+    """Run ``trainer.fit()`` in a thread and report each epoch to Tune from the trial's
+    record, in this (the trial function's) thread; fail the trial when it stalls.
+
+    Why not Train's ``TuneReportCallback``: in Ray 2.60 it puts each report into a one-slot
+    Ray queue that the trial actor's main thread moves into a one-slot thread queue; when the
+    trial function returns before the main thread has moved the last report, Tune's "done"
+    marker fills the thread queue first and the main thread blocks forever on the late report
+    (``ray/train/_internal/session.py``, ``_get_result_from_queues``). Reporting from this
+    thread is Tune's ordinary function-trainable path, which has no second queue. Rank 0
+    writes each epoch to the record before it reports it to Train, so nothing is lost.
+
+    Epochs already in the record when this start began were reported by an earlier one;
+    if this start reports nothing (every epoch was trained before a stop landed), it reports
+    the last recorded epoch again, so that the trial ends with its result.
+    """
+    outcome: dict[str, BaseException] = {}
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as error:  # handed to the trial function's thread
+            outcome["error"] = error
+
+    progress = Progress(record, stall_timeout_s)
+    epochs = progress.read()
+    reported = epochs[-1]["epoch"] if epochs else 0
+    reported_now = False
+    thread = threading.Thread(target=fit, name=f"fit-{label}", daemon=True)
+    thread.start()
+    while True:
+        thread.join(timeout=PROGRESS_POLL_S)
+        done = not thread.is_alive()
+        epochs = progress.read()
+        for metrics in (e for e in epochs if e["epoch"] > reported):
+            tune.report(metrics)
+            reported, reported_now = metrics["epoch"], True
+        if done:
+            break
+        if progress.idle_s() > progress.limit_s:
+            message = (
+                f"[sweep] trial {label} stalled: no progress for {progress.idle_s():.0f} s "
+                f"(limit {progress.limit_s:.0f} s); failing it, to retry from its checkpoint"
+            )
+            print(message, flush=True)
+            raise TrialStalled(message)
+    if "error" in outcome:
+        raise outcome["error"]
+    if not reported_now and epochs:
+        tune.report(epochs[-1])
 
 
 def check_schedulable(config: SweepConfig) -> None:
@@ -175,6 +282,7 @@ def _new_tuner(
     concurrency: int,
     max_failures: int,
     verbose: int,
+    stall_timeout_s: float,
 ) -> tune.Tuner:
     scheduler = None
     if config.scheduler == "asha":
@@ -190,6 +298,7 @@ def _new_tuner(
         "sweep": config.to_json(),
         "experiment_dir": directory,
         "max_failures": max_failures,
+        "stall_timeout_s": stall_timeout_s,
     }
     return tune.Tuner(
         trainable,
@@ -252,6 +361,7 @@ def run_sweep(
     max_failures: int = 2,
     verbose: int = 1,
     datasets: tuple | None = None,
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
     log: Log = print_line,
 ) -> SweepResult:
     """Run (or resume) the sweep into ``<results>/<experiment>`` (default experiment:
@@ -262,7 +372,9 @@ def run_sweep(
     (point, seed group), and writes trials.parquet and epochs.parquet. ``datasets``: the
     preset's (train, test) datasets if the caller has them (else loaded here from
     ``config.data_root``); they go to Ray's object store once and every trial's workers read
-    them from there. ``max_failures``: restarts per trial (Tune's and Train's).
+    them from there. ``max_failures``: restarts per trial (Tune's and Train's);
+    ``stall_timeout_s``: the least time without progress after which a trial fails (and is
+    retried from its checkpoint while restarts remain).
     """
     experiment = experiment or default_experiment(config)
     directory = storage.join(results, experiment)
@@ -297,7 +409,9 @@ def run_sweep(
         )
     else:
         concurrency = max_concurrent_trials or default_concurrency(config)
-        tuner = _new_tuner(trainable, config, directory, concurrency, max_failures, verbose)
+        tuner = _new_tuner(
+            trainable, config, directory, concurrency, max_failures, verbose, stall_timeout_s
+        )
     outcomes = _outcomes(tuner.fit())
     histories = _histories(directory, outcomes)
     trials = tables.trials_frame(outcomes, histories, config, experiment)

@@ -75,6 +75,22 @@ def run_missing(
     )
 
 
+#: A task stalls after this many times the longest a finished task took, and never before
+#: its floor (``--stall-timeout``).
+STALL_FACTOR = 5.0
+#: The default floor: a couple of minutes.
+DEFAULT_STALL_TIMEOUT_S = 120.0
+#: How often the running tasks are checked for stalls (seconds).
+STALL_POLL_S = 2.0
+
+
+@dataclass
+class _Running:
+    item: tuple
+    started: float
+    attempt: int
+
+
 def run_tasks(
     function: Callable[..., Any],
     items: Sequence[tuple],
@@ -86,34 +102,62 @@ def run_tasks(
     done_before: int = 0,
     max_retries: int = 3,
     num_gpus: float = 0,
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
 ) -> list[Any]:
     """``function(*item)`` for every item, each a Ray task holding 1 CPU (and ``num_gpus``).
 
     Returns the results in the order the tasks finished. Progress lines read ``PREFIX k/N
     UNIT: describe(item, result) [elapsed]``, counting ``done_before`` items that an earlier
     run finished. A task that raises cancels the rest and raises a ``ValueError`` with the
-    last line of its error (the cause's message for a ValueError).
+    last line of its error (the cause's message for a ValueError). A worker that dies is
+    Ray's to retry (``max_retries``); a task that runs longer than ``max(stall_timeout_s,
+    STALL_FACTOR x the longest finished task)`` -- a worker stopped or hung, not dead -- is
+    killed and run again, one line each time, up to ``max_retries`` times. Items are
+    deterministic, so a rerun computes the same result.
     """
     task = ray.remote(function).options(max_retries=max_retries, num_cpus=1, num_gpus=num_gpus)
-    queue, results = list(items), []
-    pending: dict[ray.ObjectRef, tuple] = {}
+    queue, results = [(item, 0) for item in items], []
+    running: dict[ray.ObjectRef, _Running] = {}
     started, total = time.perf_counter(), done_before + len(items)
-    while queue or pending:
-        while queue and len(pending) < workers:
-            item = queue.pop(0)
-            pending[task.remote(*item)] = item
-        [ready], _ = ray.wait(list(pending), num_returns=1)
-        item = pending.pop(ready)
+    longest = 0.0
+    while queue or running:
+        while queue and len(running) < workers:
+            item, attempt = queue.pop(0)
+            running[task.remote(*item)] = _Running(item, time.monotonic(), attempt)
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=STALL_POLL_S)
+        if not ready:
+            limit = max(stall_timeout_s, STALL_FACTOR * longest)
+            for ref, run in list(running.items()):
+                seconds = time.monotonic() - run.started
+                if seconds <= limit:
+                    continue
+                ray.cancel(ref, force=True)
+                del running[ref]
+                if run.attempt >= max_retries:
+                    for other in running:
+                        ray.cancel(other, force=True)
+                    raise ValueError(
+                        f"{prefix} a task stalled {run.attempt + 1} times (limit {limit:.0f} s)"
+                    )
+                log(
+                    f"{prefix} a task stalled: running {seconds:.0f} s (limit {limit:.0f} s); "
+                    f"killed, running it again (retry {run.attempt + 1}/{max_retries})"
+                )
+                queue.insert(0, (run.item, run.attempt + 1))
+            continue
+        [ref] = ready
+        run = running.pop(ref)
         try:
-            result = ray.get(ready)
+            result = ray.get(ref)
         except ray.exceptions.RayTaskError as error:
-            for ref in pending:
-                ray.cancel(ref)
+            for other in running:
+                ray.cancel(other)
             cause = error.cause if isinstance(error.cause, ValueError) else error
             raise ValueError(str(cause).strip().splitlines()[-1]) from None
+        longest = max(longest, time.monotonic() - run.started)
         results.append(result)
         log(
-            f"{prefix} {done_before + len(results)}/{total} {unit}: {describe(item, result)} "
-            f"[{time.perf_counter() - started:.1f}s elapsed]"
+            f"{prefix} {done_before + len(results)}/{total} {unit}: "
+            f"{describe(run.item, result)} [{time.perf_counter() - started:.1f}s elapsed]"
         )
     return results

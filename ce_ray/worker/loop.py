@@ -8,7 +8,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 import numpy as np
@@ -24,12 +24,16 @@ from ce_ray.presets import Recipe
 from ce_ray.theory.models import PackedSeeds
 from ce_ray.theory.seeds import derive_seed
 from ce_ray.worker.pipeline import Execution, StackedBatches, train_loader
-from ce_ray.worker.records import TrialRecord, read_last_epoch
+from ce_ray.worker.records import Heartbeat, TrialRecord
 
 # Plain fp32, no layout change, no compile: what the loop does unless told otherwise.
 FP32 = Execution()
 # The one file of a training checkpoint (torch.save of model, optimizer, schedule, epoch, RNGs).
 CHECKPOINT_FILE = "state.pt"
+
+
+def _no_beat() -> None:
+    """Ranks other than 0 do not beat (rank 0 stops too when any rank stops: collectives)."""
 
 
 def make_optimizer(
@@ -73,6 +77,7 @@ def evaluate(
     top5: bool,
     execution: Execution = FP32,
     copies: int = 1,
+    beat: Callable[[], None] = lambda: None,
 ) -> list[dict]:
     """Top-1 (and top-5) test error in percent over the WHOLE test set, one dict per copy of
     the network (``copies`` > 1: a :class:`~ce_ray.theory.models.PackedSeeds` model, each copy fed
@@ -93,6 +98,7 @@ def evaluate(
             wrong1 += (ranked[..., 0] != y).sum(dim=1).cpu()
             wrong5 += (~(ranked == y[:, None]).any(dim=-1)).sum(dim=1).cpu()
             total += len(y)
+            beat()
     model.train()
     counts = _all_reduce_sum([*wrong1.tolist(), *wrong5.tolist(), total], device)
     total = counts[-1]
@@ -171,12 +177,9 @@ def train_point(config: dict) -> None:
     device = ray.train.torch.get_device()
     scaler = execution.scaler(device)
     start_epoch, train_time = _restore(network, optimizer, schedule, scaler, rank)
-    if start_epoch > sweep.epochs:
-        # Every epoch was trained before the job stopped, but Tune had not recorded the
-        # trial as finished: report the last epoch again, which ends the trial with it.
-        ray.train.report(read_last_epoch(config["record"]))
-        return
     record = TrialRecord(config["record"], start_epoch) if rank == 0 else None
+    beat = Heartbeat(config["record"], record.attempt) if record else _no_beat
+    beat()
     model = execution.model(ray.train.torch.prepare_model(network))
     batch = max(1, preset.recipe.batch_size // world)
     samplers, loaders = [], []
@@ -199,9 +202,11 @@ def train_point(config: dict) -> None:
         started = time.perf_counter()
         for sampler in samplers:
             sampler.set_epoch(epoch)
-        losses = train_epoch(model, batches, optimizer, device, execution, scaler)
+        losses = train_epoch(model, batches, optimizer, device, execution, scaler, beat)
         schedule.step()
-        errors = evaluate(model, test_set, batch, device, rank, world, top5, execution, len(seeds))
+        errors = evaluate(
+            model, test_set, batch, device, rank, world, top5, execution, len(seeds), beat
+        )
         train_time += time.perf_counter() - started
         per_seed = [
             {"seed_index": index, "train_loss": loss} | seed_errors
@@ -239,6 +244,7 @@ def train_epoch(
     device: torch.device,
     execution: Execution = FP32,
     scaler: torch.amp.GradScaler | None = None,
+    beat: Callable[[], None] = lambda: None,
 ) -> list[float]:
     """One pass over this rank's batches; each copy's mean loss over every rank's examples
     (one value for a single network). The forward runs under ``execution``'s autocast;
@@ -253,6 +259,7 @@ def train_epoch(
         scaler.scale(losses.sum()).backward()
         scaler.step(optimizer)
         scaler.update()
+        beat()
         batch_sums = losses.detach().double().cpu() * y.shape[-1]
         loss_sums = batch_sums if not loss_sums.numel() else loss_sums + batch_sums
         count += y.shape[-1]

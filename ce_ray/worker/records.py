@@ -34,10 +34,49 @@ def read_epochs(location: str) -> list[dict]:
     return rows
 
 
-def read_last_epoch(location: str) -> dict:
-    """The last epoch's shared figures (what that epoch reported), without the seeds'."""
-    last = json.loads(storage.read_text(location))["epochs"][-1]
-    return {key: value for key, value in last.items() if key != "seeds"}
+def read_reports(location: str) -> list[dict]:
+    """Each recorded epoch's shared figures -- what the epoch reports to Tune -- in order
+    ([] when the trial never started)."""
+    if not storage.exists(location):
+        return []
+    epochs = json.loads(storage.read_text(location))["epochs"]
+    return [{key: value for key, value in e.items() if key != "seeds"} for e in epochs]
+
+
+#: A training worker's heartbeat comes at most this often (seconds).
+HEARTBEAT_S = 5.0
+
+
+def heartbeat_location(record: str) -> str:
+    return f"{record}.beat"
+
+
+def read_heartbeat(record: str) -> tuple[int, int]:
+    """``(start, beats)`` of a trial's heartbeat: which start of its training wrote it and how
+    often it has beaten; ``(-1, 0)`` before any (or when it is being replaced)."""
+    location = heartbeat_location(record)
+    try:
+        beat = json.loads(storage.read_text(location))
+        return int(beat["start"]), int(beat["beats"])
+    except (OSError, ValueError, KeyError):
+        return -1, 0
+
+
+class Heartbeat:
+    """Rank 0's sign of life between epochs: call it once per batch; every ``HEARTBEAT_S`` it
+    writes ``<record>.beat`` (the start's number and a counter). A worker that stops making
+    progress -- stopped, hung in a collective, starved by a data loader -- stops beating."""
+
+    def __init__(self, record: str, start: int):
+        self.location, self.start = heartbeat_location(record), start
+        self.beats, self.last = 0, 0.0
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self.last >= HEARTBEAT_S:
+            self.beats, self.last = self.beats + 1, now
+            payload = {"start": self.start, "beats": self.beats}
+            storage.write_bytes(json.dumps(payload).encode(), self.location)
 
 
 class TrialRecord:
