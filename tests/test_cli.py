@@ -126,7 +126,7 @@ def test_curve_json_fields():
         ),
         (
             ["curve", "--space", "fc", "--baseline", "5", "--alpha", "2", "--widths", "0:9"],
-            "widths must be positive integers",
+            "widths must be integers from 1 to",
         ),
         (
             ["curve", "--space", "fc", "--baseline", "5", "--alpha", "2", "--formulation", "x"],

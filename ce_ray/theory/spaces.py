@@ -245,6 +245,25 @@ class _ResNeXtNetworkSpace(Space):
     def ntk_block(self) -> ResNeXtBlockSpace:
         return ResNeXtBlockSpace(_FITTED_BLOCK_CHANNELS, 1, _FITTED_BLOCK_SPATIAL)
 
+    @abstractmethod
+    def _count(self, m: IntLike, n: IntLike, flops: bool) -> IntLike:
+        """Parameters (``flops=False``) or MACs per example of the whole network."""
+
+    @abstractmethod
+    def _first_stage_area(self) -> int:
+        """Pixels of the first stage's maps, where the fitted block's FLOPs are counted."""
+
+    def num_params(self, m: IntLike, n: IntLike) -> IntLike:
+        return self._count(m, n, flops=False)
+
+    def flops(self, m: IntLike, n: IntLike) -> IntLike:
+        return self._count(m, n, flops=True)
+
+    def block_cost(self, n: IntLike, metric: Metric = "params") -> IntLike:
+        _check_metric(metric)
+        area = self._first_stage_area() if metric == "flops" else 1
+        return area * _bottleneck_params(_FITTED_BLOCK_CHANNELS, _as_int(n), _FITTED_BLOCK_CHANNELS)
+
 
 @dataclass(frozen=True)
 class CifarResNeXt29Space(_ResNeXtNetworkSpace):
@@ -280,16 +299,8 @@ class CifarResNeXt29Space(_ResNeXtNetworkSpace):
         ]
         return total + _resnext_stages_count(m, stem, size, stages, self.num_classes, flops)
 
-    def num_params(self, m: IntLike, n: IntLike) -> IntLike:
-        return self._count(m, n, flops=False)
-
-    def flops(self, m: IntLike, n: IntLike) -> IntLike:
-        return self._count(m, n, flops=True)
-
-    def block_cost(self, n: IntLike, metric: Metric = "params") -> IntLike:
-        _check_metric(metric)
-        area = self.image_size**2 if metric == "flops" else 1  # first stage runs at 32 x 32
-        return area * _bottleneck_params(_FITTED_BLOCK_CHANNELS, _as_int(n), _FITTED_BLOCK_CHANNELS)
+    def _first_stage_area(self) -> int:
+        return self.image_size**2  # the first stage runs at the input's resolution
 
 
 @dataclass(frozen=True)
@@ -324,16 +335,8 @@ class ImageNetResNeXtSpace(_ResNeXtNetworkSpace):
         # After the stride-2 max pool.
         return total + _resnext_stages_count(m, 64, size // 2, stages, self.num_classes, flops)
 
-    def num_params(self, m: IntLike, n: IntLike) -> IntLike:
-        return self._count(m, n, flops=False)
-
-    def flops(self, m: IntLike, n: IntLike) -> IntLike:
-        return self._count(m, n, flops=True)
-
-    def block_cost(self, n: IntLike, metric: Metric = "params") -> IntLike:
-        _check_metric(metric)
-        area = (self.image_size // 4) ** 2 if metric == "flops" else 1  # first stage: 56 x 56
-        return area * _bottleneck_params(_FITTED_BLOCK_CHANNELS, _as_int(n), _FITTED_BLOCK_CHANNELS)
+    def _first_stage_area(self) -> int:
+        return (self.image_size // 4) ** 2  # after the stride-2 stem and max pool: 56 x 56
 
 
 @dataclass(frozen=True)

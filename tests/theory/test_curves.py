@@ -145,7 +145,7 @@ def test_ten_thousand_widths_well_under_a_second():
         ({"alpha": 0.0}, "alpha must be a finite number in"),
         ({"alpha": float("inf")}, "alpha must be a finite number in"),
         ({"alpha": float("nan")}, "alpha must be a finite number in"),
-        ({"baseline_width": 0}, "baseline width must be a positive integer"),
+        ({"baseline_width": 0}, "baseline width must be from 1 to"),
         ({"baseline_width": 2.5}, "baseline width must be an integer"),
         ({"widths": np.arange(1, 50)}, "baseline width 64 is outside the width grid 1..49"),
         ({"widths": np.array([0, 64])}, "positive integers"),
