@@ -150,15 +150,15 @@ def test_a_different_configuration_is_refused_and_nothing_is_written(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"samples": 1}, "samples must be >= 2"),
+        ({"samples": 1}, "--samples must be from 2 to"),
         ({"widths": (8,)}, "need at least two widths"),
-        ({"widths": (0, 8)}, "widths must be positive integers"),
+        ({"widths": (0, 8)}, "widths must be integers from 1 to"),
         (
             {"preset": "resnext-block"},
             "--method exact samples MLP blocks only; resnext-block is not one",
         ),
         ({"readout": "max"}, "--readout must be one of pool, centre"),
-        ({"device": "tpu"}, "--device must be cpu or cuda"),
+        ({"device": "tpu"}, "--device must be cpu, cuda or cuda:N"),
     ],
 )
 def test_bad_configuration(overrides, message):

@@ -68,7 +68,7 @@ def test_plain_script_starts_its_own_cluster_and_prints_json(tmp_path):
     [
         (["--samples", "1"], "argument --samples: must be an integer >= 2; got '1'"),
         (["--widths", "16"], "need at least two widths to fit alpha; got [16]"),
-        (["--widths", "0,8"], "widths must be positive integers"),
+        (["--widths", "0,8"], "widths must be integers from 1 to"),
         (["--workers", "0"], "argument --workers: must be an integer >= 1; got '0'"),
         (["--memory-budget", "0.01", "--method", "batched"], "too small for one sample"),
     ],
