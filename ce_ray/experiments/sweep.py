@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -275,6 +276,27 @@ def _trial_name(trial: Trial) -> str:
     return f"{label}-{seeds}-{trial.trial_id}"
 
 
+class FailureLines(tune.Callback):
+    """One line in the driver's output for each failed start of a trial (a stall, a lost
+    node, an error in training): whether Tune retries it from its checkpoint or gives up."""
+
+    def __init__(self, log: Log):
+        self.log = log
+
+    def _line(self, trial: Trial, verdict: str) -> None:
+        local = trial.error_file  # written on this node before the callbacks run
+        text = Path(local).read_text() if local and os.path.exists(local) else trial.get_error()
+        lines = [line.strip() for line in str(text or "").splitlines()]
+        reason = next((line for line in reversed(lines) if line), "see its error file")
+        self.log(f"[sweep] trial {_trial_name(trial)} failed, {verdict}: {reason}")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        self._line(trial, "retrying from its checkpoint")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        self._line(trial, "no retries left")
+
+
 def _new_tuner(
     trainable: Callable,
     config: SweepConfig,
@@ -283,6 +305,7 @@ def _new_tuner(
     max_failures: int,
     verbose: int,
     stall_timeout_s: float,
+    log: Log,
 ) -> tune.Tuner:
     scheduler = None
     if config.scheduler == "asha":
@@ -315,6 +338,7 @@ def _new_tuner(
             name="tune",
             storage_path=directory,
             failure_config=tune.FailureConfig(max_failures=max_failures),
+            callbacks=[FailureLines(log)],
             verbose=verbose,
         ),
     )
@@ -410,7 +434,7 @@ def run_sweep(
     else:
         concurrency = max_concurrent_trials or default_concurrency(config)
         tuner = _new_tuner(
-            trainable, config, directory, concurrency, max_failures, verbose, stall_timeout_s
+            trainable, config, directory, concurrency, max_failures, verbose, stall_timeout_s, log
         )
     outcomes = _outcomes(tuner.fit())
     histories = _histories(directory, outcomes)

@@ -17,10 +17,9 @@ from ray import cloudpickle, tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from ce_ray import cli
-from ce_ray.configs import FitConfig
+from ce_ray.configs import FitConfig, SweepConfig
 from ce_ray.experiments import fit_alpha as fa
-from ce_ray.experiments.sweep import TRIAL_FUNCTION_RESOURCES, report_from_record
+from ce_ray.experiments.sweep import TRIAL_FUNCTION_RESOURCES, report_from_record, run_sweep
 from ce_ray.worker import records
 from tests.conftest import epochs_so_far
 
@@ -116,7 +115,7 @@ def trial(config: dict) -> None:
 def test_the_last_report_after_the_trial_returns_hangs_only_ray_s_callback(
     ray_cluster, tmp_path, wiring, hangs
 ):
-    Mailbox.options(name="ce-ray-test-mailbox", get_if_exists=True).remote()
+    mailbox = Mailbox.options(name="ce-ray-test-mailbox", get_if_exists=True).remote()
     tuner = tune.Tuner(
         tune.with_resources(trial, TRIAL_FUNCTION_RESOURCES),
         param_space={"wiring": wiring, "directory": str(tmp_path)},
@@ -127,6 +126,7 @@ def test_the_last_report_after_the_trial_returns_hangs_only_ray_s_callback(
     fit = threading.Thread(target=lambda: outcome.setdefault("grid", tuner.fit()), daemon=True)
     fit.start()
     fit.join(timeout=60 if not hangs else 40)
+    del mailbox  # kept alive until here: the trial looks it up by name
     if hangs:
         assert fit.is_alive(), "the race did not deadlock Ray's callback path"
         return  # the module's cluster goes down with the stuck trial
@@ -144,18 +144,21 @@ def training_worker_pids() -> list[int]:
 
 
 @pytest.mark.usefixtures("ray_cluster")
-def test_a_stopped_training_worker_is_noticed_failed_and_retried(tmp_path, capsys):
+def test_a_stopped_training_worker_is_noticed_failed_and_retried(tmp_path):
     """SIGSTOP, not a kill: the worker is alive and holds its resources, but makes no
     progress. The trial stalls past its limit, fails in one line, and Tune retries it from its
     checkpoint; the sweep ends with every epoch trained once."""
-    args = [
-        *("--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "1"),
-        *("--epochs", "30", "--max-concurrent-trials", "1", "--stall-timeout", "15"),
-        *("--results", str(tmp_path), "--experiment", "stall", "--no-report"),
-    ]
-    outcome: dict = {}
+    config = SweepConfig.from_preset("synthetic-mlp", alpha=2.0, num_points=2, seeds=1, epochs=30)
+    lines: list[str] = []
     sweep = threading.Thread(
-        target=lambda: outcome.setdefault("rc", cli.main(["sweep", "primal", *args]))
+        target=lambda: run_sweep(
+            config,
+            str(tmp_path),
+            "stall",
+            max_concurrent_trials=1,
+            stall_timeout_s=15.0,
+            log=lines.append,
+        )
     )
     sweep.start()
     deadline = time.monotonic() + 300
@@ -172,8 +175,9 @@ def test_a_stopped_training_worker_is_noticed_failed_and_retried(tmp_path, capsy
         for pid in stopped:
             if psutil.pid_exists(pid):
                 os.kill(pid, signal.SIGCONT)
-    assert not sweep.is_alive() and outcome["rc"] == 0
-    assert "stalled: no progress for" in capsys.readouterr().out
+    assert not sweep.is_alive()
+    (failure,) = [line for line in lines if "failed, retrying from its checkpoint:" in line]
+    assert "stalled: no progress for" in failure, failure
     trials = pd.read_parquet(tmp_path / "stall/trials.parquet")
     assert (trials["status"] == "finished").all() and (trials["epochs_completed"] == 30).all()
     assert trials["retries"].max() >= 1
