@@ -148,7 +148,7 @@ def test_a_stopped_training_worker_is_noticed_failed_and_retried(tmp_path):
     """SIGSTOP, not a kill: the worker is alive and holds its resources, but makes no
     progress. The trial stalls past its limit, fails in one line, and Tune retries it from its
     checkpoint; the sweep ends with every epoch trained once."""
-    config = SweepConfig.from_preset("synthetic-mlp", alpha=2.0, num_points=2, seeds=1, epochs=30)
+    config = SweepConfig.from_preset("synthetic-mlp", alpha=2.0, num_points=2, seeds=1, epochs=20)
     lines: list[str] = []
     sweep = threading.Thread(
         target=lambda: run_sweep(
@@ -156,7 +156,7 @@ def test_a_stopped_training_worker_is_noticed_failed_and_retried(tmp_path):
             str(tmp_path),
             "stall",
             max_concurrent_trials=1,
-            stall_timeout_s=15.0,
+            stall_timeout_s=8.0,
             log=lines.append,
         )
     )
@@ -179,11 +179,11 @@ def test_a_stopped_training_worker_is_noticed_failed_and_retried(tmp_path):
     (failure,) = [line for line in lines if "failed, retrying from its checkpoint:" in line]
     assert "stalled: no progress for" in failure, failure
     trials = pd.read_parquet(tmp_path / "stall/trials.parquet")
-    assert (trials["status"] == "finished").all() and (trials["epochs_completed"] == 30).all()
+    assert (trials["status"] == "finished").all() and (trials["epochs_completed"] == 20).all()
     assert trials["retries"].max() >= 1
     epochs = pd.read_parquet(tmp_path / "stall/epochs.parquet")
     assert (
-        epochs.groupby("trial_id")["epoch"].apply(list).map(lambda e: e == list(range(1, 31))).all()
+        epochs.groupby("trial_id")["epoch"].apply(list).map(lambda e: e == list(range(1, 21))).all()
     )
 
 
@@ -199,7 +199,7 @@ def test_a_stopped_task_is_killed_and_run_again_with_the_same_result(tmp_path):
 
     def fit(experiment: str, log) -> None:
         outcome[experiment] = fa.fit_alpha(
-            config, str(tmp_path), experiment, 2, bootstrap=50, log=log, stall_timeout_s=10.0
+            config, str(tmp_path), experiment, 2, bootstrap=50, log=log, stall_timeout_s=6.0
         )
 
     run = threading.Thread(target=fit, args=("stopped", lines.append))
