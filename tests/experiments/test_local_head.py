@@ -4,6 +4,8 @@ autoscaler). Each head runs in its own process group and RAY_TMPDIR and is stopp
 group; storage variables reach the job only through its runtime environment."""
 
 import json
+import os
+import stat
 import subprocess
 import time
 import uuid
@@ -234,3 +236,18 @@ def test_a_sweep_grows_a_cluster_that_starts_with_no_workers(ray_tmpdir, tmp_pat
         if any(ray_tmpdir in part for part in (p.info["cmdline"] or []))
     ]
     assert not leftovers
+
+
+def test_the_auth_token_is_private_whoever_made_it(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")}
+    env["HOME"] = str(tmp_path)
+    local_head.ensure_auth_token(env)  # made here, under a private umask
+    token = tmp_path / ".ray/auth_token"
+    assert len(token.read_text().strip()) == 64
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+    token.chmod(0o644)  # as `ray get-auth-token --generate` or ray.init() leave it
+    token.parent.chmod(0o755)
+    local_head.ensure_auth_token(env)
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
