@@ -36,6 +36,49 @@ class Mutation:
 
 
 MUTATIONS = (
+    # --- bookkeeping added with the layers, limits and the stall watch ---
+    Mutation(
+        "ResNeXt stages: no projection shortcut on a stage's first block",
+        "ce_ray/theory/spaces.py",
+        "if block == 0:  # every stage's first block changes the channels: a projection",
+        "if False:",
+        ("tests/theory/test_spaces.py",),
+    ),
+    Mutation(
+        "width grids not bounded",
+        "ce_ray/theory/curves.py",
+        "if count > MAX_GRID_VALUES:",
+        "if False:",
+        ("tests/test_bad_input.py", "-k", "widths"),
+    ),
+    Mutation(
+        "a trial's packed model state not checked against memory",
+        "ce_ray/configs.py",
+        "            self.check_trial_memory()",
+        "            pass",
+        ("tests/test_bad_input.py", "-k", "pack-seeds"),
+    ),
+    Mutation(
+        "a results URI's credentials accepted",
+        "ce_ray/options.py",
+        'if "@" in parts.netloc:',
+        "if False:",
+        ("tests/test_bad_input.py", "-k", "credentials or u:p"),
+    ),
+    Mutation(
+        "the unpickler allows every global",
+        "ce_ray/worker/data.py",
+        "        if (module, name) not in self.ALLOWED:",
+        "        if False:",
+        ("tests/worker/test_loop.py", "-k", "run_code"),
+    ),
+    Mutation(
+        "the token left as Ray writes it",
+        "ce_ray/experiments/local_head.py",
+        "            path.chmod(mode)",
+        "            pass",
+        ("tests/experiments/test_local_head.py", "-k", "private"),
+    ),
     # --- scaling constants of the models (Eq. 3, Fig. 5) ---
     Mutation(
         "bottleneck 3x3 scaled by sqrt(2/n), not sqrt(2/(9n))",
