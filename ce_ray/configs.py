@@ -236,6 +236,12 @@ class SweepConfig:
         if self.alpha is not None:
             self.check_trial_memory()
 
+    @property
+    def scheduler_stops_trials(self) -> bool:
+        """Whether Tune may stop a trial before its last epoch: then a trial's training waits
+        for Tune's decision on its epoch before last (ce_ray.worker.records.wait_for_decision)."""
+        return self.scheduler == "asha"
+
     def check_trial_memory(self) -> None:
         """Refuse a trial whose model state alone would not fit in half this machine's memory:
         fp32 weights, gradients and two optimizer moments (16 bytes a parameter) of the

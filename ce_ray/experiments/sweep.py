@@ -98,7 +98,9 @@ def run_trial(trial: dict, datasets: list) -> None:
     )
     point, indices = trial["point"], trial["seed_indices"]
     label = f"{config.spec.space.label(point['m'], point['n'])} seeds {indices}"
-    report_from_record(trainer, record, trial["stall_timeout_s"], label)
+    report_from_record(
+        trainer, record, trial["stall_timeout_s"], label, decide=config.scheduler_stops_trials
+    )
 
 
 def default_concurrency(config: SweepConfig) -> int:
@@ -185,7 +187,9 @@ class Progress:
         return 0.0 if self.changed_at is None else time.monotonic() - self.changed_at
 
 
-def report_from_record(trainer: Any, record: str, stall_timeout_s: float, label: str) -> None:
+def report_from_record(
+    trainer: Any, record: str, stall_timeout_s: float, label: str, decide: bool = False
+) -> None:
     """Run ``trainer.fit()`` in a thread and report each epoch to Tune from the trial's
     record, in this (the trial function's) thread; fail the trial when it stalls.
 
@@ -196,6 +200,11 @@ def report_from_record(trainer: Any, record: str, stall_timeout_s: float, label:
     (``ray/train/_internal/session.py``, ``_get_result_from_queues``). Reporting from this
     thread is Tune's ordinary function-trainable path, which has no second queue. Rank 0
     writes each epoch to the record before it reports it to Train, so nothing is lost.
+
+    With ``decide`` (a scheduler that stops trials early), each epoch that Tune takes and
+    goes on from is written to ``<record>.go``, which the training worker waits for
+    (:func:`ce_ray.worker.records.wait_for_decision`): Tune's ``report`` returns only when
+    Tune asks for the next result (``synchronous_result_reporting``), never after a stop.
 
     Epochs already in the record when this start began were reported by an earlier one;
     if this start reports nothing (every epoch was trained before a stop landed), it reports
@@ -213,6 +222,8 @@ def report_from_record(trainer: Any, record: str, stall_timeout_s: float, label:
     epochs = progress.read()
     reported = epochs[-1]["epoch"] if epochs else 0
     reported_now = False
+    if decide:  # Tune took the epochs an earlier start reported and went on
+        records.write_decision(record, reported)
     thread = threading.Thread(target=fit, name=f"fit-{label}", daemon=True)
     thread.start()
     while True:
@@ -220,8 +231,10 @@ def report_from_record(trainer: Any, record: str, stall_timeout_s: float, label:
         done = not thread.is_alive()
         epochs = progress.read()
         for metrics in (e for e in epochs if e["epoch"] > reported):
-            tune.report(metrics)
+            tune.report(metrics)  # returns when Tune wants the next epoch, not when it stops
             reported, reported_now = metrics["epoch"], True
+            if decide:
+                records.write_decision(record, reported)
         if done:
             break
         if progress.idle_s() > progress.limit_s:

@@ -24,7 +24,7 @@ from ce_ray.presets import Recipe
 from ce_ray.theory.models import PackedSeeds
 from ce_ray.theory.seeds import derive_seed
 from ce_ray.worker.pipeline import Execution, StackedBatches, train_loader
-from ce_ray.worker.records import Heartbeat, TrialRecord
+from ce_ray.worker.records import Heartbeat, TrialRecord, wait_for_decision
 
 # Plain fp32, no layout change, no compile: what the loop does unless told otherwise.
 FP32 = Execution()
@@ -199,6 +199,8 @@ def train_point(config: dict) -> None:
     batches: Iterable = loaders[0] if len(seeds) == 1 else StackedBatches(loaders)
     top5 = getattr(preset.space, "num_classes", 0) > 5
     for epoch in range(start_epoch, sweep.epochs + 1):
+        if record is not None and sweep.scheduler_stops_trials:
+            wait_for_decision(config["record"], epoch - 2, beat)
         started = time.perf_counter()
         for sampler in samplers:
             sampler.set_epoch(epoch)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 from ce_ray.results import storage
 
@@ -77,6 +78,41 @@ class Heartbeat:
             self.beats, self.last = self.beats + 1, now
             payload = {"start": self.start, "beats": self.beats}
             storage.write_bytes(json.dumps(payload).encode(), self.location)
+
+
+def decision_location(record: str) -> str:
+    return f"{record}.go"
+
+
+def write_decision(record: str, epoch: int) -> None:
+    """Say that Tune has taken epoch ``epoch``'s report and wants the trial to go on."""
+    storage.write_bytes(json.dumps({"epoch": epoch}).encode(), decision_location(record))
+
+
+def read_decision(record: str) -> int:
+    """The last epoch after which Tune let the trial go on (0 before any)."""
+    try:
+        return int(json.loads(storage.read_text(decision_location(record)))["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+#: How often a worker waiting for Tune's decision reads it (seconds).
+DECISION_POLL_S = 0.1
+
+
+def wait_for_decision(record: str, epoch: int, beat: Callable[[], None]) -> None:
+    """Block until Tune has let the trial go on after ``epoch``, beating meanwhile.
+
+    With a scheduler that stops trials early (ASHA) rank 0 calls this before it trains
+    epoch ``e`` with ``epoch = e - 2``: training runs at most one epoch ahead of Tune's
+    decisions, so that a stop lands however short an epoch is (the trial's driver is what
+    reads the record and reports, about once a second). When Tune stops the trial, its
+    actor goes and takes this worker with it.
+    """
+    while epoch > 0 and read_decision(record) < epoch:
+        beat()
+        time.sleep(DECISION_POLL_S)
 
 
 class TrialRecord:

@@ -1,5 +1,7 @@
 """The sweep on a real 2-CPU Ray cluster: Tune trials that each run a Ray Train job."""
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -22,6 +24,24 @@ from ce_ray.worker import records
 from tests.conftest import epochs_so_far
 
 TINY = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "2"]
+#: Epochs of the shared run: enough for a worker to be killed mid-sweep (an epoch takes ms).
+EPOCHS = 40
+SHARED = [*TINY, "--pack-seeds", "--epochs", str(EPOCHS)]
+
+
+@pytest.fixture(scope="module")
+def shared_run(ray_cluster, tmp_path_factory) -> tuple[Path, str]:
+    """One sweep that several tests read (each trial of a sweep costs seconds of Ray Train
+    start-up): TINY's 2 points x 2 packed seeds, 2 trials of EPOCHS epochs, with its report.
+    ``(results directory, what it printed)``; the experiment is ``s``."""
+    results = tmp_path_factory.mktemp("shared")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.main(
+            ["sweep", "primal", *SHARED, "--results", str(results), "--experiment", "s"]
+        )
+    assert code == 0
+    return results, printed.getvalue()
 
 
 def test_select_points_has_optimum_baseline_and_spread():
@@ -75,25 +95,26 @@ def test_the_command_line_and_a_python_caller_get_the_same_sweep(argv, settings)
     assert cli.sweep_config(args) == SweepConfig.from_preset(preset, "dual", **settings)
 
 
-@pytest.mark.usefixtures("ray_cluster")
-def test_sweep_writes_parquet_and_resumes_without_retraining(tmp_path, capsys):
-    args = [*TINY, "--epochs", "2", "--results", str(tmp_path), "--experiment", "s"]
-    assert cli.main(["sweep", "primal", *args]) == 0
-    out = capsys.readouterr().out
+def test_sweep_writes_parquet_and_resumes_without_retraining(shared_run, capsys):
+    tmp_path, out = shared_run
+    args = [*SHARED, "--results", str(tmp_path), "--experiment", "s"]
     trials = pd.read_parquet(tmp_path / "s/trials.parquet")
     epochs = pd.read_parquet(tmp_path / "s/epochs.parquet")
     assert len(trials) == 4 and trials.groupby(["n", "seed_index"]).size().eq(1).all()
+    assert trials["trial_id"].nunique() == 2 and (trials["packed_seeds"] == 2).all()
     assert set(trials["role"]) == {"optimum", "baseline"}
     # The seeds of a point are independent runs (own initialisation and data order).
     assert trials.groupby("n")["final_train_loss"].nunique().eq(2).all()
     assert (trials["status"] == "finished").all() and (trials["retries"] == 0).all()
-    assert (trials["epochs_completed"] == 2).all() and trials["final_test_error"].between(
+    assert (trials["epochs_completed"] == EPOCHS).all() and trials["final_test_error"].between(
         0, 100
     ).all()
     assert trials["final_test_error_top5"].isna().all()  # 4 classes: no top-5
     baseline = trials[trials["role"] == "baseline"].iloc[0]
     assert (baseline["m"], baseline["rho"], baseline["params"]) == (1, 1.0, 16 * 16 + 16 * 16 + 64)
-    assert len(epochs) == 8 and sorted(epochs["epoch"].unique()) == [1, 2]
+    assert len(epochs) == 4 * EPOCHS and sorted(epochs["epoch"].unique()) == list(
+        range(1, EPOCHS + 1)
+    )
     assert {"curves.png", "test_error.png", "curves.parquet"} <= {
         p.name for p in (tmp_path / "s").iterdir()
     }
@@ -114,13 +135,15 @@ def test_sweep_writes_parquet_and_resumes_without_retraining(tmp_path, capsys):
     assert len(pd.read_parquet(tmp_path / "s/trials.parquet")) == 4
 
     # A Python caller with the same settings gets the same sweep: it resumes, trains nothing.
-    config = SweepConfig.from_preset("synthetic-mlp", alpha=2.0, num_points=2, seeds=2, epochs=2)
+    config = SweepConfig.from_preset(
+        "synthetic-mlp", alpha=2.0, num_points=2, seeds=2, epochs=EPOCHS, pack_seeds=True
+    )
     result = run_sweep(config, str(tmp_path), "s")
     pd.testing.assert_frame_equal(epochs, result.epochs)
 
     changed = [*TINY, "--epochs", "3", "--results", str(tmp_path), "--experiment", "s"]
     assert cli.main(["sweep", "primal", *changed]) == 2
-    assert "different configuration (epochs: 2 -> 3)" in capsys.readouterr().err
+    assert f"different configuration (epochs: {EPOCHS} -> 3)" in capsys.readouterr().err
 
 
 def kill_a_training_worker_after(tmp_path, experiment: str, epochs: int, thread) -> int | None:
@@ -136,28 +159,13 @@ def kill_a_training_worker_after(tmp_path, experiment: str, epochs: int, thread)
     return None
 
 
-@pytest.mark.usefixtures("ray_cluster")
-def test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result(tmp_path):
+def test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result(
+    shared_run, tmp_path
+):
     """With packed seeds (the synthetic preset's default): a trial's checkpoint holds both
-    seeds' weights and optimizer states."""
-    common = [
-        "--preset",
-        "synthetic-mlp",
-        "--alpha",
-        "2.0",
-        "--points",
-        "2",
-        "--seeds",
-        "2",
-        "--pack-seeds",
-        "--epochs",
-        "40",
-        "--results",
-        str(tmp_path),
-        "--no-report",
-    ]
-    assert cli.main(["sweep", "primal", *common, "--experiment", "whole"]) == 0
-    whole = pd.read_parquet(tmp_path / "whole/trials.parquet").set_index(["n", "seed_index"])
+    seeds' weights and optimizer states. The uninterrupted run is the shared one."""
+    common = [*SHARED, "--results", str(tmp_path), "--no-report"]
+    whole = pd.read_parquet(shared_run[0] / "s/trials.parquet").set_index(["n", "seed_index"])
 
     outcome = {}
     args = [*common, "--experiment", "kill"]
@@ -175,7 +183,7 @@ def test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result
     assert len(trials) == 4 and (trials["packed_seeds"] == 2).all()
     # Each epoch once, in order, whoever trained it.
     by_seed = epochs.groupby(["trial_id", "seed_index"])
-    assert by_seed["epoch"].apply(list).map(lambda e: e == list(range(1, 41))).all()
+    assert by_seed["epoch"].apply(list).map(lambda e: e == list(range(1, EPOCHS + 1))).all()
     for _, history in by_seed:
         for attempt in sorted(set(history["attempt"]) - {0}):
             # A restart begins right after the last epoch reported before it: only the epoch
@@ -241,6 +249,8 @@ def test_each_preset_fits_alpha_on_the_block_its_curve_uses():
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_asha_stops_losing_points_early_and_rows_say_so(tmp_path):
+    """ASHA's stops land although an epoch here takes milliseconds (a trial's driver reports
+    about once a second): training waits for Tune's decision on its epoch before last."""
     args = [
         "--preset",
         "synthetic-mlp",
@@ -264,55 +274,38 @@ def test_asha_stops_losing_points_early_and_rows_say_so(tmp_path):
     stopped = trials[trials["status"] == "stopped_early"]
     finished = trials[trials["status"] == "finished"]
     assert len(stopped) >= 1 and len(finished) >= 1
-    assert (stopped["epochs_completed"] < 8).all() and (finished["epochs_completed"] == 8).all()
+    # Rungs at epochs 2 and 4; training runs at most one epoch ahead of Tune's decisions.
+    assert set(stopped["epochs_completed"]) <= {2, 3, 4, 5}
+    assert (finished["epochs_completed"] == 8).all()
     # ASHA keeps the better half at each rung: no stopped point beat every finished one.
     assert stopped["final_test_error"].min() >= finished["final_test_error"].min()
 
 
-@pytest.mark.usefixtures("ray_cluster")
-def test_loader_workers_in_a_trial_change_no_number(tmp_path):
-    """The same sweep read by the training process alone and by 2 loader processes per
-    worker: every epoch's loss and test error are identical (ce_ray.worker.pipeline's seeding)."""
-    common = [
-        *TINY[:-2],
-        "--seeds",
-        "1",
-        "--epochs",
-        "2",
-        "--results",
-        str(tmp_path),
-        "--no-report",
-    ]
-    assert cli.main(["sweep", "primal", *common, "--experiment", "alone"]) == 0
-    assert (
-        cli.main(["sweep", "primal", *common, "--experiment", "two", "--loader-workers", "2"]) == 0
-    )
-    config = json.loads((tmp_path / "two/sweep.json").read_text())
+def test_packed_seeds_and_loader_processes_change_no_number(shared_run, tmp_path):
+    """The shared run's seeds packed into one model per point, read by the training process
+    alone, against one trial per seed read by 2 DataLoader processes each: the same per-seed
+    losses and errors every epoch (ce_ray.worker.pipeline's seeding), one row per (point,
+    seed) either way."""
+    common = [*TINY, "--epochs", str(EPOCHS), "--results", str(tmp_path), "--no-report"]
+    args = [*common, "--experiment", "alone", "--no-pack-seeds", "--loader-workers", "2"]
+    assert cli.main(["sweep", "primal", *args]) == 0
+    config = json.loads((tmp_path / "alone/sweep.json").read_text())
     assert (config["loader_workers"], config["precision"]) == (2, "fp32")
-    columns = ["n", "seed_index", "epoch", "train_loss", "test_error"]
-    alone = pd.read_parquet(tmp_path / "alone/epochs.parquet")[columns]
-    two = pd.read_parquet(tmp_path / "two/epochs.parquet")[columns]
-    assert len(alone) == 4
-    pd.testing.assert_frame_equal(alone, two)
-
-
-@pytest.mark.usefixtures("ray_cluster")
-def test_packed_seeds_train_as_they_would_alone(tmp_path):
-    """A point's seeds packed into one model in one trial, against one trial per seed: the
-    same per-seed losses and errors every epoch, one row per (point, seed) either way."""
-    common = [*TINY, "--epochs", "3", "--results", str(tmp_path), "--no-report"]
-    assert cli.main(["sweep", "primal", *common, "--experiment", "alone", "--no-pack-seeds"]) == 0
-    assert cli.main(["sweep", "primal", *common, "--experiment", "packed", "--pack-seeds"]) == 0
+    runs = {"alone": tmp_path / "alone", "packed": shared_run[0] / "s"}
     frames = {}
-    for name in ("alone", "packed"):
-        trials = pd.read_parquet(tmp_path / name / "trials.parquet")
-        epochs = pd.read_parquet(tmp_path / name / "epochs.parquet")
-        assert len(trials) == 4 and len(epochs) == 12
+    for name, directory in runs.items():
+        trials = pd.read_parquet(directory / "trials.parquet")
+        epochs = pd.read_parquet(directory / "epochs.parquet")
+        assert len(trials) == 4 and len(epochs) == 4 * EPOCHS
         frames[name] = (trials, epochs.set_index(["n", "seed_index", "epoch"]).sort_index())
     alone, packed = frames["alone"][1], frames["packed"][1]
     assert frames["alone"][0]["trial_id"].nunique() == 4 and (alone["packed_seeds"] == 1).all()
     assert frames["packed"][0]["trial_id"].nunique() == 2 and (packed["packed_seeds"] == 2).all()
-    # The seeds differ from one another, and each matches itself trained alone.
+    # The seeds differ from one another, and each matches itself trained alone; float
+    # rounding of the packed model's batched products may grow over many epochs: the first
+    # three are compared to the last bit of the error, all of them closely.
     assert packed.groupby(["n", "epoch"])["train_loss"].nunique().eq(2).all()
-    np.testing.assert_allclose(packed["train_loss"], alone["train_loss"], rtol=1e-5)
-    np.testing.assert_allclose(packed["test_error"], alone["test_error"], atol=1e-9)
+    early = packed.index.get_level_values("epoch") <= 3
+    np.testing.assert_allclose(packed["train_loss"][early], alone["train_loss"][early], rtol=1e-5)
+    np.testing.assert_allclose(packed["test_error"][early], alone["test_error"][early], atol=1e-9)
+    np.testing.assert_allclose(packed["train_loss"], alone["train_loss"], rtol=1e-2)
