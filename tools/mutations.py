@@ -369,7 +369,9 @@ MUTATIONS = (
         "ce_ray/worker/loop.py",
         "seed=seed),",
         "seed=seeds[0]),",
-        ("tests/experiments/test_sweep.py::test_packed_seeds_and_loader_processes_change_no_number",),
+        (
+            "tests/experiments/test_sweep.py::test_packed_seeds_and_loader_processes_change_no_number",
+        ),
     ),
     Mutation(
         "packed seeds drop their BatchNorm statistics",
