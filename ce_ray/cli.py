@@ -2,6 +2,7 @@
 
     ce-ray params     exact parameter count, MACs and S(n) of an ensemble m x n d
     ce-ray curve      the primal or dual curve of a space and its optimum
+    ce-ray inspect    your own member(n): layers, fan-ins, S(n), parameters, MACs
     ce-ray fit-alpha  fit alpha (Algorithm 1) by Monte-Carlo NTK sampling as Ray tasks
     ce-ray sweep      train points of the primal or dual curve with Ray Tune + Ray Train
     ce-ray report     the table and plots of a sweep's results
@@ -72,6 +73,54 @@ def curve_command(args: argparse.Namespace) -> None:
         print(json.dumps(curve_to_json(result), indent=2))
     else:
         print(format_curve(result, all_rows=args.all))
+
+
+def inspect_command(args: argparse.Namespace) -> None:
+    from ce_ray.theory.member import inspect_member, load_member
+
+    found = inspect_member(load_member(args.member), args.widths, args.input_shape)
+    smallest = found.traces[0]
+    rows = [
+        {
+            "n": n,
+            "params": t.num_params,
+            "macs": t.macs,
+            "fan_in_sum": t.fan_in_sum,
+        }
+        for n, t in zip(found.widths, found.traces, strict=True)
+    ]
+    fan_ins = {c.parameter: c.fan_in for c in smallest.contractions}
+    layers: list[dict] = [
+        {"parameter": name, "shape": list(shape), "fan_in": fan_ins.get(name)}
+        for name, shape in smallest.parameters.items()
+    ]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "member": args.member,
+                    "input_shape": list(args.input_shape),
+                    "layers": layers,
+                    "widths": rows,
+                    "warnings": list(found.warnings),
+                },
+                indent=2,
+            )
+        )
+        return
+    print(f"{args.member} on inputs of shape {tuple(args.input_shape)}, at n = {found.widths[0]}:")
+    print(f"  {'parameter':<32} {'shape':<20} {'fan-in':>8}  in S(n)")
+    for layer in layers:
+        fan_in = layer["fan_in"]
+        print(
+            f"  {layer['parameter']:<32} {str(tuple(layer['shape'])):<20} "
+            f"{fan_in if fan_in is not None else '-':>8}  {'yes' if fan_in else 'no'}"
+        )
+    print(f"  {'n':>6} {'parameters':>14} {'MACs / example':>16} {'S(n)':>10}")
+    for row in rows:
+        print(f"  {row['n']:>6} {row['params']:>14,} {row['macs']:>16,} {row['fan_in_sum']:>10.6f}")
+    for warning in found.warnings:
+        print(f"warning: {warning}")
 
 
 def fit_alpha_command(args: argparse.Namespace) -> None:
@@ -253,6 +302,11 @@ COMMANDS = {
         params_command,
     ),
     "curve": ("primal or dual curve and its optimum", options.add_curve_options, curve_command),
+    "inspect": (
+        "your own member(n): its layers, fan-ins, S(n), parameters and MACs (no Ray)",
+        options.add_inspect_options,
+        inspect_command,
+    ),
     "fit-alpha": (
         "fit alpha (Algorithm 1) by sharded Monte-Carlo NTK sampling on Ray",
         options.add_fit_alpha_options,

@@ -54,3 +54,9 @@ def machine_memory_bytes() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 16 * 2**30
+
+
+# A user's member (ce-ray inspect): one example's shape, traced on the meta device (no memory),
+# bounded so that a typo cannot ask for an absurd tensor.
+MAX_INPUT_DIMS = 5
+MAX_INPUT_SIZE = 2**26

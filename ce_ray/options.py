@@ -207,6 +207,26 @@ def widths(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def shape(text: str) -> tuple[int, ...]:
+    """An argparse type: one example's shape without the batch, ``64`` or ``3,32,32``.
+
+    >>> shape("3,32,32")
+    (3, 32, 32)
+    """
+    parts = text.split(",")
+    if not 1 <= len(parts) <= limits.MAX_INPUT_DIMS or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"must be 1 to {limits.MAX_INPUT_DIMS} positive integers, e.g. 64 or 3,32,32; "
+            f"got {text!r}"
+        )
+    dims = tuple(int(p) for p in parts)
+    if min(dims) < 1 or math.prod(dims) > limits.MAX_INPUT_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"must hold 1 to {limits.MAX_INPUT_SIZE:,} values per example; got {text!r}"
+        )
+    return dims
+
+
 # Options shared by several commands.
 
 
@@ -315,6 +335,20 @@ def add_curve_options(parser: argparse.ArgumentParser) -> None:
         "--widths", type=widths, help="width grid LO:HI[:STEP] or a comma list (1:BASELINE)"
     )
     parser.add_argument("--all", action="store_true", help="print every row")
+    add_json(parser)
+
+
+def add_inspect_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "member",
+        help="your member as MODULE:CALLABLE, member(n) -> torch.nn.Module (width n)",
+    )
+    parser.add_argument(
+        "--input-shape", type=shape, required=True, help="one example's shape: 64 or 3,32,32"
+    )
+    parser.add_argument(
+        "--widths", type=widths, default=(8, 16, 32, 64), help="widths to trace (8,16,32,64)"
+    )
     add_json(parser)
 
 

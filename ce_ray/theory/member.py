@@ -1,0 +1,120 @@
+"""A user's own member, ``member(n) -> nn.Module``, named ``module.path:callable``: loading
+it, and the checks that must pass before its sizes, S(n) and alpha mean anything.
+
+The checks, each a one-line error (``ValueError``) or a warning returned to be printed:
+
+* ``member(n)`` returns an ``nn.Module`` whose parameter count grows with ``n``;
+* two members share no parameter storage (a module-level tensor would tie the ensemble);
+* no dropout: a random forward pass has no single NTK;
+* at least one contraction reads a parameter (else S(n) is 0 and there is nothing to fit);
+* BatchNorm is a warning: its NTK is sampled with running statistics (eval mode).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ce_ray.theory.traced import Trace, trace_member
+
+Member = Callable[[int], nn.Module]
+
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+_BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def load_member(name: str) -> Member:
+    """The callable ``name`` = ``"module.path:attribute"`` names, imported from the Python path
+    or the current directory (where ``ray job submit --working-dir .`` puts a job's files)."""
+    module_name, colon, attribute = name.partition(":")
+    if not colon or not module_name or not attribute:
+        raise ValueError(f"member {name!r} must be MODULE:CALLABLE, e.g. mypkg.blocks:member")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        target: object = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"member {name}: cannot import {module_name!r} ({error})") from None
+    except Exception as error:  # the user's module raised while it was imported
+        raise ValueError(
+            f"member {name}: importing {module_name!r} raised {type(error).__name__}: {error}"
+        ) from None
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"member {name}: module {module_name!r} has no {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(
+            f"member {name} is a {type(target).__name__}, not a callable member(n) -> nn.Module"
+        )
+    return target
+
+
+def build(member: Member, n: int, device: str | torch.device = "cpu") -> nn.Module:
+    """``member(n)`` built on ``device`` (``"meta"``: shapes only), checked to be a module."""
+    with torch.device(device):
+        module = member(n)
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"member({n}) returned a {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What ce-ray found in a member at each width, and what it warns about."""
+
+    widths: tuple[int, ...]
+    traces: tuple[Trace, ...]  # one per width
+    warnings: tuple[str, ...]
+
+
+def inspect_member(member: Member, widths: Sequence[int], input_shape: Sequence[int]) -> Inspection:
+    """Trace ``member`` at each width and run the checks in this module's docstring."""
+    widths = tuple(sorted(set(int(w) for w in widths)))
+    warnings: list[str] = []
+    smallest = build(member, widths[0])
+    for label, module in smallest.named_modules():
+        if isinstance(module, _DROPOUT) and module.p > 0:
+            raise ValueError(
+                f"member has dropout ({label or 'the member'}, p={module.p:g}): a random "
+                "forward pass has no single NTK; build the member without it"
+            )
+        if isinstance(module, _BATCH_NORM):
+            warnings.append(
+                f"member has BatchNorm ({label}): its NTK is sampled in eval mode, with running "
+                "statistics"
+            )
+    _check_no_shared_storage(smallest, build(member, widths[0]), widths[0])
+    traces = []
+    for n in widths:
+        build(member, n, "meta")  # a clear error before tracing
+        traces.append(trace_member(member, n, input_shape))
+    if not traces[0].contractions:
+        raise ValueError(
+            "no linear layer, convolution or matrix product of the member reads a parameter: "
+            "S(n) would be 0"
+        )
+    counts = [t.num_params for t in traces]
+    for i in range(1, len(widths)):
+        (n0, c0), (n1, c1) = (widths[i - 1], counts[i - 1]), (widths[i], counts[i])
+        if c1 <= c0:
+            raise ValueError(
+                f"member parameters do not grow with n: {c0:,} at n={n0}, {c1:,} at n={n1}"
+            )
+    return Inspection(widths, tuple(traces), tuple(warnings))
+
+
+def _check_no_shared_storage(first: nn.Module, second: nn.Module, n: int) -> None:
+    pointers = {p.untyped_storage().data_ptr(): name for name, p in first.named_parameters()}
+    for name, parameter in second.named_parameters():
+        if parameter.untyped_storage().data_ptr() in pointers:
+            raise ValueError(
+                f"two members built by member({n}) share parameter {name!r}: each call must "
+                "create its own tensors (not a module-level one)"
+            )

@@ -1,0 +1,50 @@
+"""Your own architecture: a pre-LN transformer MLP block as a collegial-ensemble member.
+
+The scikit-learn digits (8x8 images) are read as 8 tokens (rows) of 8 features each; a member
+of width ``n`` is the block ``x + W2 gelu(W1 LN(x))`` with a hidden width ``n``:
+
+    ce-ray inspect examples.transformer_mlp:member --input-shape 8,8 --widths 8,16,32,64
+
+``member`` is NTK-parameterised (unit-variance weights, each product scaled by
+1/sqrt(fan-in), as the paper's blocks are); ``member_torch_default`` is the same block built
+from ``nn.Linear`` with PyTorch's default initialisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TOKENS, FEATURES = 8, 8
+
+
+class TransformerMLP(nn.Module):
+    """``x + W2 gelu(W1 LN(x))`` on ``(batch, tokens, features)``, hidden width ``n``."""
+
+    def __init__(self, features: int, n: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(features)
+        self.w1 = nn.Parameter(torch.randn(n, features))
+        self.w2 = nn.Parameter(torch.randn(features, n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(F.linear(self.norm(x), self.w1) / math.sqrt(self.w1.shape[1]))
+        return x + F.linear(h, self.w2) / math.sqrt(self.w2.shape[1])
+
+
+def member(n: int) -> nn.Module:
+    """A width-``n`` member, NTK-parameterised."""
+    return TransformerMLP(FEATURES, n)
+
+
+def member_torch_default(n: int) -> nn.Module:
+    """The same block with ``nn.Linear``'s default (standard) parameterisation."""
+    return nn.Sequential(
+        nn.LayerNorm(FEATURES),
+        nn.Linear(FEATURES, n, bias=False),
+        nn.GELU(),
+        nn.Linear(n, FEATURES, bias=False),
+    )
