@@ -300,3 +300,43 @@ class PackedSeeds(nn.Module):
                     for own, updated in zip((b[name] for b in seed_buffers), stacked, strict=True):
                         own.copy_(updated)
         return out
+
+
+class MemberEnsemble(nn.Module):
+    """The collegial ensemble of any ``m`` members as ONE module: ``sum_j f_j(x) / sqrt(m)``.
+
+    The members' parameters (and buffers) are stacked and one member's forward runs once under
+    ``torch.func.vmap`` on the shared input, so m small networks become one program of m-times
+    larger operations -- what :class:`CollegialMLP` and :class:`CollegialBottleneck` do by hand
+    with ``bmm`` and grouped convolutions, for a member ce-ray knows only as ``member(n)``.
+    Member j's state_dict entries are those of ``members[j]`` under ``members.<j>.``.
+
+    >>> ensemble = MemberEnsemble([nn.Linear(4, 2) for _ in range(3)])
+    >>> ensemble(torch.zeros(5, 4)).shape
+    torch.Size([5, 2])
+    """
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        own_params = [dict(member.named_parameters()) for member in self.members]
+        params = {name: torch.stack([p[name] for p in own_params]) for name in own_params[0]}
+        own_buffers = [dict(member.named_buffers()) for member in self.members]
+        buffers = {name: torch.stack([b[name] for b in own_buffers]) for name in own_buffers[0]}
+
+        def one_member(
+            params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor
+        ) -> torch.Tensor:
+            return torch.func.functional_call(self.members[0], (params, buffers), (x,))
+
+        outputs = torch.func.vmap(one_member, in_dims=(0, 0, None))(params, buffers, x)
+        if self.training and buffers:  # the stacked running statistics were updated in place
+            with torch.no_grad():
+                for name, stacked in buffers.items():
+                    for own, updated in zip((b[name] for b in own_buffers), stacked, strict=True):
+                        own.copy_(updated)
+        return outputs.sum(dim=0) / math.sqrt(len(self.members))

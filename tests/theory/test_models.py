@@ -12,11 +12,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.flop_counter import FlopCounterMode
 
 from ce_ray.presets import SWEEP_PRESETS
-from ce_ray.theory.models import CollegialBottleneck, CollegialMLP, PackedSeeds
+from ce_ray.theory.models import CollegialBottleneck, CollegialMLP, MemberEnsemble, PackedSeeds
+from ce_ray.theory.spaces import FCSpace, ResNeXtBlockSpace
 from ce_ray.worker.loop import make_optimizer, seed_losses
-from tests.theory.ensembles import bottleneck_members, mlp_members
+from tests.theory.ensembles import bottleneck_members, mlp_members, split_members
 
 
 def member_gradient_in_ensemble(ensemble, member_index: int) -> list[torch.Tensor]:
@@ -181,3 +183,26 @@ def test_packed_seeds_step_exactly_as_each_seed_alone(preset, point, input_shape
         )
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("space", "input_shape"),
+    [
+        (FCSpace(input_dim=12, depth=4, num_classes=3), (12,)),
+        (ResNeXtBlockSpace(16, 16, 6), (16, 6, 6)),
+    ],
+    ids=["mlp", "bottleneck"],
+)
+def test_member_ensemble_equals_the_hand_written_ensemble(space, input_shape):
+    """The vectorised ensemble of any members, on the hand-written ensembles' weights: the
+    same outputs, and the same multiply-accumulates as the closed form."""
+    m, n = 5, 7
+    torch.manual_seed(0)
+    hand_written = space.build(m, n)
+    ensemble = MemberEnsemble(split_members(hand_written))
+    x = torch.randn(9, *input_shape)
+    torch.testing.assert_close(ensemble(x), hand_written(x), rtol=1e-5, atol=1e-5)
+    with FlopCounterMode(display=False) as counter:
+        ensemble(x[:1])
+    assert counter.get_total_flops() // 2 == space.flops(m, n)
+    assert sum(p.numel() for p in ensemble.parameters()) == space.num_params(m, n)
