@@ -1,0 +1,53 @@
+"""The generic NTK sampler: on identical weights it equals the built-in one; its draws are a
+function of (seed, draw index) alone; it samples the member's own initialisation."""
+
+import numpy as np
+import pytest
+import torch
+
+from ce_ray.theory.member_ntk import draw_members, sample_member_ntk, stacked_kernels
+from ce_ray.theory.ntk import member_ntk, ntk_inputs
+from ce_ray.theory.spaces import FCSpace, ResNeXtBlockSpace
+from examples.transformer_mlp import member as ntk_member
+from examples.transformer_mlp import member_torch_default
+from tests.theory.ensembles import split_members
+
+
+@pytest.mark.parametrize("space", [FCSpace(64, 4, 1), ResNeXtBlockSpace(16, 1, 6)], ids=str)
+@pytest.mark.parametrize("off_diagonal", [False, True])
+def test_identical_weights_give_the_built_in_kernel(space, off_diagonal):
+    torch.manual_seed(0)
+    ensemble = space.build(6, 5).double()
+    with torch.no_grad():
+        for parameter in ensemble.parameters():
+            parameter.normal_()
+    inputs = ntk_inputs(space, 3, off_diagonal=off_diagonal, dtype=torch.float64)
+    built_in = member_ntk(ensemble, inputs).detach()
+    generic = stacked_kernels(split_members(ensemble), inputs).detach()
+    torch.testing.assert_close(generic, built_in, rtol=1e-12, atol=0)
+
+
+def test_draws_depend_on_the_seed_and_index_alone():
+    inputs = torch.randn(1, 8, 8)
+    state = torch.random.get_rng_state()
+    whole = sample_member_ntk(ntk_member, 16, 12, seed=7, inputs=inputs)
+    chunked = sample_member_ntk(ntk_member, 16, 12, seed=7, inputs=inputs, memory_budget=1)
+    np.testing.assert_array_equal(whole, chunked)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is untouched
+    assert len(set(whole.tolist())) == 12
+    assert not np.array_equal(whole, sample_member_ntk(ntk_member, 16, 12, 8, inputs))
+    (third,) = draw_members(ntk_member, 16, 1, seed=7, first=2)
+    np.testing.assert_allclose(stacked_kernels([third], inputs).item(), whole[2], rtol=1e-6)
+
+
+def test_the_members_own_initialisation_is_sampled():
+    """NTK parameterisation keeps E[K] flat in n; PyTorch's default lets it grow with n."""
+    inputs = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def growth(member) -> float:
+        narrow = sample_member_ntk(member, 8, 150, seed=1, inputs=inputs).mean()
+        wide = sample_member_ntk(member, 128, 150, seed=1, inputs=inputs).mean()
+        return wide / narrow
+
+    assert 0.7 < growth(ntk_member) < 1.4
+    assert growth(member_torch_default) > 4
