@@ -207,6 +207,20 @@ def widths(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def space_name(text: str) -> str:
+    """An argparse type: a built-in space or ``MODULE:CALLABLE`` (your own member).
+
+    >>> space_name("mypkg.blocks:member")
+    'mypkg.blocks:member'
+    """
+    if text in SPACES or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {text!r} (choose from {', '.join(map(repr, SPACES))}, "
+        "or MODULE:CALLABLE for your own member)"
+    )
+
+
 def shape(text: str) -> tuple[int, ...]:
     """An argparse type: one example's shape without the batch, ``64`` or ``3,32,32``.
 
@@ -274,7 +288,13 @@ def add_json(parser: argparse.ArgumentParser, what: str = "the result") -> None:
 
 def add_space_options(parser: argparse.ArgumentParser) -> None:
     """``--space`` and the options of its constructor (``ce_ray.theory.spaces.make_space``)."""
-    parser.add_argument("--space", required=True, choices=list(SPACES), help="architecture family")
+    parser.add_argument(
+        "--space",
+        required=True,
+        type=space_name,
+        metavar="{" + ",".join(SPACES) + "} or MODULE:CALLABLE",
+        help="architecture family, or your own member(n) (with --input-shape)",
+    )
     group = parser.add_argument_group("space options (each applies to the spaces named)")
     group.add_argument(
         "--classes",
@@ -290,6 +310,9 @@ def add_space_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--image-size", type=integer(1, 4096), help="cifar-resnext29: input side (32)"
     )
+    group.add_argument(
+        "--input-shape", type=shape, help="your member: one example's shape, 64 or 3,32,32"
+    )
 
 
 #: The space options above: command-line flag -> the space constructor's keyword.
@@ -301,6 +324,7 @@ SPACE_FLAGS: dict[str, str] = {
     "--out-channels": "out_channels",
     "--spatial": "spatial",
     "--image-size": "image_size",
+    "--input-shape": "input_shape",
 }
 
 

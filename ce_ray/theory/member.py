@@ -12,15 +12,21 @@ The checks, each a one-line error (``ValueError``) or a warning returned to be p
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
+from ce_ray.choices import Metric
+from ce_ray.theory.models import MemberEnsemble
+from ce_ray.theory.spaces import FCSpace, IntLike, ResNeXtBlockSpace, Space
 from ce_ray.theory.traced import Trace, trace_member
 
 Member = Callable[[int], nn.Module]
@@ -118,3 +124,66 @@ def _check_no_shared_storage(first: nn.Module, second: nn.Module, n: int) -> Non
                 f"two members built by member({n}) share parameter {name!r}: each call must "
                 "create its own tensors (not a module-level one)"
             )
+
+
+@functools.lru_cache(maxsize=4096)
+def _traced(member: str, input_shape: tuple[int, ...], n: int) -> Trace:
+    return trace_member(load_member(member), n, input_shape)
+
+
+@dataclass(frozen=True)
+class MemberSpace(Space):
+    """Ensembles of your own ``member(n)``: m members of width n run as one
+    :class:`~ce_ray.theory.models.MemberEnsemble` (outputs summed, scaled by 1/sqrt(m)).
+
+    Parameters, multiply-accumulates and S(n) come from tracing the member at each width
+    (:mod:`ce_ray.theory.traced`); the ensemble holds exactly m members' parameters and does
+    m members' work, so ``num_params(m, n) = m * num_params(1, n)``.
+
+    Args:
+        member: ``MODULE:CALLABLE`` naming ``member(n) -> nn.Module``.
+        input_shape: one example's shape, without the batch.
+    """
+
+    name: ClassVar[str] = "member"
+    default_baseline: ClassVar[int] = 64
+    member: str
+    input_shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        load_member(self.member)  # one line now if it does not import
+
+    def trace(self, n: int) -> Trace:
+        return _traced(self.member, tuple(self.input_shape), int(n))
+
+    def _per_width(self, n: IntLike, size: Callable[[Trace], float]) -> np.ndarray:
+        widths = np.asarray(n, dtype=np.int64)
+        sizes = [size(self.trace(int(w))) for w in widths.ravel()]
+        return np.asarray(sizes, dtype=np.float64).reshape(widths.shape)
+
+    def build(self, m: int, n: int) -> nn.Module:
+        make = load_member(self.member)
+        return MemberEnsemble([make(n) for _ in range(m)])
+
+    def num_params(self, m: IntLike, n: IntLike) -> IntLike:
+        count = np.asarray(m, dtype=np.int64) * self._per_width(n, lambda t: t.num_params)
+        return count.astype(np.int64) if count.ndim else int(count)
+
+    def flops(self, m: IntLike, n: IntLike) -> IntLike:
+        count = np.asarray(m, dtype=np.int64) * self._per_width(n, lambda t: t.macs)
+        return count.astype(np.int64) if count.ndim else int(count)
+
+    def fan_in_sum(self, n: IntLike) -> np.ndarray:
+        return self._per_width(n, lambda t: t.fan_in_sum)
+
+    def block_cost(self, n: IntLike, metric: Metric = "params") -> IntLike:
+        return self.network_cost(1, n, metric)
+
+    def ntk_block(self) -> FCSpace | ResNeXtBlockSpace:
+        raise ValueError(
+            f"{self.member}: its NTK is sampled by ce_ray.theory.member_ntk, not by a "
+            "built-in block"
+        )
+
+    def options(self) -> dict[str, int]:
+        return {"member": self.member, "input_shape": list(self.input_shape)}  # type: ignore[dict-item]

@@ -381,6 +381,13 @@ def make_space(name: str, spelled: Mapping[str, str] | None = None, **options: i
     Traceback (most recent call last):
     ValueError: space 'fc' does not take spatial (it takes: input_dim, depth, num_classes)
     """
+    if ":" in name:  # MODULE:CALLABLE, the user's own member(n)
+        from ce_ray.theory.member import MemberSpace
+
+        shape = options.pop("input_shape", None)
+        if shape is None:
+            raise ValueError(f"space {name} needs the shape of one example (--input-shape)")
+        return MemberSpace(name, tuple(shape))  # type: ignore[arg-type]
     if name not in SPACES:
         raise ValueError(f"unknown space {name!r}; valid spaces: {', '.join(SPACES)}")
     cls = SPACES[name]

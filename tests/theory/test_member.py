@@ -5,12 +5,15 @@ import json
 import sys
 import textwrap
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from ce_ray import cli
+from ce_ray.theory.curves import curve
 from ce_ray.theory.member import inspect_member, load_member
+from ce_ray.theory.spaces import FCSpace, make_space
 
 SHARED = nn.Parameter(torch.randn(4, 4))
 
@@ -125,3 +128,35 @@ def test_a_member_is_imported_from_the_current_directory(tmp_path, monkeypatch, 
     assert found["widths"][0]["fan_in_sum"] == pytest.approx(1 / 3 + 1 / 8)
     assert cli.main(["inspect", "my_blocks:missing", "--input-shape", "3"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def fc_member(n: int) -> nn.Module:
+    """The fc space's member (L = 4, n0 = 64, 10 classes), as a user would name it."""
+    return FCSpace(input_dim=64, depth=4).build(1, n)
+
+
+@pytest.mark.parametrize("formulation", ["primal", "dual"])
+def test_a_member_space_draws_the_built_in_curve(formulation):
+    built_in = curve(FCSpace(input_dim=64, depth=4), 2.4, 64, formulation=formulation)
+    traced = curve(
+        make_space("tests.theory.test_member:fc_member", input_shape=(64,)),
+        2.4,
+        64,
+        formulation=formulation,
+    )
+    pd.testing.assert_frame_equal(traced.table, built_in.table)
+
+
+def test_params_and_curve_take_your_member(capsys):
+    space = ["--space", "examples.transformer_mlp:member", "--input-shape", "8,8"]
+    assert cli.main(["params", *space, "--m", "4", "--n", "16", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert (record["params"], record["flops"]) == (4 * (16 + 2 * 8 * 16), 4 * 8 * 2 * 8 * 16)
+    assert record["fan_in_sum"] == pytest.approx(1 / 8 + 1 / 16)
+    assert cli.main(["curve", *space, "--baseline", "32", "--alpha", "1.5"]) == 0
+    assert "optimum: n=" in capsys.readouterr().out
+    assert (
+        cli.main(["params", "--space", "examples.transformer_mlp:member", "--m", "1", "--n", "2"])
+        == 2
+    )
+    assert "needs the shape of one example (--input-shape)" in capsys.readouterr().err
