@@ -130,25 +130,36 @@ def fit_alpha_command(args: argparse.Namespace) -> None:
     from ce_ray.presets import FIT_PRESETS
     from ce_ray.results import storage
 
-    config = FitConfig.from_preset(
-        args.preset,
-        widths=args.widths,
-        samples=args.samples,
-        shard_size=args.shard_size,
-        seed=args.seed,
-        method=args.method,
-        readout=args.readout,
-        off_diagonal=args.off_diagonal,
-        device=args.device,
-        dtype=args.dtype,
-        memory_budget_mib=args.memory_budget,
-    )
-    experiment = args.experiment or args.preset
+    settings = {
+        "widths": args.widths,
+        "samples": args.samples,
+        "shard_size": args.shard_size,
+        "seed": args.seed,
+        "method": args.method,
+        "readout": args.readout,
+        "off_diagonal": args.off_diagonal,
+        "device": args.device,
+        "dtype": args.dtype,
+        "memory_budget_mib": args.memory_budget,
+    }
+    if args.space:
+        if args.input_shape is None:
+            raise ValueError(f"--space {args.space} needs the shape of one example (--input-shape)")
+        config = FitConfig.for_member(args.space, args.input_shape, **settings)
+        what = f"{args.space} (your member, inputs of shape {tuple(args.input_shape)})"
+        experiment = args.experiment or args.space.replace(":", "-").replace(".", "-")
+    else:
+        if args.input_shape is not None:
+            raise ValueError("--input-shape is for your own member (--space MODULE:CALLABLE)")
+        preset = args.preset or options.DEFAULT_FIT_PRESET
+        config = FitConfig.from_preset(preset, **settings)
+        what = f"{preset}: {FIT_PRESETS[preset].description}"
+        experiment = args.experiment or preset
     config.check_bootstrap(args.bootstrap)
     check_fits_in_memory(config)
     results, log, workers = _connect(args)
     log(
-        f"[fit-alpha] {args.preset}: {FIT_PRESETS[args.preset].description}; "
+        f"[fit-alpha] {what}; "
         f"widths {list(config.widths)}, {config.samples} samples each, {config.method} sampler, "
         f"{workers} workers -> {storage.join(results, experiment, 'fit_alpha')}"
     )
@@ -171,6 +182,11 @@ def fit_alpha_command(args: argparse.Namespace) -> None:
         f"R^2 = {fit.r2:.4f}, {len(config.widths)} widths x {config.samples} samples "
         f"-> {fit.directory}"
     )
+    if config.member:  # the built-in blocks are NTK-parameterised by construction
+        from ce_ray.theory.alpha import law_warnings
+
+        for warning in law_warnings(fit.moments, fit.r2):
+            log(f"warning: {warning}")
 
 
 def sweep_config(args: argparse.Namespace) -> SweepConfig:

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -48,6 +49,15 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+#: fit-alpha's defaults for your own member (a preset's come from the preset).
+MEMBER_FIT_DEFAULTS: dict[str, Any] = {
+    "widths": (4, 8, 16, 32, 64),
+    "samples": 2000,
+    "shard_size": 500,
+    "method": "batched",
+}
+
+
 @dataclass(frozen=True, kw_only=True)
 class FitConfig:
     """Everything that determines fit-alpha's samples.
@@ -68,11 +78,17 @@ class FitConfig:
     device: str = "cpu"
     dtype: Dtype = "float32"
     memory_budget_mib: float = 256.0
+    member: str = ""  # MODULE:CALLABLE of your own member(n); then preset is ""
+    input_shape: tuple[int, ...] = ()  # one example's shape, for a member
 
     def __post_init__(self) -> None:
         _require(
-            self.preset in FIT_PRESETS,
+            bool(self.member) or self.preset in FIT_PRESETS,
             f"unknown fit preset {self.preset!r}; valid: {', '.join(FIT_PRESETS)}",
+        )
+        _require(
+            not self.member or (self.method == "batched" and len(self.input_shape) >= 1),
+            "your own member is sampled by the batched (generic) sampler, with --input-shape",
         )
         _require(
             len(self.widths) >= 2, f"need at least two widths to fit alpha; got {list(self.widths)}"
@@ -125,8 +141,19 @@ class FitConfig:
         given.setdefault("shard_size", DEFAULT_SHARD_SIZE.get(given["method"], 1))
         return cls(preset=preset, **given)
 
+    @classmethod
+    def for_member(cls, member: str, input_shape: Sequence[int], **settings: Any) -> FitConfig:
+        """Fit alpha for your own ``member(n)``: :data:`MEMBER_FIT_DEFAULTS`, overridden by
+        ``settings`` that are not None."""
+        given = MEMBER_FIT_DEFAULTS | {k: v for k, v in settings.items() if v is not None}
+        return cls(preset="", member=member, input_shape=tuple(input_shape), **given)
+
     @property
     def space(self) -> Space:
+        if self.member:
+            from ce_ray.theory.member import MemberSpace
+
+            return MemberSpace(self.member, self.input_shape)
         return FIT_PRESETS[self.preset].space
 
     @property
@@ -153,11 +180,15 @@ class FitConfig:
         return int(self.memory_budget_mib * 2**20)
 
     def to_json(self) -> dict:
-        return {**dataclasses.asdict(self), "widths": list(self.widths)}
+        record = dataclasses.asdict(self)
+        return record | {"widths": list(self.widths), "input_shape": list(self.input_shape)}
 
     @classmethod
     def from_json(cls, data: dict) -> FitConfig:
-        return cls(**{**data, "widths": tuple(data["widths"])})
+        return cls(
+            **data
+            | {"widths": tuple(data["widths"]), "input_shape": tuple(data.get("input_shape", ()))}
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

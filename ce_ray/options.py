@@ -376,12 +376,30 @@ def add_inspect_options(parser: argparse.ArgumentParser) -> None:
     add_json(parser)
 
 
+def member_name(text: str) -> str:
+    """An argparse type: ``MODULE:CALLABLE``, your own member(n)."""
+    if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", text):
+        raise argparse.ArgumentTypeError(
+            f"must be MODULE:CALLABLE naming your member(n), e.g. mypkg.blocks:member; got {text!r}"
+        )
+    return text
+
+
 def add_fit_alpha_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    block = parser.add_mutually_exclusive_group()
+    block.add_argument(
         "--preset",
         choices=list(FIT_PRESETS),
-        default=DEFAULT_FIT_PRESET,
         help=f"block to fit (default {DEFAULT_FIT_PRESET})",
+    )
+    block.add_argument(
+        "--space",
+        type=member_name,
+        metavar="MODULE:CALLABLE",
+        help="your own member(n) to fit instead of a preset's block (with --input-shape)",
+    )
+    parser.add_argument(
+        "--input-shape", type=shape, help="your member: one example's shape, 64 or 3,32,32"
     )
     parser.add_argument("--widths", type=widths, help="width grid (default: the preset's)")
     parser.add_argument(

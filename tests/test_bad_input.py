@@ -60,6 +60,24 @@ CASES = [
     ("curve --space fc --baseline 64 --alpha 2 --widths 100:200", "baseline width 64"),
     # fit-alpha
     ("fit-alpha --preset nope", "argument --preset: invalid choice"),
+    ("fit-alpha --space nomodule", "argument --space: must be MODULE:CALLABLE"),
+    ("fit-alpha --space ce_ray_nope:member --input-shape 3", "cannot import 'ce_ray_nope'"),
+    ("fit-alpha --space examples.transformer_mlp:member", "needs the shape of one example"),
+    ("fit-alpha --input-shape 8,8", "--input-shape is for your own member"),
+    (
+        "fit-alpha --space examples.transformer_mlp:member --preset resnext-block",
+        "argument --preset: not allowed with argument --space",
+    ),
+    ("fit-alpha --space examples.transformer_mlp:member --input-shape 8,0", "--input-shape"),
+    (
+        "fit-alpha --space examples.transformer_mlp:member --input-shape 8,8 --widths 4,8 "
+        "--memory-budget 0.0001",
+        "too small for one sample at width 8",
+    ),
+    (
+        "params --space examples.transformer_mlp:member --input-shape 9 --m 1 --n 4",
+        "does not run on one example of shape (9,)",
+    ),
     ("fit-alpha --widths 1:100000000", "argument --widths: a width grid holds at most 4096"),
     ("fit-alpha --widths 4", "need at least two widths"),
     ("fit-alpha --widths 4,100000", "argument --widths: widths must be integers from 1 to 65536"),

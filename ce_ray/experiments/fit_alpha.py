@@ -33,6 +33,8 @@ from ce_ray.experiments.tasks import (
 from ce_ray.results import plots, storage
 from ce_ray.theory.alpha import AlphaFit, fit_eq9
 from ce_ray.theory.curves import check_alpha
+from ce_ray.theory.member import build, inspect_member, load_member
+from ce_ray.theory.member_ntk import bytes_per_draw
 from ce_ray.theory.ntk import chunk_size
 
 
@@ -49,6 +51,16 @@ class FitResult(AlphaFit):
 
 def check_fits_in_memory(config: FitConfig) -> None:
     """A chunk of the sampler must hold one sample at every width (ValueError if not)."""
+    if config.member:
+        inspect_member(load_member(config.member), config.widths, config.input_shape)
+        widest = build(load_member(config.member), max(config.widths), "meta")
+        need = bytes_per_draw(widest, 2 if config.off_diagonal else 1)
+        if need > config.memory_budget:
+            raise ValueError(
+                f"memory budget {config.memory_budget_mib:g} MiB is too small for one sample at "
+                f"width {max(config.widths)} (needs {need / 2**20:.3g} MiB)"
+            )
+        return
     for width in config.widths:
         chunk_size(
             config.space.ntk_block(),

@@ -205,3 +205,42 @@ def fit_eq9(
         frame["fan_in_sum"].to_numpy(), np.stack(replicates, axis=1), weights, intercept, ci_level
     )
     return AlphaFit(fit.alpha, fit.alpha_se, low, high, ci_level, fit.intercept, fit.r2, frame)
+
+
+#: Below this R^2 the fit of Eq. 9 through the origin is called weak.
+WEAK_R2 = 0.9
+
+
+def law_warnings(moments: pd.DataFrame, r2: float, flat_slope: float = 0.1) -> list[str]:
+    """What in a fit says the law of Eq. 9 does not hold for the block, each as one line:
+    E[K] growing with n (the slope of log E[K] on log n more than ``flat_slope`` above 0 by
+    two standard errors: the block is not NTK-parameterised, so its kernel does not settle as
+    it widens), a log-ratio log(E[K^2]/E[K]^2) that rises with n or is not positive, and a
+    weak fit through the origin (R^2 below :data:`WEAK_R2`)."""
+    warnings = []
+    if r2 < WEAK_R2:
+        warnings.append(
+            f"weak fit of Eq. 9 (R^2 = {r2:.3f} < {WEAK_R2}): check the curve against a fit "
+            "with --intercept before trusting it"
+        )
+    widths = moments["width"].to_numpy(dtype=np.float64)
+    log_n, log_mean = np.log(widths), np.log(moments["mean"].to_numpy(dtype=np.float64))
+    centred = log_n - log_n.mean()
+    slope = float(centred @ (log_mean - log_mean.mean()) / (centred @ centred))
+    residual = log_mean - log_mean.mean() - slope * centred
+    dof = max(1, len(widths) - 2)
+    se = float(np.sqrt(residual @ residual / dof / (centred @ centred)))
+    if slope - 2 * se > flat_slope:
+        warnings.append(
+            f"E[K] grows with n (slope of log E[K] on log n: {slope:.2f} +- {se:.2f}): the block "
+            "is not in the NTK parameterisation, and Eq. 9's alpha does not describe it"
+        )
+    ratio = moments["log_ratio"].to_numpy(dtype=np.float64)
+    if (ratio <= 0).any():
+        warnings.append("log(E[K^2] / E[K]^2) is not positive at every width")
+    elif ratio[-1] >= ratio[0]:
+        warnings.append(
+            f"log(E[K^2] / E[K]^2) does not fall with n ({ratio[0]:.3g} at n={int(widths[0])}, "
+            f"{ratio[-1]:.3g} at n={int(widths[-1])})"
+        )
+    return warnings

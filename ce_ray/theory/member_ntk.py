@@ -47,6 +47,21 @@ def member_readout(output: torch.Tensor, readout: Readout = "pool") -> torch.Ten
     )
 
 
+def member_inputs(
+    input_shape: tuple[int, ...],
+    seed: int,
+    off_diagonal: bool = False,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Fixed standard-normal inputs of ``input_shape``, determined by ``seed``: 1 input, or 2
+    off-diagonal (as ``ce_ray.theory.ntk.ntk_inputs`` draws a convolutional block's)."""
+    generator = torch.Generator().manual_seed(derive_seed(seed, 0x1A7))
+    count = 2 if off_diagonal else 1
+    x = torch.randn((count, *input_shape), generator=generator, dtype=torch.float64)
+    return x.to(device=device, dtype=dtype)
+
+
 def draw_members(member: Member, n: int, count: int, seed: int, first: int = 0) -> list[nn.Module]:
     """Initialisations ``first .. first + count - 1`` of ``member(n)``, each from its own seed."""
     modules = []

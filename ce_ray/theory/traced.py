@@ -192,8 +192,15 @@ def trace(module: nn.Module, input_shape: Sequence[int]) -> Trace:
     example = torch.empty((1, *input_shape), device="meta")
     reads = _ParameterReads(names)
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter, reads:
-        module(example)
+    try:
+        with torch.no_grad(), counter, reads:
+            module(example)
+    except Exception as error:  # the module's own code: one line, as for any bad input
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"the module does not run on one example of shape {tuple(input_shape)}: "
+            f"{type(error).__name__}: {first}"
+        ) from None
     return Trace(parameters, tuple(reads.contractions), counter.get_total_flops() // 2)
 
 

@@ -1,5 +1,6 @@
 """fit-alpha on a real 2-CPU Ray cluster: determinism, resume, retries, outputs, errors."""
 
+import json
 import subprocess
 import sys
 import threading
@@ -12,6 +13,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
+from ce_ray import cli
 from ce_ray.configs import FitConfig
 from ce_ray.experiments import fit_alpha as fa
 from ce_ray.experiments import shards
@@ -236,3 +238,34 @@ def test_a_killed_writer_and_a_truncated_shard_are_repaired_on_resume(tmp_path):
     for name, table in before.items():
         pd.testing.assert_frame_equal(table, shard_tables(again.directory)[name])
     assert again.alpha == first.alpha
+
+
+def test_your_member_is_fitted_by_ray_tasks_as_in_one_process(tmp_path, capsys):
+    """fit-alpha of a member the package does not know, named on the command line: its shards
+    run as Ray tasks that import the member by name, and give the alpha that sampling and
+    fitting every shard in this process gives."""
+    argv = ["fit-alpha", "--space", "examples.transformer_mlp:member", "--input-shape", "8,8"]
+    settings = ["--widths", "4,8,16", "--samples", "300", "--shard-size", "150", "--seed", "3"]
+    code = cli.main([*argv, *settings, "--bootstrap", "50", "--results", str(tmp_path), "--json"])
+    assert code == 0
+    fitted = json.loads(capsys.readouterr().out)
+    config = FitConfig.for_member(
+        "examples.transformer_mlp:member",
+        (8, 8),
+        widths=(4, 8, 16),
+        samples=300,
+        shard_size=150,
+        seed=3,
+    )
+    here = str(tmp_path / "here")
+    for shard in shards.plan_shards(config):
+        shards.sample_shard(config, shard, storage.join(here, "shards"))
+    assert fa.fit_from_shards(config, here, bootstrap=50).alpha == fitted["alpha"]
+    directory = tmp_path / "examples-transformer_mlp-member" / "fit_alpha"
+    metadata = storage.read_metadata(str(directory / "alpha.parquet"))
+    assert metadata["space"] == {
+        "name": "member",
+        "member": "examples.transformer_mlp:member",
+        "input_shape": [8, 8],
+    }
+    assert FitConfig.from_json(metadata["config"]) == config

@@ -2,10 +2,17 @@
 function of (seed, draw index) alone; it samples the member's own initialisation."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from ce_ray.theory.member_ntk import draw_members, sample_member_ntk, stacked_kernels
+from ce_ray.theory.alpha import law_warnings, width_moments
+from ce_ray.theory.member_ntk import (
+    draw_members,
+    member_inputs,
+    sample_member_ntk,
+    stacked_kernels,
+)
 from ce_ray.theory.ntk import member_ntk, ntk_inputs
 from ce_ray.theory.spaces import FCSpace, ResNeXtBlockSpace
 from examples.transformer_mlp import member as ntk_member
@@ -51,3 +58,24 @@ def test_the_members_own_initialisation_is_sampled():
 
     assert 0.7 < growth(ntk_member) < 1.4
     assert growth(member_torch_default) > 4
+
+
+def test_the_law_checks_flag_the_standard_parameterisation_only():
+    """E[K] grows with n under PyTorch's default initialisation: a warning; NTK-parameterised,
+    none about E[K]."""
+    inputs = member_inputs((8, 8), seed=0)
+    widths = (4, 8, 16, 32, 64)
+
+    def moments(member) -> pd.DataFrame:
+        rows = []
+        for n in widths:
+            m = width_moments(sample_member_ntk(member, n, 300, seed=n, inputs=inputs))
+            rows.append({"width": n, "mean": m.mean, "log_ratio": m.log_ratio})
+        return pd.DataFrame(rows)
+
+    standard = law_warnings(moments(member_torch_default), r2=0.99)
+    assert any(w.startswith("E[K] grows with n") for w in standard), standard
+    ntk_moments = moments(ntk_member)
+    ntk = law_warnings(ntk_moments, r2=0.99)
+    assert not any(w.startswith("E[K] grows") for w in ntk), ntk
+    assert law_warnings(ntk_moments, r2=0.5)[0].startswith("weak fit of Eq. 9 (R^2")
