@@ -36,6 +36,63 @@ class Mutation:
 
 
 MUTATIONS = (
+    # --- your own member: tracing, checks, the generic sampler, the ensemble ---
+    Mutation(
+        "traced: a convolution's fan-in ignores its kernel",
+        "ce_ray/theory/traced.py",
+        "math.prod(int(d) for d in weight.shape[1:])",
+        "int(weight.shape[1])",
+        ("tests/theory/test_traced.py",),
+    ),
+    Mutation(
+        "traced: a parameter is not followed through a transpose",
+        "ce_ray/theory/traced.py",
+        '    "transpose",\n',
+        "",
+        ("tests/theory/test_traced.py",),
+    ),
+    Mutation(
+        "members that share a parameter are accepted",
+        "ce_ray/theory/member.py",
+        "    _check_no_shared_storage(smallest, build(member, widths[0]), widths[0])",
+        "    pass",
+        ("tests/theory/test_member.py",),
+    ),
+    Mutation(
+        "generic sampler: every draw from the same seed",
+        "ce_ray/theory/member_ntk.py",
+        "torch.manual_seed(derive_seed(seed, index))",
+        "torch.manual_seed(seed)",
+        ("tests/theory/test_member_ntk.py",),
+    ),
+    Mutation(
+        "the vectorised ensemble is not scaled by 1/sqrt(m)",
+        "ce_ray/theory/models.py",
+        "return outputs.sum(dim=0) / math.sqrt(len(self.members))",
+        "return outputs.sum(dim=0)",
+        ("tests/theory/test_models.py", "-k", "member_ensemble"),
+    ),
+    Mutation(
+        "law checks: E[K] growing with n is never flagged",
+        "ce_ray/theory/alpha.py",
+        "if slope - 2 * se > flat_slope:",
+        "if False:",
+        ("tests/theory/test_member_ntk.py", "-k", "law"),
+    ),
+    Mutation(
+        "ASHA: training never waits for Tune's decision",
+        "ce_ray/worker/records.py",
+        "while epoch > 0 and read_decision(record) < epoch:",
+        "while False:",
+        ("tests/worker/test_records.py",),
+    ),
+    Mutation(
+        "a trial never reports its decision to the worker",
+        "ce_ray/experiments/sweep.py",
+        "            if decide:\n                records.write_decision(record, reported)",
+        "            pass",
+        ("tests/experiments/test_sweep.py::test_asha_stops_losing_points_early_and_rows_say_so",),
+    ),
     # --- bookkeeping added with the layers, limits and the stall watch ---
     Mutation(
         "ResNeXt stages: no projection shortcut on a stage's first block",

@@ -200,7 +200,7 @@ def train_point(config: dict) -> None:
     top5 = getattr(preset.space, "num_classes", 0) > 5
     for epoch in range(start_epoch, sweep.epochs + 1):
         if record is not None and sweep.scheduler_stops_trials:
-            wait_for_decision(config["record"], epoch - 2, beat)
+            wait_for_decision(config["record"], epoch - 2)
         started = time.perf_counter()
         for sampler in samplers:
             sampler.set_epoch(epoch)

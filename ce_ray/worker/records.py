@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 
 from ce_ray.results import storage
 
@@ -101,17 +100,17 @@ def read_decision(record: str) -> int:
 DECISION_POLL_S = 0.1
 
 
-def wait_for_decision(record: str, epoch: int, beat: Callable[[], None]) -> None:
-    """Block until Tune has let the trial go on after ``epoch``, beating meanwhile.
+def wait_for_decision(record: str, epoch: int) -> None:
+    """Block until Tune has let the trial go on after ``epoch``.
 
     With a scheduler that stops trials early (ASHA) rank 0 calls this before it trains
     epoch ``e`` with ``epoch = e - 2``: training runs at most one epoch ahead of Tune's
     decisions, so that a stop lands however short an epoch is (the trial's driver is what
     reads the record and reports, about once a second). When Tune stops the trial, its
-    actor goes and takes this worker with it.
+    actor goes and takes this worker with it. It does not beat the heartbeat: a decision that
+    never comes is a stall like any other, noticed by the driver's stall watch.
     """
     while epoch > 0 and read_decision(record) < epoch:
-        beat()
         time.sleep(DECISION_POLL_S)
 
 
