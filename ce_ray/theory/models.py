@@ -258,6 +258,34 @@ class CifarResNeXt(nn.Module):
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
 
 
+def stacked_call(
+    modules: Sequence[nn.Module], x: torch.Tensor, shared_input: bool, training: bool
+) -> torch.Tensor:
+    """``(len(modules), ...)``: each module applied to ``x`` (``shared_input``) or to its own
+    ``x[i]``, as ONE program: their parameters and buffers stacked, the first module's forward
+    under ``torch.func.vmap`` (``functional_call`` swaps its tensors for the stacked ones for
+    this call only). Gradients reach each module's own parameters; in training, BatchNorm's
+    updated running statistics are copied back to each module's own buffers."""
+    own_params = [dict(module.named_parameters()) for module in modules]
+    params = {name: torch.stack([p[name] for p in own_params]) for name in own_params[0]}
+    own_buffers = [dict(module.named_buffers()) for module in modules]
+    buffers = {name: torch.stack([b[name] for b in own_buffers]) for name in own_buffers[0]}
+
+    def one(
+        params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor
+    ) -> torch.Tensor:
+        return torch.func.functional_call(modules[0], (params, buffers), (x,))
+
+    in_dims = (0, 0, None if shared_input else 0)
+    out = torch.func.vmap(one, in_dims=in_dims)(params, buffers, x)
+    if training and buffers:  # the stacked running statistics were updated in place
+        with torch.no_grad():
+            for name, stacked in buffers.items():
+                for own, updated in zip((b[name] for b in own_buffers), stacked, strict=True):
+                    own.copy_(updated)
+    return out
+
+
 class PackedSeeds(nn.Module):
     """S independently initialised copies of one network, trained as ONE vectorised model.
 
@@ -281,25 +309,7 @@ class PackedSeeds(nn.Module):
         self.seeds = nn.ModuleList(networks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        seed_params = [dict(network.named_parameters()) for network in self.seeds]
-        params = {name: torch.stack([p[name] for p in seed_params]) for name in seed_params[0]}
-        seed_buffers = [dict(network.named_buffers()) for network in self.seeds]
-        buffers = {name: torch.stack([b[name] for b in seed_buffers]) for name in seed_buffers[0]}
-
-        def one_seed(
-            params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor
-        ) -> torch.Tensor:
-            # The first copy serves as the template: functional_call swaps its tensors for
-            # the given ones for this call only.
-            return torch.func.functional_call(self.seeds[0], (params, buffers), (x,))
-
-        out = torch.func.vmap(one_seed)(params, buffers, x)
-        if self.training and buffers:  # the stacked running statistics were updated in place
-            with torch.no_grad():
-                for name, stacked in buffers.items():
-                    for own, updated in zip((b[name] for b in seed_buffers), stacked, strict=True):
-                        own.copy_(updated)
-        return out
+        return stacked_call(list(self.seeds), x, shared_input=False, training=self.training)
 
 
 class MemberEnsemble(nn.Module):
@@ -323,20 +333,5 @@ class MemberEnsemble(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        own_params = [dict(member.named_parameters()) for member in self.members]
-        params = {name: torch.stack([p[name] for p in own_params]) for name in own_params[0]}
-        own_buffers = [dict(member.named_buffers()) for member in self.members]
-        buffers = {name: torch.stack([b[name] for b in own_buffers]) for name in own_buffers[0]}
-
-        def one_member(
-            params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor
-        ) -> torch.Tensor:
-            return torch.func.functional_call(self.members[0], (params, buffers), (x,))
-
-        outputs = torch.func.vmap(one_member, in_dims=(0, 0, None))(params, buffers, x)
-        if self.training and buffers:  # the stacked running statistics were updated in place
-            with torch.no_grad():
-                for name, stacked in buffers.items():
-                    for own, updated in zip((b[name] for b in own_buffers), stacked, strict=True):
-                        own.copy_(updated)
+        outputs = stacked_call(list(self.members), x, shared_input=True, training=self.training)
         return outputs.sum(dim=0) / math.sqrt(len(self.members))
