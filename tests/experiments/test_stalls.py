@@ -129,10 +129,24 @@ def test_the_last_report_after_the_trial_returns_hangs_only_ray_s_callback(
     del mailbox  # kept alive until here: the trial looks it up by name
     if hangs:
         assert fit.is_alive(), "the race did not deadlock Ray's callback path"
-        return  # the module's cluster goes down with the stuck trial
+        # End the stuck trial, so that no Tune thread outlives this test: a driver thread left
+        # running into the next module's cluster re-initialises Ray there (seen in CI).
+        for pid in trial_actor_pids():
+            os.kill(pid, signal.SIGKILL)
+        fit.join(timeout=120)
+        assert not fit.is_alive(), "the stuck trial's Tune run did not end"
+        return
     assert not fit.is_alive(), "ce-ray's trial hung"
     (result,) = list(outcome["grid"])
     assert result.error is None and result.metrics["epoch"] == EPOCHS
+
+
+def trial_actor_pids() -> list[int]:
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if (p.info["cmdline"] or [""])[0].startswith("ray::ImplicitFunc")
+    ]
 
 
 def training_worker_pids() -> list[int]:
