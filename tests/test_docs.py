@@ -198,3 +198,16 @@ def test_the_own_member_guide_shows_what_inspect_prints(capsys):
     for command in re.findall(r"^(ce-ray (?:params|curve) --space .*)$", guide, re.M):
         assert cli.main(command.split()[1:]) == 0, command
     assert "docs/your-own-member.md" in README
+
+
+def test_every_mutation_still_applies_once():
+    """tools/mutations.py's texts follow the code: each occurs exactly once in its file, and
+    the tests named to catch it exist."""
+    sys.path.insert(0, str(ROOT))
+    from tools.mutations import MUTATIONS
+
+    for mutation in MUTATIONS:
+        assert (ROOT / mutation.path).read_text().count(mutation.old) == 1, mutation.name
+        for test in mutation.tests:
+            if test.startswith("tests/"):
+                assert (ROOT / test.split("::")[0]).exists(), (mutation.name, test)

@@ -251,8 +251,8 @@ MUTATIONS = (
     Mutation(
         "shard seed ignores the shard index",
         "ce_ray/experiments/shards.py",
-        "derive_seed(config.seed, shard.width, shard.index),",
-        "derive_seed(config.seed, shard.width),",
+        "seed = derive_seed(config.seed, shard.width, shard.index)",
+        "seed = derive_seed(config.seed, shard.width)",
         ("tests/experiments/test_fit_alpha.py::test_every_shard_of_a_width_draws_its_own_weights",),
     ),
     Mutation(
@@ -433,8 +433,8 @@ MUTATIONS = (
     Mutation(
         "packed seeds drop their BatchNorm statistics",
         "ce_ray/theory/models.py",
-        "                        own.copy_(updated)\n",
-        "                        pass\n",
+        "                    own.copy_(updated)\n",
+        "                    pass\n",
         ("tests/theory/test_models.py::test_packed_seeds_step_exactly_as_each_seed_alone",),
     ),
 )
