@@ -207,13 +207,29 @@ def widths(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+#: ``MODULE:CALLABLE``: how a user names their own member(n).
+MEMBER_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def add_input_shape(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, required: bool = False
+) -> None:
+    """``--input-shape``: one example's shape, for a member of the user's own."""
+    parser.add_argument(
+        "--input-shape",
+        type=shape,
+        required=required,
+        help="your member: one example's shape, 64 or 3,32,32",
+    )
+
+
 def space_name(text: str) -> str:
     """An argparse type: a built-in space or ``MODULE:CALLABLE`` (your own member).
 
     >>> space_name("mypkg.blocks:member")
     'mypkg.blocks:member'
     """
-    if text in SPACES or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", text):
+    if text in SPACES or MEMBER_NAME.fullmatch(text):
         return text
     raise argparse.ArgumentTypeError(
         f"invalid choice: {text!r} (choose from {', '.join(map(repr, SPACES))}, "
@@ -310,9 +326,7 @@ def add_space_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--image-size", type=integer(1, 4096), help="cifar-resnext29: input side (32)"
     )
-    group.add_argument(
-        "--input-shape", type=shape, help="your member: one example's shape, 64 or 3,32,32"
-    )
+    add_input_shape(group)
 
 
 #: The space options above: command-line flag -> the space constructor's keyword.
@@ -367,9 +381,7 @@ def add_inspect_options(parser: argparse.ArgumentParser) -> None:
         "member",
         help="your member as MODULE:CALLABLE, member(n) -> torch.nn.Module (width n)",
     )
-    parser.add_argument(
-        "--input-shape", type=shape, required=True, help="one example's shape: 64 or 3,32,32"
-    )
+    add_input_shape(parser, required=True)
     parser.add_argument(
         "--widths", type=widths, default=(8, 16, 32, 64), help="widths to trace (8,16,32,64)"
     )
@@ -378,7 +390,7 @@ def add_inspect_options(parser: argparse.ArgumentParser) -> None:
 
 def member_name(text: str) -> str:
     """An argparse type: ``MODULE:CALLABLE``, your own member(n)."""
-    if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", text):
+    if not MEMBER_NAME.fullmatch(text):
         raise argparse.ArgumentTypeError(
             f"must be MODULE:CALLABLE naming your member(n), e.g. mypkg.blocks:member; got {text!r}"
         )
@@ -398,9 +410,7 @@ def add_fit_alpha_options(parser: argparse.ArgumentParser) -> None:
         metavar="MODULE:CALLABLE",
         help="your own member(n) to fit instead of a preset's block (with --input-shape)",
     )
-    parser.add_argument(
-        "--input-shape", type=shape, help="your member: one example's shape, 64 or 3,32,32"
-    )
+    add_input_shape(parser)
     parser.add_argument("--widths", type=widths, help="width grid (default: the preset's)")
     parser.add_argument(
         "--samples", type=integer(2, limits.MAX_SAMPLES), help="T, draws per width (the preset's)"
