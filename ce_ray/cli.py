@@ -203,7 +203,7 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
 
 
 def sweep_command(args: argparse.Namespace) -> None:
-    from ce_ray.experiments import cluster
+    from ce_ray.experiments import cluster, console
     from ce_ray.experiments.sweep import default_experiment, run_sweep
     from ce_ray.results import storage
     from ce_ray.results.report import report
@@ -216,13 +216,15 @@ def sweep_command(args: argparse.Namespace) -> None:
     # Missing data: one line, now. The driver loads the datasets once; the sweep hands them to
     # every trial through Ray's object store.
     datasets = data.load(config.spec.dataset, data.resolve_root(config.data_root))
-    cluster.init_ray(results)
+    verbose = console.verbose_from_env(args.verbose)
+    cluster.init_ray(results, quiet=not verbose)
     result = run_sweep(
         config,
         results,
         experiment,
         max_concurrent_trials=args.max_concurrent_trials,
         max_failures=args.max_failures,
+        verbose=verbose,
         datasets=datasets,
         stall_timeout_s=args.stall_timeout,
     )

@@ -500,6 +500,12 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
         help="dataset root; relative: under the project (default: $CE_RAY_DATA or data)",
     )
     parser.add_argument("--no-report", action="store_true", help="skip the PNGs")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray's and Tune's whole output as well: status tables, Ray Train's per-epoch "
+        "lines, the workers' logs (or CE_RAY_VERBOSE=1)",
+    )
     execution = parser.add_argument_group("how each training worker runs (default: per device)")
     execution.add_argument(
         "--precision",

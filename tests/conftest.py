@@ -1,7 +1,8 @@
 """Shared fixtures. Ray binds to loopback only: with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 Ray
 takes 127.0.0.1 as the node address (its single-machine mode) instead of the routable one.
 
-* ``ray_cluster`` -- a 2-CPU cluster in this process, for one test module.
+* ``ray_cluster`` -- a 2-CPU cluster in this process, shared by every test that uses it (they
+  run last, after the tests that start clusters of their own).
 * ``multi_node`` -- a head with 0 CPUs and two 1-CPU worker nodes (separate raylets) in their
   own RAY_TMPDIR, started with S3 credentials (as a cloud node has its instance profile's) but
   no endpoint: the driver passes only the endpoint, as on a real cluster.
@@ -29,6 +30,9 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 # `ray get-auth-token --generate` creates in this HOME (CI runs with a new, empty HOME) --
 # created before the first test marked `ray`, and by nothing else.
 os.environ["RAY_AUTH_MODE"] = "token"
+# Ray Train's Prometheus metrics (two callbacks per run, that no test reads) cost a trial
+# ~2 s on these 2 CPUs; every cluster of the suite inherits this process's environment.
+os.environ["RAY_TRAIN_METRICS_ENABLED"] = "0"
 
 
 #: Fixtures that start Ray: a test using one is marked `ray` without saying so.
@@ -39,6 +43,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ray)
+    # The users of the shared in-process cluster last (in their order), so that it starts once
+    # and no cluster of another test meets it.
+    items.sort(key=lambda item: "ray_cluster" in getattr(item, "fixturenames", ()))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -94,9 +101,10 @@ def ray_tmpdir():
         shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_cluster():
-    """A 2-CPU Ray cluster in this process for one test module, shut down afterwards."""
+    """A 2-CPU Ray cluster in this process, shut down after the last test (starting one costs
+    ~10 CPU-s; the tests that use it leave no work running)."""
     import ray
 
     # The dashboard serves the State API, which Ray Train's placement-group cleaner needs to

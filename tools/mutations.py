@@ -91,7 +91,9 @@ MUTATIONS = (
         "ce_ray/experiments/sweep.py",
         "            if decide:\n                records.write_decision(record, reported)",
         "            pass",
-        ("tests/experiments/test_sweep.py::test_asha_stops_losing_points_early_and_rows_say_so",),
+        (
+            "tests/experiments/test_sweep.py::test_packed_seeds_and_loader_processes_change_no_number_and_asha_stops_losers_early",
+        ),
     ),
     # --- bookkeeping added with the layers, limits and the stall watch ---
     Mutation(
@@ -323,7 +325,7 @@ MUTATIONS = (
         'return state["epoch"] + 1, state["train_time_s"]',
         'return state["epoch"], state["train_time_s"]',
         (
-            "tests/experiments/test_sweep.py::test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result",
+            "tests/experiments/test_sweep.py::test_a_killed_and_a_stopped_worker_resume_from_their_checkpoints_with_the_same_result",
         ),
     ),
     Mutation(
@@ -332,7 +334,7 @@ MUTATIONS = (
         '    optimizer.load_state_dict(state["optimizer"])\n',
         "",
         (
-            "tests/experiments/test_sweep.py::test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result",
+            "tests/experiments/test_sweep.py::test_a_killed_and_a_stopped_worker_resume_from_their_checkpoints_with_the_same_result",
         ),
     ),
     Mutation(
@@ -341,7 +343,7 @@ MUTATIONS = (
         '"starts": self.attempt + 1,',
         '"starts": self.attempt,',
         (
-            "tests/experiments/test_sweep.py::test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result",
+            "tests/experiments/test_sweep.py::test_a_killed_and_a_stopped_worker_resume_from_their_checkpoints_with_the_same_result",
         ),
     ),
     Mutation(
@@ -350,7 +352,7 @@ MUTATIONS = (
         "counts = _all_reduce_sum([*wrong1.tolist(), *wrong5.tolist(), total], device)",
         "counts = [*wrong1.tolist(), *wrong5.tolist(), total]",
         (
-            "tests/experiments/test_sweep.py::test_a_two_worker_trial_scores_the_whole_test_set_once",
+            "tests/experiments/test_local_head.py::test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_rest",
         ),
     ),
     # --- the rest of the paper: NMK, drift, the paper's metric, ImageNet32/64 ---
@@ -427,7 +429,7 @@ MUTATIONS = (
         "seed=seed),",
         "seed=seeds[0]),",
         (
-            "tests/experiments/test_sweep.py::test_packed_seeds_and_loader_processes_change_no_number",
+            "tests/experiments/test_sweep.py::test_packed_seeds_and_loader_processes_change_no_number_and_asha_stops_losers_early",
         ),
     ),
     Mutation(

@@ -4,6 +4,7 @@ of work ran on."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 from ce_ray.experiments import local_head
@@ -13,7 +14,7 @@ from ce_ray.results import storage
 SUBMITTED_JOB_MARKER = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
-def init_ray(results: str) -> None:
+def init_ray(results: str, quiet: bool = False) -> None:
     """``ray.init()`` once, in the entry point: join the cluster, or start a local one bound
     to 127.0.0.1 (nothing listens on the machine's network address).
 
@@ -21,6 +22,8 @@ def init_ray(results: str) -> None:
     region: ``storage.forwarded_env``) to its tasks and workers; credentials never travel
     through Ray. A submitted job already has its runtime environment (``ray job submit
     --runtime-env-json``); Ray refuses the same variable twice, so nothing is passed again.
+    ``quiet``: the workers' output stays in Ray's logs instead of reaching this process, and
+    Ray's own INFO lines are not printed.
     """
     import ray
     from ray._private.services import canonicalize_bootstrap_address
@@ -28,6 +31,8 @@ def init_ray(results: str) -> None:
     if ray.is_initialized():
         return
     options: dict = {}
+    if quiet:
+        options |= {"log_to_driver": False, "logging_level": logging.WARNING}
     env = storage.forwarded_env(results)
     if env and SUBMITTED_JOB_MARKER not in os.environ:
         options["runtime_env"] = {"env_vars": env}

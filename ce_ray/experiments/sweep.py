@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -29,7 +28,8 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from ce_ray.configs import FitConfig, SweepConfig
-from ce_ray.experiments import cluster
+from ce_ray.experiments import cluster, console
+from ce_ray.experiments.console import SweepConsole
 from ce_ray.experiments.tasks import Log, print_line
 from ce_ray.results import storage, tables
 from ce_ray.worker import data, records
@@ -46,6 +46,12 @@ TRIAL_FUNCTION_RESOURCES: dict[str, float] = {"cpu": 0, "memory": 2**20}
 # the pace (0.03 s epochs took 2 s each). benchmarks/sweep_overhead.py: 15 reports with
 # checkpoints took 4.3 s at 0.25 s, 1.7 s at 0.05 s. The environment may override it.
 REPORT_POLL_S = "0.05"
+# Train V2 starts a PreemptionWatcher actor per run (one more process importing Ray Train:
+# ~2.6 CPU-s per trial, measured) to react to a node's drain notice. A ce-ray trial
+# checkpoints every epoch and Tune retries a trial whose node went away from that checkpoint,
+# so the watcher saves at most one epoch; on one machine it only logs an object-store error
+# line per trial. Off unless the environment turns it on (RAY_TRAIN_ENABLE_PREEMPTION_WATCHER).
+PREEMPTION_WATCHER = "0"
 
 
 def run_trial(trial: dict, datasets: list) -> None:
@@ -71,6 +77,7 @@ def run_trial(trial: dict, datasets: list) -> None:
     from ce_ray.worker.loop import train_point
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", PREEMPTION_WATCHER)
     config = SweepConfig.from_json(trial["sweep"])
     trial_id = tune.get_context().get_trial_id()
     record = records.record_location(trial["experiment_dir"], trial_id)
@@ -289,25 +296,11 @@ def _trial_name(trial: Trial) -> str:
     return f"{label}-{seeds}-{trial.trial_id}"
 
 
-class FailureLines(tune.Callback):
-    """One line in the driver's output for each failed start of a trial (a stall, a lost
-    node, an error in training): whether Tune retries it from its checkpoint or gives up."""
-
-    def __init__(self, log: Log):
-        self.log = log
-
-    def _line(self, trial: Trial, verdict: str) -> None:
-        local = trial.error_file  # written on this node before the callbacks run
-        text = Path(local).read_text() if local and os.path.exists(local) else trial.get_error()
-        lines = [line.strip() for line in str(text or "").splitlines()]
-        reason = next((line for line in reversed(lines) if line), "see its error file")
-        self.log(f"[sweep] trial {_trial_name(trial)} failed, {verdict}: {reason}")
-
-    def on_trial_recover(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
-        self._line(trial, "retrying from its checkpoint")
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
-        self._line(trial, "no retries left")
+def _trial_label(trial: Trial) -> str:
+    """``4x6d seeds [0, 1]``: the point and the seed indices a trial trains."""
+    point, indices = trial.config["point"], trial.config["seed_indices"]
+    label = SweepConfig.from_json(trial.config["sweep"]).spec.space.label(point["m"], point["n"])
+    return f"{label} seeds {indices}"
 
 
 def _new_tuner(
@@ -316,7 +309,7 @@ def _new_tuner(
     directory: str,
     concurrency: int,
     max_failures: int,
-    verbose: int,
+    verbose: bool,
     stall_timeout_s: float,
     log: Log,
 ) -> tune.Tuner:
@@ -351,8 +344,10 @@ def _new_tuner(
             name="tune",
             storage_path=directory,
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            callbacks=[FailureLines(log)],
-            verbose=verbose,
+            callbacks=[SweepConsole(log, _trial_label, config.epochs)],
+            verbose=1 if verbose else 0,
+            # Each trial actor's stdout and stderr, kept in its Tune directory.
+            log_to_file=True,
         ),
     )
 
@@ -396,7 +391,7 @@ def run_sweep(
     *,
     max_concurrent_trials: int | None = None,
     max_failures: int = 2,
-    verbose: int = 1,
+    verbose: bool | None = None,
     datasets: tuple | None = None,
     stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
     log: Log = print_line,
@@ -411,8 +406,13 @@ def run_sweep(
     ``config.data_root``); they go to Ray's object store once and every trial's workers read
     them from there. ``max_failures``: restarts per trial (Tune's and Train's);
     ``stall_timeout_s``: the least time without progress after which a trial fails (and is
-    retried from its checkpoint while restarts remain).
+    retried from its checkpoint while restarts remain). ``verbose``: Tune's status tables as
+    well as ce-ray's lines (default: ``CE_RAY_VERBOSE``; the caller's ``ray.init`` decides
+    whether the workers' output reaches this process).
     """
+    verbose = console.verbose_from_env(bool(verbose))
+    if not verbose:
+        console.quiet_tune()
     experiment = experiment or default_experiment(config)
     directory = storage.join(results, experiment)
     if config.alpha is None:

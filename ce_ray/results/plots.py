@@ -5,7 +5,9 @@
   (efficiency rho) over n, trained points marked (Fig. 3 style).
 * :func:`nmk_png`, :func:`drift_png` -- Fig. 2 (Lemma 1) and Theorem 1.
 * :func:`test_error_png` -- a sweep: test error (mean of the last 10 epochs) against n, mean
-  and standard error over seeds (Fig. 6 style).
+  and standard error over seeds (Fig. 6 style), ticks at the trained widths.
+* :func:`error_against_variance_png` -- a sweep: test error against each point's predicted
+  Var(K_e), points labelled (Fig. 4/6 view).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ce_ray.theory.alpha import AlphaFit
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the headless backend
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
 
 def _png(figure: Figure, dpi: int = 110) -> bytes:
@@ -87,8 +90,10 @@ def curves_png(curves: pd.DataFrame, trained_widths: set[int]) -> bytes:
     return _png(figure)
 
 
-def test_error_png(summary: pd.DataFrame, formulation: str) -> bytes:
-    """``summary``: ``ce_ray.results.report.summary`` of the trials."""
+def test_error_figure(summary: pd.DataFrame, formulation: str) -> Figure:
+    """Test error against n on a log axis whose ticks are the trained widths (no minor
+    ticks: on a short log range matplotlib's ``3x10^0`` labels overlap). ``summary``:
+    ``ce_ray.results.report.summary`` of the trials."""
     figure, axes = plt.subplots(figsize=(6.5, 4.2))
     axes.errorbar(
         summary["n"],
@@ -106,10 +111,47 @@ def test_error_png(summary: pd.DataFrame, formulation: str) -> bytes:
             xytext=(4, 4),
         )
     axes.set_xscale("log")
+    widths = sorted(int(n) for n in summary["n"])
+    axes.xaxis.set_major_locator(FixedLocator(widths))
+    axes.xaxis.set_major_formatter(FixedFormatter([str(n) for n in widths]))
+    axes.xaxis.set_minor_locator(NullLocator())
     axes.set_xlabel("member width n")
     axes.set_ylabel("test error (%), mean of the last 10 epochs")
     axes.set_title(f"Points on the {formulation} curve (mean +- s.e. over seeds)")
-    return _png(figure)
+    return figure
+
+
+def test_error_png(summary: pd.DataFrame, formulation: str) -> bytes:
+    return _png(test_error_figure(summary, formulation))
+
+
+def error_against_variance_figure(summary: pd.DataFrame, formulation: str) -> Figure:
+    """The paper's Fig. 4/6 view: each point's test error against its predicted Var(K_e)
+    (Eq. 12), labelled ``MxNd``; the primal curve's claim is that error grows with it."""
+    figure, axes = plt.subplots(figsize=(6.5, 4.2))
+    axes.errorbar(
+        summary["var_ensemble"],
+        summary["test_error"],
+        yerr=summary["test_error_se"].fillna(0),
+        fmt="o",
+        capsize=3,
+    )
+    for _, row in summary.iterrows():
+        axes.annotate(
+            row["label"],
+            (row["var_ensemble"], row["test_error"]),
+            fontsize=8,
+            textcoords="offset points",
+            xytext=(4, 4),
+        )
+    axes.set_xlabel("predicted Var(K_e) (Eq. 12)")
+    axes.set_ylabel("test error (%), mean of the last 10 epochs")
+    axes.set_title(f"Test error against the predicted variance ({formulation} points)")
+    return figure
+
+
+def error_against_variance_png(summary: pd.DataFrame, formulation: str) -> bytes:
+    return _png(error_against_variance_figure(summary, formulation))
 
 
 def nmk_png(

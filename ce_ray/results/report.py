@@ -5,7 +5,8 @@ The table has one row per point: label, params, rho, predicted Var(K_e), the pap
 (each trial's mean over its last 10 epochs; mean and standard error over seeds), status and
 retries. The ranking is Spearman's correlation between the predictor -- Var(K_e) on the primal
 curve, rho on the dual -- and that test error, with a bootstrap interval over seeds. The plots
-are ``curves.png`` and ``test_error.png`` in the results directory.
+are ``curves.png``, ``test_error.png`` and ``error_vs_variance.png`` in the results
+directory.
 """
 
 from __future__ import annotations
@@ -134,6 +135,8 @@ def write_plots(directory: str, trials: pd.DataFrame, table: pd.DataFrame) -> No
         storage.write_bytes(png, storage.join(directory, "curves.png"))
     png = plots.test_error_png(table, formulation)
     storage.write_bytes(png, storage.join(directory, "test_error.png"))
+    png = plots.error_against_variance_png(table, formulation)
+    storage.write_bytes(png, storage.join(directory, "error_vs_variance.png"))
 
 
 def _sweep_seed(directory: str) -> int:
@@ -173,7 +176,8 @@ def report(directory: str, with_plots: bool = True) -> str:
         lines.insert(2, ranking.describe())
     if with_plots and len(trials):
         write_plots(directory, trials, table)
-        lines.append(f"plots: {directory}/curves.png, {directory}/test_error.png")
+        names = ("curves.png", "test_error.png", "error_vs_variance.png")
+        lines.append("plots: " + ", ".join(f"{directory}/{name}" for name in names))
     elif with_plots:
         lines.append("plots: none (no trial has finished yet)")
     return "\n".join(lines)

@@ -4,13 +4,8 @@ of their own (as an instance profile gives them) but without the endpoint: the d
 only that, non-secret, to its tasks and workers.
 """
 
-import json
-import os
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,56 +13,26 @@ import pytest
 from ce_ray import cli
 from ce_ray.configs import FitConfig
 from ce_ray.experiments import fit_alpha as fa
+from ce_ray.experiments.shards import plan_shards, sample_shard
 from ce_ray.results import storage
-from tests.conftest import short_tmpdir
+from ce_ray.worker import records
 
-ROOT = Path(__file__).resolve().parents[2]
-FIT = [
-    "--preset",
-    "mnist-mlp-block",
-    "--widths",
-    "8,16,32",
-    "--samples",
-    "2000",
-    "--shard-size",
-    "250",
-    "--bootstrap",
-    "50",
-    "--seed",
-    "3",
-]
 SWEEP = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "1"]
+#: Epochs of the sweep that loses a node after its 5th: each writes a checkpoint to S3.
+LOST_EPOCHS = 16
 
 pytestmark = pytest.mark.usefixtures("multi_node")
 
 
 @pytest.fixture(scope="module")
-def single_node_alpha(tmp_path_factory):
-    """The same fit as a plain script on its own one-node cluster (another RAY_TMPDIR)."""
-    results = tmp_path_factory.mktemp("single")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_TMPDIR"] = short_tmpdir()
-    run = subprocess.run(
-        [
-            sys.executable,
-            "jobs/fit_alpha.py",
-            *FIT,
-            "--workers",
-            "2",
-            "--results",
-            str(results),
-            "--experiment",
-            "single",
-            "--json",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    return pd.read_parquet(results / "single/fit_alpha/alpha.parquet").loc[0, "alpha"]
+def one_process_alpha(tmp_path_factory) -> float:
+    """FIT's alpha computed in this process, shard after shard, with no Ray at all: what the
+    cluster's tasks must reproduce to the last bit, wherever they ran."""
+    config = fit_config()
+    directory = str(tmp_path_factory.mktemp("one-process"))
+    for shard in plan_shards(config):
+        sample_shard(config, shard, storage.join(directory, "shards"))
+    return fa.fit_from_shards(config, directory, bootstrap=50).alpha
 
 
 def shard_nodes(directory: str) -> set[str]:
@@ -80,52 +45,40 @@ def worker_ids(multi_node) -> set[str]:
     return {node.node_id for node in multi_node[1]}
 
 
-def fit(results: str, experiment: str) -> fa.FitResult:
-    """FIT's settings, through the library."""
-    config = FitConfig.from_preset(
+def fit_config() -> FitConfig:
+    return FitConfig.from_preset(
         "mnist-mlp-block", widths=(8, 16, 32), samples=2000, shard_size=250, seed=3
     )
-    return fa.fit_alpha(config, results, experiment, workers=2, bootstrap=50, log=lambda _: None)
 
 
-def test_fit_alpha_shards_run_on_both_workers_and_alpha_matches_one_node(
-    multi_node, s3, single_node_alpha
+def fit(results: str, experiment: str) -> fa.FitResult:
+    return fa.fit_alpha(
+        fit_config(), results, experiment, workers=2, bootstrap=50, log=lambda _: None
+    )
+
+
+def test_fit_alpha_shards_run_on_both_workers_and_alpha_matches_one_process(
+    multi_node, s3, one_process_alpha
 ):
     server, bucket = s3
     from ce_ray.experiments import cluster
 
     cluster.init_ray(f"s3://{bucket}/fits")
     result = fit(f"s3://{bucket}/fits", "multi")
-    assert result.alpha == single_node_alpha  # to the last bit
+    assert result.alpha == one_process_alpha  # to the last bit
     assert shard_nodes(result.directory) == worker_ids(multi_node)  # both workers, not the head
     alpha = pd.read_parquet(f"s3://{bucket}/fits/multi/fit_alpha/alpha.parquet")  # pandas alone
-    assert alpha.loc[0, "alpha"] == single_node_alpha
-
-
-def test_sweep_trains_on_the_workers_and_writes_to_s3(multi_node, s3):
-    server, bucket = s3
-    results = f"s3://{bucket}/sweeps"
-    args = [*SWEEP, "--epochs", "3", "--results", results, "--experiment", "s3"]
-    assert cli.main(["sweep", "primal", *args]) == 0
-    trials = pd.read_parquet(f"{results}/s3/trials.parquet")
-    epochs = pd.read_parquet(f"{results}/s3/epochs.parquet")
-    assert len(trials) == 2 and (trials["status"] == "finished").all()
-    assert len(epochs) == 6 and set(epochs["node_id"]) <= worker_ids(multi_node)
-    keys = server.keys(bucket)
-    for name in (
-        "trials.parquet",
-        "epochs.parquet",
-        "curves.parquet",
-        "curves.png",
-        "test_error.png",
-        "sweep.json",
-    ):
-        assert f"sweeps/s3/{name}" in keys
-    assert any(k.startswith("sweeps/s3/tune/") for k in keys)
-    assert any(k.startswith("sweeps/s3/train/") and "checkpoint" in k for k in keys)
-    # A rerun resumes from S3: nothing is trained again.
-    assert cli.main(["sweep", "primal", *args]) == 0
-    pd.testing.assert_frame_equal(epochs, pd.read_parquet(f"{results}/s3/epochs.parquet"))
+    assert alpha.loc[0, "alpha"] == one_process_alpha
+    keys = {k.removeprefix("fits/multi/fit_alpha/") for k in server.keys(bucket)}
+    assert {"alpha.png", "config.json", "moments.parquet", "alpha.parquet"} <= keys
+    assert len([k for k in keys if k.startswith("shards/w")]) == len(plan_shards(fit_config()))
+    # A rerun resumes from S3: every shard is there, none is sampled again.
+    lines: list[str] = []
+    config = fit_config()
+    again = fa.fit_alpha(config, f"s3://{bucket}/fits", "multi", 2, bootstrap=50, log=lines.append)
+    assert again.alpha == one_process_alpha
+    shards = len(plan_shards(config))
+    assert f"[fit-alpha] resuming: {shards}/{shards} shards already on storage" in lines, lines
 
 
 def _remove_a_worker_once(multi_node, choose) -> str:
@@ -144,36 +97,51 @@ def _remove_a_worker_once(multi_node, choose) -> str:
     return victim_id
 
 
-def _training_node(experiment_dir: Path, after_epochs: int) -> str | None:
-    """The node training a trial that has trained ``after_epochs`` epochs, from its record."""
-    for record in experiment_dir.glob("records/*.json"):
+def _training_node(experiment_dir: str, after_epochs: int) -> str | None:
+    """The node training a trial that has trained ``after_epochs`` epochs, from its record
+    (on S3: the records live with the results)."""
+    directory = storage.join(experiment_dir, "records")
+    try:
+        names = storage.list_files(directory, ".json")
+    except OSError:  # not written yet
+        return None
+    for name in names:
         try:
-            epochs = json.loads(record.read_text())["epochs"]
-        except (OSError, ValueError):
+            epochs = records.read_reports(storage.join(directory, name))
+        except (OSError, ValueError):  # replaced while being read
             continue
         if len(epochs) >= after_epochs:
             return epochs[-1]["node_id"]
     return None
 
 
-def test_a_lost_node_mid_sweep_continues_from_checkpoints(multi_node, tmp_path):
-    args = [*SWEEP, "--epochs", "40", "--results", str(tmp_path), "--experiment", "lost"]
+def test_a_sweep_trains_on_the_workers_writes_to_s3_and_outlives_a_lost_node(multi_node, s3):
+    """Results on S3; a worker node is removed while it trains, a fresh one joins. The trial
+    goes on elsewhere from its checkpoint; a rerun resumes from S3 and trains nothing."""
+    server, bucket = s3
+    results = f"s3://{bucket}/sweeps"
+    experiment = f"{results}/lost"
+    args = [*SWEEP, "--epochs", str(LOST_EPOCHS), "--results", results, "--experiment", "lost"]
     outcome = {}
     thread = threading.Thread(
         target=lambda: outcome.setdefault("rc", cli.main(["sweep", "dual", *args]))
     )
     thread.start()
-
-    removed = _remove_a_worker_once(multi_node, lambda: _training_node(tmp_path / "lost", 5))
+    removed = _remove_a_worker_once(multi_node, lambda: _training_node(experiment, 5))
     thread.join(timeout=600)
     assert outcome.get("rc") == 0
-    trials = pd.read_parquet(tmp_path / "lost/trials.parquet")
-    epochs = pd.read_parquet(tmp_path / "lost/epochs.parquet")
+    trials = pd.read_parquet(f"{experiment}/trials.parquet")  # pandas alone reads S3
+    epochs = pd.read_parquet(f"{experiment}/epochs.parquet")
     assert len(trials) == 2 and trials.groupby(["n", "seed_index"]).size().eq(1).all()
-    assert (trials["status"] == "finished").all()
+    assert (trials["status"] == "finished").all() and set(trials["formulation"]) == {"dual"}
     assert (
-        epochs.groupby("trial_id")["epoch"].apply(list).map(lambda e: e == list(range(1, 41))).all()
+        epochs.groupby("trial_id")["epoch"]
+        .apply(list)
+        .map(lambda e: e == list(range(1, LOST_EPOCHS + 1)))
+        .all()
     )
+    # On the worker nodes only (the one removed, the two there now), never on the head.
+    assert set(epochs["node_id"]) <= worker_ids(multi_node) | {removed}
     lost = epochs[epochs["node_id"] == removed]
     assert len(lost), "no trial trained on the removed node"
     for trial_id, history in epochs.groupby("trial_id"):
@@ -188,9 +156,24 @@ def test_a_lost_node_mid_sweep_continues_from_checkpoints(multi_node, tmp_path):
                 and removed not in set(after["node_id"])
             )
             assert trials.set_index("trial_id").loc[trial_id, "retries"] >= 1
+    keys = server.keys(bucket)
+    for name in (
+        "trials.parquet",
+        "epochs.parquet",
+        "curves.parquet",
+        "curves.png",
+        "test_error.png",
+        "sweep.json",
+    ):
+        assert f"sweeps/lost/{name}" in keys
+    assert any(k.startswith("sweeps/lost/tune/") for k in keys)
+    assert any(k.startswith("sweeps/lost/train/") and "checkpoint" in k for k in keys)
+    # A rerun resumes from S3: nothing is trained again.
+    assert cli.main(["sweep", "dual", *args]) == 0
+    pd.testing.assert_frame_equal(epochs, pd.read_parquet(f"{experiment}/epochs.parquet"))
 
 
-def test_a_lost_node_mid_fit_alpha_gives_the_same_alpha(multi_node, tmp_path, single_node_alpha):
+def test_a_lost_node_mid_fit_alpha_gives_the_same_alpha(multi_node, tmp_path, one_process_alpha):
     from ce_ray.experiments import cluster
 
     cluster.init_ray(str(tmp_path))
@@ -206,5 +189,5 @@ def test_a_lost_node_mid_fit_alpha_gives_the_same_alpha(multi_node, tmp_path, si
 
     removed = _remove_a_worker_once(multi_node, a_node_with_shards)
     thread.join(timeout=600)
-    assert outcome["r"].alpha == single_node_alpha
+    assert outcome["r"].alpha == one_process_alpha
     assert removed in shard_nodes(str(tmp_path / "lost/fit_alpha"))

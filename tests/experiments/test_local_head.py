@@ -1,10 +1,15 @@
-"""Sweeps submitted with `ray job submit` to real heads: a job stopped mid-sweep and
-submitted again, and a cluster that starts with no worker nodes and grows (Ray's fake
-autoscaler). Each head runs in its own process group and RAY_TMPDIR and is stopped by that
-group; storage variables reach the job only through its runtime environment."""
+"""Jobs submitted with `ray job submit` to real heads: a cluster that starts with no worker
+nodes and grows (Ray's fake autoscaler); and, on one head started from a shell that holds AWS
+credentials (as a user's does), fit-alpha submitted twice with its results on a real S3 API,
+a sweep job stopped mid-sweep and submitted again -- after which the secret key and session
+token are in no job of Ray's job table, no file of the head's session directory, no process's
+command line and no result. Each head runs in its own process group and RAY_TMPDIR and is
+stopped by that group; storage settings reach a job only through its runtime environment,
+and never a secret."""
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import time
@@ -13,10 +18,14 @@ from pathlib import Path
 
 import pandas as pd
 import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from ce_ray.experiments import local_head
-from tests.conftest import epochs_so_far
+from ce_ray.worker import records
+from tests import leaks
+from tests.conftest import epochs_so_far, short_tmpdir
 
 # Each test starts its own Ray head (a subprocess), as a user's shell would.
 pytestmark = pytest.mark.ray
@@ -38,100 +47,10 @@ def submit(
         command += ["--submission-id", job_id]
     if not wait:
         command += ["--no-wait"]
-    command += ["--", "python", "jobs/primal_curve.py", *job_args]
+    command += ["--", "python", *job_args]
     return subprocess.run(
         command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
-
-
-@pytest.fixture
-def head(ray_tmpdir):
-    env = local_head.head_env({"RAY_TMPDIR": ray_tmpdir})
-    dashboard = local_head.free_port()
-    process = local_head.start_head(
-        local_head.free_port(),
-        dashboard,
-        env,
-        ["--num-cpus=2"],
-        log_path=f"{ray_tmpdir}/head.log",
-    )
-    try:
-        yield f"http://127.0.0.1:{dashboard}", env
-    finally:
-        local_head.stop_head(process)
-
-
-def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_rest(head, tmp_path):
-    address, env = head
-    epochs = 60
-    job = [
-        "--preset",
-        "synthetic-mlp",
-        "--alpha",
-        "2.0",
-        "--points",
-        "2",
-        "--seeds",
-        "1",
-        "--epochs",
-        str(epochs),
-        "--max-concurrent-trials",
-        "1",
-        "--results",
-        str(tmp_path),
-        "--experiment",
-        "stop",
-        "--no-report",
-    ]
-    job_id = f"ce-ray-stop-{uuid.uuid4().hex[:8]}"
-    first = submit(address, env, *job, job_id=job_id, wait=False)
-    assert first.returncode == 0, first.stderr[-2000:]
-    deadline = time.monotonic() + 300
-
-    def one_finished_and_the_next_begun() -> bool:
-        lines = sorted(epochs_so_far(tmp_path / "stop"))
-        return len(lines) == 2 and lines[0] >= 5 and lines[1] >= epochs
-
-    # One trial at a time: stop once the first has finished and the second is under way
-    # (with most of its epochs still to go: the stop takes a few seconds to land).
-    while not one_finished_and_the_next_begun():
-        assert time.monotonic() < deadline, "the sweep never got there"
-        time.sleep(0.05)
-    subprocess.run(
-        [RAY, "job", "stop", "--address", address, job_id],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-
-    started = time.monotonic()
-    again = submit(address, env, *job)
-    resumed_in = time.monotonic() - started
-    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
-    assert "resuming" in again.stdout
-    trials = pd.read_parquet(tmp_path / "stop/trials.parquet")
-    history = pd.read_parquet(tmp_path / "stop/epochs.parquet")
-    assert len(trials) == 2 and trials.groupby(["n", "seed_index"]).size().eq(1).all()
-    assert (trials["status"] == "finished").all()
-    assert (
-        history.groupby("trial_id")["epoch"]
-        .apply(list)
-        .map(lambda e: e == list(range(1, epochs + 1)))
-        .all()
-    )
-    restarted = trials[trials["retries"] > 0]
-    assert len(restarted) >= 1  # the trial that was running when the job stopped
-    for trial_id in restarted["trial_id"]:
-        epochs_of = history[history["trial_id"] == trial_id]
-        before = epochs_of.loc[epochs_of["attempt"] == 0, "epoch"].max()
-        assert before >= 5  # it kept what it had trained ...
-        assert (
-            epochs_of.loc[epochs_of["attempt"] == 1, "epoch"].min() == before + 1
-        )  # ... and went on
-    done_first = trials[trials["retries"] == 0]
-    assert len(done_first) >= 1  # the trial that had finished was not trained again
-    print(f"\n[figures] resubmitted sweep finished in {resumed_in:.1f} s")
 
 
 def fake_autoscaler_config(gcs_port: int, max_workers: int) -> dict:
@@ -251,3 +170,159 @@ def test_the_auth_token_is_private_whoever_made_it(tmp_path):
     local_head.ensure_auth_token(env)
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
     assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+
+
+@pytest.fixture(scope="module")
+def shell(s3_server) -> dict:
+    """The user's shell: fake AWS keys, the S3 API's endpoint, and a new bucket in it."""
+    bucket = f"ce-ray-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    return {"env": leaks.secret_shell(s3_server.endpoint), "bucket": bucket, "s3": s3_server}
+
+
+@pytest.fixture(scope="module")
+def head(shell, tmp_path_factory):
+    """A 2-CPU head started from ``shell``, a watch on every command line from before it
+    starts, and a results directory for the jobs submitted to it."""
+    tmpdir = short_tmpdir()
+    env = local_head.head_env({"RAY_TMPDIR": tmpdir} | shell["env"])
+    env.pop("RAY_ADDRESS", None)
+    watch = leaks.CommandLineWatch()
+    dashboard = local_head.free_port()
+    process = local_head.start_head(
+        local_head.free_port(), dashboard, env, ["--num-cpus=2"], log_path=f"{tmpdir}/head.log"
+    )
+    try:
+        yield {
+            "address": f"http://127.0.0.1:{dashboard}",
+            "env": env,
+            "tmpdir": tmpdir,
+            "watch": watch,
+            "results": tmp_path_factory.mktemp("submitted"),
+        }
+    finally:
+        local_head.stop_head(process)
+        watch.stop()
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+FIT = ["--preset", "mnist-mlp-block", "--widths", "8,16,32", "--samples", "1000"]
+
+
+def test_fit_alpha_submitted_twice_resumes_from_s3(head, shell):
+    results = f"s3://{shell['bucket']}/fits"
+    job = ["jobs/fit_alpha.py", *FIT, "--bootstrap", "100", "--results", results]
+    first = submit(head["address"], head["env"], *job, "--experiment", "submitted")
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    assert "succeeded" in first.stdout + first.stderr
+    stored = (
+        shell["s3"]
+        .client()
+        .get_object(Bucket=shell["bucket"], Key="fits/submitted/fit_alpha/alpha.parquet")
+    )
+    alpha = pq.read_table(pa.BufferReader(stored["Body"].read()))["alpha"][0].as_py()
+    assert f"alpha = {alpha:.4f}" in first.stdout
+
+    again = submit(head["address"], head["env"], *job, "--experiment", "submitted")
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert "resuming: 3/3 shards already on storage" in again.stdout
+    assert f"alpha = {alpha:.4f}" in again.stdout
+
+
+def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_rest(head):
+    """Each trial trains two packed seeds on two DDP workers (gloo), so the trials run one at
+    a time on the head's 2 CPUs; the job is stopped once the first has finished and the
+    second is under way. Every test example counts once in each seed's test error."""
+    address, env, tmp_path = head["address"], head["env"], head["results"]
+    epochs = 60
+    job = [
+        "jobs/primal_curve.py",
+        "--preset",
+        "synthetic-mlp",
+        "--alpha",
+        "2.0",
+        "--points",
+        "2",
+        "--seeds",
+        "2",
+        "--pack-seeds",
+        "--workers-per-trial",
+        "2",
+        "--epochs",
+        str(epochs),
+        "--results",
+        str(tmp_path),
+        "--experiment",
+        "stop",
+        "--no-report",
+    ]
+    job_id = f"ce-ray-stop-{uuid.uuid4().hex[:8]}"
+    first = submit(address, env, *job, job_id=job_id, wait=False)
+    assert first.returncode == 0, first.stderr[-2000:]
+    deadline = time.monotonic() + 300
+
+    def one_finished_and_the_next_begun() -> bool:
+        lines = sorted(epochs_so_far(tmp_path / "stop"))
+        return len(lines) == 2 and lines[0] >= 5 and lines[1] >= epochs
+
+    # One trial at a time: stop once the first has finished and the second is under way
+    # (with most of its epochs still to go: the stop takes a few seconds to land).
+    while not one_finished_and_the_next_begun():
+        assert time.monotonic() < deadline, "the sweep never got there"
+        time.sleep(0.05)
+    subprocess.run(
+        [RAY, "job", "stop", "--address", address, job_id],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+    started = time.monotonic()
+    again = submit(address, env, *job)
+    resumed_in = time.monotonic() - started
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert "resuming" in again.stdout
+    trials = pd.read_parquet(tmp_path / "stop/trials.parquet")
+    history = pd.read_parquet(tmp_path / "stop/epochs.parquet")
+    assert len(trials) == 4 and trials.groupby(["n", "seed_index"]).size().eq(1).all()
+    assert trials["trial_id"].nunique() == 2 and (trials["packed_seeds"] == 2).all()
+    assert (trials["status"] == "finished").all()
+    assert trials.groupby("n")["final_train_loss"].nunique().eq(2).all()  # seeds differ
+    assert (
+        history.groupby(["trial_id", "seed_index"])["epoch"]
+        .apply(list)
+        .map(lambda e: e == list(range(1, epochs + 1)))
+        .all()
+    )
+    for record in (tmp_path / "stop/records").glob("*.json"):
+        # gloo all-reduce of both ranks' counts: the 128 test examples, each once.
+        rows = records.read_epochs(str(record))
+        assert len(rows) == 2 * epochs and all(e["test_examples"] == 128 for e in rows)
+        assert all((e["test_error"] * 128 / 100) % 1 < 1e-9 for e in rows)
+    restarted = trials[trials["retries"] > 0]
+    assert len(restarted) >= 1  # the trial that was running when the job stopped
+    for trial_id in restarted["trial_id"]:
+        epochs_of = history[history["trial_id"] == trial_id]
+        before = epochs_of.loc[epochs_of["attempt"] == 0, "epoch"].max()
+        assert before >= 5  # it kept what it had trained ...
+        assert (
+            epochs_of.loc[epochs_of["attempt"] == 1, "epoch"].min() == before + 1
+        )  # ... and went on
+    done_first = trials[trials["retries"] == 0]
+    assert len(done_first) >= 1  # the trial that had finished was not trained again
+    print(f"\n[figures] resubmitted sweep finished in {resumed_in:.1f} s")
+
+
+def test_no_credential_reached_the_job_table_session_files_command_lines_or_results(head, shell):
+    """After the jobs above (run alone, it checks a head that ran none)."""
+    from ray.job_submission import JobSubmissionClient
+
+    token = (Path(head["env"]["HOME"]) / ".ray/auth_token").read_text().strip()
+    client = JobSubmissionClient(head["address"], headers={"Authorization": f"Bearer {token}"})
+    table = json.dumps([vars(job) for job in client.list_jobs()], default=str)
+    assert not leaks.holds_a_secret(table)
+    assert not leaks.files_holding_a_secret(head["tmpdir"])
+    assert not head["watch"].leaks
+    assert not leaks.files_holding_a_secret(head["results"])
+    assert not leaks.s3_objects_holding_a_secret(shell["s3"].client(), shell["bucket"])

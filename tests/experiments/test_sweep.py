@@ -3,6 +3,8 @@
 import contextlib
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -20,7 +22,6 @@ from ce_ray.experiments.sweep import run_sweep
 from ce_ray.presets import FIT_PRESETS, SWEEP_PRESETS
 from ce_ray.theory.curves import curve, select_points
 from ce_ray.theory.spaces import FCSpace
-from ce_ray.worker import records
 from tests.conftest import epochs_so_far
 
 TINY = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "2"]
@@ -146,41 +147,60 @@ def test_sweep_writes_parquet_and_resumes_without_retraining(shared_run, capsys)
     assert f"different configuration (epochs: {EPOCHS} -> 3)" in capsys.readouterr().err
 
 
-def kill_a_training_worker_after(tmp_path, experiment: str, epochs: int, thread) -> int | None:
-    """SIGKILL one Ray Train worker once some trial has trained ``epochs`` epochs."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and thread.is_alive():
-        if any(n >= epochs for n in epochs_so_far(tmp_path / experiment)):
-            for process in psutil.process_iter(["cmdline"]):
-                if (process.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker"):
-                    process.kill()
-                    return process.pid
-        time.sleep(0.02)
-    return None
+def training_workers() -> dict[int, int]:
+    """pid -> the epochs its trial had trained when it was seen, of every Ray Train worker."""
+    return {
+        p.pid: 0
+        for p in psutil.process_iter(["cmdline"])
+        if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")
+    }
 
 
-def test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result(
+def test_a_killed_and_a_stopped_worker_resume_from_their_checkpoints_with_the_same_result(
     shared_run, tmp_path
 ):
-    """With packed seeds (the synthetic preset's default): a trial's checkpoint holds both
-    seeds' weights and optimizer states. The uninterrupted run is the shared one."""
-    common = [*SHARED, "--results", str(tmp_path), "--no-report"]
+    """The shared run again, with one trial's training worker killed (SIGKILL: Train restarts
+    its worker group) and the other's stopped (SIGSTOP: alive, holding its CPU, making no
+    progress -- the trial stalls past its limit, fails in one line and Tune retries it). Both
+    go on from their checkpoints, which hold both packed seeds' weights and optimizer states,
+    and end with the uninterrupted run's numbers."""
     whole = pd.read_parquet(shared_run[0] / "s/trials.parquet").set_index(["n", "seed_index"])
-
-    outcome = {}
-    args = [*common, "--experiment", "kill"]
-    thread = threading.Thread(
-        target=lambda: outcome.setdefault("rc", cli.main(["sweep", "primal", *args]))
+    config = SweepConfig.from_preset(
+        "synthetic-mlp", alpha=2.0, num_points=2, seeds=2, epochs=EPOCHS, pack_seeds=True
     )
-    thread.start()
-    killed = kill_a_training_worker_after(tmp_path, "kill", epochs=10, thread=thread)
-    thread.join(timeout=600)
-    assert killed is not None, "no training worker was found to kill"
-    assert outcome.get("rc") == 0
-    trials = pd.read_parquet(tmp_path / "kill/trials.parquet").set_index(["n", "seed_index"])
-    epochs = pd.read_parquet(tmp_path / "kill/epochs.parquet")
-    assert (trials["status"] == "finished").all() and trials["retries"].sum() >= 1
-    assert len(trials) == 4 and (trials["packed_seeds"] == 2).all()
+    lines: list[str] = []
+    # The stall limit must outlast the killed trial's restart by Train (a new worker process
+    # importing torch and Ray Train: ~10 s on 2 busy CPUs), which no beat interrupts.
+    sweep = threading.Thread(
+        target=lambda: run_sweep(
+            config, str(tmp_path), "hit", stall_timeout_s=30.0, log=lines.append
+        )
+    )
+    sweep.start()
+    deadline = time.monotonic() + 180
+    while not (
+        len(workers := training_workers()) == 2
+        and all(n >= 10 for n in epochs_so_far(tmp_path / "hit"))
+        and len(epochs_so_far(tmp_path / "hit")) == 2
+    ):
+        assert time.monotonic() < deadline and sweep.is_alive(), "the trials never got there"
+        time.sleep(0.02)
+    killed, stopped = sorted(workers)
+    os.kill(killed, signal.SIGKILL)
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        sweep.join(timeout=400)
+    finally:
+        if psutil.pid_exists(stopped):
+            os.kill(stopped, signal.SIGCONT)
+    assert not sweep.is_alive()
+    (failure,) = [line for line in lines if "failed, retrying from its checkpoint:" in line]
+    assert "stalled: no progress for" in failure, failure
+    trials = pd.read_parquet(tmp_path / "hit/trials.parquet").set_index(["n", "seed_index"])
+    epochs = pd.read_parquet(tmp_path / "hit/epochs.parquet")
+    assert (trials["status"] == "finished").all() and len(trials) == 4
+    assert (trials["packed_seeds"] == 2).all()
+    assert trials["retries"].sum() >= 2  # Train's restart of one, Tune's retry of the other
     # Each epoch once, in order, whoever trained it.
     by_seed = epochs.groupby(["trial_id", "seed_index"])
     assert by_seed["epoch"].apply(list).map(lambda e: e == list(range(1, EPOCHS + 1))).all()
@@ -200,43 +220,6 @@ def test_killed_training_worker_resumes_from_its_checkpoint_with_the_same_result
         pd.testing.assert_series_equal(trials[column], whole[column])
 
 
-@pytest.mark.usefixtures("ray_cluster")
-def test_a_two_worker_trial_scores_the_whole_test_set_once(tmp_path):
-    """Two DDP workers training two packed seeds: each seed's test error counts every test
-    example once."""
-    args = [
-        "--preset",
-        "synthetic-mlp",
-        "--alpha",
-        "2.0",
-        "--points",
-        "2",
-        "--seeds",
-        "2",
-        "--pack-seeds",
-        "--epochs",
-        "2",
-        "--workers-per-trial",
-        "2",
-        "--results",
-        str(tmp_path),
-        "--experiment",
-        "ddp",
-        "--no-report",
-    ]
-    assert cli.main(["sweep", "primal", *args]) == 0
-    trials = pd.read_parquet(tmp_path / "ddp/trials.parquet")
-    assert len(trials) == 4 and (trials["status"] == "finished").all()
-    assert trials["trial_id"].nunique() == 2
-    assert trials.groupby("n")["final_train_loss"].nunique().eq(2).all()  # seeds differ
-    for record in (tmp_path / "ddp/records").glob("*.json"):
-        epochs = records.read_epochs(str(record))
-        assert [(e["epoch"], e["seed_index"]) for e in epochs] == [(1, 0), (1, 1), (2, 0), (2, 1)]
-        # gloo all-reduce of both ranks' counts: the 128 test examples, each once.
-        assert all(e["test_examples"] == 128 for e in epochs)
-        assert all((e["test_error"] * 128 / 100) % 1 < 1e-9 for e in epochs)
-
-
 def test_each_preset_fits_alpha_on_the_block_its_curve_uses():
     widths = np.arange(1, 300)
     for preset in SWEEP_PRESETS.values():
@@ -247,64 +230,60 @@ def test_each_preset_fits_alpha_on_the_block_its_curve_uses():
         assert preset.recipe.epochs >= 1 and preset.recipe.optimizer in ("adam", "sgd")
 
 
-@pytest.mark.usefixtures("ray_cluster")
-def test_asha_stops_losing_points_early_and_rows_say_so(tmp_path):
-    """ASHA's stops land although an epoch here takes milliseconds (a trial's driver reports
-    about once a second): training waits for Tune's decision on its epoch before last."""
+ASHA_EPOCHS = 8
+
+
+def test_packed_seeds_and_loader_processes_change_no_number_and_asha_stops_losers_early(
+    shared_run, tmp_path
+):
+    """The shared run's seeds packed into one model per point, read by the training process
+    alone, against one trial per seed read by 2 DataLoader processes each: the same per-seed
+    losses and errors every epoch (ce_ray.worker.pipeline's seeding), one row per (point,
+    seed) either way. The unpacked run is also an ASHA sweep (it has four trials to rank):
+    its stops land although an epoch takes milliseconds and a trial's driver reports about
+    once a second -- training waits for Tune's decision on its epoch before last."""
     args = [
-        "--preset",
-        "synthetic-mlp",
-        "--alpha",
-        "2.0",
-        "--points",
-        "4",
-        "--seeds",
-        "1",
+        *TINY,
         "--epochs",
-        "8",
-        "--scheduler",
-        "asha",
+        str(ASHA_EPOCHS),
         "--results",
         str(tmp_path),
         "--no-report",
+        "--experiment",
+        "alone",
+        "--no-pack-seeds",
+        "--loader-workers",
+        "2",
+        "--scheduler",
+        "asha",
     ]
-    assert cli.main(["sweep", "dual", *args]) == 0
-    trials = pd.read_parquet(tmp_path / "synthetic-mlp-dual/trials.parquet")
-    assert len(trials) == 4 and set(trials["formulation"]) == {"dual"}
+    assert cli.main(["sweep", "primal", *args]) == 0
+    config = json.loads((tmp_path / "alone/sweep.json").read_text())
+    assert (config["loader_workers"], config["precision"]) == (2, "fp32")
+    trials = pd.read_parquet(tmp_path / "alone/trials.parquet")
+    assert len(trials) == 4 and trials["trial_id"].nunique() == 4
+    assert (trials["packed_seeds"] == 1).all()
     stopped = trials[trials["status"] == "stopped_early"]
     finished = trials[trials["status"] == "finished"]
     assert len(stopped) >= 1 and len(finished) >= 1
     # Rungs at epochs 2 and 4; training runs at most one epoch ahead of Tune's decisions.
     assert set(stopped["epochs_completed"]) <= {2, 3, 4, 5}
-    assert (finished["epochs_completed"] == 8).all()
-    # ASHA keeps the better half at each rung: no stopped point beat every finished one.
+    assert (finished["epochs_completed"] == ASHA_EPOCHS).all()
+    # ASHA keeps the better half at each rung: no stopped trial beat every finished one.
     assert stopped["final_test_error"].min() >= finished["final_test_error"].min()
 
-
-def test_packed_seeds_and_loader_processes_change_no_number(shared_run, tmp_path):
-    """The shared run's seeds packed into one model per point, read by the training process
-    alone, against one trial per seed read by 2 DataLoader processes each: the same per-seed
-    losses and errors every epoch (ce_ray.worker.pipeline's seeding), one row per (point,
-    seed) either way."""
-    common = [*TINY, "--epochs", str(EPOCHS), "--results", str(tmp_path), "--no-report"]
-    args = [*common, "--experiment", "alone", "--no-pack-seeds", "--loader-workers", "2"]
-    assert cli.main(["sweep", "primal", *args]) == 0
-    config = json.loads((tmp_path / "alone/sweep.json").read_text())
-    assert (config["loader_workers"], config["precision"]) == (2, "fp32")
-    runs = {"alone": tmp_path / "alone", "packed": shared_run[0] / "s"}
-    frames = {}
-    for name, directory in runs.items():
-        trials = pd.read_parquet(directory / "trials.parquet")
-        epochs = pd.read_parquet(directory / "epochs.parquet")
-        assert len(trials) == 4 and len(epochs) == 4 * EPOCHS
-        frames[name] = (trials, epochs.set_index(["n", "seed_index", "epoch"]).sort_index())
-    alone, packed = frames["alone"][1], frames["packed"][1]
-    assert frames["alone"][0]["trial_id"].nunique() == 4 and (alone["packed_seeds"] == 1).all()
-    assert frames["packed"][0]["trial_id"].nunique() == 2 and (packed["packed_seeds"] == 2).all()
-    # The seeds differ from one another, and each matches itself trained alone; float
-    # rounding of the packed model's batched products may grow over many epochs: the first
-    # three are compared to the last bit of the error, all of them closely.
+    packed_trials = pd.read_parquet(shared_run[0] / "s/trials.parquet")
+    assert packed_trials["trial_id"].nunique() == 2 and (packed_trials["packed_seeds"] == 2).all()
+    index = ["n", "seed_index", "epoch"]
+    alone = pd.read_parquet(tmp_path / "alone/epochs.parquet").set_index(index).sort_index()
+    packed = pd.read_parquet(shared_run[0] / "s/epochs.parquet").set_index(index).sort_index()
+    assert len(alone) == trials["epochs_completed"].sum()
+    # The seeds differ from one another, and each matches itself trained alone (the epochs
+    # it trained before any stop); float rounding of the packed model's batched products may
+    # grow over many epochs: the first three are compared to the last bit of the error, all
+    # of them closely.
     assert packed.groupby(["n", "epoch"])["train_loss"].nunique().eq(2).all()
+    packed = packed.loc[alone.index]
     early = packed.index.get_level_values("epoch") <= 3
     np.testing.assert_allclose(packed["train_loss"][early], alone["train_loss"][early], rtol=1e-5)
     np.testing.assert_allclose(packed["test_error"][early], alone["test_error"][early], atol=1e-9)

@@ -1,16 +1,16 @@
-"""jobs/fit_alpha.py as a plain script, as `ce-ray fit-alpha`, and through `ray job submit`
-against a real local head. No other Ray cluster runs during this module."""
+"""jobs/fit_alpha.py as a plain script that starts its own cluster, and `ce-ray fit-alpha`'s
+one-line errors (`ray job submit` of it: tests/experiments/test_local_head.py)."""
 
 import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from ce_ray.experiments import local_head
+from tests import leaks
 
 # Each test starts its own Ray head (a subprocess), as a user's shell would.
 pytestmark = pytest.mark.ray
@@ -35,45 +35,55 @@ SMALL = [
 ]
 
 
-def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def run(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        list(args), capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=timeout
+        list(args), capture_output=True, text=True, cwd=ROOT, env=env or ENV, timeout=timeout
     )
 
 
-def test_plain_script_starts_its_own_cluster_and_prints_json(tmp_path):
-    result = run(
+def test_plain_script_starts_its_own_cluster_writes_to_s3_and_leaks_no_credential(
+    s3_server, ray_tmpdir
+):
+    """From a shell holding AWS credentials (as a user's does), with results on a real S3
+    API: the script starts a local cluster of its own and prints JSON (progress on stderr;
+    resuming from S3: tests/experiments/test_cluster.py, test_local_head.py). The secret key
+    and session token appear on no process's command line, in no file of that cluster's
+    session directory, and in no result object."""
+    bucket = f"ce-ray-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    env = ENV | leaks.secret_shell(s3_server.endpoint) | {"RAY_TMPDIR": ray_tmpdir}
+    env.pop("RAY_ADDRESS", None)
+    command = [
         sys.executable,
         "jobs/fit_alpha.py",
         *SMALL,
         "--workers",
         "2",
         "--results",
-        str(tmp_path),
+        f"s3://{bucket}/r",
         "--experiment",
         "plain",
         "--json",
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    data = json.loads(result.stdout)
+    ]
+    watch = leaks.CommandLineWatch()
+    first = run(*command, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    data = json.loads(first.stdout)
     assert {"alpha", "ci_low", "ci_high", "r2", "moments"} <= set(data)
     assert data["ci_low"] < data["alpha"] < data["ci_high"]
     assert [row["width"] for row in data["moments"]] == [8, 16, 32]
-    assert "[fit-alpha] 3/3 shards" in result.stderr  # progress goes to stderr with --json
-    assert f"alpha = {data['alpha']:.4f}" in result.stderr
+    assert "[fit-alpha] 3/3 shards" in first.stderr  # progress goes to stderr with --json
+    assert f"alpha = {data['alpha']:.4f}" in first.stderr
+    assert not watch.stop()
+    assert not leaks.files_holding_a_secret(ray_tmpdir)
+    client = s3_server.client()
+    keys = {k.removeprefix("r/plain/fit_alpha/") for k in s3_server.keys(bucket)}
+    assert {"alpha.png", "config.json", "moments.parquet", "alpha.parquet"} <= keys
+    assert not leaks.s3_objects_holding_a_secret(client, bucket)
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--samples", "1"], "argument --samples: must be an integer >= 2; got '1'"),
-        (["--widths", "16"], "need at least two widths to fit alpha; got [16]"),
-        (["--widths", "0,8"], "widths must be integers from 1 to"),
-        (["--workers", "0"], "argument --workers: must be an integer >= 1; got '0'"),
-        (["--memory-budget", "0.01", "--method", "batched"], "too small for one sample"),
-    ],
-)
-def test_cli_bad_input_is_one_line(tmp_path, args, message):
+def test_the_console_script_says_a_bad_value_in_one_line(tmp_path):
+    """The installed `ce-ray` (the table of tests/test_bad_input.py runs in-process)."""
     result = run(
         str(BIN / "ce-ray"),
         "fit-alpha",
@@ -82,42 +92,13 @@ def test_cli_bad_input_is_one_line(tmp_path, args, message):
         "1",
         "--results",
         str(tmp_path),
-        *args,
+        "--memory-budget",
+        "0.01",
+        "--method",
+        "batched",
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ce-ray fit-alpha: error: "), lines
-    assert message in lines[0]
+    assert "too small for one sample" in lines[0]
     assert not any(tmp_path.iterdir())
-
-
-@pytest.fixture
-def ray_head(ray_tmpdir):
-    """A real head (`ray start --head --block`) in its own process group and RAY_TMPDIR,
-    stopped by that group: never `ray stop`, which stops every Ray process on the machine."""
-    tmp = Path(ray_tmpdir)
-    dashboard = local_head.free_port()
-    env = local_head.head_env({"RAY_TMPDIR": str(tmp)})
-    head = local_head.start_head(
-        local_head.free_port(), dashboard, env, ["--num-cpus=2"], log_path=str(tmp / "head.log")
-    )
-    try:
-        yield f"http://127.0.0.1:{dashboard}"
-    finally:
-        local_head.stop_head(head)
-
-
-def test_ray_job_submit_against_a_local_head(ray_head, tmp_path):
-    submit = [str(BIN / "ray"), "job", "submit", "--address", ray_head, "--working-dir", "."]
-    job = [*SMALL, "--results", str(tmp_path), "--experiment", "submitted"]
-    first = run(*submit, "--", "python", "jobs/fit_alpha.py", *job)
-    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
-    assert "succeeded" in first.stdout + first.stderr
-    assert "alpha = " in first.stdout
-    alpha = pd.read_parquet(tmp_path / "submitted/fit_alpha/alpha.parquet")
-    assert f"alpha = {alpha.loc[0, 'alpha']:.4f}" in first.stdout
-
-    again = run(*submit, "--", "python", "jobs/fit_alpha.py", *job)
-    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
-    assert "resuming: 3/3 shards already on storage" in again.stdout
-    assert f"alpha = {alpha.loc[0, 'alpha']:.4f}" in again.stdout

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ce_ray.results import plots
 from ce_ray.results.report import TEST_ERROR, rank_correlation, summary
 from ce_ray.results.tables import last_epochs_mean
 
@@ -61,3 +62,24 @@ def test_summary_uses_the_paper_metric(column):
     table = summary(trials("primal", [0.1, 0.2], [[2.0, 4.0], [6.0, 6.0]]))
     expected = {"test_error": [3.0, 6.0], "test_error_se": [1.0, 0.0]}[column]
     np.testing.assert_allclose(table[column], expected)
+
+
+def test_the_test_error_plot_labels_the_trained_widths_only():
+    table = summary(trials("primal", [0.1, 0.2, 0.3], [[5.0, 6.0], [4.0, 4.5], [3.0, 3.5]]))
+    figure = plots.test_error_figure(table, "primal")
+    axis = figure.axes[0].xaxis
+    figure.canvas.draw()
+    assert [label.get_text() for label in axis.get_ticklabels()] == ["1", "2", "3"]
+    assert len(axis.get_minor_ticks()) == 0 or not any(
+        label.get_text() for label in axis.get_ticklabels(minor=True)
+    )
+
+
+def test_the_variance_plot_labels_every_point_at_its_predicted_variance():
+    table = summary(trials("primal", [0.1, 0.2, 0.3], [[5.0, 6.0], [4.0, 4.5], [3.0, 3.5]]))
+    figure = plots.error_against_variance_figure(table, "primal")
+    axes = figure.axes[0]
+    labelled = {text.get_text(): text.xy for text in axes.texts}
+    columns = (table["n"], table["var_ensemble"], table["test_error"])
+    assert labelled == {f"1x{n}d": (v, e) for n, v, e in zip(*columns, strict=True)}
+    assert plots.error_against_variance_png(table, "primal").startswith(b"\x89PNG")

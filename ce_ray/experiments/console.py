@@ -1,0 +1,142 @@
+"""What a sweep prints, as a Tune callback: one line per trial start and end, a progress line
+at most every ``every_s`` seconds while trials run, and one line per failed start (retried
+from its checkpoint, or out of retries) -- instead of Tune's status tables and Ray Train's
+per-epoch lines, which ``--verbose`` (or ``CE_RAY_VERBOSE=1``) brings back.
+
+Quiet is the default: the driver connects with ``log_to_driver=False`` (the trial actors',
+Train controllers' and workers' output stays in Ray's session logs and, for each trial actor,
+in ``stdout``/``stderr`` of its Tune directory), Tune runs with ``verbose=0``, and the Tune
+controller's traceback per failed start is left to the trial's ``error.txt`` (its last line is
+this module's failure line).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune.experiment import Trial
+
+from ce_ray.experiments.tasks import Log
+
+#: ``CE_RAY_VERBOSE=1`` gives Ray's and Tune's full output, as ``--verbose`` does.
+VERBOSE_ENV = "CE_RAY_VERBOSE"
+#: Seconds between progress lines while trials run.
+PROGRESS_EVERY_S = 20.0
+
+
+def verbose_from_env(flag: bool = False) -> bool:
+    """``--verbose``, or ``CE_RAY_VERBOSE`` set to anything but "", "0", "false" or "no"."""
+    return flag or os.environ.get(VERBOSE_ENV, "").lower() not in ("", "0", "false", "no")
+
+
+def quiet_tune() -> None:
+    """Tune prints nothing of its own: its new output engine prints the experiment's box and a
+    TensorBoard hint whatever its verbosity, so the legacy reporter (silent at ``verbose=0``)
+    is chosen unless the environment says otherwise (``RAY_AIR_NEW_OUTPUT``); and a failed
+    start's traceback is left to its ``error.txt`` -- :class:`SweepConsole` says it in one
+    line where the Tune controller logs some 40 at ERROR."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+class SweepConsole(tune.Callback):
+    """The sweep's lines, each through ``log``. ``name_of(trial)`` names a trial
+    (``4x6d seeds [0, 1]``); ``epochs`` is the planned epochs of every trial."""
+
+    def __init__(
+        self,
+        log: Log,
+        name_of: Callable[[Trial], str],
+        epochs: int,
+        every_s: float = PROGRESS_EVERY_S,
+    ):
+        self.log, self.name_of, self.epochs, self.every_s = log, name_of, epochs, every_s
+        self.setup()
+
+    def setup(
+        self,
+        stop: Any = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
+        """At the start of each run (a restored run unpickles this callback: its clock and
+        counts start again here)."""
+        self.started = time.monotonic()
+        self.last_progress = self.started
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        failures = trial.num_failures  # Tune's count, kept across restores
+        again = f" again, from its checkpoint (retry {failures})" if failures else ""
+        self.log(f"[sweep] trial {self.name_of(trial)} started{again}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        result = trial.last_result or {}
+        epoch = int(result.get("epoch", 0))
+        how = "finished" if epoch >= self.epochs else "stopped early by the scheduler"
+        error = result.get("test_error")
+        figures = f"last-epoch test error {error:.2f} %, " if error is not None else ""
+        self.log(
+            f"[sweep] trial {self.name_of(trial)} {how}: {figures}{epoch}/{self.epochs} epochs, "
+            f"{_duration(float(result.get('time_total_s', 0.0)))}"
+        )
+
+    def _failure(self, trial: Trial, verdict: str) -> None:
+        local = trial.error_file  # written on this node before the callbacks run
+        text = Path(local).read_text() if local and os.path.exists(local) else trial.get_error()
+        lines = [line.strip() for line in str(text or "").splitlines()]
+        reason = next((line for line in reversed(lines) if line), "see its error file")
+        self.log(f"[sweep] trial {self.name_of(trial)} failed, {verdict}: {reason}")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        self._failure(trial, "retrying from its checkpoint")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        self._failure(trial, "no retries left")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        if now - self.last_progress < self.every_s or not trials:
+            return
+        self.last_progress = now
+        self.log(progress_line(trials, self.epochs, now - self.started))
+
+
+def progress_line(trials: list, epochs: int, elapsed_s: float) -> str:
+    """``[sweep] 2/5 trials done, 2 running, 1 pending; epochs 41/75; 1 min 05 s elapsed,
+    ~50 s left`` (the estimate: the time per epoch so far, for the epochs still planned)."""
+    status = [trial.status for trial in trials]
+    done = sum(s in (Trial.TERMINATED, Trial.ERROR) for s in status)
+    running = status.count(Trial.RUNNING)
+    pending = status.count(Trial.PENDING) + status.count(Trial.PAUSED)
+    trained = sum(
+        epochs
+        if trial.status == Trial.TERMINATED
+        else int((trial.last_result or {}).get("epoch", 0))
+        for trial in trials
+    )
+    planned = len(trials) * epochs
+    left = ""
+    if 0 < trained < planned:
+        left = f", ~{_duration(elapsed_s / trained * (planned - trained))} left"
+    return (
+        f"[sweep] {done}/{len(trials)} trials done, {running} running, {pending} pending; "
+        f"epochs {trained}/{planned}; {_duration(elapsed_s)} elapsed{left}"
+    )
