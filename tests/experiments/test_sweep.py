@@ -120,6 +120,10 @@ def test_sweep_writes_parquet_and_resumes_without_retraining(shared_run, capsys)
         p.name for p in (tmp_path / "s").iterdir()
     }
     assert "results:" in out and "1x16d" in out
+    for label in ("4x6d", "1x16d"):  # ce-ray's console, not Tune's tables
+        assert f"[sweep] trial {label} seeds [0, 1] started" in out
+        assert f"[sweep] trial {label} seeds [0, 1] finished: " in out
+    assert "Trial name" not in out and "Configuration for experiment" not in out
     report = subprocess.run(
         [str(Path(sys.executable).parent / "ce-ray"), "report", str(tmp_path / "s"), "--no-plots"],
         capture_output=True,

@@ -73,6 +73,14 @@ def test_run_local_submits_the_default_job_and_stops_its_head(tmp_path):
     assert len(trials) == 2 and set(trials["role"]) == {"optimum", "baseline"}
     assert (trials["status"] == "finished").all() and (trials["epochs_completed"] == 2).all()
     assert trials["final_test_error"].between(0, 100).all()
+    # The console: ce-ray's lines, not Ray's (Train's per-epoch lines, Tune's tables, the
+    # workers' logs stay in Ray's logs unless --verbose).
+    for label in trials["label"]:
+        assert f"[sweep] trial {label} seeds [0] started" in out
+        assert f"[sweep] trial {label} seeds [0] finished: " in out
+    for noise in ("Checkpoint successfully created", "Reporting training result", "Trial name"):
+        assert noise not in out + result.stderr
+    assert len(out.splitlines()) < 40, out
     # The paper's metric: with 2 epochs, the mean of both, and the row says so.
     assert (trials["last_epochs_averaged"] == 2).all()
     assert trials["final_test_error_top5"].notna().all()  # digits has 10 classes

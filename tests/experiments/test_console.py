@@ -1,0 +1,72 @@
+"""The sweep's console lines, on stand-ins for Tune's trials (no Ray cluster): the progress
+line's counts and estimate, durations, and when --verbose is on."""
+
+from types import SimpleNamespace
+
+import pytest
+from ray.tune.experiment import Trial
+
+from ce_ray.experiments import console
+
+
+def trial(status: str, epoch: int | None = None) -> SimpleNamespace:
+    return SimpleNamespace(status=status, last_result={} if epoch is None else {"epoch": epoch})
+
+
+def test_the_progress_line_counts_trials_and_epochs_and_estimates_the_rest():
+    trials = [
+        trial(Trial.TERMINATED, 10),
+        trial(Trial.TERMINATED, 4),  # stopped early by a scheduler: its plan is over
+        trial(Trial.RUNNING, 6),
+        trial(Trial.PENDING),
+    ]
+    line = console.progress_line(trials, epochs=10, elapsed_s=65)
+    # 26 of 40 epochs in 65 s: 14 more take ~35 s.
+    assert line == (
+        "[sweep] 2/4 trials done, 1 running, 1 pending; epochs 26/40; 1 min 05 s elapsed, "
+        "~35 s left"
+    )
+
+
+def test_no_estimate_before_the_first_epoch():
+    line = console.progress_line([trial(Trial.RUNNING), trial(Trial.PENDING)], 5, 12.4)
+    assert line == "[sweep] 0/2 trials done, 1 running, 1 pending; epochs 0/10; 12 s elapsed"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0.4, "0 s"), (59.6, "1 min 00 s"), (3725, "1 h 02 min")]
+)
+def test_durations_read_as_a_person_says_them(seconds, text):
+    assert console._duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "verbose"),
+    [(False, None, False), (True, None, True), (False, "1", True), (False, "0", False)],
+)
+def test_verbose_is_the_flag_or_the_environment(monkeypatch, flag, env, verbose):
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    if env is not None:
+        monkeypatch.setenv(console.VERBOSE_ENV, env)
+    assert console.verbose_from_env(flag) is verbose
+
+
+def test_a_trial_line_names_the_point_and_says_how_it_ended():
+    lines: list[str] = []
+    sweep = console.SweepConsole(lines.append, lambda t: "4x6d seeds [0]", epochs=8)
+    done = SimpleNamespace(
+        num_failures=0, last_result={"epoch": 8, "test_error": 12.345, "time_total_s": 75.2}
+    )
+    stopped = SimpleNamespace(
+        num_failures=1, last_result={"epoch": 3, "test_error": 40.0, "time_total_s": 9}
+    )
+    sweep.on_trial_start(0, [], stopped)
+    sweep.on_trial_complete(0, [], done)
+    sweep.on_trial_complete(0, [], stopped)
+    assert lines == [
+        "[sweep] trial 4x6d seeds [0] started again, from its checkpoint (retry 1)",
+        "[sweep] trial 4x6d seeds [0] finished: last-epoch test error 12.35 %, 8/8 epochs, "
+        "1 min 15 s",
+        "[sweep] trial 4x6d seeds [0] stopped early by the scheduler: last-epoch test error "
+        "40.00 %, 3/8 epochs, 9 s",
+    ]
