@@ -58,16 +58,19 @@ def _duration(seconds: float) -> str:
 
 class SweepConsole(tune.Callback):
     """The sweep's lines, each through ``log``. ``name_of(trial)`` names a trial
-    (``4x6d seeds [0, 1]``); ``epochs`` is the planned epochs of every trial."""
+    (``4x6d seeds [0, 1]``); ``epochs`` is the planned epochs of every trial and ``total`` the
+    number of trials (Tune creates them only as they can start)."""
 
     def __init__(
         self,
         log: Log,
         name_of: Callable[[Trial], str],
         epochs: int,
+        total: int,
         every_s: float = PROGRESS_EVERY_S,
     ):
-        self.log, self.name_of, self.epochs, self.every_s = log, name_of, epochs, every_s
+        self.log, self.name_of, self.every_s = log, name_of, every_s
+        self.epochs, self.total = epochs, total
         self.setup()
 
     def setup(
@@ -116,27 +119,29 @@ class SweepConsole(tune.Callback):
         if now - self.last_progress < self.every_s or not trials:
             return
         self.last_progress = now
-        self.log(progress_line(trials, self.epochs, now - self.started))
+        self.log(progress_line(trials, self.epochs, now - self.started, self.total))
 
 
-def progress_line(trials: list, epochs: int, elapsed_s: float) -> str:
+def progress_line(trials: list, epochs: int, elapsed_s: float, total: int = 0) -> str:
     """``[sweep] 2/5 trials done, 2 running, 1 pending; epochs 41/75; 1 min 05 s elapsed,
-    ~50 s left`` (the estimate: the time per epoch so far, for the epochs still planned)."""
+    ~50 s left`` (the estimate: the time per epoch so far, for the epochs still planned).
+    ``trials``: those Tune has created so far; ``total``: all the sweep will run."""
+    total = max(total, len(trials))
     status = [trial.status for trial in trials]
     done = sum(s in (Trial.TERMINATED, Trial.ERROR) for s in status)
     running = status.count(Trial.RUNNING)
-    pending = status.count(Trial.PENDING) + status.count(Trial.PAUSED)
+    pending = total - done - running
     trained = sum(
         epochs
         if trial.status == Trial.TERMINATED
         else int((trial.last_result or {}).get("epoch", 0))
         for trial in trials
     )
-    planned = len(trials) * epochs
+    planned = total * epochs
     left = ""
     if 0 < trained < planned:
         left = f", ~{_duration(elapsed_s / trained * (planned - trained))} left"
     return (
-        f"[sweep] {done}/{len(trials)} trials done, {running} running, {pending} pending; "
+        f"[sweep] {done}/{total} trials done, {running} running, {pending} pending; "
         f"epochs {trained}/{planned}; {_duration(elapsed_s)} elapsed{left}"
     )

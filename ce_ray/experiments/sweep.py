@@ -29,7 +29,6 @@ from ray.tune.experiment import Trial
 
 from ce_ray.configs import FitConfig, SweepConfig
 from ce_ray.experiments import cluster, console
-from ce_ray.experiments.console import SweepConsole
 from ce_ray.experiments.tasks import Log, print_line
 from ce_ray.results import storage, tables
 from ce_ray.worker import data, records
@@ -321,9 +320,11 @@ def _new_tuner(
             grace_period=max(1, config.epochs // 4),
             reduction_factor=2,
         )
+    groups = seed_groups(config.seeds, config.pack_seeds)
+    total_trials = len(config.points) * len(groups)
     param_space = {
         "point": tune.grid_search([{"n": n, "m": m} for n, m in config.points]),
-        "seed_indices": tune.grid_search(seed_groups(config.seeds, config.pack_seeds)),
+        "seed_indices": tune.grid_search(groups),
         "sweep": config.to_json(),
         "experiment_dir": directory,
         "max_failures": max_failures,
@@ -344,7 +345,7 @@ def _new_tuner(
             name="tune",
             storage_path=directory,
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            callbacks=[SweepConsole(log, _trial_label, config.epochs)],
+            callbacks=[console.SweepConsole(log, _trial_label, config.epochs, total_trials)],
             verbose=1 if verbose else 0,
             # Each trial actor's stdout and stderr, kept in its Tune directory.
             log_to_file=True,

@@ -33,6 +33,13 @@ def test_no_estimate_before_the_first_epoch():
     assert line == "[sweep] 0/2 trials done, 1 running, 1 pending; epochs 0/10; 12 s elapsed"
 
 
+def test_trials_tune_has_not_created_yet_count_as_pending():
+    line = console.progress_line([trial(Trial.RUNNING, 2), trial(Trial.RUNNING, 3)], 5, 10, 5)
+    assert line == (
+        "[sweep] 0/5 trials done, 2 running, 3 pending; epochs 5/25; 10 s elapsed, ~40 s left"
+    )
+
+
 @pytest.mark.parametrize(
     ("seconds", "text"), [(0.4, "0 s"), (59.6, "1 min 00 s"), (3725, "1 h 02 min")]
 )
@@ -53,7 +60,7 @@ def test_verbose_is_the_flag_or_the_environment(monkeypatch, flag, env, verbose)
 
 def test_a_trial_line_names_the_point_and_says_how_it_ended():
     lines: list[str] = []
-    sweep = console.SweepConsole(lines.append, lambda t: "4x6d seeds [0]", epochs=8)
+    sweep = console.SweepConsole(lines.append, lambda t: "4x6d seeds [0]", epochs=8, total=2)
     done = SimpleNamespace(
         num_failures=0, last_result={"epoch": 8, "test_error": 12.345, "time_total_s": 75.2}
     )
