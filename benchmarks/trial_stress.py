@@ -52,6 +52,9 @@ def main() -> None:
     parser.add_argument("--sweep-size", type=int, default=16)
     parser.add_argument("--hang-after", type=float, default=300.0)
     args = parser.parse_args()
+    # A session directory of its own: a second local cluster in the default /tmp/ray (a test
+    # run beside it) took this one's driver down once.
+    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="ce-stress-", dir="/tmp"))
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1")
     results = tempfile.mkdtemp(prefix="ce-ray-stress-")
     rows, trials, hung, started = [], 0, 0, time.perf_counter()
