@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,27 @@ def quiet_tune() -> None:
     line where the Tune controller logs some 40 at ERROR."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+
+
+_PROGRESS = re.compile(r"^\[\S+\] (\d+)/(\d+) ")
+
+
+def sparse_progress(log: Log, every_s: float = PROGRESS_EVERY_S) -> Log:
+    """``log`` with fewer ``[prefix] k/N ...`` task lines: the first, the last, and one at most
+    every ``every_s`` seconds between (a sweep's fit of alpha first: its tasks take
+    milliseconds each). Every other line passes."""
+    last: list[float] = []
+
+    def emit(line: str) -> None:
+        match = _PROGRESS.match(line)
+        now = time.monotonic()
+        if match and last and match.group(1) != match.group(2) and now - last[0] < every_s:
+            return
+        if match:
+            last[:] = [now]
+        log(line)
+
+    return emit
 
 
 def _duration(seconds: float) -> str:

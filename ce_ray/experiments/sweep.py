@@ -486,7 +486,9 @@ def _fit_alpha_first(config: SweepConfig, results: str, experiment: str, log: Lo
     log(f"[sweep] fitting alpha first (fit preset {fit_preset})")
     fit_config = FitConfig.from_preset(fit_preset, seed=config.seed)
     workers = cluster.default_workers()
-    fit = fit_alpha(fit_config, results, experiment, workers, bootstrap=200, log=log)
+    fit = fit_alpha(
+        fit_config, results, experiment, workers, bootstrap=200, log=console.sparse_progress(log)
+    )
     log(f"[sweep] alpha = {fit.alpha:.4f} (95% CI {fit.ci_low:.4f}..{fit.ci_high:.4f})")
     return fit.alpha
 

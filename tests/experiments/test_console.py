@@ -77,3 +77,25 @@ def test_a_trial_line_names_the_point_and_says_how_it_ended():
         "[sweep] trial 4x6d seeds [0] stopped early by the scheduler: last-epoch test error "
         "40.00 %, 3/8 epochs, 9 s",
     ]
+
+
+def test_a_fit_inside_a_sweep_prints_its_first_and_last_task_and_every_other_line(monkeypatch):
+    clock = iter([0.0, 1.0, 2.0, 25.0, 26.0, 27.0])
+    monkeypatch.setattr(console.time, "monotonic", lambda: next(clock))
+    lines: list[str] = []
+    log = console.sparse_progress(lines.append, every_s=20)
+    for line in [
+        "[fit-alpha] 1/5 shards: a",
+        "[fit-alpha] 2/5 shards: b",  # 1 s after the last line shown: dropped
+        "[fit-alpha] a task stalled: running 9 s",  # not a k/N line: shown
+        "[fit-alpha] 3/5 shards: c",  # 25 s after: shown
+        "[fit-alpha] 4/5 shards: d",
+        "[fit-alpha] 5/5 shards: e",  # the last: shown
+    ]:
+        log(line)
+    assert lines == [
+        "[fit-alpha] 1/5 shards: a",
+        "[fit-alpha] a task stalled: running 9 s",
+        "[fit-alpha] 3/5 shards: c",
+        "[fit-alpha] 5/5 shards: e",
+    ]
