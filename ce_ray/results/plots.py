@@ -22,6 +22,7 @@ from ce_ray.theory.alpha import AlphaFit
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the headless backend
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
@@ -90,26 +91,32 @@ def curves_png(curves: pd.DataFrame, trained_widths: set[int]) -> bytes:
     return _png(figure)
 
 
-def test_error_figure(summary: pd.DataFrame, formulation: str) -> Figure:
-    """Test error against n on a log axis whose ticks are the trained widths (no minor
-    ticks: on a short log range matplotlib's ``3x10^0`` labels overlap). ``summary``:
-    ``ce_ray.results.report.summary`` of the trials."""
-    figure, axes = plt.subplots(figsize=(6.5, 4.2))
+def _labelled_errors(axes: Axes, summary: pd.DataFrame, x: str, fmt: str) -> None:
+    """Each point's test error (+- its standard error over seeds) against column ``x``,
+    labelled ``MxNd``."""
     axes.errorbar(
-        summary["n"],
+        summary[x],
         summary["test_error"],
         yerr=summary["test_error_se"].fillna(0),
-        fmt="o-",
+        fmt=fmt,
         capsize=3,
     )
     for _, row in summary.iterrows():
         axes.annotate(
             row["label"],
-            (row["n"], row["test_error"]),
+            (row[x], row["test_error"]),
             fontsize=8,
             textcoords="offset points",
             xytext=(4, 4),
         )
+
+
+def test_error_figure(summary: pd.DataFrame, formulation: str) -> Figure:
+    """Test error against n on a log axis whose ticks are the trained widths (no minor
+    ticks: on a short log range matplotlib's ``3x10^0`` labels overlap). ``summary``:
+    ``ce_ray.results.report.summary`` of the trials."""
+    figure, axes = plt.subplots(figsize=(6.5, 4.2))
+    _labelled_errors(axes, summary, "n", "o-")
     axes.set_xscale("log")
     widths = sorted(int(n) for n in summary["n"])
     axes.xaxis.set_major_locator(FixedLocator(widths))
@@ -129,21 +136,7 @@ def error_against_variance_figure(summary: pd.DataFrame, formulation: str) -> Fi
     """The paper's Fig. 4/6 view: each point's test error against its predicted Var(K_e)
     (Eq. 12), labelled ``MxNd``; the primal curve's claim is that error grows with it."""
     figure, axes = plt.subplots(figsize=(6.5, 4.2))
-    axes.errorbar(
-        summary["var_ensemble"],
-        summary["test_error"],
-        yerr=summary["test_error_se"].fillna(0),
-        fmt="o",
-        capsize=3,
-    )
-    for _, row in summary.iterrows():
-        axes.annotate(
-            row["label"],
-            (row["var_ensemble"], row["test_error"]),
-            fontsize=8,
-            textcoords="offset points",
-            xytext=(4, 4),
-        )
+    _labelled_errors(axes, summary, "var_ensemble", "o")
     axes.set_xlabel("predicted Var(K_e) (Eq. 12)")
     axes.set_ylabel("test error (%), mean of the last 10 epochs")
     axes.set_title(f"Test error against the predicted variance ({formulation} points)")
