@@ -95,6 +95,35 @@ MUTATIONS = (
             "tests/experiments/test_sweep.py::test_packed_seeds_and_loader_processes_change_no_number_and_asha_stops_losers_early",
         ),
     ),
+    # --- the sweep's console ---
+    Mutation(
+        "the progress line counts only the trials Tune has created",
+        "ce_ray/experiments/console.py",
+        "total = max(total, len(trials))",
+        "total = len(trials)",
+        ("tests/experiments/test_console.py",),
+    ),
+    Mutation(
+        "a sweep's fit of alpha drops its last task line",
+        "ce_ray/experiments/console.py",
+        "if match and last and match.group(1) != match.group(2) and now - last[0] < every_s:",
+        "if match and last and now - last[0] < every_s:",
+        ("tests/experiments/test_console.py",),
+    ),
+    Mutation(
+        "a stopped trial reads as finished",
+        "ce_ray/experiments/console.py",
+        'how = "finished" if epoch >= self.epochs else "stopped early by the scheduler"',
+        'how = "finished"',
+        ("tests/experiments/test_console.py",),
+    ),
+    Mutation(
+        "the test-error plot keeps matplotlib's minor log ticks",
+        "ce_ray/results/plots.py",
+        "    axes.xaxis.set_minor_locator(NullLocator())\n",
+        "",
+        ("tests/results/test_report.py",),
+    ),
     # --- bookkeeping added with the layers, limits and the stall watch ---
     Mutation(
         "ResNeXt stages: no projection shortcut on a stage's first block",
