@@ -203,7 +203,7 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
 
 
 def sweep_command(args: argparse.Namespace) -> None:
-    from ce_ray.experiments import cluster, console
+    from ce_ray.experiments import cluster, console, trackers
     from ce_ray.experiments.sweep import default_experiment, run_sweep
     from ce_ray.results import storage
     from ce_ray.results.report import report
@@ -213,6 +213,8 @@ def sweep_command(args: argparse.Namespace) -> None:
     experiment = args.experiment or default_experiment(config)
     results = storage.resolve(args.results)
     storage.check_writable(results)
+    if args.mlflow:  # missing or not answering: one line, now
+        trackers.client(args.mlflow)
     # Missing data: one line, now. The driver loads the datasets once; the sweep hands them to
     # every trial through Ray's object store.
     datasets = data.load(config.spec.dataset, data.resolve_root(config.data_root))
@@ -227,6 +229,7 @@ def sweep_command(args: argparse.Namespace) -> None:
         verbose=verbose,
         datasets=datasets,
         stall_timeout_s=args.stall_timeout,
+        mlflow=args.mlflow,
     )
     print(report(result.directory, with_plots=not args.no_report))
     failed = result.trials[result.trials["status"] == "error"]

@@ -183,6 +183,34 @@ def results_location(text: str) -> str:
     return text
 
 
+#: Where MLflow can track runs: a server, or a local store (a directory or a database file).
+MLFLOW_SCHEMES = ("http", "https", "file", "sqlite")
+
+
+def mlflow_uri(text: str) -> str:
+    """An argparse type: an MLflow tracking URI, without credentials (MLflow reads them from
+    ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN`` in the driver's environment).
+
+    >>> mlflow_uri("http://127.0.0.1:5000")
+    'http://127.0.0.1:5000'
+    >>> mlflow_uri("http://me:pw@host")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must not carry credentials (user:password@): ...
+    """
+    parts = urlsplit(text)
+    if parts.scheme not in MLFLOW_SCHEMES or not (parts.netloc or parts.path):
+        raise argparse.ArgumentTypeError(
+            f"must be a tracking URI with one of the schemes {', '.join(MLFLOW_SCHEMES)} "
+            f"(http://HOST:PORT, sqlite:///PATH.db); got {text[:80]!r}"
+        )
+    if "@" in parts.netloc:
+        raise argparse.ArgumentTypeError(
+            "must not carry credentials (user:password@): set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the driver's environment"
+        )
+    return text
+
+
 def device(text: str) -> str:
     """An argparse type: ``cpu``, ``cuda`` or ``cuda:N``.
 
@@ -500,6 +528,13 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
         help="dataset root; relative: under the project (default: $CE_RAY_DATA or data)",
     )
     parser.add_argument("--no-report", action="store_true", help="skip the PNGs")
+    parser.add_argument(
+        "--mlflow",
+        type=mlflow_uri,
+        metavar="URI",
+        help="log each (point, seed) as an MLflow run at this tracking URI, under an MLflow "
+        "experiment named like --experiment (pip install 'ce-ray[mlflow]')",
+    )
     parser.add_argument(
         "--verbose",
         action="store_true",

@@ -11,13 +11,16 @@ import psutil
 
 SECRET = f"ce-ray-secret-{uuid.uuid4().hex}"
 SESSION = f"ce-ray-session-{uuid.uuid4().hex}"
-SECRETS = (SECRET, SESSION)
+MLFLOW_TOKEN = f"ce-ray-mlflow-{uuid.uuid4().hex}"
+SECRETS = (SECRET, SESSION, MLFLOW_TOKEN)
 
 
 def secret_shell(endpoint: str) -> dict[str, str]:
-    """The AWS variables of a user's shell (secret key and session token included) and the
-    endpoint of the S3 API the results go to."""
+    """The AWS variables of a user's shell (secret key and session token included), the
+    endpoint of the S3 API the results go to, and an MLflow token (a server without
+    authentication ignores it)."""
     return {
+        "MLFLOW_TRACKING_TOKEN": MLFLOW_TOKEN,
         "AWS_ACCESS_KEY_ID": "AKIACERAYTESTKEY",
         "AWS_SECRET_ACCESS_KEY": SECRET,
         "AWS_SESSION_TOKEN": SESSION,

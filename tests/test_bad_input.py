@@ -148,6 +148,10 @@ CASES = [
     ("sweep sideways", "argument formulation: invalid choice"),
     ("sweep primal --preset cifar10-resnext29 --seeds 1000 --pack-seeds", "GiB of model state"),
     ("sweep primal --results {tmp}/file", "is a file, not a directory"),
+    ("sweep primal --mlflow ftp://host/x", "argument --mlflow: must be a tracking URI with"),
+    ("sweep primal --mlflow localhost:5000", "argument --mlflow: must be a tracking URI with"),
+    ("sweep primal --mlflow http://me:pw@host:5000", "must not carry credentials"),
+    ("sweep primal --mlflow http://127.0.0.1:9", "no MLflow tracking server answers there"),
     # report
     ("report {tmp}/missing", "has no trials.parquet"),
     ("report {tmp}/foreign", "not a trials.parquet of ce-ray sweep"),

@@ -23,7 +23,8 @@ def init_ray(results: str, quiet: bool = False) -> None:
     through Ray. A submitted job already has its runtime environment (``ray job submit
     --runtime-env-json``); Ray refuses the same variable twice, so nothing is passed again.
     ``quiet``: the workers' output stays in Ray's logs instead of reaching this process, and
-    Ray's own INFO lines are not printed.
+    Ray's console handler prints only warnings and errors (Ray's log records still reach
+    other handlers at INFO: a sweep keeps them in its results, ``console.kept_log``).
     """
     import ray
     from ray._private.services import canonicalize_bootstrap_address
@@ -32,7 +33,9 @@ def init_ray(results: str, quiet: bool = False) -> None:
         return
     options: dict = {}
     if quiet:
-        options |= {"log_to_driver": False, "logging_level": logging.WARNING}
+        options["log_to_driver"] = False
+        for handler in logging.getLogger("ray").handlers:  # Ray's own: its stderr
+            handler.setLevel(logging.WARNING)
     env = storage.forwarded_env(results)
     if env and SUBMITTED_JOB_MARKER not in os.environ:
         options["runtime_env"] = {"env_vars": env}

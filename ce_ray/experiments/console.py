@@ -15,8 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from ce_ray.experiments.tasks import Log
+from ce_ray.results import storage
 
 #: ``CE_RAY_VERBOSE=1`` gives Ray's and Tune's full output, as ``--verbose`` does.
 VERBOSE_ENV = "CE_RAY_VERBOSE"
@@ -36,14 +40,60 @@ def verbose_from_env(flag: bool = False) -> bool:
     return flag or os.environ.get(VERBOSE_ENV, "").lower() not in ("", "0", "false", "no")
 
 
+#: The Tune controller logs a failed start's traceback (some 40 lines) at ERROR.
+TUNE_CONTROLLER = "ray.tune.execution.tune_controller"
+
+
+def _not_a_failed_start(record: logging.LogRecord) -> bool:
+    return not record.name.startswith(TUNE_CONTROLLER) or record.levelno >= logging.CRITICAL
+
+
 def quiet_tune() -> None:
     """Tune prints nothing of its own: its new output engine prints the experiment's box and a
     TensorBoard hint whatever its verbosity, so the legacy reporter (silent at ``verbose=0``)
     is chosen unless the environment says otherwise (``RAY_AIR_NEW_OUTPUT``); and a failed
-    start's traceback is left to its ``error.txt`` -- :class:`SweepConsole` says it in one
-    line where the Tune controller logs some 40 at ERROR."""
+    start's traceback is left to its ``error.txt`` and the kept log (:func:`kept_log`) --
+    Ray's console handler drops it, and :class:`SweepConsole` says it in one line."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+    for handler in logging.getLogger("ray").handlers:
+        if _not_a_failed_start not in handler.filters:
+            handler.addFilter(_not_a_failed_start)
+
+
+@contextmanager
+def kept_log(location: str, log: Log) -> Iterator[Log]:
+    """``log``, which also writes each line, time-stamped, to ``location`` -- with every log
+    record of Ray, Tune and Train in this process at INFO and above (what the quiet console
+    leaves out: Tune's INFO lines, a failed start's traceback). A local file is written as it
+    goes (``tail -f`` works); a URI's is stored when the block ends, however it ends."""
+    local = not storage.is_uri(location)
+    if local:
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(location)
+    else:
+        path = Path(tempfile.mkdtemp(prefix="ce-ray-log-")) / "sweep.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ray_logger = logging.getLogger("ray")
+    ray_logger.addHandler(handler)
+
+    def emit(line: str) -> None:
+        log(line)
+        handler.handle(
+            logging.makeLogRecord(
+                {"name": "ce_ray", "levelno": logging.INFO, "levelname": "INFO", "msg": line}
+            )
+        )
+
+    try:
+        yield emit
+    finally:
+        ray_logger.removeHandler(handler)
+        handler.close()
+        if not local:
+            storage.write_bytes(path.read_bytes(), location)
+            shutil.rmtree(path.parent, ignore_errors=True)
 
 
 _PROGRESS = re.compile(r"^\[\S+\] (\d+)/(\d+) ")

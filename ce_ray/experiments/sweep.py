@@ -6,8 +6,9 @@ connects to Ray (``ray.init()`` in the entry point).
 Layout of ``<results>/<experiment>/``: ``sweep.json`` (the configuration; a rerun must match
 it), ``fit_alpha/`` (when alpha was fitted here), ``curves.parquet``, ``tune/`` (Tune's
 experiment: a rerun restores it, so finished trials are not trained again), ``train/`` (the
-Train runs and their checkpoints), ``records/`` (each trial's record), ``trials.parquet``,
-``epochs.parquet``, and the report's PNGs.
+Train runs and their checkpoints), ``records/`` (each trial's record), ``logs/`` (each run's
+whole driver log, ``console.kept_log``), ``trials.parquet``, ``epochs.parquet``, and the
+report's PNGs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from ce_ray.configs import FitConfig, SweepConfig
-from ce_ray.experiments import cluster, console
+from ce_ray.experiments import cluster, console, trackers
 from ce_ray.experiments.tasks import Log, print_line
 from ce_ray.results import storage, tables
 from ce_ray.worker import data, records
@@ -302,6 +303,19 @@ def _trial_label(trial: Trial) -> str:
     return f"{label} seeds {indices}"
 
 
+def _callbacks(
+    config: SweepConfig, directory: str, experiment: str, mlflow: str | None, log: Log
+) -> list[tune.Callback]:
+    """The console, and MLflow's runs when ``mlflow`` names a tracking URI."""
+    total_trials = len(config.points) * len(seed_groups(config.seeds, config.pack_seeds))
+    callbacks: list[tune.Callback] = [
+        console.SweepConsole(log, _trial_label, config.epochs, total_trials)
+    ]
+    if mlflow:
+        callbacks.append(trackers.MlflowRuns(mlflow, experiment, directory, config, log))
+    return callbacks
+
+
 def _new_tuner(
     trainable: Callable,
     config: SweepConfig,
@@ -310,7 +324,7 @@ def _new_tuner(
     max_failures: int,
     verbose: bool,
     stall_timeout_s: float,
-    log: Log,
+    callbacks: list[tune.Callback],
 ) -> tune.Tuner:
     scheduler = None
     if config.scheduler == "asha":
@@ -321,7 +335,6 @@ def _new_tuner(
             reduction_factor=2,
         )
     groups = seed_groups(config.seeds, config.pack_seeds)
-    total_trials = len(config.points) * len(groups)
     param_space = {
         "point": tune.grid_search([{"n": n, "m": m} for n, m in config.points]),
         "seed_indices": tune.grid_search(groups),
@@ -345,7 +358,7 @@ def _new_tuner(
             name="tune",
             storage_path=directory,
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            callbacks=[console.SweepConsole(log, _trial_label, config.epochs, total_trials)],
+            callbacks=callbacks,
             verbose=1 if verbose else 0,
             # Each trial actor's stdout and stderr, kept in its Tune directory.
             log_to_file=True,
@@ -395,6 +408,7 @@ def run_sweep(
     verbose: bool | None = None,
     datasets: tuple | None = None,
     stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+    mlflow: str | None = None,
     log: Log = print_line,
 ) -> SweepResult:
     """Run (or resume) the sweep into ``<results>/<experiment>`` (default experiment:
@@ -409,7 +423,8 @@ def run_sweep(
     ``stall_timeout_s``: the least time without progress after which a trial fails (and is
     retried from its checkpoint while restarts remain). ``verbose``: Tune's status tables as
     well as ce-ray's lines (default: ``CE_RAY_VERBOSE``; the caller's ``ray.init`` decides
-    whether the workers' output reaches this process).
+    whether the workers' output reaches this process). ``mlflow``: a tracking URI to which
+    each (point, seed index) is logged as a run (``ce_ray.experiments.trackers``).
     """
     verbose = console.verbose_from_env(bool(verbose))
     if not verbose:
@@ -420,47 +435,62 @@ def run_sweep(
         alpha = _fit_alpha_first(config, results, experiment, log)
         config = dataclasses.replace(config, alpha=alpha)
     storage.check_or_write_config(directory, config.to_json(), "sweep.json")
-    log(
-        f"[sweep] {config.preset} {config.formulation}: alpha={config.alpha:.4f}, points "
-        f"{', '.join(config.spec.space.label(m, n) for n, m in config.points)} x "
-        f"{config.seeds} seeds{' (packed: one trial per point)' if config.pack_seeds else ''}, "
-        f"{config.epochs} epochs -> {directory}"
-    )
-    write_curves(tables.curves_frame(config), directory)
-    if datasets is None:
-        datasets = data.load(config.spec.dataset, data.resolve_root(config.data_root))
-    # Loaded once here instead of once per trial: ~0.8 s of every digits trial (importing
-    # scikit-learn and reading the data; benchmarks/sweep_overhead.py), and the read and
-    # unpickling of the downsampled ImageNet files (each worker still holds its own copy:
-    # torch tensors are not read zero-copy from the object store).
-    check_schedulable(config)
-    keep_credentials_out_of_trials()
-    trainable = tune.with_parameters(run_trial, datasets=[ray.put(datasets)])
-    trainable = tune.with_resources(trainable, TRIAL_FUNCTION_RESOURCES)
-    tune_path = storage.join(directory, "tune")
-    if tune.Tuner.can_restore(tune_path):
-        log(f"[sweep] resuming {tune_path}: finished trials are kept")
-        # Same trial ids for unfinished and errored trials: their Train runs resume from
-        # their checkpoints (restart_errored would start them over under new ids).
-        tuner = tune.Tuner.restore(
-            tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True
+    # The whole log -- ce-ray's lines, and Ray's and Tune's records that the quiet console
+    # leaves out -- kept with the results, one file per run of the sweep.
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    with console.kept_log(storage.join(directory, "logs", f"sweep-{stamp}.log"), log) as log:
+        log(
+            f"[sweep] {config.preset} {config.formulation}: alpha={config.alpha:.4f}, points "
+            f"{', '.join(config.spec.space.label(m, n) for n, m in config.points)} x "
+            f"{config.seeds} seeds{' (packed: one trial per point)' if config.pack_seeds else ''}, "
+            f"{config.epochs} epochs -> {directory}"
         )
-    else:
-        concurrency = max_concurrent_trials or default_concurrency(config)
-        tuner = _new_tuner(
-            trainable, config, directory, concurrency, max_failures, verbose, stall_timeout_s, log
-        )
-    outcomes = _outcomes(tuner.fit())
-    histories = _histories(directory, outcomes)
-    trials = tables.trials_frame(outcomes, histories, config, experiment)
-    epochs = tables.epochs_frame(outcomes, histories, experiment)
-    for frame, name, schema in (
-        (trials, "trials", storage.TRIALS_SCHEMA),
-        (epochs, "epochs", storage.EPOCHS_SCHEMA),
-    ):
-        location = storage.join(directory, f"{name}.parquet")
-        storage.write_parquet(pa.Table.from_pandas(frame), location, schema)
-    return SweepResult(config, trials, epochs, directory)
+        write_curves(tables.curves_frame(config), directory)
+        if datasets is None:
+            datasets = data.load(config.spec.dataset, data.resolve_root(config.data_root))
+        # Loaded once here instead of once per trial: ~0.8 s of every digits trial (importing
+        # scikit-learn and reading the data; benchmarks/sweep_overhead.py), and the read and
+        # unpickling of the downsampled ImageNet files (each worker still holds its own copy:
+        # torch tensors are not read zero-copy from the object store).
+        check_schedulable(config)
+        keep_credentials_out_of_trials()
+        trainable = tune.with_parameters(run_trial, datasets=[ray.put(datasets)])
+        trainable = tune.with_resources(trainable, TRIAL_FUNCTION_RESOURCES)
+        tune_path = storage.join(directory, "tune")
+        callbacks = _callbacks(config, directory, experiment, mlflow, log)
+        if tune.Tuner.can_restore(tune_path):
+            log(f"[sweep] resuming {tune_path}: finished trials are kept")
+            # Same trial ids for unfinished and errored trials: their Train runs resume from
+            # their checkpoints (restart_errored would start them over under new ids).
+            tuner = tune.Tuner.restore(
+                tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True
+            )
+            # Tune would use the callbacks it pickled at the first run: this run's console and
+            # MLflow URI instead (Ray 2.60 has no public way; the version is pinned).
+            tuner._local_tuner.get_run_config().callbacks = callbacks  # type: ignore[union-attr]
+        else:
+            concurrency = max_concurrent_trials or default_concurrency(config)
+            tuner = _new_tuner(
+                trainable,
+                config,
+                directory,
+                concurrency,
+                max_failures,
+                verbose,
+                stall_timeout_s,
+                callbacks,
+            )
+        outcomes = _outcomes(tuner.fit())
+        histories = _histories(directory, outcomes)
+        trials = tables.trials_frame(outcomes, histories, config, experiment)
+        epochs = tables.epochs_frame(outcomes, histories, experiment)
+        for frame, name, schema in (
+            (trials, "trials", storage.TRIALS_SCHEMA),
+            (epochs, "epochs", storage.EPOCHS_SCHEMA),
+        ):
+            location = storage.join(directory, f"{name}.parquet")
+            storage.write_parquet(pa.Table.from_pandas(frame), location, schema)
+        return SweepResult(config, trials, epochs, directory)
 
 
 def default_experiment(config: SweepConfig) -> str:

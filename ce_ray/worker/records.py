@@ -35,12 +35,22 @@ def read_epochs(location: str) -> list[dict]:
 
 
 def read_reports(location: str) -> list[dict]:
-    """Each recorded epoch's shared figures -- what the epoch reports to Tune -- in order
-    ([] when the trial never started)."""
+    """What each recorded epoch reports to Tune, in order ([] when the trial never started):
+    its shared figures (the means over the trial's seeds) and ``seed``, each seed index's own
+    figures by index -- ``{"seed": {"0": {"test_error": ..., "train_loss": ...}}}``, which
+    Tune's TensorBoard logger flattens to ``seed/0/test_error`` (a curve per seed, also when
+    seeds are packed into one trial)."""
     if not storage.exists(location):
         return []
-    epochs = json.loads(storage.read_text(location))["epochs"]
-    return [{key: value for key, value in e.items() if key != "seeds"} for e in epochs]
+    reports = []
+    for epoch in json.loads(storage.read_text(location))["epochs"]:
+        shared = {key: value for key, value in epoch.items() if key != "seeds"}
+        seeds = {
+            str(seed["seed_index"]): {k: v for k, v in seed.items() if k != "seed_index"}
+            for seed in epoch["seeds"]
+        }
+        reports.append(shared | {"seed": seeds})
+    return reports
 
 
 #: A training worker's heartbeat comes at most this often (seconds).

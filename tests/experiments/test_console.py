@@ -99,3 +99,39 @@ def test_a_fit_inside_a_sweep_prints_its_first_and_last_task_and_every_other_lin
         "[fit-alpha] 3/5 shards: c",
         "[fit-alpha] 5/5 shards: e",
     ]
+
+
+def test_the_kept_log_holds_what_the_quiet_console_leaves_out(tmp_path, capsys):
+    """Ray's console handler shows warnings, not Tune's INFO lines or a failed start's
+    traceback; the sweep's kept log has those and ce-ray's lines, time-stamped."""
+    import logging
+    import sys
+
+    ray_console = logging.getLogger("ray").handlers[0]  # Ray's own handler, on stderr
+    level, filters = ray_console.level, list(ray_console.filters)
+    stream = ray_console.setStream(sys.stderr)  # pytest's capture of this test
+    ray_console.setLevel(logging.WARNING)  # as cluster.init_ray(quiet=True) sets it
+    console.quiet_tune()
+    location = tmp_path / "logs/sweep-x.log"
+    lines: list[str] = []
+    try:
+        with console.kept_log(str(location), lines.append) as log:
+            log("[sweep] trial 4x6d seeds [0] started")
+            logging.getLogger("ray.tune.tune").info("Wrote the experiment state")
+            logging.getLogger(console.TUNE_CONTROLLER).error("Trial task failed\nTraceback")
+            logging.getLogger("ray.tune.tune").warning("a warning the user must see")
+    finally:
+        ray_console.setLevel(level)
+        ray_console.filters[:] = filters
+        ray_console.setStream(stream)
+    printed = capsys.readouterr().err
+    assert "a warning the user must see" in printed
+    assert "Wrote the experiment state" not in printed and "Trial task failed" not in printed
+    assert lines == ["[sweep] trial 4x6d seeds [0] started"]
+    kept = location.read_text().splitlines()
+    assert kept[0].endswith("INFO ce_ray: [sweep] trial 4x6d seeds [0] started")
+    assert any(line.endswith("INFO ray.tune.tune: Wrote the experiment state") for line in kept)
+    assert "Trial task failed" in kept[2] and "Traceback" in kept[3]
+    assert "a warning the user must see" in kept[4]
+    logging.getLogger("ray.tune.tune").info("after the sweep")
+    assert "after the sweep" not in location.read_text()  # the handler is gone

@@ -1,18 +1,22 @@
 """Jobs submitted with `ray job submit` to real heads: a cluster that starts with no worker
 nodes and grows (Ray's fake autoscaler); and, on one head started from a shell that holds AWS
 credentials (as a user's does), fit-alpha submitted twice with its results on a real S3 API,
-a sweep job stopped mid-sweep and submitted again -- after which the secret key and session
-token are in no job of Ray's job table, no file of the head's session directory, no process's
-command line and no result. Each head runs in its own process group and RAY_TMPDIR and is
+a sweep job stopped mid-sweep and submitted again, logging to a real MLflow tracking server
+and to TensorBoard -- after which the secret key, session token and MLflow token are in no job
+of Ray's job table, no file of the head's session directory, no process's command line, no
+result and nothing MLflow stored. Each head runs in its own process group and RAY_TMPDIR and is
 stopped by that group; storage settings reach a job only through its runtime environment,
 and never a secret."""
 
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -180,8 +184,57 @@ def shell(s3_server) -> dict:
     return {"env": leaks.secret_shell(s3_server.endpoint), "bucket": bucket, "s3": s3_server}
 
 
+class MlflowServer:
+    """``mlflow server`` on 127.0.0.1 with a SQLite backend and an artifact directory in
+    ``directory``, in a process group of its own. It takes 10-30 s to start: the fixture
+    starts it before the head and a test waits for it only when it needs it."""
+
+    def __init__(self, directory: Path):
+        self.directory, port = directory, local_head.free_port()
+        self.uri = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
+        command += ["--port", str(port), "--workers", "1"]
+        command += ["--backend-store-uri", f"sqlite:///{directory}/mlflow.db"]
+        command += ["--default-artifact-root", str(directory / "artifacts")]
+        with open(directory / "server.log", "wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def wait(self, timeout_s: float = 180.0) -> str:
+        """The server's URI, once it answers."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert self.process.poll() is None, (self.directory / "server.log").read_text()
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=5) as response:
+                    if response.status == 200:
+                        return self.uri
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the MLflow server never answered"
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
 @pytest.fixture(scope="module")
-def head(shell, tmp_path_factory):
+def mlflow_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def head(shell, mlflow_server, tmp_path_factory):
     """A 2-CPU head started from ``shell``, a watch on every command line from before it
     starts, and a results directory for the jobs submitted to it."""
     tmpdir = short_tmpdir()
@@ -229,10 +282,14 @@ def test_fit_alpha_submitted_twice_resumes_from_s3(head, shell):
     assert f"alpha = {alpha:.4f}" in again.stdout
 
 
-def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_rest(head):
+def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_rest(
+    head, mlflow_server
+):
     """Each trial trains two packed seeds on two DDP workers (gloo), so the trials run one at
     a time on the head's 2 CPUs; the job is stopped once the first has finished and the
-    second is under way. Every test example counts once in each seed's test error."""
+    second is under way. Every test example counts once in each seed's test error. Each
+    (point, seed) is one MLflow run, which the resubmitted job continues, and one curve in
+    TensorBoard."""
     address, env, tmp_path = head["address"], head["env"], head["results"]
     epochs = 60
     job = [
@@ -255,6 +312,8 @@ def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_res
         "--experiment",
         "stop",
         "--no-report",
+        "--mlflow",
+        mlflow_server.wait(),
     ]
     job_id = f"ce-ray-stop-{uuid.uuid4().hex[:8]}"
     first = submit(address, env, *job, job_id=job_id, wait=False)
@@ -312,9 +371,60 @@ def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_res
     done_first = trials[trials["retries"] == 0]
     assert len(done_first) >= 1  # the trial that had finished was not trained again
     print(f"\n[figures] resubmitted sweep finished in {resumed_in:.1f} s")
+    check_mlflow_runs(mlflow_server.uri, "stop", trials, history, epochs)
+    check_tensorboard(tmp_path / "stop/tune", trials, history)
 
 
-def test_no_credential_reached_the_job_table_session_files_command_lines_or_results(head, shell):
+def check_mlflow_runs(
+    uri: str, experiment: str, trials: pd.DataFrame, history: pd.DataFrame, epochs: int
+) -> None:
+    """One finished run per (point, seed), with the point's parameters, and each epoch's
+    figures of epochs.parquet once -- the resumed trial's runs continued, not started again."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == len(trials) == 4
+    for run in runs:
+        params, tags = run.data.params, run.data.tags
+        row = trials[
+            (trials["n"] == int(params["n"])) & (trials["seed_index"] == int(params["seed_index"]))
+        ]
+        assert len(row) == 1 and tags["ce_ray.point"] == row["label"].iloc[0]
+        assert run.info.status == "FINISHED"
+        for name in ("m", "params", "alpha", "rho", "var_ensemble"):
+            assert float(params[name]) == pytest.approx(float(row[name].iloc[0]))
+        assert params["preset"] == "synthetic-mlp" and int(params["seed"]) > 0
+        logged = client.get_metric_history(run.info.run_id, "test_error")
+        assert sorted(m.step for m in logged) == list(range(1, epochs + 1))
+        seed = history[
+            (history["trial_id"] == row["trial_id"].iloc[0])
+            & (history["seed_index"] == row["seed_index"].iloc[0])
+        ]
+        expected = dict(zip(seed["epoch"], seed["test_error"], strict=True))
+        assert {m.step: m.value for m in logged} == pytest.approx(expected)
+
+
+def check_tensorboard(tune_dir: Path, trials: pd.DataFrame, history: pd.DataFrame) -> None:
+    """``tensorboard --logdir <experiment>/tune``: each trial's directory names its point and
+    seeds, and holds a per-epoch curve for each packed seed (``ray/tune/seed/<i>/...``)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    finished = trials[trials["retries"] == 0]  # trained in one go: one curve, no restart
+    trial_id = finished["trial_id"].iloc[0]
+    (directory,) = [d for d in tune_dir.iterdir() if d.name.endswith(trial_id)]
+    assert directory.name.startswith(f"{finished['label'].iloc[0]}-seeds0-1-")
+    events = EventAccumulator(str(directory))
+    events.Reload()
+    for seed_index in (0, 1):
+        curve = events.Scalars(f"ray/tune/seed/{seed_index}/test_error")
+        seed = history[(history["trial_id"] == trial_id) & (history["seed_index"] == seed_index)]
+        assert [point.value for point in curve] == pytest.approx(list(seed["test_error"]))
+
+
+def test_no_credential_reached_the_job_table_session_files_command_lines_or_results(
+    head, shell, mlflow_server
+):
     """After the jobs above (run alone, it checks a head that ran none)."""
     from ray.job_submission import JobSubmissionClient
 
@@ -325,4 +435,5 @@ def test_no_credential_reached_the_job_table_session_files_command_lines_or_resu
     assert not leaks.files_holding_a_secret(head["tmpdir"])
     assert not head["watch"].leaks
     assert not leaks.files_holding_a_secret(head["results"])
+    assert not leaks.files_holding_a_secret(mlflow_server.directory)
     assert not leaks.s3_objects_holding_a_secret(shell["s3"].client(), shell["bucket"])
