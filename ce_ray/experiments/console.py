@@ -156,11 +156,32 @@ class SweepConsole(tune.Callback):
         counts start again here)."""
         self.started = time.monotonic()
         self.last_progress = self.started
+        self.attempts: dict[str, int] = {}  # trial id -> the latest start its epochs came from
+        self.started_by_tune: set[str] = set()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         failures = trial.num_failures  # Tune's count, kept across restores
         again = f" again, from its checkpoint (retry {failures})" if failures else ""
+        self.started_by_tune.add(trial.trial_id)
         self.log(f"[sweep] trial {self.name_of(trial)} started{again}")
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Trial, result: dict, **info: Any
+    ) -> None:
+        """A new start of the trial's training that Tune did not make -- Ray Train restarted
+        its worker group after a worker or its node was lost -- in one line."""
+        attempt = int(result.get("attempt", 0))
+        seen = self.attempts.get(trial.trial_id)
+        self.attempts[trial.trial_id] = attempt
+        if trial.trial_id in self.started_by_tune:  # this start's first epoch: said already
+            self.started_by_tune.discard(trial.trial_id)
+            return
+        if seen is not None and attempt > seen:
+            self.log(
+                f"[sweep] trial {self.name_of(trial)} restarted by Ray Train from its checkpoint "
+                f"after epoch {int(result.get('start_epoch', 1)) - 1} (a training worker or "
+                f"its node was lost; start {attempt + 1})"
+            )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         result = trial.last_result or {}

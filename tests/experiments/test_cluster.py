@@ -115,9 +115,12 @@ def _training_node(experiment_dir: str, after_epochs: int) -> str | None:
     return None
 
 
-def test_a_sweep_trains_on_the_workers_writes_to_s3_and_outlives_a_lost_node(multi_node, s3):
+def test_a_sweep_trains_on_the_workers_writes_to_s3_and_outlives_a_lost_node(
+    multi_node, s3, capsys
+):
     """Results on S3; a worker node is removed while it trains, a fresh one joins. The trial
-    goes on elsewhere from its checkpoint; a rerun resumes from S3 and trains nothing."""
+    goes on elsewhere from its checkpoint, which the console says in one line; a rerun resumes
+    from S3 and trains nothing."""
     server, bucket = s3
     results = f"s3://{bucket}/sweeps"
     experiment = f"{results}/lost"
@@ -130,6 +133,17 @@ def test_a_sweep_trains_on_the_workers_writes_to_s3_and_outlives_a_lost_node(mul
     removed = _remove_a_worker_once(multi_node, lambda: _training_node(experiment, 5))
     thread.join(timeout=600)
     assert outcome.get("rc") == 0
+    printed = capsys.readouterr().out.splitlines()
+    # Ray Train restarts the worker group (or, had the trial's actor been on that node, Tune
+    # retries the trial): either way one line, no traceback.
+    retried = [
+        line
+        for line in printed
+        if "restarted by Ray Train from its checkpoint" in line
+        or "failed, retrying from its checkpoint" in line
+    ]
+    assert len(retried) == 1, "\n".join(printed)
+    assert not any("Traceback" in line for line in printed)
     trials = pd.read_parquet(f"{experiment}/trials.parquet")  # pandas alone reads S3
     epochs = pd.read_parquet(f"{experiment}/epochs.parquet")
     assert len(trials) == 2 and trials.groupby(["n", "seed_index"]).size().eq(1).all()

@@ -62,10 +62,14 @@ def test_a_trial_line_names_the_point_and_says_how_it_ended():
     lines: list[str] = []
     sweep = console.SweepConsole(lines.append, lambda t: "4x6d seeds [0]", epochs=8, total=2)
     done = SimpleNamespace(
-        num_failures=0, last_result={"epoch": 8, "test_error": 12.345, "time_total_s": 75.2}
+        trial_id="a",
+        num_failures=0,
+        last_result={"epoch": 8, "test_error": 12.345, "time_total_s": 75.2},
     )
     stopped = SimpleNamespace(
-        num_failures=1, last_result={"epoch": 3, "test_error": 40.0, "time_total_s": 9}
+        trial_id="b",
+        num_failures=1,
+        last_result={"epoch": 3, "test_error": 40.0, "time_total_s": 9},
     )
     sweep.on_trial_start(0, [], stopped)
     sweep.on_trial_complete(0, [], done)
@@ -135,3 +139,23 @@ def test_the_kept_log_holds_what_the_quiet_console_leaves_out(tmp_path, capsys):
     assert "a warning the user must see" in kept[4]
     logging.getLogger("ray.tune.tune").info("after the sweep")
     assert "after the sweep" not in location.read_text()  # the handler is gone
+
+
+def test_a_restart_by_ray_train_is_one_line_and_a_start_by_tune_is_not_said_twice():
+    lines: list[str] = []
+    sweep = console.SweepConsole(lines.append, lambda t: "4x6d seeds [0]", epochs=8, total=1)
+    trial = SimpleNamespace(trial_id="a", num_failures=0)
+    sweep.on_trial_start(0, [], trial)
+    for epoch, attempt, start in ((1, 0, 1), (2, 0, 1), (3, 1, 3), (4, 1, 3)):
+        sweep.on_trial_result(
+            0, [], trial, {"epoch": epoch, "attempt": attempt, "start_epoch": start}
+        )
+    trial.num_failures = 1  # Tune retries it: its own line, not a second one
+    sweep.on_trial_start(0, [], trial)
+    sweep.on_trial_result(0, [], trial, {"epoch": 5, "attempt": 2, "start_epoch": 5})
+    assert lines == [
+        "[sweep] trial 4x6d seeds [0] started",
+        "[sweep] trial 4x6d seeds [0] restarted by Ray Train from its checkpoint after epoch 2 "
+        "(a training worker or its node was lost; start 2)",
+        "[sweep] trial 4x6d seeds [0] started again, from its checkpoint (retry 1)",
+    ]
