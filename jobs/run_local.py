@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shlex
 import shutil
@@ -28,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ce_ray.experiments import local_head  # noqa: E402
+from ce_ray.experiments import console, local_head  # noqa: E402
 from ce_ray.results import storage  # noqa: E402
 
 
@@ -43,15 +44,23 @@ def results_of(job_args: list[str]) -> str:
 
 
 def submit_and_follow(
-    address: str, env: dict[str, str], entrypoint: list[str], env_vars: dict[str, str]
+    address: str,
+    env: dict[str, str],
+    entrypoint: list[str],
+    env_vars: dict[str, str],
+    verbose: bool = False,
 ) -> int:
     """Submit ``entrypoint`` with this project as its working directory (uploaded as Ray does
     it: what .gitignore excludes stays here), print its log as it comes, and return 0 when
-    the job succeeded. ``env_vars``: the job's runtime environment (never a secret)."""
+    the job succeeded. ``env_vars``: the job's runtime environment (never a secret);
+    ``verbose``: the SDK's own INFO lines too."""
     # The SDK reads the auth mode and token from this process's environment.
     os.environ.update({k: v for k, v in env.items() if k.startswith("RAY_")})
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    if not verbose:  # the SDK's INFO lines: each file .gitignore keeps out, the upload
+        for handler in logging.getLogger("ray").handlers:
+            handler.setLevel(logging.WARNING)
     client = JobSubmissionClient(address)
     runtime_env: dict = {"working_dir": str(ROOT)}
     if env_vars:
@@ -92,6 +101,7 @@ def main() -> int:
             env,
             ["python", f"jobs/{args.job}.py", *job_args],
             storage.forwarded_env(results),
+            verbose=console.verbose_from_env("--verbose" in job_args),
         )
         return returncode
     finally:

@@ -60,6 +60,23 @@ def quiet_tune() -> None:
             handler.addFilter(_not_a_failed_start)
 
 
+class _Tee:
+    """``log``, and the kept log's ``handler``. Tune pickles the callbacks that hold it with
+    the experiment; a pickled one prints only (a restored sweep gets new callbacks)."""
+
+    def __init__(self, log: Log, handler: logging.Handler | None):
+        self.log, self.handler = log, handler
+
+    def __call__(self, line: str) -> None:
+        self.log(line)
+        if self.handler is not None:
+            fields = {"name": "ce_ray", "levelno": logging.INFO, "levelname": "INFO"}
+            self.handler.handle(logging.makeLogRecord(fields | {"msg": line}))
+
+    def __getstate__(self) -> dict:
+        return {"log": self.log, "handler": None}
+
+
 @contextmanager
 def kept_log(location: str, log: Log) -> Iterator[Log]:
     """``log``, which also writes each line, time-stamped, to ``location`` -- with every log
@@ -77,17 +94,8 @@ def kept_log(location: str, log: Log) -> Iterator[Log]:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     ray_logger = logging.getLogger("ray")
     ray_logger.addHandler(handler)
-
-    def emit(line: str) -> None:
-        log(line)
-        handler.handle(
-            logging.makeLogRecord(
-                {"name": "ce_ray", "levelno": logging.INFO, "levelname": "INFO", "msg": line}
-            )
-        )
-
     try:
-        yield emit
+        yield _Tee(log, handler)
     finally:
         ray_logger.removeHandler(handler)
         handler.close()

@@ -142,7 +142,7 @@ def test_a_sweep_trains_on_the_workers_writes_to_s3_and_outlives_a_lost_node(
         if "restarted by Ray Train from its checkpoint" in line
         or "failed, retrying from its checkpoint" in line
     ]
-    assert len(retried) == 1, "\n".join(printed)
+    assert retried, "\n".join(printed)
     assert not any("Traceback" in line for line in printed)
     trials = pd.read_parquet(f"{experiment}/trials.parquet")  # pandas alone reads S3
     epochs = pd.read_parquet(f"{experiment}/epochs.parquet")
