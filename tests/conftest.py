@@ -44,8 +44,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ray)
     # The users of the shared in-process cluster last (in their order), so that it starts once
-    # and no cluster of another test meets it.
-    items.sort(key=lambda item: "ray_cluster" in getattr(item, "fixturenames", ()))
+    # and no cluster of another test meets it; of those, the tests that kill or stop training
+    # workers at the very end: Ray Train's cleaner of a dead controller's placement group can
+    # miss one (it asks the State API, which times out on 2 busy CPUs), and a leaked group's
+    # CPUs are lost to that cluster until its job ends (seen once: the next test's worker group
+    # then never started).
+    items.sort(
+        key=lambda item: (
+            "ray_cluster" in getattr(item, "fixturenames", ()),
+            item.get_closest_marker("kills_workers") is not None,
+        )
+    )
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -52,6 +52,13 @@ REPORT_POLL_S = "0.05"
 # so the watcher saves at most one epoch; on one machine it only logs an object-store error
 # line per trial. Off unless the environment turns it on (RAY_TRAIN_ENABLE_PREEMPTION_WATCHER).
 PREEMPTION_WATCHER = "0"
+# A worker group that cannot start times out after 60 s (Train's default) and Train tries
+# again -- forever, by default (``controller_failure_limit=-1``): a trial whose CPUs were
+# taken by a placement group that Train's cleaner missed waited 15 minutes and more, and the
+# stall watch, which starts with the first heartbeat, cannot tell that from waiting for the
+# autoscaler. After this many timeouts (~10 minutes) the trial fails in one line and Tune
+# retries it under the sweep's retry budget.
+WORKER_GROUP_START_ATTEMPTS = 10
 
 
 def run_trial(trial: dict, datasets: list) -> None:
@@ -100,7 +107,10 @@ def run_trial(trial: dict, datasets: list) -> None:
             name=trial_id,
             storage_path=storage.join(trial["experiment_dir"], "train"),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=trial["max_failures"]),
+            failure_config=ray.train.FailureConfig(
+                max_failures=trial["max_failures"],
+                controller_failure_limit=WORKER_GROUP_START_ATTEMPTS,
+            ),
         ),
     )
     point, indices = trial["point"], trial["seed_indices"]

@@ -160,6 +160,7 @@ def training_workers() -> dict[int, int]:
     }
 
 
+@pytest.mark.kills_workers
 def test_a_killed_and_a_stopped_worker_resume_from_their_checkpoints_with_the_same_result(
     shared_run, tmp_path
 ):
@@ -175,11 +176,16 @@ def test_a_killed_and_a_stopped_worker_resume_from_their_checkpoints_with_the_sa
     lines: list[str] = []
     # The stall limit must outlast the killed trial's restart by Train (a new worker process
     # importing torch and Ray Train: ~10 s on 2 busy CPUs), which no beat interrupts.
-    sweep = threading.Thread(
-        target=lambda: run_sweep(
-            config, str(tmp_path), "hit", stall_timeout_s=30.0, log=lines.append
-        )
-    )
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_sweep(config, str(tmp_path), "hit", stall_timeout_s=30.0, log=lines.append)
+        except BaseException as error:
+            failed.append(error)
+            raise
+
+    sweep = threading.Thread(target=run)
     sweep.start()
     deadline = time.monotonic() + 180
     while not (
@@ -187,7 +193,9 @@ def test_a_killed_and_a_stopped_worker_resume_from_their_checkpoints_with_the_sa
         and all(n >= 10 for n in epochs_so_far(tmp_path / "hit"))
         and len(epochs_so_far(tmp_path / "hit")) == 2
     ):
-        assert time.monotonic() < deadline and sweep.is_alive(), "the trials never got there"
+        assert time.monotonic() < deadline and sweep.is_alive(), (
+            f"the trials never got there: {failed or lines}"
+        )
         time.sleep(0.02)
     killed, stopped = sorted(workers)
     os.kill(killed, signal.SIGKILL)
