@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ce_ray.experiments import console, local_head  # noqa: E402
+from ce_ray.experiments import local_head  # noqa: E402
 from ce_ray.results import storage  # noqa: E402
 
 
@@ -54,8 +54,6 @@ def submit_and_follow(
     it: what .gitignore excludes stays here), print its log as it comes, and return 0 when
     the job succeeded. ``env_vars``: the job's runtime environment (never a secret);
     ``verbose``: the SDK's own INFO lines too."""
-    # The SDK reads the auth mode and token from this process's environment.
-    os.environ.update({k: v for k, v in env.items() if k.startswith("RAY_")})
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     if not verbose:  # the SDK's INFO lines: each file .gitignore keeps out, the upload
@@ -89,6 +87,12 @@ def main() -> int:
     # Private (0700): the head's log and Ray's session files, which name the job's settings.
     private = tempfile.mkdtemp(prefix="ce-ray-")
     env = local_head.head_env({"RAY_TMPDIR": private})
+    # The Job SDK reads the auth mode and token from this process's environment when Ray is
+    # first imported: set them before anything imports it.
+    os.environ.update({k: v for k, v in env.items() if k.startswith("RAY_")})
+    from ce_ray.experiments import console
+
+    verbose = console.verbose_from_env("--verbose" in job_args)
     dashboard = local_head.free_port()
     print(f"[run_local] starting a Ray head on 127.0.0.1 (dashboard :{dashboard}, logs {private})")
     head = local_head.start_head(
@@ -101,7 +105,7 @@ def main() -> int:
             env,
             ["python", f"jobs/{args.job}.py", *job_args],
             storage.forwarded_env(results),
-            verbose=console.verbose_from_env("--verbose" in job_args),
+            verbose=verbose,
         )
         return returncode
     finally:

@@ -46,9 +46,9 @@ def job_id(out: str) -> str:
 def test_run_local_submits_the_default_job_and_stops_its_head(tmp_path):
     home = tmp_path / "home"  # a fresh machine: no ~/.ray, so no auth token yet
     home.mkdir()
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH_TOKEN", "RAY_ADDRESS"))
-    }
+    # A user's shell: no Ray settings (the suite's own RAY_AUTH_MODE hid, once, that the
+    # Job SDK read the auth mode before run_local had set it).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
     result = subprocess.run(
         [
             sys.executable,
