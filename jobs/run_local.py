@@ -59,6 +59,8 @@ def submit_and_follow(
     if not verbose:  # the SDK's INFO lines: each file .gitignore keeps out, the upload
         for handler in logging.getLogger("ray").handlers:
             handler.setLevel(logging.WARNING)
+        # ... and Ray 2.60's notice that .git is no longer uploaded (nothing here needs it).
+        logging.getLogger("ray._private.runtime_env.working_dir").setLevel(logging.ERROR)
     client = JobSubmissionClient(address)
     runtime_env: dict = {"working_dir": str(ROOT)}
     if env_vars:

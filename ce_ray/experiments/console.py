@@ -42,10 +42,17 @@ def verbose_from_env(flag: bool = False) -> bool:
 
 #: The Tune controller logs a failed start's traceback (some 40 lines) at ERROR.
 TUNE_CONTROLLER = "ray.tune.execution.tune_controller"
+#: Tune warns when one of its steps took over 0.5 s ("... may be a performance bottleneck"):
+#: on a busy 2-core machine, several times a sweep, with nothing for the user to do.
+TUNE_TIMING = "ray.tune.utils.util"
 
 
-def _not_a_failed_start(record: logging.LogRecord) -> bool:
-    return not record.name.startswith(TUNE_CONTROLLER) or record.levelno >= logging.CRITICAL
+def _for_the_console(record: logging.LogRecord) -> bool:
+    """Whether Ray's console handler prints ``record`` in a quiet sweep (the kept log has
+    every record): not a failed start's traceback, not Tune's timing hints."""
+    if record.name.startswith(TUNE_CONTROLLER):
+        return record.levelno >= logging.CRITICAL
+    return not (record.name == TUNE_TIMING and record.levelno < logging.ERROR)
 
 
 def quiet_tune() -> None:
@@ -53,11 +60,12 @@ def quiet_tune() -> None:
     TensorBoard hint whatever its verbosity, so the legacy reporter (silent at ``verbose=0``)
     is chosen unless the environment says otherwise (``RAY_AIR_NEW_OUTPUT``); and a failed
     start's traceback is left to its ``error.txt`` and the kept log (:func:`kept_log`) --
-    Ray's console handler drops it, and :class:`SweepConsole` says it in one line."""
+    Ray's console handler drops it (and Tune's timing hints), and :class:`SweepConsole` says
+    it in one line."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     for handler in logging.getLogger("ray").handlers:
-        if _not_a_failed_start not in handler.filters:
-            handler.addFilter(_not_a_failed_start)
+        if _for_the_console not in handler.filters:
+            handler.addFilter(_for_the_console)
 
 
 class _Tee:

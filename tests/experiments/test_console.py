@@ -124,6 +124,7 @@ def test_the_kept_log_holds_what_the_quiet_console_leaves_out(tmp_path, capsys):
             logging.getLogger("ray.tune.tune").info("Wrote the experiment state")
             logging.getLogger(console.TUNE_CONTROLLER).error("Trial task failed\nTraceback")
             logging.getLogger("ray.tune.tune").warning("a warning the user must see")
+            logging.getLogger(console.TUNE_TIMING).warning("may be a performance bottleneck")
     finally:
         ray_console.setLevel(level)
         ray_console.filters[:] = filters
@@ -131,12 +132,14 @@ def test_the_kept_log_holds_what_the_quiet_console_leaves_out(tmp_path, capsys):
     printed = capsys.readouterr().err
     assert "a warning the user must see" in printed
     assert "Wrote the experiment state" not in printed and "Trial task failed" not in printed
+    assert "performance bottleneck" not in printed
     assert lines == ["[sweep] trial 4x6d seeds [0] started"]
     kept = location.read_text().splitlines()
     assert kept[0].endswith("INFO ce_ray: [sweep] trial 4x6d seeds [0] started")
     assert any(line.endswith("INFO ray.tune.tune: Wrote the experiment state") for line in kept)
     assert "Trial task failed" in kept[2] and "Traceback" in kept[3]
     assert "a warning the user must see" in kept[4]
+    assert "performance bottleneck" in kept[5]
     logging.getLogger("ray.tune.tune").info("after the sweep")
     assert "after the sweep" not in location.read_text()  # the handler is gone
 
