@@ -36,6 +36,25 @@ def ray_daemons(wait_s: float = 15.0) -> list[int]:
         time.sleep(0.2)
 
 
+def readme_output() -> list[str]:
+    """The main job's output as the README shows it."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("What `jobs/run_local.py` printed here", 1)[1]
+    return block.split("```text\n", 1)[1].split("\n```", 1)[0].splitlines()
+
+
+def line_kind(line: str) -> str:
+    """What a line is, numbers and paths aside: its ``[prefix] word`` ("[sweep] trial"), or
+    its first word ("results:"), or, for a time-stamped line of Ray's, its level and source
+    ("INFO job_manager.py:N"); a row of the table is "row"."""
+    if re.match(r"^ *\d+ +\d+ +\d+x\d+d ", line):
+        return "row"
+    line = re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+", "", line)
+    words = re.sub(r"\d+", "N", line).split()
+    two = words[0].startswith("[") or words[0] in ("INFO", "WARNING", "ERROR")
+    return " ".join(words[:2] if two else words[:1])
+
+
 def job_id(out: str) -> str:
     """The id run_local says it submitted."""
     match = re.search(r"^\[run_local\] submitted (\S+):", out, re.M)
@@ -88,9 +107,11 @@ def test_run_local_submits_the_default_job_and_stops_its_head(tmp_path):
         assert f"[sweep] trial {label} seeds [0] finished: " in out
     for noise in ("Checkpoint successfully created", "Reporting training result", "Trial name"):
         assert noise not in out + result.stderr
-    # Under 40 lines, all told (stdout and stderr).
+    # Under 40 lines, all told (stdout and stderr), each of a kind the README shows.
     lines = (out + result.stderr).splitlines()
     assert len(lines) < 40, "\n".join(lines)
+    shown = {line_kind(line) for line in readme_output()}
+    assert {line_kind(line) for line in lines} <= shown, "\n".join(lines)
     assert f"[run_local] job {job_id(out)} succeeded" in out
     # The paper's metric: with 2 epochs, the mean of both, and the row says so.
     assert (trials["last_epochs_averaged"] == 2).all()
