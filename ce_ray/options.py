@@ -203,7 +203,7 @@ def mlflow_uri(text: str) -> str:
             f"must be a tracking URI with one of the schemes {', '.join(MLFLOW_SCHEMES)} "
             f"(http://HOST:PORT, sqlite:///PATH.db); got {text[:80]!r}"
         )
-    if "@" in parts.netloc:
+    if parts.username or parts.password:
         raise argparse.ArgumentTypeError(
             "must not carry credentials (user:password@): set MLFLOW_TRACKING_USERNAME and "
             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the driver's environment"
