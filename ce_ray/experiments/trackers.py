@@ -53,26 +53,37 @@ MAX_BATCH = 1000
 DRAIN_S = 120.0
 
 
+def _reason(error: BaseException) -> str:
+    """An error's first line (its type when it has none)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _mlflow_client(uri: str) -> Any:
+    """``MlflowClient(uri)`` with ``CLIENT_SETTINGS`` (unless the environment sets them)."""
+    for name, value in CLIENT_SETTINGS.items():
+        os.environ.setdefault(name, value)
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
 def client(uri: str) -> Any:
     """An ``MlflowClient`` for ``uri``; a one-line error when MLflow is missing or does not
     answer there (checked before Ray starts)."""
-    for name, value in CLIENT_SETTINGS.items():
-        os.environ.setdefault(name, value)
     try:
-        from mlflow.tracking import MlflowClient
+        tracking = _mlflow_client(uri)
     except ImportError:
         raise ValueError(
             "--mlflow needs MLflow in the driver's environment: pip install 'ce-ray[mlflow]'"
         ) from None
-    tracking = MlflowClient(tracking_uri=uri)
     retries = os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # a wrong URI is said at once
     try:
         tracking.search_experiments(max_results=1)
     except Exception as error:  # MlflowException, requests' errors, SQLAlchemy's ...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
         raise ValueError(
-            f"--mlflow {uri}: no MLflow tracking server answers there ({reason})"
+            f"--mlflow {uri}: no MLflow tracking server answers there ({_reason(error)})"
         ) from None
     finally:
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = retries
@@ -202,9 +213,8 @@ class MlflowRuns(tune.Callback):
         try:
             return call(*args, **kwargs)
         except Exception as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
             self.log(
-                f"[mlflow] {what} failed ({reason}); MLflow logging is off for the rest of "
+                f"[mlflow] {what} failed ({_reason(error)}); MLflow logging is off for the rest of "
                 "this sweep (its results are in Parquet as always)"
             )
             self.off = True
@@ -213,9 +223,7 @@ class MlflowRuns(tune.Callback):
     def _experiment(self) -> str | None:
         if self.experiment_id is None and not self.off:
             if self.tracking is None:
-                from mlflow.tracking import MlflowClient
-
-                self.tracking = MlflowClient(tracking_uri=self.uri)
+                self.tracking = _mlflow_client(self.uri)
             found = self._call(
                 "finding the experiment", self.tracking.get_experiment_by_name, self.experiment
             )
