@@ -291,7 +291,7 @@ def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_res
     (point, seed) is one MLflow run, which the resubmitted job continues, and one curve in
     TensorBoard."""
     address, env, tmp_path = head["address"], head["env"], head["results"]
-    epochs = 60
+    epochs = 80
     job = [
         "jobs/primal_curve.py",
         "--preset",
@@ -322,10 +322,11 @@ def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_res
 
     def one_finished_and_the_next_begun() -> bool:
         lines = sorted(epochs_so_far(tmp_path / "stop"))
-        return len(lines) == 2 and lines[0] >= 5 and lines[1] >= epochs
+        return len(lines) == 2 and lines[0] >= 3 and lines[1] >= epochs
 
     # One trial at a time: stop once the first has finished and the second is under way
-    # (with most of its epochs still to go: the stop takes a few seconds to land).
+    # (with most of its epochs still to go: the stop takes a few seconds to land; with 60
+    # epochs the second trial once finished first, ~0.15 s an epoch).
     while not one_finished_and_the_next_begun():
         assert time.monotonic() < deadline, "the sweep never got there"
         time.sleep(0.05)
@@ -364,7 +365,7 @@ def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_res
     for trial_id in restarted["trial_id"]:
         epochs_of = history[history["trial_id"] == trial_id]
         before = epochs_of.loc[epochs_of["attempt"] == 0, "epoch"].max()
-        assert before >= 5  # it kept what it had trained ...
+        assert before >= 3  # it kept what it had trained ...
         assert (
             epochs_of.loc[epochs_of["attempt"] == 1, "epoch"].min() == before + 1
         )  # ... and went on
