@@ -32,6 +32,7 @@ from ray.tune.experiment import Trial
 
 from ce_ray.configs import SweepConfig
 from ce_ray.experiments.tasks import Log
+from ce_ray.results import storage
 from ce_ray.theory.seeds import derive_seed
 from ce_ray.worker import records
 
@@ -51,12 +52,6 @@ SEED_METRICS = ("train_loss", "test_error", "test_error_top5")
 MAX_BATCH = 1000
 #: How long the sweep's end waits for the calls still queued (seconds).
 DRAIN_S = 120.0
-
-
-def _reason(error: BaseException) -> str:
-    """An error's first line (its type when it has none)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def _mlflow_client(uri: str) -> Any:
@@ -83,7 +78,7 @@ def client(uri: str) -> Any:
         tracking.search_experiments(max_results=1)
     except Exception as error:  # MlflowException, requests' errors, SQLAlchemy's ...
         raise ValueError(
-            f"--mlflow {uri}: no MLflow tracking server answers there ({_reason(error)})"
+            f"--mlflow {uri}: no MLflow tracking server answers there ({storage.first_line(error)})"
         ) from None
     finally:
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = retries
@@ -214,8 +209,8 @@ class MlflowRuns(tune.Callback):
             return call(*args, **kwargs)
         except Exception as error:
             self.log(
-                f"[mlflow] {what} failed ({_reason(error)}); MLflow logging is off for the rest of "
-                "this sweep (its results are in Parquet as always)"
+                f"[mlflow] {what} failed ({storage.first_line(error)}); MLflow logging is off "
+                "for the rest of this sweep (its results are in Parquet as always)"
             )
             self.off = True
             return None

@@ -285,7 +285,7 @@ def check_writable(location: str, option: str = "--results") -> None:
     try:
         fs, path = pafs.FileSystem.from_uri(location)
     except (ValueError, OSError, pa.ArrowException) as error:
-        fail(_one_line(error))
+        fail(first_line(error))
     bucket = path.split("/", 1)[0]
     try:
         if isinstance(fs, pafs.S3FileSystem) and (
@@ -294,10 +294,11 @@ def check_writable(location: str, option: str = "--results") -> None:
             fail(f"bucket {bucket!r} does not exist")
         fs.get_file_info(path.rstrip("/"))
     except (OSError, pa.ArrowException) as error:
-        fail(_one_line(error))
+        fail(first_line(error))
 
 
-def _one_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """An error's first non-empty line (its type when it has none)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
 
