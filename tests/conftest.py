@@ -86,6 +86,17 @@ def epochs_so_far(experiment_dir) -> list[int]:
     return counts
 
 
+def training_worker_pids() -> list[int]:
+    """The pids of every live Ray Train worker process on this machine."""
+    import psutil
+
+    return sorted(
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")
+    )
+
+
 def damage_one_file(directory: Path) -> str:
     """Leave what a killed writer leaves (a temporary file) and cut one Parquet file short;
     returns the damaged file's name."""

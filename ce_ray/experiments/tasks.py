@@ -119,17 +119,20 @@ def run_tasks(
     queue, results = [(item, 0) for item in items], []
     running: dict[ray.ObjectRef, _Running] = {}
     started, total = time.perf_counter(), done_before + len(items)
-    longest = 0.0
+    longest, checked = 0.0, time.monotonic()
     while queue or running:
         while queue and len(running) < workers:
             item, attempt = queue.pop(0)
             running[task.remote(*item)] = _Running(item, time.monotonic(), attempt)
         ready, _ = ray.wait(list(running), num_returns=1, timeout=STALL_POLL_S)
-        if not ready:
+        # Checked every poll, not only when nothing finished: one stopped worker must not
+        # wait for the others to run out of work.
+        if time.monotonic() - checked >= STALL_POLL_S:
+            checked = time.monotonic()
             limit = max(stall_timeout_s, STALL_FACTOR * longest)
             for ref, run in list(running.items()):
                 seconds = time.monotonic() - run.started
-                if seconds <= limit:
+                if ref in ready or seconds <= limit:
                     continue
                 ray.cancel(ref, force=True)
                 del running[ref]
@@ -144,6 +147,7 @@ def run_tasks(
                     f"killed, running it again (retry {run.attempt + 1}/{max_retries})"
                 )
                 queue.insert(0, (run.item, run.attempt + 1))
+        if not ready:
             continue
         [ref] = ready
         run = running.pop(ref)

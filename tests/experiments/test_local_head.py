@@ -29,7 +29,7 @@ import pytest
 from ce_ray.experiments import local_head
 from ce_ray.worker import records
 from tests import leaks
-from tests.conftest import epochs_so_far, short_tmpdir
+from tests.conftest import epochs_so_far, short_tmpdir, training_worker_pids
 
 # Each test starts its own Ray head (a subprocess), as a user's shell would.
 pytestmark = pytest.mark.ray
@@ -262,7 +262,7 @@ def head(shell, mlflow_server, tmp_path_factory):
 FIT = ["--preset", "mnist-mlp-block", "--widths", "8,16,32", "--samples", "1000"]
 
 
-def test_fit_alpha_submitted_twice_resumes_from_s3(head, shell):
+def test_fit_alpha_submitted_writes_to_s3(head, shell):
     results = f"s3://{shell['bucket']}/fits"
     job = ["jobs/fit_alpha.py", *FIT, "--bootstrap", "100", "--results", results]
     first = submit(head["address"], head["env"], *job, "--experiment", "submitted")
@@ -275,11 +275,7 @@ def test_fit_alpha_submitted_twice_resumes_from_s3(head, shell):
     )
     alpha = pq.read_table(pa.BufferReader(stored["Body"].read()))["alpha"][0].as_py()
     assert f"alpha = {alpha:.4f}" in first.stdout
-
-    again = submit(head["address"], head["env"], *job, "--experiment", "submitted")
-    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
-    assert "resuming: 3/3 shards already on storage" in again.stdout
-    assert f"alpha = {alpha:.4f}" in again.stdout
+    # (A rerun resumes from S3: experiments/test_cluster.py, on two nodes.)
 
 
 def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_rest(
@@ -287,11 +283,12 @@ def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_res
 ):
     """Each trial trains two packed seeds on two DDP workers (gloo), so the trials run one at
     a time on the head's 2 CPUs; the job is stopped once the first has finished and the
-    second is under way. Every test example counts once in each seed's test error. Each
+    second is under way (its workers frozen meanwhile, so that the stop lands mid-trial
+    however long it takes). Every test example counts once in each seed's test error. Each
     (point, seed) is one MLflow run, which the resubmitted job continues, and one curve in
     TensorBoard."""
     address, env, tmp_path = head["address"], head["env"], head["results"]
-    epochs = 80
+    epochs = 20
     job = [
         "jobs/primal_curve.py",
         "--preset",
@@ -324,19 +321,26 @@ def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_res
         lines = sorted(epochs_so_far(tmp_path / "stop"))
         return len(lines) == 2 and lines[0] >= 3 and lines[1] >= epochs
 
-    # One trial at a time: stop once the first has finished and the second is under way
-    # (with most of its epochs still to go: the stop takes a few seconds to land; with 60
-    # epochs the second trial once finished first, ~0.15 s an epoch).
+    # One trial at a time: stop once the first has finished and the second is under way.
+    # The stop takes seconds to land, an epoch ~0.15 s: the second trial's workers are
+    # stopped (SIGSTOP) until then, or it could finish first.
     while not one_finished_and_the_next_begun():
         assert time.monotonic() < deadline, "the sweep never got there"
         time.sleep(0.05)
-    subprocess.run(
-        [RAY, "job", "stop", "--address", address, job_id],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    frozen = training_worker_pids()
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        subprocess.run(
+            [RAY, "job", "stop", "--address", address, job_id],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    finally:
+        for pid in filter(psutil.pid_exists, frozen):
+            os.kill(pid, signal.SIGCONT)
 
     started = time.monotonic()
     again = submit(address, env, *job)
@@ -365,7 +369,7 @@ def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_res
     for trial_id in restarted["trial_id"]:
         epochs_of = history[history["trial_id"] == trial_id]
         before = epochs_of.loc[epochs_of["attempt"] == 0, "epoch"].max()
-        assert before >= 3  # it kept what it had trained ...
+        assert before >= 2  # it kept what it had trained ...
         assert (
             epochs_of.loc[epochs_of["attempt"] == 1, "epoch"].min() == before + 1
         )  # ... and went on

@@ -173,7 +173,7 @@ def test_a_stopped_task_is_killed_and_run_again_with_the_same_result(tmp_path):
     """fit-alpha's tasks: a worker SIGSTOPped mid-task is noticed after the stall limit, its
     task killed and run again; the samples, and so alpha, are those of an undisturbed run."""
     config = FitConfig.from_preset(
-        "mnist-mlp-block", widths=(8, 16, 32), samples=12000, shard_size=1000, seed=5
+        "mnist-mlp-block", widths=(8, 16, 32), samples=6000, shard_size=1000, seed=5
     )
     lines: list[str] = []
     outcome: dict = {}
@@ -208,3 +208,34 @@ def test_a_stopped_task_is_killed_and_run_again_with_the_same_result(tmp_path):
     for shard in plan_shards(config):
         sample_shard(config, shard, f"{undisturbed}/shards")
     assert outcome["stopped"].alpha == fa.fit_from_shards(config, undisturbed, bootstrap=50).alpha
+
+
+def stall_once_then_return(item: int, marker: str) -> int:
+    """Item 0 hangs the first time it runs (a marker file says it ran); every item takes
+    0.2 s, so that the other worker always has one finishing."""
+    if item == 0 and not os.path.exists(marker):
+        open(marker, "w").close()
+        time.sleep(3600)
+    time.sleep(0.2)
+    return item
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_stalled_task_is_noticed_while_other_tasks_keep_finishing(tmp_path):
+    """The stall check runs every poll, not only when no task finished in it."""
+    from ce_ray.experiments.tasks import run_tasks
+
+    lines: list[str] = []
+    items = [(i, str(tmp_path / "ran")) for i in range(40)]
+    results = run_tasks(
+        stall_once_then_return,
+        items,
+        2,
+        lambda item, _: str(item[0]),
+        lines.append,
+        stall_timeout_s=2.0,
+    )
+    assert sorted(results) == list(range(40))
+    (stalled,) = [i for i, line in enumerate(lines) if "a task stalled: running" in line]
+    # Noticed while the other worker had at least a quarter of the items still to run.
+    assert stalled < 30, lines
