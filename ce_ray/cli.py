@@ -66,8 +66,13 @@ def params_command(args: argparse.Namespace) -> None:
 
 def curve_command(args: argparse.Namespace) -> None:
     space = space_from_args(args)
+    alpha = args.alpha
+    if args.alpha_from:
+        from ce_ray.experiments.fit_alpha import read_alpha
+
+        alpha = read_alpha(args.alpha_from, args.accept_law_warnings)
     result = curve(
-        space, args.alpha, args.baseline, args.widths, args.formulation, args.metric, args.cost
+        space, alpha, args.baseline, args.widths, args.formulation, args.metric, args.cost
     )
     if args.json:
         print(json.dumps(curve_to_json(result), indent=2))
@@ -145,12 +150,15 @@ def fit_alpha_command(args: argparse.Namespace) -> None:
     if args.space:
         if args.input_shape is None:
             raise ValueError(f"--space {args.space} needs the shape of one example (--input-shape)")
-        config = FitConfig.for_member(args.space, args.input_shape, **settings)
+        config = FitConfig.for_member(
+            args.space, args.input_shape, fan_in_sum_from=args.fan_in_sum_from, **settings
+        )
         what = f"{args.space} (your member, inputs of shape {tuple(args.input_shape)})"
         experiment = args.experiment or args.space.replace(":", "-").replace(".", "-")
     else:
-        if args.input_shape is not None:
-            raise ValueError("--input-shape is for your own member (--space MODULE:CALLABLE)")
+        if args.input_shape is not None or args.fan_in_sum_from is not None:
+            flag = "--input-shape" if args.input_shape is not None else "--fan-in-sum"
+            raise ValueError(f"{flag} is for your own member (--space MODULE:CALLABLE)")
         preset = args.preset or options.DEFAULT_FIT_PRESET
         config = FitConfig.from_preset(preset, **settings)
         what = f"{preset}: {FIT_PRESETS[preset].description}"
@@ -183,9 +191,9 @@ def fit_alpha_command(args: argparse.Namespace) -> None:
         f"-> {fit.directory}"
     )
     if config.member:  # the built-in blocks are NTK-parameterised by construction
-        from ce_ray.theory.alpha import law_warnings
+        from ce_ray.theory.alpha import check_law
 
-        for warning in law_warnings(fit.moments, fit.r2):
+        for warning in check_law(fit.moments, fit.r2).warnings:
             log(f"warning: {warning}")
 
 
@@ -195,7 +203,9 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
     from ce_ray.experiments.fit_alpha import read_alpha
 
     settings = _given(args, SweepConfig.__dataclass_fields__) | {
-        "alpha": read_alpha(args.alpha_from) if args.alpha_from else args.alpha,
+        "alpha": (
+            read_alpha(args.alpha_from, args.accept_law_warnings) if args.alpha_from else args.alpha
+        ),
         "precision": None if args.precision == "auto" else args.precision,
     }
     del settings["preset"], settings["formulation"]

@@ -80,6 +80,7 @@ class FitConfig:
     memory_budget_mib: float = 256.0
     member: str = ""  # MODULE:CALLABLE of your own member(n); then preset is ""
     input_shape: tuple[int, ...] = ()  # one example's shape, for a member
+    fan_in_sum_from: str = ""  # MODULE:CALLABLE of S(n) for a member, instead of the traced one
 
     def __post_init__(self) -> None:
         _require(
@@ -153,7 +154,7 @@ class FitConfig:
         if self.member:
             from ce_ray.theory.member import MemberSpace
 
-            return MemberSpace(self.member, self.input_shape)
+            return MemberSpace(self.member, self.input_shape, self.fan_in_sum_from)
         return FIT_PRESETS[self.preset].space
 
     @property

@@ -15,6 +15,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from ce_ray import limits
@@ -240,14 +241,26 @@ MEMBER_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
 def add_input_shape(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, required: bool = False
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    required: bool = False,
+    fan_in_sum: bool = True,
 ) -> None:
-    """``--input-shape``: one example's shape, for a member of the user's own."""
+    """``--input-shape``: one example's shape, for a member of the user's own; and (with
+    ``fan_in_sum``) ``--fan-in-sum``, its S(n) given instead of traced."""
     parser.add_argument(
         "--input-shape",
         type=shape,
         required=required,
         help="your member: one example's shape, 64 or 3,32,32",
+    )
+    if not fan_in_sum:
+        return
+    parser.add_argument(
+        "--fan-in-sum",
+        type=member_name,
+        dest="fan_in_sum_from",
+        metavar="MODULE:CALLABLE",
+        help="your member: S(n) -> float to use instead of the traced S(n)",
     )
 
 
@@ -323,6 +336,16 @@ def add_stall_timeout(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def add_alpha_from(parser: argparse.ArgumentParser, group: Any) -> None:
+    """``--alpha-from`` (in ``group``, beside ``--alpha``) and ``--accept-law-warnings``."""
+    group.add_argument("--alpha-from", help="alpha.parquet of an earlier fit-alpha run")
+    parser.add_argument(
+        "--accept-law-warnings",
+        action="store_true",
+        help="use an --alpha-from fit although it warns that Eq. 9 may not describe the block",
+    )
+
+
 def add_json(parser: argparse.ArgumentParser, what: str = "the result") -> None:
     parser.add_argument("--json", action="store_true", help=f"print {what} as JSON")
 
@@ -367,6 +390,7 @@ SPACE_FLAGS: dict[str, str] = {
     "--spatial": "spatial",
     "--image-size": "image_size",
     "--input-shape": "input_shape",
+    "--fan-in-sum": "fan_in_sum_from",
 }
 
 
@@ -386,9 +410,9 @@ def add_curve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--baseline", type=integer(1, limits.MAX_WIDTH), required=True, help="baseline width n~"
     )
-    parser.add_argument(
-        "--alpha", type=number(0, limits.MAX_ALPHA), required=True, help="fitted alpha of Eq. 9"
-    )
+    alpha = parser.add_mutually_exclusive_group(required=True)
+    alpha.add_argument("--alpha", type=number(0, limits.MAX_ALPHA), help="fitted alpha of Eq. 9")
+    add_alpha_from(parser, alpha)
     parser.add_argument("--formulation", choices=FORMULATIONS, default="primal")
     parser.add_argument("--metric", choices=METRICS, default="params", help="budget (params)")
     parser.add_argument(
@@ -409,7 +433,7 @@ def add_inspect_options(parser: argparse.ArgumentParser) -> None:
         "member",
         help="your member as MODULE:CALLABLE, member(n) -> torch.nn.Module (width n)",
     )
-    add_input_shape(parser, required=True)
+    add_input_shape(parser, required=True, fan_in_sum=False)
     parser.add_argument(
         "--widths", type=widths, default=(8, 16, 32, 64), help="widths to trace (8,16,32,64)"
     )
@@ -510,7 +534,7 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
     alpha.add_argument(
         "--alpha", type=number(0, limits.MAX_ALPHA), help="alpha of Eq. 9 (default: the preset's)"
     )
-    alpha.add_argument("--alpha-from", help="alpha.parquet of an earlier fit-alpha run")
+    add_alpha_from(parser, alpha)
     parser.add_argument(
         "--max-concurrent-trials", type=integer(1, 10**6), help="default: what the cluster can hold"
     )

@@ -40,6 +40,13 @@ def member(n: int) -> nn.Module:
     return TransformerMLP(FEATURES, n)
 
 
+def fan_in_sum(n: int) -> float:
+    """S(n) by hand, for ``--fan-in-sum``: ``w1`` sums the features, ``w2`` the n hidden
+    units. It equals the traced S(n); a block whose contractions the trace cannot see (a
+    custom autograd function, a C++ extension) would need it."""
+    return 1 / FEATURES + 1 / n
+
+
 def member_torch_default(n: int) -> nn.Module:
     """The same block with ``nn.Linear``'s default (standard) parameterisation."""
     return nn.Sequential(

@@ -64,6 +64,17 @@ CASES = [
     ("fit-alpha --space ce_ray_nope:member --input-shape 3", "cannot import 'ce_ray_nope'"),
     ("fit-alpha --space examples.transformer_mlp:member", "needs the shape of one example"),
     ("fit-alpha --input-shape 8,8", "--input-shape is for your own member"),
+    ("fit-alpha --fan-in-sum a:b", "--fan-in-sum is for your own member"),
+    (
+        "fit-alpha --space examples.transformer_mlp:member --input-shape 8,8 "
+        "--fan-in-sum tests.theory.test_member:negative_fan_in_sum",
+        "gave -1.0 at n=4; it must give a positive finite number",
+    ),
+    (
+        "curve --space examples.transformer_mlp:member --input-shape 8,8 --baseline 8 --alpha 1 "
+        "--fan-in-sum examples.transformer_mlp:nothing",
+        "S(n) examples.transformer_mlp:nothing: module 'examples.transformer_mlp' has no",
+    ),
     (
         "fit-alpha --space examples.transformer_mlp:member --preset resnext-block",
         "argument --preset: not allowed with argument --space",

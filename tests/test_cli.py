@@ -162,3 +162,41 @@ def test_params_and_curve_start_without_torch_or_ray(argv):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "LOADED []" in done.stderr, done.stderr[-2000:]
+
+
+def test_a_curve_from_a_fit_that_breaks_the_law_needs_a_flag(tmp_path, capsys):
+    """--alpha-from reads alpha.parquet; a fit whose checks of Eq. 9 warned is refused in one
+    line, unless --accept-law-warnings says the user has seen it."""
+    import dataclasses
+
+    import numpy as np
+
+    from ce_ray import cli
+    from ce_ray.configs import FitConfig
+    from ce_ray.experiments.fit_alpha import write_outputs
+    from ce_ray.theory.alpha import fit_eq9
+
+    config = FitConfig.for_member("examples.transformer_mlp:member", (8, 8), widths=(4, 8, 16))
+    rng = np.random.default_rng(0)
+    fit = fit_eq9(
+        config.widths,
+        config.space.fan_in_sum,
+        lambda n: rng.lognormal(0.0, np.sqrt(1.0 * config.space.fan_in_sum(n)), 4000),
+        seed=0,
+        bootstrap=20,
+    )
+    good, weak = tmp_path / "good", tmp_path / "weak"
+    write_outputs(config, fit, str(good), "good", 20)
+    write_outputs(config, dataclasses.replace(fit, r2=0.5), str(weak), "weak", 20)
+    curve = ["curve", "--space", "examples.transformer_mlp:member", "--input-shape", "8,8"]
+    curve += ["--baseline", "16"]
+
+    assert cli.main([*curve, "--alpha-from", str(good / "alpha.parquet"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["alpha"] == fit.alpha
+    assert cli.main([*curve, "--alpha-from", str(weak / "alpha.parquet")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "weak fit of Eq. 9" in err, err
+    assert "pass --accept-law-warnings to use it anyway" in err
+    accepted = ["--alpha-from", str(weak / "alpha.parquet"), "--accept-law-warnings", "--json"]
+    assert cli.main([*curve, *accepted]) == 0
+    assert json.loads(capsys.readouterr().out)["alpha"] == fit.alpha

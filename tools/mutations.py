@@ -496,6 +496,48 @@ MUTATIONS = (
             "tests/experiments/test_sweep.py::test_packed_seeds_and_loader_processes_change_no_number_and_asha_stops_losers_early",
         ),
     ),
+    # --- stalls, the law's checks, a member's architecture ---
+    Mutation(
+        "a task's stall is checked only when no task finished in a poll",
+        "ce_ray/experiments/tasks.py",
+        "        if time.monotonic() - checked >= STALL_POLL_S:",
+        "        if not ready and time.monotonic() - checked >= STALL_POLL_S:",
+        (
+            "tests/experiments/test_stalls.py::test_a_stalled_task_is_noticed_while_other_tasks_keep_finishing",
+        ),
+    ),
+    Mutation(
+        "--alpha-from takes a fit whose law checks warned",
+        "ce_ray/experiments/fit_alpha.py",
+        "    if warned and not accept_law_warnings:",
+        "    if False:",
+        ("tests/test_cli.py::test_a_curve_from_a_fit_that_breaks_the_law_needs_a_flag",),
+    ),
+    Mutation(
+        "a rerun does not compare the member's architecture",
+        "ce_ray/experiments/fit_alpha.py",
+        "storage.check_or_write_config(directory, config.to_json() | architecture(config))",
+        "storage.check_or_write_config(directory, config.to_json())",
+        (
+            "tests/experiments/test_fit_alpha.py::test_your_member_is_fitted_by_ray_tasks_as_in_one_process",
+        ),
+    ),
+    Mutation(
+        "the R^2 with an intercept is the one through the origin",
+        "ce_ray/theory/alpha.py",
+        'r2_intercept = fit_line(moments["fan_in_sum"], moments["log_ratio"], weights, True).r2',
+        'r2_intercept = fit_line(moments["fan_in_sum"], moments["log_ratio"], weights, False).r2',
+        (
+            "tests/theory/test_member_ntk.py::test_the_law_checks_flag_the_standard_parameterisation_only",
+        ),
+    ),
+    Mutation(
+        "your S(n) is ignored",
+        "ce_ray/theory/member.py",
+        "        if not self.fan_in_sum_from:\n            return self._per_width",
+        "        if True:\n            return self._per_width",
+        ("tests/theory/test_member.py::test_your_s_of_n_replaces_the_traced_one",),
+    ),
     Mutation(
         "packed seeds drop their BatchNorm statistics",
         "ce_ray/theory/models.py",

@@ -31,9 +31,15 @@ from ce_ray.experiments.tasks import (
     run_missing,
 )
 from ce_ray.results import plots, storage
-from ce_ray.theory.alpha import AlphaFit, fit_eq9
+from ce_ray.theory.alpha import AlphaFit, check_law, fit_eq9
 from ce_ray.theory.curves import check_alpha
-from ce_ray.theory.member import build, inspect_member, load_member
+from ce_ray.theory.member import (
+    MemberSpace,
+    architecture_fingerprint,
+    build,
+    inspect_member,
+    load_member,
+)
 from ce_ray.theory.member_ntk import bytes_per_draw
 from ce_ray.theory.ntk import chunk_size
 
@@ -50,9 +56,11 @@ class FitResult(AlphaFit):
 
 
 def check_fits_in_memory(config: FitConfig) -> None:
-    """A chunk of the sampler must hold one sample at every width (ValueError if not)."""
+    """A chunk of the sampler must hold one sample at every width, and your member must pass
+    its checks (ValueError if not)."""
     if config.member:
         inspect_member(load_member(config.member), config.widths, config.input_shape)
+        config.space.fan_in_sum(np.asarray(config.widths))  # yours, if given, checked now
         widest = build(load_member(config.member), max(config.widths), "meta")
         need = bytes_per_draw(widest, 2 if config.off_diagonal else 1)
         if need > config.memory_budget:
@@ -144,6 +152,16 @@ def fit_from_shards(
     )
 
 
+def architecture(config: FitConfig) -> dict[str, str]:
+    """``{"architecture": fingerprint}`` of your own member at the fitted widths (nothing for a
+    preset, whose block is ce-ray's): recorded with the fit, and a rerun under the same name
+    whose member changed is refused."""
+    if not config.member:
+        return {}
+    traces = [MemberSpace(config.member, config.input_shape).trace(n) for n in config.widths]
+    return {"architecture": architecture_fingerprint(traces)}
+
+
 def write_outputs(
     config: FitConfig, fit: AlphaFit, directory: str, experiment: str, bootstrap: int
 ) -> None:
@@ -160,9 +178,12 @@ def write_outputs(
         storage.join(directory, "moments.parquet"),
         storage.MOMENTS_SCHEMA,
     )
+    law = check_law(fit.moments, fit.r2)
     row = {
         "experiment": experiment,
         "space": config.space.name,
+        "member": config.member,
+        "architecture": architecture(config).get("architecture", ""),
         "alpha": fit.alpha,
         "alpha_se": fit.alpha_se,
         "ci_low": fit.ci_low,
@@ -173,6 +194,12 @@ def write_outputs(
         "num_widths": len(config.widths),
         "samples_per_width": config.samples,
         "seed": config.seed,
+        "r2_intercept": law.r2_intercept,
+        "mean_slope": law.mean_slope,
+        "mean_slope_se": law.mean_slope_se,
+        "log_ratio_positive": law.log_ratio_positive,
+        "log_ratio_falls": law.log_ratio_falls,
+        "law_warnings": list(law.warnings),
     }
     storage.write_parquet(
         pa.Table.from_pylist([row]),
@@ -198,16 +225,17 @@ def fit_alpha(
     fit, write the outputs. Settings that cannot run fail before anything is written."""
     check_fits_in_memory(config)
     directory = storage.join(results, experiment, "fit_alpha")
-    storage.check_or_write_config(directory, config.to_json())
+    storage.check_or_write_config(directory, config.to_json() | architecture(config))
     sample_all_shards(config, directory, workers, log, stall_timeout_s=stall_timeout_s)
     fit = fit_from_shards(config, directory, bootstrap, ci_level, intercept)
     write_outputs(config, fit, directory, experiment, bootstrap)
     return FitResult(**vars(fit), directory=directory)
 
 
-def read_alpha(location: str) -> float:
+def read_alpha(location: str, accept_law_warnings: bool = False) -> float:
     """The alpha of an ``alpha.parquet`` written by fit-alpha (ValueError if it is not one,
-    or its alpha is not a usable one)."""
+    its alpha is not a usable one, or its fit broke a check of the law (``law_warnings``)
+    and ``accept_law_warnings`` is not given)."""
     if not storage.exists(location):
         raise ValueError(f"--alpha-from {location}: no such file (an alpha.parquet of fit-alpha)")
     if storage.is_directory(location):
@@ -219,6 +247,12 @@ def read_alpha(location: str) -> float:
     if "alpha" not in table.column_names or table.num_rows != 1:
         raise ValueError(f"--alpha-from {location}: not an alpha.parquet written by fit-alpha")
     alpha = table.column("alpha")[0].as_py()
+    warned = table.column("law_warnings")[0].as_py() if "law_warnings" in table.column_names else []
+    if warned and not accept_law_warnings:
+        raise ValueError(
+            f"--alpha-from {location}: its fit warned ({'; '.join(warned)}); pass "
+            "--accept-law-warnings to use it anyway"
+        )
     try:
         return check_alpha(alpha)
     except (TypeError, ValueError):

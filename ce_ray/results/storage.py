@@ -62,6 +62,16 @@ ALPHA_SCHEMA = pa.schema(
         pa.field("num_widths", pa.int64()),
         pa.field("samples_per_width", pa.int64()),
         pa.field("seed", pa.int64()),  # the experiment seed (--seed)
+        pa.field("member", pa.string()),  # MODULE:CALLABLE of your own member; "" for a preset
+        pa.field("architecture", pa.string()),  # the member's fingerprint; "" for a preset
+        # The checks of the law (ce_ray.theory.alpha.LawChecks): R^2 with an intercept, the
+        # slope of log E[K] on log n and its se, the log-ratio's sign and trend, and warnings.
+        pa.field("r2_intercept", pa.float64()),
+        pa.field("mean_slope", pa.float64()),
+        pa.field("mean_slope_se", pa.float64()),
+        pa.field("log_ratio_positive", pa.bool_()),
+        pa.field("log_ratio_falls", pa.bool_()),
+        pa.field("law_warnings", pa.list_(pa.string())),
     ]
 )
 

@@ -211,17 +211,42 @@ def fit_eq9(
 WEAK_R2 = 0.9
 
 
-def law_warnings(moments: pd.DataFrame, r2: float, flat_slope: float = 0.1) -> list[str]:
-    """What in a fit says the law of Eq. 9 does not hold for the block, each as one line:
-    E[K] growing with n (the slope of log E[K] on log n more than ``flat_slope`` above 0 by
-    two standard errors: the block is not NTK-parameterised, so its kernel does not settle as
-    it widens), a log-ratio log(E[K^2]/E[K]^2) that rises with n or is not positive, and a
-    weak fit through the origin (R^2 below :data:`WEAK_R2`)."""
+@dataclass(frozen=True)
+class LawChecks:
+    """Whether Eq. 9 describes the block, from a fit's moments: each figure is reported beside
+    alpha (alpha.parquet) and each failed check is a warning; nothing is hidden.
+
+    Attributes:
+        mean_slope, mean_slope_se: the slope of log E[K] on log n and its standard error; 0
+            in the NTK parameterisation, where the mean kernel settles as the block widens.
+        r2, r2_intercept: weighted R^2 of the fit through the origin (Eq. 9) and of a fit with
+            an intercept: a much better line with an intercept says the origin is off.
+        log_ratio_positive: log(E[K^2]/E[K]^2) > 0 at every width.
+        log_ratio_falls: it is smaller at the widest width than at the narrowest.
+        warnings: one line for each check that fails.
+    """
+
+    mean_slope: float
+    mean_slope_se: float
+    r2: float
+    r2_intercept: float
+    log_ratio_positive: bool
+    log_ratio_falls: bool
+    warnings: tuple[str, ...]
+
+
+def check_law(moments: pd.DataFrame, r2: float, flat_slope: float = 0.1) -> LawChecks:
+    """The checks of :class:`LawChecks` on a fit's ``moments`` (:func:`fit_eq9`'s frame) and
+    R^2 through the origin. Warnings: E[K] growing with n (slope more than ``flat_slope``
+    above 0 by two standard errors: the block is not NTK-parameterised), a log-ratio that is
+    not positive or does not fall with n, and a weak fit (R^2 below :data:`WEAK_R2`)."""
+    weights = 1.0 / np.maximum(moments["se_log_ratio"].to_numpy(dtype=np.float64), 1e-12) ** 2
+    r2_intercept = fit_line(moments["fan_in_sum"], moments["log_ratio"], weights, True).r2
     warnings = []
     if r2 < WEAK_R2:
         warnings.append(
-            f"weak fit of Eq. 9 (R^2 = {r2:.3f} < {WEAK_R2}): check the curve against a fit "
-            "with --intercept before trusting it"
+            f"weak fit of Eq. 9 (R^2 = {r2:.3f} < {WEAK_R2}; {r2_intercept:.3f} with an "
+            "intercept): check the curve against a fit with --intercept before trusting it"
         )
     widths = moments["width"].to_numpy(dtype=np.float64)
     log_n, log_mean = np.log(widths), np.log(moments["mean"].to_numpy(dtype=np.float64))
@@ -236,11 +261,12 @@ def law_warnings(moments: pd.DataFrame, r2: float, flat_slope: float = 0.1) -> l
             "is not in the NTK parameterisation, and Eq. 9's alpha does not describe it"
         )
     ratio = moments["log_ratio"].to_numpy(dtype=np.float64)
-    if (ratio <= 0).any():
+    positive, falls = bool((ratio > 0).all()), bool(ratio[-1] < ratio[0])
+    if not positive:
         warnings.append("log(E[K^2] / E[K]^2) is not positive at every width")
-    elif ratio[-1] >= ratio[0]:
+    elif not falls:
         warnings.append(
             f"log(E[K^2] / E[K]^2) does not fall with n ({ratio[0]:.3g} at n={int(widths[0])}, "
             f"{ratio[-1]:.3g} at n={int(widths[-1])})"
         )
-    return warnings
+    return LawChecks(slope, se, r2, float(r2_intercept), positive, falls, tuple(warnings))

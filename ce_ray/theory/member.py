@@ -13,12 +13,15 @@ The checks, each a one-line error (``ValueError``) or a warning returned to be p
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
+import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -35,30 +38,29 @@ _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropou
 _BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
-def load_member(name: str) -> Member:
+def load_member(name: str, role: str = "member", signature: str = "member(n) -> nn.Module") -> Any:
     """The callable ``name`` = ``"module.path:attribute"`` names, imported from the Python path
-    or the current directory (where ``ray job submit --working-dir .`` puts a job's files)."""
+    or the current directory (where ``ray job submit --working-dir .`` puts a job's files).
+    ``role`` and ``signature`` say in an error what the callable was wanted for."""
     module_name, colon, attribute = name.partition(":")
     if not colon or not module_name or not attribute:
-        raise ValueError(f"member {name!r} must be MODULE:CALLABLE, e.g. mypkg.blocks:member")
+        raise ValueError(f"{role} {name!r} must be MODULE:CALLABLE, e.g. mypkg.blocks:{role}")
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     try:
         target: object = importlib.import_module(module_name)
     except ImportError as error:
-        raise ValueError(f"member {name}: cannot import {module_name!r} ({error})") from None
+        raise ValueError(f"{role} {name}: cannot import {module_name!r} ({error})") from None
     except Exception as error:  # the user's module raised while it was imported
         raise ValueError(
-            f"member {name}: importing {module_name!r} raised {type(error).__name__}: {error}"
+            f"{role} {name}: importing {module_name!r} raised {type(error).__name__}: {error}"
         ) from None
     for part in attribute.split("."):
         if not hasattr(target, part):
-            raise ValueError(f"member {name}: module {module_name!r} has no {attribute!r}")
+            raise ValueError(f"{role} {name}: module {module_name!r} has no {attribute!r}")
         target = getattr(target, part)
     if not callable(target):
-        raise ValueError(
-            f"member {name} is a {type(target).__name__}, not a callable member(n) -> nn.Module"
-        )
+        raise ValueError(f"{role} {name} is a {type(target).__name__}, not a callable {signature}")
     return target
 
 
@@ -126,9 +128,26 @@ def _check_no_shared_storage(first: nn.Module, second: nn.Module, n: int) -> Non
             )
 
 
+def architecture_fingerprint(traces: Sequence[Trace]) -> str:
+    """12 hex digits of SHA-256 over what a member's sizes, S(n) and sampled kernel depend on,
+    at each traced width: its parameters' names and shapes and its contractions' parameters,
+    operations and fan-ins. Stored with a fit, so that a rerun whose member changed under the
+    same name is refused instead of mixing two architectures' samples."""
+    described = [
+        [
+            sorted(t.parameters.items()),
+            [(c.parameter, c.operation, c.fan_in) for c in t.contractions],
+        ]
+        for t in traces
+    ]
+    return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:12]
+
+
 @functools.lru_cache(maxsize=4096)
-def _traced(member: str, input_shape: tuple[int, ...], n: int) -> Trace:
-    return trace_member(load_member(member), n, input_shape)
+def _traced(member: Member, input_shape: tuple[int, ...], n: int) -> Trace:
+    # Keyed by the callable, not its name: a module reloaded (or an attribute replaced) in a
+    # long-lived process is traced again.
+    return trace_member(member, n, input_shape)
 
 
 @dataclass(frozen=True)
@@ -143,18 +162,24 @@ class MemberSpace(Space):
     Args:
         member: ``MODULE:CALLABLE`` naming ``member(n) -> nn.Module``.
         input_shape: one example's shape, without the batch.
+        fan_in_sum_from: ``MODULE:CALLABLE`` naming ``S(n) -> float`` to use instead of the
+            traced S(n) (for a block whose contractions the trace cannot see or should not
+            count); empty: the traced one.
     """
 
     name: ClassVar[str] = "member"
     default_baseline: ClassVar[int] = 64
     member: str
     input_shape: tuple[int, ...]
+    fan_in_sum_from: str = ""
 
     def __post_init__(self) -> None:
         load_member(self.member)  # one line now if it does not import
+        if self.fan_in_sum_from:
+            load_member(self.fan_in_sum_from, "S(n)", "S(n) -> float")
 
     def trace(self, n: int) -> Trace:
-        return _traced(self.member, tuple(self.input_shape), int(n))
+        return _traced(load_member(self.member), tuple(self.input_shape), int(n))
 
     def _per_width(self, n: IntLike, size: Callable[[Trace], float]) -> np.ndarray:
         widths = np.asarray(n, dtype=np.int64)
@@ -174,7 +199,20 @@ class MemberSpace(Space):
         return count.astype(np.int64) if count.ndim else int(count)
 
     def fan_in_sum(self, n: IntLike) -> np.ndarray:
-        return self._per_width(n, lambda t: t.fan_in_sum)
+        if not self.fan_in_sum_from:
+            return self._per_width(n, lambda t: t.fan_in_sum)
+        given = load_member(self.fan_in_sum_from, "S(n)", "S(n) -> float")
+        widths = np.asarray(n, dtype=np.int64)
+        values = []
+        for w in widths.ravel():
+            value = given(int(w))
+            if not (isinstance(value, int | float | np.floating) and 0 < value < math.inf):
+                raise ValueError(
+                    f"S(n) {self.fan_in_sum_from} gave {value!r} at n={int(w)}; it must give a "
+                    "positive finite number"
+                )
+            values.append(float(value))
+        return np.asarray(values, dtype=np.float64).reshape(widths.shape)
 
     def block_cost(self, n: IntLike, metric: Metric = "params") -> IntLike:
         return self.network_cost(1, n, metric)
@@ -186,4 +224,7 @@ class MemberSpace(Space):
         )
 
     def options(self) -> dict[str, int]:
-        return {"member": self.member, "input_shape": list(self.input_shape)}  # type: ignore[dict-item]
+        given = {"member": self.member, "input_shape": list(self.input_shape)}
+        if self.fan_in_sum_from:
+            given["fan_in_sum_from"] = self.fan_in_sum_from
+        return given  # type: ignore[return-value]

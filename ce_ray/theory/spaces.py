@@ -387,7 +387,8 @@ def make_space(name: str, spelled: Mapping[str, str] | None = None, **options: i
         shape = options.pop("input_shape", None)
         if shape is None:
             raise ValueError(f"space {name} needs the shape of one example (--input-shape)")
-        return MemberSpace(name, tuple(shape))  # type: ignore[arg-type]
+        given = str(options.pop("fan_in_sum_from", None) or "")
+        return MemberSpace(name, tuple(shape), given)  # type: ignore[arg-type]
     if name not in SPACES:
         raise ValueError(f"unknown space {name!r}; valid spaces: {', '.join(SPACES)}")
     cls = SPACES[name]

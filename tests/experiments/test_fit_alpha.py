@@ -1,6 +1,7 @@
 """fit-alpha on a real 2-CPU Ray cluster: determinism, resume, retries, outputs, errors."""
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -18,6 +19,8 @@ from ce_ray.configs import FitConfig
 from ce_ray.experiments import fit_alpha as fa
 from ce_ray.experiments import shards
 from ce_ray.results import storage
+from ce_ray.theory.alpha import check_law
+from examples import transformer_mlp
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -240,7 +243,7 @@ def test_a_killed_writer_and_a_truncated_shard_are_repaired_on_resume(tmp_path):
     assert again.alpha == first.alpha
 
 
-def test_your_member_is_fitted_by_ray_tasks_as_in_one_process(tmp_path, capsys):
+def test_your_member_is_fitted_by_ray_tasks_as_in_one_process(tmp_path, capsys, monkeypatch):
     """fit-alpha of a member the package does not know, named on the command line: its shards
     run as Ray tasks that import the member by name, and give the alpha that sampling and
     fitting every shard in this process gives."""
@@ -269,3 +272,23 @@ def test_your_member_is_fitted_by_ray_tasks_as_in_one_process(tmp_path, capsys):
         "input_shape": [8, 8],
     }
     assert FitConfig.from_json(metadata["config"]) == config
+    # The row names the member, its architecture and the checks of the law.
+    (row,) = pd.read_parquet(directory / "alpha.parquet").to_dict("records")
+    fingerprint = fa.architecture(config)["architecture"]
+    assert row["member"] == "examples.transformer_mlp:member"
+    assert re.fullmatch("[0-9a-f]{12}", fingerprint) and row["architecture"] == fingerprint
+    law = check_law(pd.DataFrame(fitted["moments"]), fitted["r2"])
+    assert list(row["law_warnings"]) == list(law.warnings)
+    assert (row["r2_intercept"], row["mean_slope"]) == (law.r2_intercept, law.mean_slope)
+
+    # The same name, another architecture (the user edited the member): refused in one line
+    # before anything is sampled or written.
+    monkeypatch.setattr(
+        transformer_mlp, "member", lambda n: transformer_mlp.TransformerMLP(8, 2 * n)
+    )
+    before = sorted(p.name for p in directory.rglob("*"))
+    code = cli.main([*argv, *settings, "--bootstrap", "50", "--results", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"different configuration (architecture: {fingerprint} -> " in err
+    assert sorted(p.name for p in directory.rglob("*")) == before

@@ -5,14 +5,16 @@ import json
 import sys
 import textwrap
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from ce_ray import cli
+from ce_ray.theory.alpha import fit_eq9
 from ce_ray.theory.curves import curve
-from ce_ray.theory.member import inspect_member, load_member
+from ce_ray.theory.member import MemberSpace, inspect_member, load_member
 from ce_ray.theory.spaces import FCSpace, make_space
 
 SHARED = nn.Parameter(torch.randn(4, 4))
@@ -38,6 +40,14 @@ def with_batch_norm(n: int) -> nn.Module:
 
 def not_a_module(n: int) -> int:
     return n
+
+
+def half_the_fan_in_sum(n: int) -> float:
+    return 0.5 * (1 / 8 + 1 / n)
+
+
+def negative_fan_in_sum(n: int) -> float:
+    return -1.0
 
 
 class ScaleOnly(nn.Module):
@@ -160,3 +170,47 @@ def test_params_and_curve_take_your_member(capsys):
         == 2
     )
     assert "needs the shape of one example (--input-shape)" in capsys.readouterr().err
+
+
+EXAMPLE = "examples.transformer_mlp:member"
+
+
+def test_your_s_of_n_replaces_the_traced_one():
+    """--fan-in-sum: the example's S(n) by hand equals the traced one; half of it draws the
+    curve of half the alpha (Eq. 12 reads alpha * S(n)), and fits twice the alpha from the
+    same samples."""
+    widths = np.arange(1, 65)
+    traced = MemberSpace(EXAMPLE, (8, 8))
+    by_hand = MemberSpace(EXAMPLE, (8, 8), "examples.transformer_mlp:fan_in_sum")
+    np.testing.assert_allclose(by_hand.fan_in_sum(widths), traced.fan_in_sum(widths), rtol=1e-12)
+    half = MemberSpace(EXAMPLE, (8, 8), "tests.theory.test_member:half_the_fan_in_sum")
+    assert half.options()["fan_in_sum_from"] == "tests.theory.test_member:half_the_fan_in_sum"
+    pd.testing.assert_frame_equal(
+        curve(half, 2.0, 64).table.drop(columns="fan_in_sum"),
+        curve(traced, 1.0, 64).table.drop(columns="fan_in_sum"),
+    )
+    rng = np.random.default_rng(0)
+    samples = {n: rng.lognormal(0.0, np.sqrt(traced.fan_in_sum(n)), 2000) for n in (4, 8, 16)}
+    fits = [
+        fit_eq9((4, 8, 16), space.fan_in_sum, samples.__getitem__, 0, bootstrap=1)
+        for space in (traced, half)
+    ]
+    assert fits[1].alpha == pytest.approx(2 * fits[0].alpha, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (
+            "tests.theory.test_member:negative_fan_in_sum",
+            "gave -1.0 at n=4; it must give a positive",
+        ),
+        (
+            "tests.theory.test_member:SHARED",
+            r"SHARED is a Parameter, not a callable S\(n\) -> float",
+        ),
+    ],
+)
+def test_a_bad_s_of_n_is_one_line(name, message):
+    with pytest.raises(ValueError, match=message):
+        MemberSpace(EXAMPLE, (8, 8), name).fan_in_sum(np.array([4, 8]))

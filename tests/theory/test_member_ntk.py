@@ -2,12 +2,11 @@
 function of (seed, draw index) alone; it samples the member's own initialisation."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from ce_ray.presets import FIT_PRESETS
-from ce_ray.theory.alpha import fit_eq9, law_warnings, width_moments
+from ce_ray.theory.alpha import AlphaFit, check_law, fit_eq9, fit_line
 from ce_ray.theory.member_ntk import (
     draw_members,
     member_inputs,
@@ -17,6 +16,7 @@ from ce_ray.theory.member_ntk import (
 from ce_ray.theory.ntk import member_ntk, ntk_inputs, sample_ntk
 from ce_ray.theory.seeds import derive_seed
 from ce_ray.theory.spaces import FCSpace, ResNeXtBlockSpace
+from ce_ray.theory.traced import trace_member
 from examples.transformer_mlp import member as ntk_member
 from examples.transformer_mlp import member_torch_default
 from tests.theory.ensembles import split_members
@@ -64,23 +64,35 @@ def test_the_members_own_initialisation_is_sampled():
 
 def test_the_law_checks_flag_the_standard_parameterisation_only():
     """E[K] grows with n under PyTorch's default initialisation: a warning; NTK-parameterised,
-    none about E[K]."""
+    none about E[K], and the figures behind each check are reported either way."""
     inputs = member_inputs((8, 8), seed=0)
     widths = (4, 8, 16, 32, 64)
 
-    def moments(member) -> pd.DataFrame:
-        rows = []
-        for n in widths:
-            m = width_moments(sample_member_ntk(member, n, 300, seed=n, inputs=inputs))
-            rows.append({"width": n, "mean": m.mean, "log_ratio": m.log_ratio})
-        return pd.DataFrame(rows)
+    def fit(member) -> AlphaFit:
+        def samples_of(n: int) -> np.ndarray:
+            return sample_member_ntk(member, n, 300, seed=n, inputs=inputs)
 
-    standard = law_warnings(moments(member_torch_default), r2=0.99)
-    assert any(w.startswith("E[K] grows with n") for w in standard), standard
-    ntk_moments = moments(ntk_member)
-    ntk = law_warnings(ntk_moments, r2=0.99)
-    assert not any(w.startswith("E[K] grows") for w in ntk), ntk
-    assert law_warnings(ntk_moments, r2=0.5)[0].startswith("weak fit of Eq. 9 (R^2")
+        def fan_in_sum(n: np.ndarray) -> np.ndarray:
+            return np.array([trace_member(member, int(w), (8, 8)).fan_in_sum for w in n])
+
+        return fit_eq9(widths, fan_in_sum, samples_of, 0, bootstrap=1)
+
+    standard = check_law(fit(member_torch_default).moments, r2=0.99)
+    assert any(w.startswith("E[K] grows with n") for w in standard.warnings), standard
+    assert standard.mean_slope - 2 * standard.mean_slope_se > 0.1
+    ntk_fit = fit(ntk_member)
+    ntk = check_law(ntk_fit.moments, r2=0.99)
+    assert not any(w.startswith("E[K] grows") for w in ntk.warnings), ntk
+    assert abs(ntk.mean_slope) < 0.1 and ntk.log_ratio_positive and ntk.log_ratio_falls
+    frame = ntk_fit.moments
+    with_intercept = fit_line(
+        frame["fan_in_sum"], frame["log_ratio"], 1 / frame["se_log_ratio"] ** 2, intercept=True
+    )
+    assert ntk.r2_intercept == pytest.approx(with_intercept.r2, rel=1e-12)
+    assert ntk.r2_intercept > ntk_fit.r2  # a line with an intercept fits better
+    weak = check_law(ntk_fit.moments, r2=0.5)
+    assert weak.warnings[0].startswith("weak fit of Eq. 9 (R^2 = 0.500 < 0.9; ")
+    assert weak.r2 == 0.5 and weak.r2_intercept == ntk.r2_intercept
 
 
 def digits_block_member(n: int) -> torch.nn.Module:
