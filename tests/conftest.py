@@ -74,27 +74,43 @@ def _only_ray_tests_start_ray(request: pytest.FixtureRequest):
         assert not started, f"{request.node.nodeid} started Ray: mark it `ray`"
 
 
-def epochs_so_far(experiment_dir) -> list[int]:
-    """Epochs each trial of a running sweep has trained so far, from the trial records that
-    rank 0 writes (atomically) before each report -- sooner and surer than Tune's files."""
-    counts = []
+def epochs_by_trial(experiment_dir) -> dict[str, int]:
+    """Trial id -> epochs it has trained so far in a running sweep, from the trial records
+    that rank 0 writes (atomically) before each report -- sooner and surer than Tune's files."""
+    counts = {}
     for record in Path(experiment_dir).glob("records/*.json"):
         try:
-            counts.append(len(json.loads(record.read_text())["epochs"]))
+            counts[record.stem] = len(json.loads(record.read_text())["epochs"])
         except (OSError, ValueError):  # replaced while being read
             continue
     return counts
 
 
+def epochs_so_far(experiment_dir) -> list[int]:
+    """The epochs of :func:`epochs_by_trial`, one number per trial."""
+    return list(epochs_by_trial(experiment_dir).values())
+
+
 def training_worker_pids() -> list[int]:
     """The pids of every live Ray Train worker process on this machine."""
+    return sorted(training_workers())
+
+
+def training_workers() -> dict[int, str]:
+    """pid -> the Train run's name (ce-ray names it after the Tune trial) of every live Ray
+    Train worker process on this machine; "" until it trains (Train then runs it in a
+    directory named after the run)."""
     import psutil
 
-    return sorted(
-        p.pid
-        for p in psutil.process_iter(["cmdline"])
-        if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")
-    )
+    found = {}
+    for p in psutil.process_iter(["cmdline"]):
+        if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker"):
+            try:
+                directory = Path(p.cwd())
+            except psutil.Error:  # gone meanwhile
+                continue
+            found[p.pid] = directory.name if directory.parent.name == "artifacts" else ""
+    return found
 
 
 def damage_one_file(directory: Path) -> str:

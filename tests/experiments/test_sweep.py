@@ -22,7 +22,7 @@ from ce_ray.experiments.sweep import run_sweep
 from ce_ray.presets import FIT_PRESETS, SWEEP_PRESETS
 from ce_ray.theory.curves import curve, select_points
 from ce_ray.theory.spaces import FCSpace
-from tests.conftest import epochs_so_far, training_worker_pids
+from tests.conftest import epochs_by_trial, training_workers
 
 TINY = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "2"]
 #: Epochs of the shared run: enough for a worker to be killed mid-sweep (an epoch takes ms).
@@ -178,19 +178,21 @@ def test_a_killed_and_a_stopped_worker_resume_from_their_checkpoints_with_the_sa
 
     sweep = threading.Thread(target=run)
     sweep.start()
+    # Each trial's worker is hit once its trial has trained 3 epochs: the first trial's is
+    # killed, the second's stopped (the trials need not overlap on 2 busy CPUs).
+    hit: dict[str, int] = {}
     deadline = time.monotonic() + 180
-    while not (
-        len(workers := training_worker_pids()) == 2
-        and all(n >= 3 for n in epochs_so_far(tmp_path / "hit"))
-        and len(epochs_so_far(tmp_path / "hit")) == 2
-    ):
+    while len(hit) < 2:
         assert time.monotonic() < deadline and sweep.is_alive(), (
             f"the trials never got there: {failed or lines}"
         )
+        trained = epochs_by_trial(tmp_path / "hit")
+        for pid, trial_id in training_workers().items():
+            if trial_id not in hit and trained.get(trial_id, 0) >= 3:
+                os.kill(pid, signal.SIGSTOP if hit else signal.SIGKILL)
+                hit[trial_id] = pid
         time.sleep(0.02)
-    killed, stopped = workers
-    os.kill(killed, signal.SIGKILL)
-    os.kill(stopped, signal.SIGSTOP)
+    stopped = list(hit.values())[1]
     try:
         sweep.join(timeout=400)
     finally:
