@@ -145,9 +145,9 @@ def test_the_last_report_after_the_trial_returns_hangs_only_ray_s_callback(ray_c
     ):
         assert time.monotonic() < deadline and fit.is_alive(), "the trials never got there"
         time.sleep(0.05)
-    # The late report is moved within milliseconds of the return: a run still going 5 s
+    # The late report is moved within milliseconds of the return: a run still going 3 s
     # later is stuck.
-    fit.join(timeout=5)
+    fit.join(timeout=3)
     del mailbox  # kept alive until here: the trial looks it up by name
     assert fit.is_alive(), "the race did not deadlock Ray's callback path"
     assert completed.results["ce-ray record"]["epoch"] == EPOCHS

@@ -25,8 +25,9 @@ from ce_ray.theory.spaces import FCSpace
 from tests.conftest import epochs_by_trial, training_workers
 
 TINY = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "2"]
-#: Epochs of the shared run: enough for a worker to be killed mid-sweep (an epoch takes ms).
-EPOCHS = 40
+#: Epochs of the shared run: enough for a worker to be hit after its trial's 3rd epoch with
+#: most epochs to go (an epoch takes ~0.1-0.3 s), and for ASHA_EPOCHS to compare.
+EPOCHS = 16
 SHARED = [*TINY, "--pack-seeds", "--epochs", str(EPOCHS)]
 
 
