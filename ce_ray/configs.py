@@ -182,6 +182,8 @@ class FitConfig:
 
     def to_json(self) -> dict:
         record = dataclasses.asdict(self)
+        if not self.fan_in_sum_from:  # as configurations written before it existed read
+            del record["fan_in_sum_from"]
         return record | {"widths": list(self.widths), "input_shape": list(self.input_shape)}
 
     @classmethod
