@@ -152,9 +152,23 @@ def test_sweep_writes_parquet_and_resumes_without_retraining(shared_run, capsys)
     assert f"different configuration (epochs: {EPOCHS} -> 3)" in capsys.readouterr().err
 
 
+@pytest.fixture
+def own_cluster(ray_cluster):
+    """A new 2-CPU cluster in place of the session's, for the test that runs last: the
+    session's may have lost CPUs to a placement group that Ray Train's cleaner missed after an
+    earlier test's trial was killed or stopped early (seen: this test's worker groups then
+    never started, 0 epochs in 3 min)."""
+    ray_cluster.shutdown()
+    ray_cluster.init(
+        num_cpus=2, dashboard_host="127.0.0.1", include_dashboard=True, log_to_driver=False
+    )
+    yield
+    ray_cluster.shutdown()
+
+
 @pytest.mark.kills_workers
 def test_a_killed_and_a_stopped_worker_resume_from_their_checkpoints_with_the_same_result(
-    shared_run, tmp_path
+    shared_run, own_cluster, tmp_path
 ):
     """The shared run again, with one trial's training worker killed (SIGKILL: Train restarts
     its worker group) and the other's stopped (SIGSTOP: alive, holding its CPU, making no
