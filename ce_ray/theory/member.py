@@ -181,9 +181,9 @@ class MemberSpace(Space):
     def trace(self, n: int) -> Trace:
         return _traced(load_member(self.member), tuple(self.input_shape), int(n))
 
-    def _per_width(self, n: IntLike, size: Callable[[Trace], float]) -> np.ndarray:
+    def _per_width(self, n: IntLike, size: Callable[[int], float]) -> np.ndarray:
         widths = np.asarray(n, dtype=np.int64)
-        sizes = [size(self.trace(int(w))) for w in widths.ravel()]
+        sizes = [size(int(w)) for w in widths.ravel()]
         return np.asarray(sizes, dtype=np.float64).reshape(widths.shape)
 
     def build(self, m: int, n: int) -> nn.Module:
@@ -191,28 +191,30 @@ class MemberSpace(Space):
         return MemberEnsemble([make(n) for _ in range(m)])
 
     def num_params(self, m: IntLike, n: IntLike) -> IntLike:
-        count = np.asarray(m, dtype=np.int64) * self._per_width(n, lambda t: t.num_params)
+        count = np.asarray(m, dtype=np.int64) * self._per_width(
+            n, lambda w: self.trace(w).num_params
+        )
         return count.astype(np.int64) if count.ndim else int(count)
 
     def flops(self, m: IntLike, n: IntLike) -> IntLike:
-        count = np.asarray(m, dtype=np.int64) * self._per_width(n, lambda t: t.macs)
+        count = np.asarray(m, dtype=np.int64) * self._per_width(n, lambda w: self.trace(w).macs)
         return count.astype(np.int64) if count.ndim else int(count)
 
     def fan_in_sum(self, n: IntLike) -> np.ndarray:
         if not self.fan_in_sum_from:
-            return self._per_width(n, lambda t: t.fan_in_sum)
+            return self._per_width(n, lambda w: self.trace(w).fan_in_sum)
         given = load_member(self.fan_in_sum_from, "S(n)", "S(n) -> float")
-        widths = np.asarray(n, dtype=np.int64)
-        values = []
-        for w in widths.ravel():
-            value = given(int(w))
+
+        def checked(w: int) -> float:
+            value = given(w)
             if not (isinstance(value, int | float | np.floating) and 0 < value < math.inf):
                 raise ValueError(
-                    f"S(n) {self.fan_in_sum_from} gave {value!r} at n={int(w)}; it must give a "
+                    f"S(n) {self.fan_in_sum_from} gave {value!r} at n={w}; it must give a "
                     "positive finite number"
                 )
-            values.append(float(value))
-        return np.asarray(values, dtype=np.float64).reshape(widths.shape)
+            return float(value)
+
+        return self._per_width(n, checked)
 
     def block_cost(self, n: IntLike, metric: Metric = "params") -> IntLike:
         return self.network_cost(1, n, metric)
