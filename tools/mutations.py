@@ -539,6 +539,15 @@ MUTATIONS = (
         ("tests/theory/test_member.py::test_your_s_of_n_replaces_the_traced_one",),
     ),
     Mutation(
+        "a JSON document cut short by its replacement is not read again",
+        "ce_ray/results/storage.py",
+        "JSON_READS = 5\n",
+        "JSON_READS = 1\n",
+        (
+            "tests/results/test_storage.py::test_a_json_document_replaced_while_read_from_s3_is_read_whole",
+        ),
+    ),
+    Mutation(
         "packed seeds drop their BatchNorm statistics",
         "ce_ray/theory/models.py",
         "                    own.copy_(updated)\n",

@@ -11,7 +11,6 @@ directory.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,7 +144,7 @@ def _sweep_seed(directory: str) -> int:
     if not storage.exists(location):
         return 0
     try:
-        return SweepConfig.from_json(json.loads(storage.read_text(location))).seed
+        return SweepConfig.from_json(storage.read_json(location)).seed
     except ValueError:  # not JSON, or not a configuration
         raise ValueError(f"{location}: not a sweep configuration written by ce-ray") from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Callable
 from importlib import metadata
@@ -441,7 +442,7 @@ def check_or_write_config(directory: str, config: dict, name: str = "config.json
     there, refuse a different one (one line naming each changed field)."""
     path = join(directory, name)
     if exists(path):
-        stored = json.loads(read_text(path))
+        stored = read_json(path)
         changed = [k for k in config if json.dumps(stored.get(k)) != json.dumps(config[k])]
         if changed:
             details = "; ".join(f"{k}: {stored.get(k)} -> {config[k]}" for k in changed)
@@ -457,3 +458,23 @@ def read_text(location: str) -> str:
     fs, path = filesystem(location)
     with fs.open_input_stream(path) as stream:
         return stream.read().decode()
+
+
+#: Reads of a JSON document before a cut-off one counts as broken (see :func:`read_json`).
+JSON_READS = 5
+
+
+def read_json(location: str) -> Any:
+    """``location``'s JSON document, which another process may be replacing meanwhile.
+
+    On an object store a reader can get a replaced document cut short: pyarrow reads an S3
+    object by byte ranges after asking its size, and a replacement in between changes the
+    bytes under it (seen on a sweep to S3: a trial record read while rank 0 rewrote it failed
+    the trial). A document that does not parse is read again, up to ``JSON_READS`` times."""
+    for read in range(1, JSON_READS + 1):
+        try:
+            return json.loads(read_text(location))
+        except ValueError:
+            if read == JSON_READS:
+                raise
+            time.sleep(0.05 * read)

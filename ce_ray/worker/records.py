@@ -28,7 +28,7 @@ def read_epochs(location: str) -> list[dict]:
     if not storage.exists(location):
         return []
     rows = []
-    for epoch in json.loads(storage.read_text(location))["epochs"]:
+    for epoch in storage.read_json(location)["epochs"]:
         shared = {key: value for key, value in epoch.items() if key != "seeds"}
         rows += [shared | seed for seed in epoch["seeds"]]
     return rows
@@ -43,7 +43,7 @@ def read_reports(location: str) -> list[dict]:
     if not storage.exists(location):
         return []
     reports = []
-    for epoch in json.loads(storage.read_text(location))["epochs"]:
+    for epoch in storage.read_json(location)["epochs"]:
         shared = {key: value for key, value in epoch.items() if key != "seeds"}
         seeds = {
             str(seed["seed_index"]): {k: v for k, v in seed.items() if k != "seed_index"}
@@ -66,7 +66,7 @@ def read_heartbeat(record: str) -> tuple[int, int]:
     often it has beaten; ``(-1, 0)`` before any (or when it is being replaced)."""
     location = heartbeat_location(record)
     try:
-        beat = json.loads(storage.read_text(location))
+        beat = storage.read_json(location)
         return int(beat["start"]), int(beat["beats"])
     except (OSError, ValueError, KeyError):
         return -1, 0
@@ -101,7 +101,7 @@ def write_decision(record: str, epoch: int) -> None:
 def read_decision(record: str) -> int:
     """The last epoch after which Tune let the trial go on (0 before any)."""
     try:
-        return int(json.loads(storage.read_text(decision_location(record)))["epoch"])
+        return int(storage.read_json(decision_location(record))["epoch"])
     except (OSError, ValueError, KeyError):
         return 0
 
@@ -134,7 +134,7 @@ class TrialRecord:
 
     def __init__(self, location: str, start_epoch: int):
         self.location = location
-        record = json.loads(storage.read_text(location)) if storage.exists(location) else {}
+        record = storage.read_json(location) if storage.exists(location) else {}
         self.attempt = record.get("starts", 0)
         self.first_started_at = record.get("first_started_at", time.time())
         self.epochs = [e for e in record.get("epochs", []) if e["epoch"] < start_epoch]

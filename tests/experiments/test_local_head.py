@@ -1,7 +1,8 @@
 """Jobs submitted with `ray job submit` to real heads: a cluster that starts with no worker
 nodes and grows (Ray's fake autoscaler); and, on one head started from a shell that holds AWS
-credentials (as a user's does), fit-alpha submitted twice with its results on a real S3 API,
-a sweep job stopped mid-sweep and submitted again, logging to a real MLflow tracking server
+credentials (as a user's does), fit-alpha of your own member (examples/transformer_mlp.py,
+imported by name from the submitted working directory) with its results on a real S3 API, a
+sweep job stopped mid-sweep and submitted again, logging to a real MLflow tracking server
 and to TensorBoard -- after which the secret key, session token and MLflow token are in no job
 of Ray's job table, no file of the head's session directory, no process's command line, no
 result and nothing MLflow stored. Each head runs in its own process group and RAY_TMPDIR and is
@@ -26,7 +27,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ce_ray.experiments import local_head
+from ce_ray.configs import FitConfig
+from ce_ray.experiments import fit_alpha as fa
+from ce_ray.experiments import local_head, shards
+from ce_ray.results import storage
 from ce_ray.worker import records
 from tests import leaks
 from tests.conftest import epochs_so_far, short_tmpdir, training_worker_pids
@@ -259,22 +263,30 @@ def head(shell, mlflow_server, tmp_path_factory):
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-FIT = ["--preset", "mnist-mlp-block", "--widths", "8,16,32", "--samples", "1000"]
+#: Your own member, named on the command line: the job's tasks import it on the head's workers
+#: from the submitted working directory.
+MEMBER = "examples.transformer_mlp:member"
+FIT = ["--space", MEMBER, "--input-shape", "8,8", "--widths", "4,8,16", "--samples", "300"]
 
 
-def test_fit_alpha_submitted_writes_to_s3(head, shell):
+def test_fit_alpha_of_your_member_submitted_writes_to_s3_as_in_one_process(head, shell):
     results = f"s3://{shell['bucket']}/fits"
-    job = ["jobs/fit_alpha.py", *FIT, "--bootstrap", "100", "--results", results]
-    first = submit(head["address"], head["env"], *job, "--experiment", "submitted")
+    job = ["jobs/fit_alpha.py", *FIT, "--shard-size", "150", "--seed", "3"]
+    first = submit(head["address"], head["env"], *job, "--bootstrap", "50", "--results", results)
     assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
     assert "succeeded" in first.stdout + first.stderr
-    stored = (
-        shell["s3"]
-        .client()
-        .get_object(Bucket=shell["bucket"], Key="fits/submitted/fit_alpha/alpha.parquet")
+    key = "fits/examples-transformer_mlp-member/fit_alpha/alpha.parquet"
+    stored = shell["s3"].client().get_object(Bucket=shell["bucket"], Key=key)
+    row = pq.read_table(pa.BufferReader(stored["Body"].read())).to_pylist()[0]
+    assert row["member"] == MEMBER and f"alpha = {row['alpha']:.4f}" in first.stdout
+    # The alpha that sampling and fitting every shard in this process gives, to the last bit.
+    config = FitConfig.for_member(
+        MEMBER, (8, 8), widths=(4, 8, 16), samples=300, shard_size=150, seed=3
     )
-    alpha = pq.read_table(pa.BufferReader(stored["Body"].read()))["alpha"][0].as_py()
-    assert f"alpha = {alpha:.4f}" in first.stdout
+    here = str(head["results"] / "member-here")
+    for shard in shards.plan_shards(config):
+        shards.sample_shard(config, shard, storage.join(here, "shards"))
+    assert fa.fit_from_shards(config, here, bootstrap=50).alpha == row["alpha"]
     # (A rerun resumes from S3: experiments/test_cluster.py, on two nodes.)
 
 

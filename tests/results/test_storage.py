@@ -4,8 +4,12 @@ be written failing before any Ray work with one line naming the location and the
 Atomic writes: a write interrupted between start and finish leaves the old file or none.
 """
 
+import itertools
+import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -130,3 +134,37 @@ def test_parquet_rows_tells_a_whole_file_from_a_truncated_one(tmp_path):
     assert storage.parquet_rows(str(target)) == 3
     target.write_bytes(target.read_bytes()[:-20])
     assert storage.parquet_rows(str(target)) is None
+
+
+def test_a_json_document_replaced_while_read_from_s3_is_read_whole(s3):
+    """pyarrow reads an S3 object by byte ranges after asking its size: a document replaced in
+    between can come back cut short (a trial record read while rank 0 rewrote it once failed a
+    trial). ``read_json`` reads it again; plain reads, meanwhile, are counted."""
+    _, bucket = s3
+    location = f"s3://{bucket}/records/trial.json"
+    documents = [{"epochs": list(range(k))} for k in (300, 700)]
+    storage.write_bytes(json.dumps(documents[0]).encode(), location)
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            storage.write_bytes(json.dumps(documents[i % 2]).encode(), location)
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    reads, cut_short = 0, 0
+    try:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            assert storage.read_json(location) in documents
+            try:
+                json.loads(storage.read_text(location))
+            except ValueError:
+                cut_short += 1
+            reads += 1
+    finally:
+        stop.set()
+        writer.join()
+    print(f"\n[figures] {reads} plain reads of a document being replaced: {cut_short} cut short")
