@@ -10,6 +10,8 @@ resources, same Train settings, same storage layout):
 2. ``train``       -- + a ``TorchTrainer`` whose one worker only reports: the Train controller,
                       the worker group and its torch process group (the floor of ANY
                       Tune-over-Train trial);
+   ``train-data``  -- the same with ce-ray's trainer, less Train's Ray Data set-up (its
+                      ``DatasetManager`` actor, one more process per run);
 3. ``train+data``  -- + the worker loads the preset's data and builds the baseline model;
 4. ``train+reports`` -- + ``E`` reports, each with a checkpoint, as an epoch loop makes them,
                       without training;
@@ -49,7 +51,11 @@ import ray.train
 from ray import tune
 
 from ce_ray import cli
-from ce_ray.experiments.sweep import REPORT_POLL_S, TRIAL_FUNCTION_RESOURCES
+from ce_ray.experiments.sweep import (
+    REPORT_POLL_S,
+    TRIAL_FUNCTION_RESOURCES,
+    torch_trainer_without_ray_data,
+)
 from ce_ray.presets import SWEEP_PRESETS
 from ce_ray.worker import data
 
@@ -91,12 +97,14 @@ def trial(config: dict) -> None:
     if config["kind"] == "tune":
         tune.report({"epoch": 1})
     else:
-        TorchTrainer(
+        lean = config["kind"] == "train-data"
+        trainer = torch_trainer_without_ray_data() if lean else TorchTrainer
+        trainer(
             loop,
             train_loop_config={
                 "stamps": config["stamps"],
                 "trial": trial_id,
-                "data": config["kind"] != "train",
+                "data": config["kind"] not in ("train", "train-data"),
                 "reports": config["reports"],
             },
             scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
@@ -190,6 +198,7 @@ def run_ce_ray(seeds: int, epochs: int, pack: bool, storage: str) -> dict:
 ROWS = {
     "tune": lambda trials, epochs, storage: run_pieces("tune", trials, 1, storage),
     "train": lambda trials, epochs, storage: run_pieces("train", trials, 1, storage),
+    "train-data": lambda trials, epochs, storage: run_pieces("train-data", trials, 1, storage),
     "train+data": lambda trials, epochs, storage: run_pieces("train+data", trials, 1, storage),
     "train+reports": lambda trials, epochs, storage: run_pieces(
         "train+data", trials, epochs, storage

@@ -87,7 +87,7 @@ def run_trial(trial: dict, datasets: list) -> None:
     trial_id = tune.get_context().get_trial_id()
     record = records.record_location(trial["experiment_dir"], trial_id)
     gpus = config.gpus_per_worker
-    trainer = _trainer_without_ray_datasets()(
+    trainer = torch_trainer_without_ray_data()(
         train_point,
         train_loop_config={
             "sweep": trial["sweep"],
@@ -119,7 +119,7 @@ def run_trial(trial: dict, datasets: list) -> None:
     )
 
 
-def _trainer_without_ray_datasets() -> type:
+def torch_trainer_without_ray_data() -> type:
     """``TorchTrainer`` less the Ray Data set-up of Train V2 2.60, which ce-ray does not use.
 
     Its ``DatasetsCallback`` starts a ``DatasetManager`` actor for every run, with or without

@@ -66,7 +66,7 @@ def read_heartbeat(record: str) -> tuple[int, int]:
     often it has beaten; ``(-1, 0)`` before any (or when it is being replaced)."""
     location = heartbeat_location(record)
     try:
-        beat = storage.read_json(location)
+        beat = json.loads(storage.read_text(location))
         return int(beat["start"]), int(beat["beats"])
     except (OSError, ValueError, KeyError):
         return -1, 0
@@ -101,7 +101,7 @@ def write_decision(record: str, epoch: int) -> None:
 def read_decision(record: str) -> int:
     """The last epoch after which Tune let the trial go on (0 before any)."""
     try:
-        return int(storage.read_json(decision_location(record))["epoch"])
+        return int(json.loads(storage.read_text(decision_location(record)))["epoch"])
     except (OSError, ValueError, KeyError):
         return 0
 

@@ -19,7 +19,7 @@ from ce_ray.worker import records
 
 SWEEP = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "1"]
 #: Epochs of the sweep that loses a node after its 5th: each writes a checkpoint to S3.
-LOST_EPOCHS = 16
+LOST_EPOCHS = 12
 
 pytestmark = pytest.mark.usefixtures("multi_node")
 

@@ -271,7 +271,7 @@ FIT = ["--space", MEMBER, "--input-shape", "8,8", "--widths", "4,8,16", "--sampl
 
 def test_fit_alpha_of_your_member_submitted_writes_to_s3_as_in_one_process(head, shell):
     results = f"s3://{shell['bucket']}/fits"
-    job = ["jobs/fit_alpha.py", *FIT, "--shard-size", "150", "--seed", "3"]
+    job = ["jobs/fit_alpha.py", *FIT, "--shard-size", "300", "--seed", "3", "--workers", "1"]
     first = submit(head["address"], head["env"], *job, "--bootstrap", "50", "--results", results)
     assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
     assert "succeeded" in first.stdout + first.stderr
@@ -281,7 +281,7 @@ def test_fit_alpha_of_your_member_submitted_writes_to_s3_as_in_one_process(head,
     assert row["member"] == MEMBER and f"alpha = {row['alpha']:.4f}" in first.stdout
     # The alpha that sampling and fitting every shard in this process gives, to the last bit.
     config = FitConfig.for_member(
-        MEMBER, (8, 8), widths=(4, 8, 16), samples=300, shard_size=150, seed=3
+        MEMBER, (8, 8), widths=(4, 8, 16), samples=300, shard_size=300, seed=3
     )
     here = str(head["results"] / "member-here")
     for shard in shards.plan_shards(config):
@@ -300,7 +300,7 @@ def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_res
     (point, seed) is one MLflow run, which the resubmitted job continues, and one curve in
     TensorBoard."""
     address, env, tmp_path = head["address"], head["env"], head["results"]
-    epochs = 20
+    epochs = 12
     job = [
         "jobs/primal_curve.py",
         "--preset",
