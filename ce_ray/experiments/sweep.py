@@ -133,7 +133,8 @@ def torch_trainer_without_ray_data() -> type:
 
     class TorchTrainerWithoutRayData(TorchTrainer):
         def _create_default_callbacks(self) -> list:
-            callbacks = super()._create_default_callbacks()
+            # Train V2's method; mypy resolves ray.train.torch's TorchTrainer to V1's.
+            callbacks = super()._create_default_callbacks()  # type: ignore[misc]
             return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
 
     return TorchTrainerWithoutRayData
