@@ -548,6 +548,15 @@ MUTATIONS = (
         ),
     ),
     Mutation(
+        "a trial's trainer keeps Train's Ray Data set-up",
+        "ce_ray/experiments/sweep.py",
+        "            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]\n",
+        "            return callbacks\n",
+        (
+            "tests/experiments/test_sweep.py::test_a_trial_s_trainer_is_ray_s_less_its_ray_data_set_up",
+        ),
+    ),
+    Mutation(
         "packed seeds drop their BatchNorm statistics",
         "ce_ray/theory/models.py",
         "                    own.copy_(updated)\n",
