@@ -14,6 +14,7 @@ report's PNGs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import threading
 import time
@@ -119,6 +120,7 @@ def run_trial(trial: dict, datasets: list) -> None:
     )
 
 
+@functools.cache  # one class per process, not one per trial
 def torch_trainer_without_ray_data() -> type:
     """``TorchTrainer`` less the Ray Data set-up of Train V2 2.60, which ce-ray does not use.
 
