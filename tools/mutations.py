@@ -507,6 +507,15 @@ MUTATIONS = (
         ),
     ),
     Mutation(
+        "the first task on each worker, its start-up included, sets the stall limit",
+        "ce_ray/experiments/tasks.py",
+        "        if not run.first_on_its_worker:",
+        "        if True:",
+        (
+            "tests/experiments/test_stalls.py::test_a_stopped_task_is_killed_and_run_again_with_the_same_result",
+        ),
+    ),
+    Mutation(
         "--alpha-from takes a fit whose law checks warned",
         "ce_ray/experiments/fit_alpha.py",
         "    if warned and not accept_law_warnings:",

@@ -76,7 +76,9 @@ def run_missing(
 
 
 #: A task stalls after this many times the longest a finished task took, and never before
-#: its floor (``--stall-timeout``).
+#: its floor (``--stall-timeout``). The first task on each worker does not count: its time
+#: holds the start of a worker process (importing torch: seconds), which a 5x factor would
+#: turn into a limit that has nothing to do with the work.
 STALL_FACTOR = 5.0
 #: The default floor: a couple of minutes.
 DEFAULT_STALL_TIMEOUT_S = 120.0
@@ -89,6 +91,7 @@ class _Running:
     item: tuple
     started: float
     attempt: int
+    first_on_its_worker: bool  # one of the first ``workers`` tasks: it paid for a worker's start
 
 
 def run_tasks(
@@ -111,7 +114,8 @@ def run_tasks(
     run finished. A task that raises cancels the rest and raises a ``ValueError`` with the
     last line of its error (the cause's message for a ValueError). A worker that dies is
     Ray's to retry (``max_retries``); a task that runs longer than ``max(stall_timeout_s,
-    STALL_FACTOR x the longest finished task)`` -- a worker stopped or hung, not dead -- is
+    STALL_FACTOR x the longest finished task)`` (the first ``workers`` tasks aside: they
+    include starting the worker processes) -- a worker stopped or hung, not dead -- is
     killed and run again, one line each time, up to ``max_retries`` times. Items are
     deterministic, so a rerun computes the same result.
     """
@@ -119,11 +123,13 @@ def run_tasks(
     queue, results = [(item, 0) for item in items], []
     running: dict[ray.ObjectRef, _Running] = {}
     started, total = time.perf_counter(), done_before + len(items)
-    longest, checked = 0.0, time.monotonic()
+    longest, checked, submitted = 0.0, time.monotonic(), 0
     while queue or running:
         while queue and len(running) < workers:
             item, attempt = queue.pop(0)
-            running[task.remote(*item)] = _Running(item, time.monotonic(), attempt)
+            first = submitted < workers
+            running[task.remote(*item)] = _Running(item, time.monotonic(), attempt, first)
+            submitted += 1
         ready, _ = ray.wait(list(running), num_returns=1, timeout=STALL_POLL_S)
         # Checked every poll, not only when nothing finished: one stopped worker must not
         # wait for the others to run out of work.
@@ -158,7 +164,8 @@ def run_tasks(
                 ray.cancel(other)
             cause = error.cause if isinstance(error.cause, ValueError) else error
             raise ValueError(str(cause).strip().splitlines()[-1]) from None
-        longest = max(longest, time.monotonic() - run.started)
+        if not run.first_on_its_worker:
+            longest = max(longest, time.monotonic() - run.started)
         results.append(result)
         log(
             f"{prefix} {done_before + len(results)}/{total} {unit}: "
