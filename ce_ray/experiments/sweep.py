@@ -82,8 +82,7 @@ def run_trial(trial: dict, datasets: list) -> None:
     """
     from ce_ray.worker.loop import train_point
 
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", PREEMPTION_WATCHER)
+    set_train_environment()
     config = SweepConfig.from_json(trial["sweep"])
     trial_id = tune.get_context().get_trial_id()
     record = records.record_location(trial["experiment_dir"], trial_id)
@@ -118,6 +117,13 @@ def run_trial(trial: dict, datasets: list) -> None:
     report_from_record(
         trainer, record, trial["stall_timeout_s"], label, decide=config.scheduler_stops_trials
     )
+
+
+def set_train_environment() -> None:
+    """Train V2's settings for a trial's run (REPORT_POLL_S, PREEMPTION_WATCHER), in the
+    trial's process, where its Train controller reads them; the environment may override."""
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", PREEMPTION_WATCHER)
 
 
 @functools.cache  # one class per process, not one per trial

@@ -14,13 +14,17 @@ import pytest
 import ray
 import ray.train
 from ray import cloudpickle, tune
-from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from ce_ray.configs import FitConfig
 from ce_ray.experiments import fit_alpha as fa
 from ce_ray.experiments.shards import plan_shards, sample_shard
-from ce_ray.experiments.sweep import TRIAL_FUNCTION_RESOURCES, report_from_record
+from ce_ray.experiments.sweep import (
+    TRIAL_FUNCTION_RESOURCES,
+    report_from_record,
+    set_train_environment,
+    torch_trainer_without_ray_data,
+)
 from ce_ray.worker import records
 
 EPOCHS = 2
@@ -92,7 +96,8 @@ def return_before_the_last_report_is_moved() -> None:
 def trial(config: dict) -> None:
     record = os.path.join(config["directory"], f"{tune.get_context().get_trial_id()}.json")
     callbacks = [LastReportHeld()] if config["wiring"] == "tune-report-callback" else []
-    trainer = TorchTrainer(
+    set_train_environment()  # as ce-ray's trials run Train (fewer processes, a faster poll)
+    trainer = torch_trainer_without_ray_data()(
         two_epochs,
         train_loop_config={"record": record},
         scaling_config=ray.train.ScalingConfig(num_workers=1),
