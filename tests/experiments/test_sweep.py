@@ -186,7 +186,7 @@ def test_a_killed_and_a_stopped_worker_resume_from_their_checkpoints_with_the_sa
 
     def run() -> None:
         try:
-            run_sweep(config, str(tmp_path), "hit", stall_timeout_s=30.0, log=lines.append)
+            run_sweep(config, str(tmp_path), "hit", stall_timeout_s=20.0, log=lines.append)
         except BaseException as error:
             failed.append(error)
             raise
