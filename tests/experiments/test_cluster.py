@@ -81,7 +81,7 @@ def test_fit_alpha_shards_run_on_both_workers_and_alpha_matches_one_process(
     assert f"[fit-alpha] resuming: {shards}/{shards} shards already on storage" in lines, lines
 
 
-def _remove_a_worker_once(multi_node, choose) -> str:
+def _remove_a_worker_once(multi_node, choose, poll_s: float = 0.05) -> str:
     """In the main thread (Ray's requirement): wait until ``choose()`` names a worker node
     that is doing the work, remove it, and add a fresh node for the tests after. Returns the
     removed node's id."""
@@ -89,7 +89,7 @@ def _remove_a_worker_once(multi_node, choose) -> str:
     deadline = time.monotonic() + 180
     while (victim_id := choose()) is None:
         assert time.monotonic() < deadline, "the run never reached the point of the kill"
-        time.sleep(0.05)
+        time.sleep(poll_s)
     victim = next(node for node in workers if node.node_id == victim_id)
     workers.remove(victim)
     cluster.remove_node(victim)
@@ -130,7 +130,8 @@ def test_a_sweep_trains_on_the_workers_writes_to_s3_and_outlives_a_lost_node(
         target=lambda: outcome.setdefault("rc", cli.main(["sweep", "dual", *args]))
     )
     thread.start()
-    removed = _remove_a_worker_once(multi_node, lambda: _training_node(experiment, 5))
+    # Each look reads S3 (a list and the records): every 0.2 s, not to take the CPUs it needs.
+    removed = _remove_a_worker_once(multi_node, lambda: _training_node(experiment, 5), 0.2)
     thread.join(timeout=600)
     assert outcome.get("rc") == 0
     printed = capsys.readouterr().out.splitlines()
