@@ -84,14 +84,35 @@ STALL_FACTOR = 5.0
 DEFAULT_STALL_TIMEOUT_S = 120.0
 #: How often the running tasks are checked for stalls (seconds).
 STALL_POLL_S = 2.0
+#: How long the stall watch waits for Ray's State API to say whether a task has begun to run.
+STATE_API_TIMEOUT_S = 5
 
 
 @dataclass
 class _Running:
     item: tuple
-    started: float
+    started: float  # its stall clock: from its submission, or when Ray last said it waited to run
     attempt: int
     first_on_its_worker: bool  # one of the first ``workers`` tasks: it paid for a worker's start
+
+
+def waiting_to_run(ref: ray.ObjectRef) -> bool:
+    """Whether Ray's State API says that ``ref``'s task has not begun to run: it waits for a
+    CPU, or for a node the autoscaler is adding (minutes on a cloud). Such a task has not
+    stalled. False when the State API does not answer (no dashboard, a timeout): the task's
+    time then counts from its submission."""
+    from ray.util.state import get_task
+
+    try:
+        attempts = get_task(ref, timeout=STATE_API_TIMEOUT_S)
+    except Exception:  # the State API's errors vary with what is missing
+        return False
+    if not attempts:
+        return False
+    if not isinstance(attempts, list):
+        attempts = [attempts]
+    latest = max(attempts, key=lambda attempt: attempt.attempt_number)
+    return str(latest.state).startswith("PENDING")
 
 
 def run_tasks(
@@ -116,8 +137,10 @@ def run_tasks(
     Ray's to retry (``max_retries``); a task that runs longer than ``max(stall_timeout_s,
     STALL_FACTOR x the longest finished task)`` (the first ``workers`` tasks aside: they
     include starting the worker processes) -- a worker stopped or hung, not dead -- is
-    killed and run again, one line each time, up to ``max_retries`` times. Items are
-    deterministic, so a rerun computes the same result.
+    killed and run again, one line each time, up to ``max_retries`` times, unless Ray says it
+    has not begun to run (:func:`waiting_to_run`: ``workers`` may count CPUs that an
+    autoscaler has still to add). Items are deterministic, so a rerun computes the same
+    result.
     """
     task = ray.remote(function).options(max_retries=max_retries, num_cpus=1, num_gpus=num_gpus)
     queue, results = [(item, 0) for item in items], []
@@ -139,6 +162,9 @@ def run_tasks(
             for ref, run in list(running.items()):
                 seconds = time.monotonic() - run.started
                 if ref in ready or seconds <= limit:
+                    continue
+                if waiting_to_run(ref):  # its clock starts again: it has not run yet
+                    run.started = time.monotonic()
                     continue
                 ray.cancel(ref, force=True)
                 del running[ref]

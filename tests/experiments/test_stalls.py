@@ -235,8 +235,7 @@ def test_a_stalled_task_is_noticed_while_other_tasks_keep_finishing(tmp_path):
 
     lines: list[str] = []
     items = [(i, str(tmp_path / "ran")) for i in range(40)]
-    # Warm workers first, so that the stall limit is the 3 s floor, not 5 x a cold start.
-    run_tasks(stall_once_then_return, items[1:3], 2, lambda *_: "", lambda _: None)
+    # (The first task on each worker, which starts it, does not set the limit: the 3 s floor.)
     results = run_tasks(
         stall_once_then_return,
         items,
@@ -251,3 +250,39 @@ def test_a_stalled_task_is_noticed_while_other_tasks_keep_finishing(tmp_path):
     # Noticed while the other worker still had items to run (before this change: only once
     # it had run all 39, as each poll saw one finish).
     assert stalled < 35, lines
+
+
+def hold_cpus(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def return_item(item: int) -> int:
+    return item
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_task_that_waits_for_a_cpu_past_the_stall_limit_has_not_stalled():
+    """Tasks queued behind work that holds every CPU (as they queue for a node an autoscaler
+    is adding) wait past the stall limit without a stall: Ray's State API says they have not
+    begun to run. (Counted from their submission, both were killed at the first look.)"""
+    from ce_ray.experiments.tasks import run_tasks
+
+    holder = ray.remote(num_cpus=2)(hold_cpus).remote(7.0)
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) > 0:
+        assert time.monotonic() < deadline, "the holder never started"
+        time.sleep(0.05)
+    lines: list[str] = []
+    started = time.monotonic()
+    results = run_tasks(
+        return_item,
+        [(0,), (1,)],
+        2,
+        lambda item, _: str(item[0]),
+        lines.append,
+        stall_timeout_s=2.5,
+    )
+    assert time.monotonic() - started > 5  # they waited past the limit (twice over) ...
+    assert sorted(results) == [0, 1]
+    assert not any("stalled" in line for line in lines), lines  # ... and ran once each
+    ray.get(holder)
