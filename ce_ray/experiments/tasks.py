@@ -104,13 +104,13 @@ def waiting_to_run(ref: ray.ObjectRef) -> bool:
     from ray.util.state import get_task
 
     try:
-        attempts = get_task(ref, timeout=STATE_API_TIMEOUT_S)
+        # A list of the task's attempts, although typed as one TaskState.
+        found: Any = get_task(ref, timeout=STATE_API_TIMEOUT_S)
     except Exception:  # the State API's errors vary with what is missing
         return False
+    attempts = found if isinstance(found, list) else [found] if found else []
     if not attempts:
         return False
-    if not isinstance(attempts, list):
-        attempts = [attempts]
     latest = max(attempts, key=lambda attempt: attempt.attempt_number)
     return str(latest.state).startswith("PENDING")
 
