@@ -66,6 +66,8 @@ def read_heartbeat(record: str) -> tuple[int, int]:
     often it has beaten; ``(-1, 0)`` before any (or when it is being replaced)."""
     location = heartbeat_location(record)
     try:
+        # One read, not storage.read_json's re-reads: polled often, a cut-short read is "not
+        # yet" and the next poll reads it again.
         beat = json.loads(storage.read_text(location))
         return int(beat["start"]), int(beat["beats"])
     except (OSError, ValueError, KeyError):
@@ -99,7 +101,8 @@ def write_decision(record: str, epoch: int) -> None:
 
 
 def read_decision(record: str) -> int:
-    """The last epoch after which Tune let the trial go on (0 before any)."""
+    """The last epoch after which Tune let the trial go on (0 before any; polled, so a read
+    cut short by a replacement is 0 until the next poll, as in :func:`read_heartbeat`)."""
     try:
         return int(json.loads(storage.read_text(decision_location(record)))["epoch"])
     except (OSError, ValueError, KeyError):
