@@ -93,7 +93,8 @@ class _Running:
     item: tuple
     started: float  # its stall clock: from its submission, or when Ray last said it waited to run
     attempt: int
-    first_on_its_worker: bool  # one of the first ``workers`` tasks: it paid for a worker's start
+    first_on_its_worker: bool  # one of the first ``workers`` tasks, or a stalled task's rerun:
+    # it may pay for a worker's start
 
 
 def waiting_to_run(ref: ray.ObjectRef) -> bool:
@@ -143,14 +144,15 @@ def run_tasks(
     result.
     """
     task = ray.remote(function).options(max_retries=max_retries, num_cpus=1, num_gpus=num_gpus)
-    queue, results = [(item, 0) for item in items], []
+    # (item, attempt, whether its task starts a worker process)
+    queue, results = [(item, 0, False) for item in items], []
     running: dict[ray.ObjectRef, _Running] = {}
     started, total = time.perf_counter(), done_before + len(items)
     longest, checked, submitted = 0.0, time.monotonic(), 0
     while queue or running:
         while queue and len(running) < workers:
-            item, attempt = queue.pop(0)
-            first = submitted < workers
+            item, attempt, starts_a_worker = queue.pop(0)
+            first = starts_a_worker or submitted < workers
             running[task.remote(*item)] = _Running(item, time.monotonic(), attempt, first)
             submitted += 1
         ready, _ = ray.wait(list(running), num_returns=1, timeout=STALL_POLL_S)
@@ -178,7 +180,8 @@ def run_tasks(
                     f"{prefix} a task stalled: running {seconds:.0f} s (limit {limit:.0f} s); "
                     f"killed, running it again (retry {run.attempt + 1}/{max_retries})"
                 )
-                queue.insert(0, (run.item, run.attempt + 1))
+                # Its worker was killed with it: the rerun may start a new one.
+                queue.insert(0, (run.item, run.attempt + 1, True))
         if not ready:
             continue
         [ref] = ready
