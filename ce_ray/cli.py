@@ -204,7 +204,9 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
 
     settings = _given(args, SweepConfig.__dataclass_fields__) | {
         "alpha": (
-            read_alpha(args.alpha_from, args.accept_law_warnings) if args.alpha_from else args.alpha
+            read_alpha(args.alpha_from, args.accept_law_warnings, args.member or "")
+            if args.alpha_from
+            else args.alpha
         ),
         "precision": None if args.precision == "auto" else args.precision,
     }

@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import Any
 
 import pandas as pd
+from torch import nn
 
 from ce_ray import limits
 from ce_ray.choices import (
@@ -36,7 +37,7 @@ from ce_ray.choices import (
     Scheduler,
     check_choice,
 )
-from ce_ray.presets import FIT_PRESETS, SWEEP_PRESETS, SweepPreset
+from ce_ray.presets import DATASET_EXAMPLES, FIT_PRESETS, SWEEP_PRESETS, SweepPreset
 from ce_ray.theory.curves import Curve, check_alpha, curve, parse_widths, select_points
 from ce_ray.theory.spaces import FCSpace, Space
 
@@ -226,12 +227,38 @@ class SweepConfig:
     compile: bool
     loader_workers: int  # DataLoader processes per training worker
     pack_seeds: bool  # a point's seeds train as one model in one trial
+    # Your own member instead of the preset's space (the preset gives the data and recipe):
+    member: str = ""  # MODULE:CALLABLE of member(n)
+    input_shape: tuple[int, ...] = ()  # what the member (and network) read of one example
+    fan_in_sum_from: str = ""  # MODULE:CALLABLE of S(n), instead of the traced one
+    network_from: str = ""  # MODULE:CALLABLE of network(m, n); empty: the members' ensemble
+    baseline: int = 0  # n~ of the baseline 1 x n~; 0: the preset's
 
     def __post_init__(self) -> None:
         _require(
             self.preset in SWEEP_PRESETS,
             f"unknown sweep preset {self.preset!r}; valid: {', '.join(SWEEP_PRESETS)}",
         )
+        object.__setattr__(self, "input_shape", tuple(self.input_shape))
+        _require(
+            0 <= self.baseline <= limits.MAX_WIDTH,
+            f"--baseline must be from 1 to {limits.MAX_WIDTH}; got {self.baseline}",
+        )
+        if self.member:
+            self._check_member()
+        else:
+            given = [
+                flag
+                for flag, value in (
+                    ("--input-shape", self.input_shape),
+                    ("--fan-in-sum", self.fan_in_sum_from),
+                    ("--network", self.network_from),
+                )
+                if value
+            ]
+            _require(
+                not given, f"{', '.join(given)}: for your own member (--space MODULE:CALLABLE)"
+            )
         check_choice("formulation", self.formulation, FORMULATIONS)
         check_choice("--scheduler", self.scheduler, SCHEDULERS)
         check_choice("--precision", self.precision, PRECISIONS)
@@ -270,6 +297,58 @@ class SweepConfig:
         if self.alpha is not None:
             self.check_trial_memory()
 
+    def _check_member(self) -> None:
+        """A member's sweep: alpha known (no preset fits it), inputs the dataset can fill, and a
+        network that turns them into the dataset's classes (built on the meta device)."""
+        example, classes = DATASET_EXAMPLES[self.spec.dataset]
+        _require(
+            self.alpha is not None,
+            f"a sweep of {self.member} needs --alpha or --alpha-from (fit it first: ce-ray "
+            f"fit-alpha --space {self.member} --input-shape ...)",
+        )
+        _require(bool(self.input_shape), f"--space {self.member} needs --input-shape")
+        _require(
+            math.prod(self.input_shape) == math.prod(example),
+            f"--input-shape {','.join(map(str, self.input_shape))} holds "
+            f"{math.prod(self.input_shape)} values; {self.spec.dataset}'s examples "
+            f"({self.preset}'s data) hold {math.prod(example)} ({','.join(map(str, example))})",
+        )
+        from ce_ray.theory.member import check_network
+
+        check_network(self.build_network, self.input_shape, classes, self.baseline_width)
+
+    @property
+    def space(self) -> Space:
+        """The architecture family whose points are trained: the preset's, or your member's."""
+        if self.member:
+            from ce_ray.theory.member import MemberSpace
+
+            return MemberSpace(self.member, self.input_shape, self.fan_in_sum_from)
+        return self.spec.space
+
+    @property
+    def baseline_width(self) -> int:
+        """n~: ``baseline``, or the preset's."""
+        return self.baseline or self.spec.baseline
+
+    @property
+    def classes(self) -> int:
+        return DATASET_EXAMPLES[self.spec.dataset][1]
+
+    def build_network(self, m: int, n: int) -> nn.Module:
+        """The network a trial trains at point (m, n): the preset's space's, or for a member
+        ``network(m, n)`` (default: the members' :class:`~ce_ray.theory.models.MemberEnsemble`)
+        reading examples reshaped to ``input_shape``."""
+        if not self.member:
+            return self.space.build(m, n)
+        from ce_ray.theory.member import load_member
+        from ce_ray.theory.models import Reshaped
+
+        if self.network_from:
+            network = load_member(self.network_from, "network", "network(m, n) -> nn.Module")
+            return Reshaped(self.input_shape, network(m, n))
+        return Reshaped(self.input_shape, self.space.build(m, n))
+
     @property
     def scheduler_stops_trials(self) -> bool:
         """Whether Tune may stop a trial before its last epoch: then a trial's training waits
@@ -281,7 +360,7 @@ class SweepConfig:
         fp32 weights, gradients and two optimizer moments (16 bytes a parameter) of the
         largest point, times the seeds packed into one trial."""
         copies = self.seeds if self.pack_seeds else 1
-        largest = max(int(self.spec.space.num_params(m, n)) for n, m in self.points)
+        largest = max(int(self.space.num_params(m, n)) for n, m in self.points)
         need, half = 16 * largest * copies, limits.machine_memory_bytes() / 2
         _require(
             need <= half,
@@ -346,7 +425,7 @@ class SweepConfig:
         """Both curves around the preset's baseline (computed once)."""
         if self.alpha is None:
             raise ValueError("alpha is not known yet: fit it first (ce-ray fit-alpha)")
-        space, alpha, baseline = self.spec.space, self.alpha, self.spec.baseline
+        space, alpha, baseline = self.space, self.alpha, self.baseline_width
         return {f: curve(space, alpha, baseline, formulation=f) for f in FORMULATIONS}
 
     @cached_property
@@ -365,16 +444,33 @@ class SweepConfig:
         return len(self.points) * (1 if self.pack_seeds else self.seeds)
 
     def to_json(self) -> dict:
-        """The fields, plus the trained points when alpha is known (derived: for readers)."""
-        record = dataclasses.asdict(self)
+        """The fields, plus the trained points when alpha is known, and for a member its
+        architecture's fingerprint (derived: for readers, and so that a resumed sweep whose
+        member changed under the same name is refused). The member's fields are left out for
+        a preset, as configurations written before they existed read."""
+        record = dataclasses.asdict(self) | {"input_shape": list(self.input_shape)}
+        for name in MEMBER_SWEEP_FIELDS:
+            if not record[name]:
+                del record[name]
+        if self.member:
+            from ce_ray.theory.member import MemberSpace, architecture_fingerprint
+
+            space, widths = self.space, sorted({n for n, _ in self.points} | {self.baseline_width})
+            assert isinstance(space, MemberSpace)
+            record["architecture"] = architecture_fingerprint([space.trace(n) for n in widths])
         return record | ({"points": [list(p) for p in self.points]} if self.alpha else {})
 
     @classmethod
     def from_json(cls, data: dict) -> SweepConfig:
         """The configuration ``to_json`` wrote (ValueError if ``data`` is not one)."""
-        if not isinstance(data, dict) or not {f.name for f in dataclasses.fields(cls)} <= set(data):
+        required = {f.name for f in dataclasses.fields(cls)} - set(MEMBER_SWEEP_FIELDS)
+        if not isinstance(data, dict) or not required <= set(data):
             raise ValueError("not a sweep configuration written by ce-ray")
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+#: The fields of a sweep of your own member; ``to_json`` leaves the empty ones out.
+MEMBER_SWEEP_FIELDS = ("member", "input_shape", "fan_in_sum_from", "network_from", "baseline")
 
 
 def default_loader_workers(cpus_per_worker: float) -> int:

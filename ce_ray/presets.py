@@ -90,6 +90,19 @@ class SweepPreset:
     description: str
 
 
+#: What each sweep dataset's loader yields: one example's shape and the number of classes.
+#: A member's ``--input-shape`` must hold as many values as an example (ce-ray reshapes).
+DATASET_EXAMPLES: dict[str, tuple[tuple[int, ...], int]] = {
+    "digits": ((64,), 10),
+    "synthetic": ((16,), 4),
+    "mnist": ((784,), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "cifar100": ((3, 32, 32), 100),
+    "imagenet": ((3, 224, 224), 1000),
+    "imagenet32": ((3, 32, 32), 1000),
+    "imagenet64": ((3, 64, 64), 1000),
+}
+
 P = TypeVar("P", "FitPreset", "SweepPreset")
 
 

@@ -5,6 +5,11 @@ of width ``n`` is the block ``x + W2 gelu(W1 LN(x))`` with a hidden width ``n``:
 
     ce-ray inspect examples.transformer_mlp:member --input-shape 8,8 --widths 8,16,32,64
 
+and swept on the digits with ``network``, the members read out by a linear head::
+
+    ce-ray sweep primal --space examples.transformer_mlp:member --input-shape 8,8 \
+        --network examples.transformer_mlp:network --alpha 1.0
+
 ``member`` is NTK-parameterised (unit-variance weights, each product scaled by
 1/sqrt(fan-in), as the paper's blocks are); ``member_torch_default`` is the same block built
 from ``nn.Linear`` with PyTorch's default initialisation.
@@ -18,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TOKENS, FEATURES = 8, 8
+from ce_ray.theory.models import MemberEnsemble
+
+TOKENS, FEATURES, CLASSES = 8, 8, 10
 
 
 class TransformerMLP(nn.Module):
@@ -38,6 +45,14 @@ class TransformerMLP(nn.Module):
 def member(n: int) -> nn.Module:
     """A width-``n`` member, NTK-parameterised."""
     return TransformerMLP(FEATURES, n)
+
+
+def network(m: int, n: int) -> nn.Module:
+    """m members of width n as one digits classifier: their ensemble (outputs summed and
+    scaled by 1/sqrt(m), the members vectorised) read out by one linear head, the same at
+    every point of a curve (so it leaves the points' parameter budgets equal)."""
+    members = MemberEnsemble([member(n) for _ in range(m)])
+    return nn.Sequential(members, nn.Flatten(), nn.Linear(TOKENS * FEATURES, CLASSES))
 
 
 def fan_in_sum(n: int) -> float:

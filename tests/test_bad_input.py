@@ -121,6 +121,46 @@ CASES = [
     ("fit-alpha --results {tmp}/file/below", "is a file, not a directory"),
     ("fit-alpha --intercept --widths 1,2,x", "argument --widths"),
     # sweep
+    # sweep of your own member (the example's)
+    (
+        "sweep primal --space examples.transformer_mlp:member --input-shape 8,8 --alpha 1",
+        "returns (2, 8, 8) for 2 examples; a sweep needs (2, 10) logits: give --network",
+    ),
+    (
+        "sweep primal --space examples.transformer_mlp:member --input-shape 8,8",
+        "needs --alpha or --alpha-from (fit it first",
+    ),
+    (
+        "sweep primal --space examples.transformer_mlp:member --input-shape 9 --alpha 1",
+        "--input-shape 9 holds 9 values; digits's examples (digits-mlp's data) hold 64",
+    ),
+    (
+        "sweep primal --space examples.transformer_mlp:member --input-shape 8,8 --alpha 1 "
+        "--network examples.transformer_mlp:member",
+        "building the network of 1 member(s) of width 64 raised TypeError",
+    ),
+    (
+        "sweep primal --space examples.transformer_mlp:member --input-shape 8,8 --alpha 1 "
+        "--network tests.theory.test_member:one_member_network",
+        "network(m, n) must build m members",
+    ),
+    (
+        "sweep primal --space examples.transformer_mlp:member --input-shape 8,8 --alpha 1 "
+        "--network tests.theory.test_member:network_with_dropout",
+        "the network has dropout",
+    ),
+    (
+        "sweep primal --space examples.transformer_mlp:member --input-shape 8,8 --alpha 1 "
+        "--network ce_ray_nope:network",
+        "network ce_ray_nope:network: cannot import 'ce_ray_nope'",
+    ),
+    ("sweep primal --network a:b --alpha 1", "--network: for your own member"),
+    ("sweep primal --input-shape 8,8 --alpha 1", "--input-shape: for your own member"),
+    (
+        "sweep primal --space examples.transformer_mlp:member --input-shape 8,8 "
+        "--network examples.transformer_mlp:network --alpha-from {tmp}/alpha.parquet",
+        "fitted for a preset block, not for examples.transformer_mlp:member",
+    ),
     ("sweep primal --points 1", "argument --points: must be an integer >= 2"),
     ("sweep primal --points 100000", "argument --points: must be an integer <= 256"),
     ("sweep primal --seeds 0", "argument --seeds: must be an integer >= 1"),
@@ -213,6 +253,7 @@ def make_files(tmp: Path) -> None:
     for name, alpha in (("nan_alpha", math.nan), ("negative_alpha", -1.5)):
         pq.write_table(pa.table({"alpha": [alpha]}), tmp / f"{name}.parquet")
     pq.write_table(pa.table({"beta": [1.0]}), tmp / "other.parquet")
+    pq.write_table(pa.table({"alpha": [1.2], "member": [""]}), tmp / "alpha.parquet")
     (tmp / "foreign").mkdir()
     pq.write_table(pa.table({"n": [1], "error": [3.0]}), tmp / "foreign/trials.parquet")
     (tmp / "garbled").mkdir()

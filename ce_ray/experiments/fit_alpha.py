@@ -232,10 +232,10 @@ def fit_alpha(
     return FitResult(**vars(fit), directory=directory)
 
 
-def read_alpha(location: str, accept_law_warnings: bool = False) -> float:
+def read_alpha(location: str, accept_law_warnings: bool = False, member: str = "") -> float:
     """The alpha of an ``alpha.parquet`` written by fit-alpha (ValueError if it is not one,
-    its alpha is not a usable one, or its fit broke a check of the law (``law_warnings``)
-    and ``accept_law_warnings`` is not given)."""
+    its alpha is not a usable one, its fit broke a check of the law (``law_warnings``) and
+    ``accept_law_warnings`` is not given, or ``member`` is given and the fit is not of it)."""
     if not storage.exists(location):
         raise ValueError(f"--alpha-from {location}: no such file (an alpha.parquet of fit-alpha)")
     if storage.is_directory(location):
@@ -247,6 +247,11 @@ def read_alpha(location: str, accept_law_warnings: bool = False) -> float:
     if "alpha" not in table.column_names or table.num_rows != 1:
         raise ValueError(f"--alpha-from {location}: not an alpha.parquet written by fit-alpha")
     alpha = table.column("alpha")[0].as_py()
+    fitted = table.column("member")[0].as_py() if "member" in table.column_names else ""
+    if member and fitted != member:
+        raise ValueError(
+            f"--alpha-from {location}: fitted for {fitted or 'a preset block'}, not for {member}"
+        )
     warned = table.column("law_warnings")[0].as_py() if "law_warnings" in table.column_names else []
     if warned and not accept_law_warnings:
         raise ValueError(

@@ -113,7 +113,7 @@ def run_trial(trial: dict, datasets: list) -> None:
         ),
     )
     point, indices = trial["point"], trial["seed_indices"]
-    label = f"{config.spec.space.label(point['m'], point['n'])} seeds {indices}"
+    label = f"{config.space.label(point['m'], point['n'])} seeds {indices}"
     report_from_record(
         trainer, record, trial["stall_timeout_s"], label, decide=config.scheduler_stops_trials
     )
@@ -330,14 +330,14 @@ def _trial_name(trial: Trial) -> str:
     """``<m>x<n>d-seed<s>-<trial id>`` (or ``seeds<a>-<b>`` when packed)."""
     point, indices = trial.config["point"], trial.config["seed_indices"]
     seeds = f"seed{indices[0]}" if len(indices) == 1 else f"seeds{indices[0]}-{indices[-1]}"
-    label = SweepConfig.from_json(trial.config["sweep"]).spec.space.label(point["m"], point["n"])
+    label = SweepConfig.from_json(trial.config["sweep"]).space.label(point["m"], point["n"])
     return f"{label}-{seeds}-{trial.trial_id}"
 
 
 def _trial_label(trial: Trial) -> str:
     """``4x6d seeds [0, 1]``: the point and the seed indices a trial trains."""
     point, indices = trial.config["point"], trial.config["seed_indices"]
-    label = SweepConfig.from_json(trial.config["sweep"]).spec.space.label(point["m"], point["n"])
+    label = SweepConfig.from_json(trial.config["sweep"]).space.label(point["m"], point["n"])
     return f"{label} seeds {indices}"
 
 
@@ -479,7 +479,7 @@ def run_sweep(
     with console.kept_log(storage.join(directory, "logs", f"sweep-{stamp}.log"), log) as log:
         log(
             f"[sweep] {config.preset} {config.formulation}: alpha={config.alpha:.4f}, points "
-            f"{', '.join(config.spec.space.label(m, n) for n, m in config.points)} x "
+            f"{', '.join(config.space.label(m, n) for n, m in config.points)} x "
             f"{config.seeds} seeds{' (packed: one trial per point)' if config.pack_seeds else ''}, "
             f"{config.epochs} epochs -> {directory}"
         )
@@ -532,8 +532,10 @@ def run_sweep(
 
 
 def default_experiment(config: SweepConfig) -> str:
-    """``PRESET-FORMULATION``, the experiment name when none is given."""
-    return f"{config.preset}-{config.formulation}"
+    """``PRESET-FORMULATION`` (``MODULE-CALLABLE-FORMULATION`` for your own member), the
+    experiment name when none is given."""
+    name = config.member.replace(":", "-").replace(".", "-") if config.member else config.preset
+    return f"{name}-{config.formulation}"
 
 
 @dataclass(frozen=True)

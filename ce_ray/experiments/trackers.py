@@ -91,7 +91,7 @@ def point_params(config: SweepConfig, n: int, m: int, seed_index: int) -> dict[s
     params = {
         "preset": config.preset,
         "formulation": config.formulation,
-        "label": config.spec.space.label(m, n),
+        "label": config.space.label(m, n),
         "m": m,
         "n": n,
         "alpha": config.alpha,
@@ -102,7 +102,7 @@ def point_params(config: SweepConfig, n: int, m: int, seed_index: int) -> dict[s
         "seed_index": seed_index,
         "seed": derive_seed(config.seed, n, m, seed_index),
         "epochs": config.epochs,
-    }
+    } | ({"member": config.member} if config.member else {})
     return {key: str(value) for key, value in params.items()}
 
 
@@ -119,7 +119,7 @@ class RunKey:
 def _keys(config: SweepConfig, trial: Trial) -> list[RunKey]:
     """The runs of a trial: one per seed index it trains."""
     n, m = int(trial.config["point"]["n"]), int(trial.config["point"]["m"])
-    label = config.spec.space.label(m, n)
+    label = config.space.label(m, n)
     return [RunKey(label, n, m, int(index)) for index in trial.config["seed_indices"]]
 
 

@@ -83,10 +83,14 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("experiment", pa.string()),
         pa.field("formulation", pa.string()),  # primal | dual
         pa.field("space", pa.string()),
+        pa.field("member", pa.string()),  # MODULE:CALLABLE of your own member; "" for a preset
+        pa.field("architecture", pa.string()),  # the member's fingerprint; "" for a preset
         pa.field("label", pa.string()),  # "m x n d"
         pa.field("n", pa.int64()),
         pa.field("m", pa.int64()),
-        pa.field("params", pa.int64()),  # exact parameter count of the trained network
+        # Exact parameter count of the trained network (of its m members, for your own
+        # member: what network(m, n) adds around them, a head, is the same at every point).
+        pa.field("params", pa.int64()),
         pa.field("flops", pa.int64()),  # multiply-accumulates per example
         pa.field("rho", pa.float64()),  # baseline params / params
         pa.field("var_ensemble", pa.float64()),  # predicted Var(K_e) / E[K]^2 (Eq. 11)

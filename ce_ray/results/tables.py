@@ -55,6 +55,7 @@ def _trial_row(
     point: pd.Series,
     config: SweepConfig,
     experiment: str,
+    architecture: str,
 ) -> dict:
     done = int(history["epoch"].max()) if len(history) else 0
     if outcome.error:
@@ -64,8 +65,10 @@ def _trial_row(
     return {
         "experiment": experiment,
         "formulation": config.formulation,
-        "space": config.spec.space.name,
-        "label": config.spec.space.label(outcome.m, outcome.n),
+        "space": config.space.name,
+        "member": config.member,
+        "architecture": architecture,
+        "label": config.space.label(outcome.m, outcome.n),
         "n": outcome.n,
         "m": outcome.m,
         "params": int(point["params"]),
@@ -102,8 +105,16 @@ def trials_frame(
 ) -> pd.DataFrame:
     """trials.parquet: one row per outcome, i.e. per (point, seed index)."""
     by_width = config.point_rows.set_index("n")
+    architecture = config.to_json().get("architecture", "")
     rows = [
-        _trial_row(o, histories[o.trial_id, o.seed_index], by_width.loc[o.n], config, experiment)
+        _trial_row(
+            o,
+            histories[o.trial_id, o.seed_index],
+            by_width.loc[o.n],
+            config,
+            experiment,
+            architecture,
+        )
         for o in outcomes
     ]
     frame = pd.DataFrame(rows, columns=storage.TRIALS_SCHEMA.names)
@@ -136,7 +147,7 @@ def epochs_frame(
 
 def curves_frame(config: SweepConfig) -> pd.DataFrame:
     """Both curves of the sweep's preset around its baseline, long form (curves.parquet)."""
-    baseline = config.spec.baseline
+    baseline = config.baseline_width
     frames = [
         result.table.assign(formulation=formulation, alpha=config.alpha, baseline=baseline)
         for formulation, result in config.curves.items()

@@ -73,6 +73,61 @@ def build(member: Member, n: int, device: str | torch.device = "cpu") -> nn.Modu
     return module
 
 
+def check_network(
+    build_network: Callable[[int, int], nn.Module],
+    input_shape: Sequence[int],
+    classes: int,
+    n: int,
+) -> None:
+    """One-line errors, before any training, for a network that cannot train on the data:
+    ``build_network(1, n)`` and ``build_network(2, n)`` are built on the meta device (no
+    memory) and must map a batch of examples of ``input_shape`` to ``(batch, classes)``
+    logits, with no dropout, the two-member one holding more parameters."""
+    sizes = []
+    for m in (1, 2):
+        try:
+            with torch.device("meta"):
+                network = build_network(m, n)
+        except Exception as error:  # the user's builder: a wrong signature, a bad size
+            raise ValueError(
+                f"building the network of {m} member(s) of width {n} raised "
+                f"{type(error).__name__}: {str(error).splitlines()[0]}"
+            ) from None
+        if not isinstance(network, nn.Module):
+            raise ValueError(
+                f"the network of {m} member(s) of width {n} is a {type(network).__name__}, "
+                "not a torch.nn.Module"
+            )
+        dropout = [name for name, layer in network.named_modules() if isinstance(layer, _DROPOUT)]
+        if dropout:
+            raise ValueError(
+                f"the network has dropout ({dropout[0]}): a sweep's points train "
+                "without it, as the NTK the curve rests on has none"
+            )
+        batch = torch.zeros(2, math.prod(input_shape), device="meta")
+        try:
+            with torch.no_grad():
+                output = network.eval()(batch)
+        except Exception as error:  # the user's forward pass on the dataset's examples
+            raise ValueError(
+                f"the network of {m} member(s) of width {n} fails on examples of shape "
+                f"{tuple(input_shape)}: {type(error).__name__}: {str(error).splitlines()[0]}"
+            ) from None
+        if not isinstance(output, torch.Tensor) or tuple(output.shape) != (2, classes):
+            got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise ValueError(
+                f"the network of {m} member(s) of width {n} returns {got} for 2 examples; a "
+                f"sweep needs (2, {classes}) logits: give --network MODULE:CALLABLE, a "
+                "network(m, n) with a head on the members"
+            )
+        sizes.append(sum(p.numel() for p in network.parameters()))
+    if sizes[1] <= sizes[0]:
+        raise ValueError(
+            f"the network of 2 members of width {n} holds {sizes[1]:,} parameters, 1 member "
+            f"{sizes[0]:,}: network(m, n) must build m members"
+        )
+
+
 @dataclass(frozen=True)
 class Inspection:
     """What ce-ray found in a member at each width, and what it warns about."""

@@ -335,3 +335,20 @@ class MemberEnsemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outputs = stacked_call(list(self.members), x, shared_input=True, training=self.training)
         return outputs.sum(dim=0) / math.sqrt(len(self.members))
+
+
+class Reshaped(nn.Module):
+    """``network`` on each example reshaped to ``shape``: a dataset yields digits as 64
+    values, which a member reads as 8 tokens of 8 features (``shape = (8, 8)``).
+
+    >>> Reshaped((2, 3), nn.Flatten())(torch.arange(12.0).reshape(2, 6)).shape
+    torch.Size([2, 6])
+    """
+
+    def __init__(self, shape: Sequence[int], network: nn.Module):
+        super().__init__()
+        self.shape = tuple(shape)
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x.reshape(len(x), *self.shape))

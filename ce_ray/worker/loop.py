@@ -170,7 +170,7 @@ def train_point(config: dict) -> None:
     networks = []
     for seed in seeds:  # the same initial weights on every rank (DDP checks)
         torch.manual_seed(seed)
-        networks.append(preset.space.build(m, n))
+        networks.append(sweep.build_network(m, n))
     # The raw module is what is checkpointed.
     network = networks[0] if len(seeds) == 1 else PackedSeeds(networks)
     optimizer, schedule = make_optimizer(network, preset.recipe)
@@ -197,7 +197,7 @@ def train_point(config: dict) -> None:
         # prepare_data_loader: device moves.
         loaders.append(ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False))
     batches: Iterable = loaders[0] if len(seeds) == 1 else StackedBatches(loaders)
-    top5 = getattr(preset.space, "num_classes", 0) > 5
+    top5 = sweep.classes > 5
     for epoch in range(start_epoch, sweep.epochs + 1):
         if record is not None and sweep.scheduler_stops_trials:
             wait_for_decision(config["record"], epoch - 2)

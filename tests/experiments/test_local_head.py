@@ -269,7 +269,10 @@ MEMBER = "examples.transformer_mlp:member"
 FIT = ["--space", MEMBER, "--input-shape", "8,8", "--widths", "4,8,16", "--samples", "300"]
 
 
-def test_fit_alpha_of_your_member_submitted_writes_to_s3_as_in_one_process(head, shell):
+def test_your_member_fitted_then_swept_by_submitted_jobs_on_s3(head, shell):
+    """fit-alpha of the example member, its alpha that of sampling and fitting every shard in
+    this process; then a sweep job of the member (the example's network(m, n) on the digits)
+    along the curve of that alpha, read back from S3."""
     results = f"s3://{shell['bucket']}/fits"
     job = ["jobs/fit_alpha.py", *FIT, "--shard-size", "300", "--seed", "3", "--workers", "1"]
     first = submit(head["address"], head["env"], *job, "--bootstrap", "50", "--results", results)
@@ -288,6 +291,33 @@ def test_fit_alpha_of_your_member_submitted_writes_to_s3_as_in_one_process(head,
         shards.sample_shard(config, shard, storage.join(here, "shards"))
     assert fa.fit_from_shards(config, here, bootstrap=50).alpha == row["alpha"]
     # (A rerun resumes from S3: experiments/test_cluster.py, on two nodes.)
+    sweep = [
+        "jobs/primal_curve.py",
+        *FIT[:4],
+        "--network",
+        "examples.transformer_mlp:network",
+        "--alpha-from",
+        f"s3://{shell['bucket']}/{key}",
+        "--accept-law-warnings",  # (3 widths of 300 draws: a weak fit may warn)
+        "--points",
+        "2",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--results",
+        f"s3://{shell['bucket']}/sweeps",
+        "--no-report",
+    ]
+    swept = submit(head["address"], head["env"], *sweep)
+    assert swept.returncode == 0, (swept.stdout + swept.stderr)[-3000:]
+    key = "sweeps/examples-transformer_mlp-member-primal/trials.parquet"
+    stored = shell["s3"].client().get_object(Bucket=shell["bucket"], Key=key)
+    trials = pq.read_table(pa.BufferReader(stored["Body"].read())).to_pandas()
+    assert set(trials["status"]) == {"finished"} and len(trials) == 2
+    assert set(trials["member"]) == {MEMBER} and set(trials["alpha"]) == {row["alpha"]}
+    assert trials["architecture"].str.len().eq(12).all()
+    assert trials["final_test_error"].lt(90).all()  # learned something of the 10 digits
 
 
 def test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_rest(

@@ -34,6 +34,15 @@ def fixed_size(n: int) -> nn.Module:
     return nn.Linear(4, 3)
 
 
+def one_member_network(m: int, n: int) -> nn.Module:
+    """A network(m, n) that forgets m."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, n), nn.Linear(n, 10))
+
+
+def network_with_dropout(m: int, n: int) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, m * n), nn.Dropout(0.1), nn.Linear(m * n, 10))
+
+
 def with_batch_norm(n: int) -> nn.Module:
     return nn.Sequential(nn.Linear(4, n), nn.BatchNorm1d(n), nn.Linear(n, 1))
 

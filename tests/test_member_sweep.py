@@ -1,0 +1,94 @@
+"""A sweep of your own member, without Ray: its points come from the traced curve, its
+trials' networks read the preset's data and give its classes, and sweep.json names the member
+and fingerprints its architecture, so that a resumed sweep refuses an edited member. (Through
+``ray job submit``: experiments/test_local_head.py.)"""
+
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from ce_ray.configs import SweepConfig
+from ce_ray.results import storage
+from ce_ray.theory.member import MemberSpace
+from ce_ray.theory.models import CollegialMLP, MemberEnsemble
+from tests.theory.ensembles import split_members
+
+EXAMPLE = {
+    "member": "examples.transformer_mlp:member",
+    "input_shape": (8, 8),
+    "network_from": "examples.transformer_mlp:network",
+}
+
+
+def test_the_built_in_mlp_named_as_a_member_sweeps_the_preset_s_points():
+    """The digits preset's MLP given as member(n): the same points, the same parameter
+    counts, and the default network (the members' ensemble) is the preset's network."""
+    preset = SweepConfig.from_preset("digits-mlp", alpha=2.4, num_points=4)
+    member = SweepConfig.from_preset(
+        "digits-mlp",
+        alpha=2.4,
+        num_points=4,
+        member="tests.theory.test_member:fc_member",
+        input_shape=(64,),
+    )
+    assert member.points == preset.points
+    assert member.point_rows["params"].tolist() == preset.point_rows["params"].tolist()
+    assert member.classes == 10 and member.baseline_width == 64
+    n, m = member.points[0]
+    network = member.build_network(m, n)
+    assert sum(p.numel() for p in network.parameters()) == preset.space.num_params(m, n)
+    x = torch.randn(5, 64)
+    assert network(x).shape == (5, 10)
+    # With the preset's hand-written CollegialMLP's weights, its outputs.
+    reference = preset.build_network(m, n)
+    assert isinstance(reference, CollegialMLP)
+    network.network.load_state_dict(MemberEnsemble(split_members(reference)).state_dict())
+    torch.testing.assert_close(network(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_example_sweeps_points_of_its_traced_curve_with_its_network():
+    config = SweepConfig.from_preset("digits-mlp", alpha=1.0, num_points=3, **EXAMPLE)
+    space = MemberSpace(EXAMPLE["member"], (8, 8))
+    assert config.space == space
+    assert config.points == ((4, 13), (8, 7), (64, 1))  # the optimum, the curve, 1 x 64d
+    for n, m in config.points:
+        network = config.build_network(m, n)
+        head = 64 * 10 + 10  # network(m, n)'s linear head, the same at every point
+        assert sum(p.numel() for p in network.parameters()) == space.num_params(m, n) + head
+        assert network(torch.rand(3, 64)).shape == (3, 10)
+    record = config.to_json()
+    assert record["member"] == EXAMPLE["member"] and record["input_shape"] == [8, 8]
+    assert len(record["architecture"]) == 12
+    assert SweepConfig.from_json(record) == config
+    # A preset's sweep.json is as before members existed (so its resume is not refused).
+    preset = SweepConfig.from_preset("digits-mlp", alpha=1.0).to_json()
+    assert not {"member", "input_shape", "network_from", "baseline", "architecture"} & set(preset)
+
+
+def test_a_resumed_sweep_refuses_a_member_edited_under_the_same_name(tmp_path, monkeypatch):
+    blocks = tmp_path / "my_blocks.py"
+    source = """
+        from torch import nn
+
+        def member(n):
+            return nn.Sequential(
+                nn.Flatten(), nn.Linear(64, n, bias=False), nn.ReLU(), nn.Linear(n, 10)
+            )
+        """
+    blocks.write_text(textwrap.dedent(source))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "my_blocks", raising=False)
+    settings = {"alpha": 1.5, "member": "my_blocks:member", "input_shape": (64,)}
+    first = SweepConfig.from_preset("digits-mlp", **settings)
+    directory = str(tmp_path / "results" / "sweep")
+    storage.check_or_write_config(directory, first.to_json(), "sweep.json")
+    # The same member, the same widths: resumed.
+    storage.check_or_write_config(directory, first.to_json(), "sweep.json")
+    blocks.write_text(textwrap.dedent(source.replace("bias=False", "bias=True")))
+    monkeypatch.delitem(sys.modules, "my_blocks")
+    edited = SweepConfig.from_preset("digits-mlp", **settings)
+    with pytest.raises(ValueError, match="different configuration.*architecture"):
+        storage.check_or_write_config(directory, edited.to_json(), "sweep.json")
