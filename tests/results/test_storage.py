@@ -6,7 +6,6 @@ Atomic writes: a write interrupted between start and finish leaves the old file 
 
 import itertools
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -41,16 +40,14 @@ def run_sweep(capsys):
     return run
 
 
-def run_fit_cli(location, env=None):
-    result = subprocess.run(
-        [str(BIN / "ce-ray"), "fit-alpha", *FIT, "--results", location],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        env=env,
-    )
-    return result.returncode, result.stderr
+def run_fit(capsys):
+    # In this process, as the sweep's: the console script's own one-line errors are
+    # tests/jobs/test_fit_alpha.py's (a subprocess here cost ~5 s a case).
+    def run(location):
+        rc = cli.main(["fit-alpha", *FIT, "--results", location])
+        return rc, capsys.readouterr().err
+
+    return run
 
 
 def test_a_path_under_a_file_fails_first(tmp_path, capsys):
@@ -58,7 +55,7 @@ def test_a_path_under_a_file_fails_first(tmp_path, capsys):
     blocker.write_text("not a directory")
     location = str(blocker / "results")
     assert_one_line_exit_2(run_sweep(capsys), location, f"{blocker} is a file")
-    assert_one_line_exit_2(run_fit_cli, location, f"{blocker} is a file")
+    assert_one_line_exit_2(run_fit(capsys), location, f"{blocker} is a file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
@@ -66,7 +63,7 @@ def test_a_missing_bucket_fails_first(s3, capsys):
     server, bucket = s3
     location = "s3://no-such-bucket/prefix"
     assert_one_line_exit_2(run_sweep(capsys), location, "bucket 'no-such-bucket' does not exist")
-    assert_one_line_exit_2(run_fit_cli, location, "bucket 'no-such-bucket' does not exist")
+    assert_one_line_exit_2(run_fit(capsys), location, "bucket 'no-such-bucket' does not exist")
     assert server.keys(bucket) == []
 
 
