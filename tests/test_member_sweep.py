@@ -92,3 +92,21 @@ def test_a_resumed_sweep_refuses_a_member_edited_under_the_same_name(tmp_path, m
     edited = SweepConfig.from_preset("digits-mlp", **settings)
     with pytest.raises(ValueError, match="different configuration.*architecture"):
         storage.check_or_write_config(directory, edited.to_json(), "sweep.json")
+
+
+def test_a_trial_trains_the_member_s_network_once_per_seed():
+    from ce_ray.theory.models import PackedSeeds, Reshaped
+    from ce_ray.worker.loop import trial_network
+
+    config = SweepConfig.from_preset("digits-mlp", alpha=1.0, num_points=3, **EXAMPLE)
+    n, m = config.points[0]
+    alone = trial_network(config, m, n, [7])
+    assert isinstance(alone, Reshaped) and isinstance(alone.network[0], MemberEnsemble)
+    assert len(alone.network[0].members) == m
+    packed = trial_network(config, m, n, [7, 8])
+    assert isinstance(packed, PackedSeeds)
+    # Each seed's network from its own seed: the first is the lone one's; the second differs.
+    first, second = (dict(network.named_parameters()) for network in packed.seeds)
+    for name, parameter in alone.named_parameters():
+        torch.testing.assert_close(first[name], parameter, rtol=0, atol=0)
+        assert not torch.equal(second[name], parameter) or parameter.eq(parameter[0]).all()

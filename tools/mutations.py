@@ -36,6 +36,56 @@ class Mutation:
 
 
 MUTATIONS = (
+    # --- a sweep of your own member ---
+    Mutation(
+        "a member's network is not checked for the dataset's logits",
+        "ce_ray/theory/member.py",
+        "        if not isinstance(output, torch.Tensor) or tuple(output.shape) != (2, classes):",
+        "        if not isinstance(output, torch.Tensor):",
+        ("tests/test_bad_input.py", "-k", "sweep"),
+    ),
+    Mutation(
+        "network(m, n) that ignores m is accepted",
+        "ce_ray/theory/member.py",
+        "    if sizes[1] <= sizes[0]:",
+        "    if False:",
+        ("tests/test_bad_input.py", "-k", "sweep"),
+    ),
+    Mutation(
+        "--alpha-from takes a fit of another block for a member's sweep",
+        "ce_ray/experiments/fit_alpha.py",
+        "    if member and fitted != member:",
+        "    if False:",
+        ("tests/test_bad_input.py", "-k", "sweep"),
+    ),
+    Mutation(
+        "a member's sweep.json has no architecture fingerprint",
+        "ce_ray/configs.py",
+        '            record["architecture"] = architecture_fingerprint([space.trace(n) for n in widths])',
+        "            pass",
+        ("tests/test_member_sweep.py",),
+    ),
+    Mutation(
+        "a member's examples are not reshaped to --input-shape",
+        "ce_ray/theory/models.py",
+        "        return self.network(x.reshape(len(x), *self.shape))",
+        "        return self.network(x)",
+        ("tests/test_member_sweep.py",),
+    ),
+    Mutation(
+        "a member's trial trains the preset's network",
+        "ce_ray/worker/loop.py",
+        "        networks.append(sweep.build_network(m, n))",
+        "        networks.append(sweep.spec.space.build(m, n))",
+        ("tests/test_member_sweep.py",),
+    ),
+    Mutation(
+        "a member's input shape is not checked against the dataset's examples",
+        "ce_ray/configs.py",
+        "            math.prod(self.input_shape) == math.prod(example),",
+        "            True,",
+        ("tests/test_bad_input.py", "-k", "sweep"),
+    ),
     # --- your own member: tracing, checks, the generic sampler, the ensemble ---
     Mutation(
         "traced: a convolution's fan-in ignores its kernel",

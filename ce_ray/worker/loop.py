@@ -134,6 +134,17 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def trial_network(sweep: SweepConfig, m: int, n: int, seeds: list[int]) -> nn.Module:
+    """The network a trial trains at point (m, n): ``sweep.build_network(m, n)`` (the preset's
+    space's, or your member's ``network(m, n)``) once per seed, each initialised from its seed
+    (so the same on every rank: DDP checks), packed into one model when there are several."""
+    networks = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        networks.append(sweep.build_network(m, n))
+    return networks[0] if len(seeds) == 1 else PackedSeeds(networks)
+
+
 def train_point(config: dict) -> None:
     """Ray Train's ``train_loop_per_worker`` for one point and one or more seed indices.
 
@@ -167,12 +178,7 @@ def train_point(config: dict) -> None:
     train_set, test_set = ray.get(config["datasets"])
     execution = Execution(sweep.precision, sweep.channels_last, sweep.compile)
     seeds = [derive_seed(sweep.seed, n, m, index) for index in config["seed_indices"]]
-    networks = []
-    for seed in seeds:  # the same initial weights on every rank (DDP checks)
-        torch.manual_seed(seed)
-        networks.append(sweep.build_network(m, n))
-    # The raw module is what is checkpointed.
-    network = networks[0] if len(seeds) == 1 else PackedSeeds(networks)
+    network = trial_network(sweep, m, n, seeds)  # the raw module is what is checkpointed
     optimizer, schedule = make_optimizer(network, preset.recipe)
     device = ray.train.torch.get_device()
     scaler = execution.scaler(device)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ce_ray.presets import SWEEP_PRESETS
+from ce_ray.presets import DATASET_EXAMPLES, SWEEP_PRESETS
 from ce_ray.worker import data
 from ce_ray.worker.loop import evaluate, make_optimizer, train_epoch
 
@@ -130,6 +130,8 @@ def test_each_preset_trains_an_epoch_on_data_in_its_format(tmp_path, name):
     )
     assert errors["test_examples"] == len(test_set) and 0 <= errors["test_error"] <= 100
     assert ("test_error_top5" in errors) == (classes > 5)
+    # What a member's --input-shape and network are checked against before Ray starts.
+    assert (tuple(train_set[0][0].shape), classes) == DATASET_EXAMPLES[preset.dataset]
 
 
 def test_downsampled_imagenet_rows_are_channel_major_images_centred_on_the_mean(tmp_path):
