@@ -4,8 +4,15 @@ Pure PyTorch.
 One sample is ``K(x_a, x_b) = <grad_theta f(x_a), grad_theta f(x_b)>`` for a fresh
 initialisation theta of ``member(n)`` -- the member's OWN initialisation (its constructor's
 code), so that a block in PyTorch's default (standard) parameterisation is sampled as it
-would train. A chunk of T initialisations is stacked (``torch.func.stack_module_state``) and
-the per-example gradients of all of them come from one program:
+would train. The initialisations are drawn DRAW_BLOCK at a time by running the constructor
+once under ``torch.func.vmap`` (``randomness="different"``), every tensor it creates made
+batched (:class:`_EveryDrawItsOwnTensors`), so that its random factories and in-place
+initialisers (``torch.randn``, ``nn.init.*``) fill each draw with its own numbers: one
+constructor call instead of one per draw, which was the whole cost at small widths. A
+constructor that cannot run so (data-dependent Python, NumPy's or Python's RNG, an op vmap
+lacks) is found out by comparing the block with two ordinary builds, and its draws are built
+one by one instead.
+The per-example gradients of a chunk of draws come from one program:
 ``vmap_T(vmap_B(grad(f)))`` over ``torch.func.functional_call``.
 
 The member's output becomes one scalar per example as ``ce_ray.theory.ntk.scalar_readout``
@@ -13,25 +20,59 @@ does for the built-in blocks: output 0 of a ``(B, C)`` output; channel 0 of ``(B
 pooled (sum / sqrt(H W)) or at the centre pixel; feature 0 of a ``(B, T, F)`` sequence pooled
 over the T tokens (sum / sqrt(T)) or at the middle token.
 
-Draw i of a call uses the seed ``derive_seed(seed, i)``, so a shard (its seed derived from the
-experiment seed, the width and the shard) gives the same samples on any machine, however it is
-chunked; the global RNG is left as it was.
+Block b of a call draws from the seed ``derive_seed(seed, b)`` (one by one: draw i from
+``derive_seed(seed, i)``), so a shard (its seed derived from the experiment seed, the width and
+the shard) gives the same samples on any machine, however its memory budget chunks it; the
+global RNG is left as it was.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ce_ray.choices import READOUTS, Readout, check_choice
 from ce_ray.theory.ntk import scalar_readout
 from ce_ray.theory.seeds import derive_seed
 
 Member = Callable[[int], nn.Module]
+#: Stacked tensors by name: ``(parameters, buffers)``, each with the draws along dim 0.
+Stacked = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
+
+#: Initialisations built by one vectorised run of the member's constructor. Their weights are
+#: held at once (1/8 of what ``bytes_per_draw`` budgets for a draw in a chunk).
+DRAW_BLOCK = 32
+
+#: The functions and methods a constructor creates tensors with.
+_FACTORIES = frozenset(
+    {
+        torch.empty,
+        torch.zeros,
+        torch.ones,
+        torch.full,
+        torch.eye,
+        torch.tensor,
+        torch.randn,
+        torch.rand,
+        torch.empty_like,
+        torch.zeros_like,
+        torch.ones_like,
+        torch.full_like,
+        torch.randn_like,
+        torch.rand_like,
+        torch.Tensor.new_empty,
+        torch.Tensor.new_zeros,
+        torch.Tensor.new_ones,
+        torch.Tensor.new_full,
+        torch.Tensor.new_tensor,
+    }
+)
 
 
 def member_readout(output: torch.Tensor, readout: Readout = "pool") -> torch.Tensor:
@@ -72,6 +113,65 @@ def draw_members(member: Member, n: int, count: int, seed: int, first: int = 0) 
     return modules
 
 
+class _EveryDrawItsOwnTensors(TorchFunctionMode):
+    """Inside ``vmap``: every floating tensor a constructor creates gets a batched zero added,
+    so that it is batched too, and an in-place initialiser on it (``uniform_``, ``normal_``)
+    draws for each draw separately -- vmap refuses "different" randomness in place on an
+    unbatched tensor."""
+
+    def __init__(self, zero: torch.Tensor):
+        super().__init__()
+        self.zero = zero
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        created = func(*args, **(kwargs or {}))
+        if func in _FACTORIES and isinstance(created, torch.Tensor) and created.is_floating_point():
+            return created + self.zero.to(dtype=created.dtype, device=created.device)
+        return created
+
+
+def draw_block(member: Member, n: int, seed: int, block: int) -> Stacked:
+    """Initialisations ``block * DRAW_BLOCK ..`` of ``member(n)``, from ``derive_seed(seed,
+    block)``, by one vectorised run of its constructor (module docstring)."""
+
+    def build(zero: torch.Tensor) -> Stacked:
+        with _EveryDrawItsOwnTensors(zero):
+            module = member(n)
+        return dict(module.named_parameters()), dict(module.named_buffers())
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, block))
+        params, buffers = torch.func.vmap(build, randomness="different")(torch.zeros(DRAW_BLOCK))
+    return {k: v.detach() for k, v in params.items()}, {k: v.detach() for k, v in buffers.items()}
+
+
+def vectorises(
+    member: Member, n: int, seed: int, block: Callable[[int], Stacked] | None = None
+) -> bool:
+    """Whether ``member(n)``'s constructor runs under :func:`draw_block` as it runs alone:
+    the same parameters and buffers of the same shapes, and a parameter that differs between
+    two ordinary builds differs between the block's first two draws (NumPy's or Python's RNG
+    would give every draw of a block the same numbers). ``block(b)``: the caller's
+    ``draw_block`` of this member, width and seed, to draw block 0 once."""
+    try:
+        params, buffers = block(0) if block else draw_block(member, n, seed, 0)
+    except Exception:  # whatever vmap cannot run: the constructor is not vectorised
+        return False
+    first, second = draw_members(member, n, 2, derive_seed(seed, 0x0DD))
+    alone = {**dict(first.named_parameters()), **dict(first.named_buffers())}
+    other = {**dict(second.named_parameters()), **dict(second.named_buffers())}
+    drawn = params | buffers
+    if {k: tuple(v.shape) for k, v in alone.items()} != {
+        k: tuple(v.shape[1:]) for k, v in drawn.items()
+    }:
+        return False
+    return all(
+        not torch.equal(drawn[name][0], drawn[name][1])
+        for name, tensor in alone.items()
+        if not torch.equal(tensor, other[name])
+    )
+
+
 def stacked_kernels(
     modules: list[nn.Module], inputs: torch.Tensor, readout: Readout = "pool"
 ) -> torch.Tensor:
@@ -80,10 +180,16 @@ def stacked_kernels(
     The modules share one architecture; their parameters are stacked and every module's
     per-example gradients come from one vectorised program.
     """
+    return kernels_of(modules[0], torch.func.stack_module_state(modules), inputs, readout)
+
+
+def kernels_of(
+    template: nn.Module, stacked: Stacked, inputs: torch.Tensor, readout: Readout = "pool"
+) -> torch.Tensor:
+    """``(T,)``: K(x_a, x_b) of ``template`` with each of the T stacked parameter sets."""
     if inputs.shape[0] not in (1, 2):
         raise ValueError(f"inputs must hold 1 or 2 examples; got {inputs.shape[0]}")
-    params, buffers = torch.func.stack_module_state(modules)
-    template = modules[0]
+    params, buffers = stacked
 
     def output(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
         out = torch.func.functional_call(template, (p, b), (x.unsqueeze(0),))
@@ -91,7 +197,7 @@ def stacked_kernels(
 
     per_example = torch.func.vmap(torch.func.grad(output), in_dims=(None, None, 0))
     grads = torch.func.vmap(per_example, in_dims=(0, 0, None))(params, buffers, inputs)
-    kernel = torch.zeros(len(modules), dtype=inputs.dtype, device=inputs.device)
+    kernel = torch.zeros(len(next(iter(params.values()))), dtype=inputs.dtype, device=inputs.device)
     for g in grads.values():
         kernel = kernel + (g[:, 0] * g[:, -1]).flatten(1).sum(dim=1)
     return kernel
@@ -127,12 +233,44 @@ def sample_member_ntk(
     check_choice("readout", readout, READOUTS)
     probe = draw_members(member, n, 1, seed)[0]
     chunk = max(1, memory_budget // bytes_per_draw(probe, inputs.shape[0], inputs.element_size()))
+    template = probe.to(device=inputs.device, dtype=inputs.dtype)
+    block = functools.lru_cache(maxsize=2)(functools.partial(draw_block, member, n, seed))
+    vectorised = vectorises(member, n, seed, block)
+
+    def draws(first: int, count: int) -> Stacked:
+        """Draws ``first .. first + count - 1``, on the inputs' device and in their dtype."""
+        if not vectorised:
+            return torch.func.stack_module_state(
+                [
+                    m.to(device=inputs.device, dtype=inputs.dtype)
+                    for m in draw_members(member, n, count, seed, first)
+                ]
+            )
+        # The blocks the draws fall in, and which of each block's draws they are.
+        spans = [
+            (
+                block(b),
+                max(first, b * DRAW_BLOCK) - b * DRAW_BLOCK,
+                min(first + count, (b + 1) * DRAW_BLOCK) - b * DRAW_BLOCK,
+            )
+            for b in range(first // DRAW_BLOCK, (first + count - 1) // DRAW_BLOCK + 1)
+        ]
+
+        def gathered(part: int) -> dict[str, torch.Tensor]:
+            names = spans[0][0][part]
+            return {
+                name: _like(torch.cat([drawn[part][name][lo:hi] for drawn, lo, hi in spans]))
+                for name in names
+            }
+
+        return gathered(0), gathered(1)
+
+    def _like(tensor: torch.Tensor) -> torch.Tensor:
+        dtype = inputs.dtype if tensor.is_floating_point() else tensor.dtype
+        return tensor.to(device=inputs.device, dtype=dtype)
+
     values = []
     for first in range(0, num_samples, chunk):
         count = min(chunk, num_samples - first)
-        modules = [
-            m.to(device=inputs.device, dtype=inputs.dtype)
-            for m in draw_members(member, n, count, seed, first)
-        ]
-        values.append(stacked_kernels(modules, inputs, readout).detach())
+        values.append(kernels_of(template, draws(first, count), inputs, readout).detach())
     return torch.cat(values).to(device="cpu", dtype=torch.float64).numpy()

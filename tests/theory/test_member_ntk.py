@@ -1,5 +1,7 @@
 """The generic NTK sampler: on identical weights it equals the built-in one; its draws are a
-function of (seed, draw index) alone; it samples the member's own initialisation."""
+function of (seed, draw index) alone, drawn a block at a time by one vectorised run of the
+member's constructor (one by one where that cannot run); it samples the member's own
+initialisation."""
 
 import numpy as np
 import pytest
@@ -8,10 +10,14 @@ import torch
 from ce_ray.presets import FIT_PRESETS
 from ce_ray.theory.alpha import AlphaFit, check_law, fit_eq9, fit_line
 from ce_ray.theory.member_ntk import (
+    DRAW_BLOCK,
+    draw_block,
     draw_members,
+    kernels_of,
     member_inputs,
     sample_member_ntk,
     stacked_kernels,
+    vectorises,
 )
 from ce_ray.theory.ntk import member_ntk, ntk_inputs, sample_ntk
 from ce_ray.theory.seeds import derive_seed
@@ -45,8 +51,57 @@ def test_draws_depend_on_the_seed_and_index_alone():
     assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is untouched
     assert len(set(whole.tolist())) == 12
     assert not np.array_equal(whole, sample_member_ntk(ntk_member, 16, 12, 8, inputs))
-    (third,) = draw_members(ntk_member, 16, 1, seed=7, first=2)
-    np.testing.assert_allclose(stacked_kernels([third], inputs).item(), whole[2], rtol=1e-6)
+    # Draw 2 is the third of the first block, whoever asks for it.
+    params, buffers = draw_block(ntk_member, 16, seed=7, block=0)
+    third = ({k: v[2:3] for k, v in params.items()}, {k: v[2:3] for k, v in buffers.items()})
+    np.testing.assert_allclose(
+        kernels_of(ntk_member(16), third, inputs).item(), whole[2], rtol=1e-6
+    )
+
+
+def test_a_block_of_draws_is_drawn_as_the_constructor_draws_one():
+    """One vectorised run of the constructor: each draw its own numbers, from the law the
+    constructor's own initialisers give (randn; nn.Linear's kaiming-uniform, bound
+    1/sqrt(fan-in); LayerNorm's ones)."""
+    params, _ = draw_block(ntk_member, 64, seed=3, block=5)
+    w1 = params["w1"]
+    assert w1.shape == (DRAW_BLOCK, 64, 8)
+    assert len({tuple(w.flatten()[:4].tolist()) for w in w1}) == DRAW_BLOCK
+    assert abs(w1.std().item() - 1) < 0.02 and abs(w1.mean().item()) < 0.02
+    assert torch.equal(params["norm.weight"], torch.ones(DRAW_BLOCK, 8))
+    standard, _ = draw_block(member_torch_default, 64, seed=3, block=5)
+    w2 = standard["3.weight"]  # nn.Linear(64, 8): U(-1/8, 1/8)
+    assert w2.abs().max() <= 1 / 8 and abs(w2.std().item() - 1 / 8 / 3**0.5) < 0.002
+    assert not torch.equal(w2[0], w2[1])
+
+
+def numpy_initialised(n: int) -> torch.nn.Module:
+    """A member drawn with NumPy's RNG: vmap would give a whole block the same numbers."""
+    layer = torch.nn.Linear(8 * 8, n)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(np.random.standard_normal((n, 64))))
+    return torch.nn.Sequential(torch.nn.Flatten(), layer, torch.nn.ReLU(), torch.nn.Linear(n, 1))
+
+
+def branching(n: int) -> torch.nn.Module:
+    """A member whose constructor branches on a value vmap cannot give Python."""
+    layer = torch.nn.Linear(8 * 8, n)
+    if layer.weight.sum() > 0:
+        layer.weight.data.neg_()
+    return torch.nn.Sequential(torch.nn.Flatten(), layer, torch.nn.ReLU(), torch.nn.Linear(n, 1))
+
+
+@pytest.mark.parametrize("member", [numpy_initialised, branching])
+def test_a_constructor_that_does_not_vectorise_is_drawn_one_by_one(member):
+    assert vectorises(ntk_member, 16, 0) and not vectorises(member, 16, 0)
+    inputs = torch.randn(1, 8, 8)
+    np.random.seed(0)
+    samples = sample_member_ntk(member, 16, 6, seed=7, inputs=inputs)
+    assert len(set(samples.tolist())) == 6
+    np.random.seed(0)
+    (third,) = draw_members(member, 16, 1, seed=7, first=2)
+    if member is branching:  # (NumPy's draws depend on its global state, not the seed)
+        np.testing.assert_allclose(stacked_kernels([third], inputs).item(), samples[2], rtol=1e-6)
 
 
 def test_the_members_own_initialisation_is_sampled():
