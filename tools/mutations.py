@@ -36,6 +36,35 @@ class Mutation:
 
 
 MUTATIONS = (
+    # --- the generic sampler's vectorised draws ---
+    Mutation(
+        "a block's draws are all one initialisation",
+        "ce_ray/theory/member_ntk.py",
+        'randomness="different")(torch.zeros(DRAW_BLOCK))',
+        'randomness="same")(torch.zeros(DRAW_BLOCK))',
+        ("tests/theory/test_member_ntk.py",),
+    ),
+    Mutation(
+        "every block of draws has the same seed",
+        "ce_ray/theory/member_ntk.py",
+        "        torch.manual_seed(derive_seed(seed, block))",
+        "        torch.manual_seed(derive_seed(seed, 0))",
+        ("tests/theory/test_member_ntk.py",),
+    ),
+    Mutation(
+        "tensors a constructor creates are not batched (in-place initialisers fail)",
+        "ce_ray/theory/member_ntk.py",
+        "        if func in _FACTORIES and isinstance(created, torch.Tensor) and created.is_floating_point():",
+        "        if False:",
+        ("tests/theory/test_member_ntk.py",),
+    ),
+    Mutation(
+        "a constructor that draws with NumPy is vectorised",
+        "ce_ray/theory/member_ntk.py",
+        "        not torch.equal(drawn[name][0], drawn[name][1])",
+        "        True",
+        ("tests/theory/test_member_ntk.py",),
+    ),
     # --- a sweep of your own member ---
     Mutation(
         "a member's network is not checked for the dataset's logits",

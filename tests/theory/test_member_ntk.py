@@ -45,12 +45,13 @@ def test_identical_weights_give_the_built_in_kernel(space, off_diagonal):
 def test_draws_depend_on_the_seed_and_index_alone():
     inputs = torch.randn(1, 8, 8)
     state = torch.random.get_rng_state()
-    whole = sample_member_ntk(ntk_member, 16, 12, seed=7, inputs=inputs)
-    chunked = sample_member_ntk(ntk_member, 16, 12, seed=7, inputs=inputs, memory_budget=1)
+    draws = DRAW_BLOCK + 8  # two blocks
+    whole = sample_member_ntk(ntk_member, 16, draws, seed=7, inputs=inputs)
+    chunked = sample_member_ntk(ntk_member, 16, draws, seed=7, inputs=inputs, memory_budget=1)
     np.testing.assert_array_equal(whole, chunked)
     assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is untouched
-    assert len(set(whole.tolist())) == 12
-    assert not np.array_equal(whole, sample_member_ntk(ntk_member, 16, 12, 8, inputs))
+    assert len(set(whole.tolist())) == draws
+    assert not np.array_equal(whole, sample_member_ntk(ntk_member, 16, draws, 8, inputs))
     # Draw 2 is the third of the first block, whoever asks for it.
     params, buffers = draw_block(ntk_member, 16, seed=7, block=0)
     third = ({k: v[2:3] for k, v in params.items()}, {k: v[2:3] for k, v in buffers.items()})
