@@ -65,6 +65,20 @@ MUTATIONS = (
         "        True",
         ("tests/theory/test_member_ntk.py",),
     ),
+    Mutation(
+        "the first layer's share of K is left out under its law",
+        "ce_ray/theory/member_ntk.py",
+        '        kernel = kernel + torch.einsum("tir,ij,tjr->t", d[:, 0], gram, d[:, -1])',
+        "        pass",
+        ("tests/theory/test_member_ntk.py",),
+    ),
+    Mutation(
+        "the first-layer law is used without checking it against autograd",
+        "ce_ray/theory/member_ntk.py",
+        "    return found if torch.allclose(with_law, plain, rtol=tolerance, atol=0) else None",
+        "    return found",
+        ("tests/theory/test_member_ntk.py",),
+    ),
     # --- a sweep of your own member ---
     Mutation(
         "a member's network is not checked for the dataset's logits",

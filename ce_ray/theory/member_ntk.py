@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -49,7 +50,8 @@ Stacked = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
 #: held at once (1/8 of what ``bytes_per_draw`` budgets for a draw in a chunk).
 DRAW_BLOCK = 32
 
-#: The functions and methods a constructor creates tensors with.
+#: The functions and methods a constructor creates tensors with, but for the random ones
+#: (``torch.randn``, ``torch.rand``...): vmap's "different" randomness batches those itself.
 _FACTORIES = frozenset(
     {
         torch.empty,
@@ -58,14 +60,10 @@ _FACTORIES = frozenset(
         torch.full,
         torch.eye,
         torch.tensor,
-        torch.randn,
-        torch.rand,
         torch.empty_like,
         torch.zeros_like,
         torch.ones_like,
         torch.full_like,
-        torch.randn_like,
-        torch.rand_like,
         torch.Tensor.new_empty,
         torch.Tensor.new_zeros,
         torch.Tensor.new_ones,
@@ -183,23 +181,85 @@ def stacked_kernels(
     return kernels_of(modules[0], torch.func.stack_module_state(modules), inputs, readout)
 
 
+class _FirstLinear(TorchFunctionMode):
+    """Finds (``probe`` None) or probes the first ``F.linear`` that reads the raw input
+    ``x`` with a parameter: probing adds ``probe`` (zeros) to its output, so that the gradient
+    with respect to ``probe`` is dF/d(W1 x)."""
+
+    def __init__(self, x: torch.Tensor, weights: dict[int, str], probe: torch.Tensor | None):
+        super().__init__()
+        self.x, self.weights, self.probe = x, weights, probe
+        self.found: tuple[str, tuple[int, ...]] | None = None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is F.linear and self.found is None:
+            x = kwargs.get("input", args[0] if args else None)
+            weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
+            if x is self.x and id(weight) in self.weights:
+                self.found = (self.weights[id(weight)], tuple(out.shape))
+                if self.probe is not None:
+                    return out + self.probe
+        return out
+
+
+def first_linear(template: nn.Module, inputs: torch.Tensor) -> tuple[str, tuple[int, ...]] | None:
+    """The parameter of the first ``F.linear`` that reads one raw example, and its output's
+    shape; None when the member begins otherwise (a convolution, a norm, an embedding)."""
+    x = inputs[:1]
+    finder = _FirstLinear(x, {id(p): k for k, p in template.named_parameters()}, None)
+    with torch.no_grad(), finder:
+        template(x)
+    return finder.found
+
+
 def kernels_of(
-    template: nn.Module, stacked: Stacked, inputs: torch.Tensor, readout: Readout = "pool"
+    template: nn.Module,
+    stacked: Stacked,
+    inputs: torch.Tensor,
+    readout: Readout = "pool",
+    first: tuple[str, tuple[int, ...]] | None = None,
 ) -> torch.Tensor:
-    """``(T,)``: K(x_a, x_b) of ``template`` with each of the T stacked parameter sets."""
+    """``(T,)``: K(x_a, x_b) of ``template`` with each of the T stacked parameter sets.
+
+    ``first`` (:func:`first_linear`): the parameter W1 of a first layer that reads the raw
+    input, and its output's shape. Its share of K is then taken from its output's gradient D
+    (``tr(D_a G D_b^T)``, G the inputs' token Gram matrix) instead of W1's own per-example
+    gradient, which for a wide input is most of the work -- the gradient half of the built-in
+    sampler's first-layer law (``ce_ray.theory.ntk``), exact for any initialisation.
+    """
     if inputs.shape[0] not in (1, 2):
         raise ValueError(f"inputs must hold 1 or 2 examples; got {inputs.shape[0]}")
     params, buffers = stacked
+    draws = len(next(iter(params.values())))
+    kernel = torch.zeros(draws, dtype=inputs.dtype, device=inputs.device)
+    weight = first[0] if first else ""
+    rest = {k: v for k, v in params.items() if k != weight}
+    probe = torch.zeros(first[1] if first else (), dtype=inputs.dtype, device=inputs.device)
 
-    def output(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
-        out = torch.func.functional_call(template, (p, b), (x.unsqueeze(0),))
+    def output(p: dict, w: dict, b: dict, x: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        example = x.unsqueeze(0)
+        if not weight:
+            out = torch.func.functional_call(template, (p | w, b), (example,))
+        else:
+            with _FirstLinear(example, {id(w[weight]): weight}, zero):
+                out = torch.func.functional_call(template, (p | w, b), (example,))
         return member_readout(out, readout)[0]
 
-    per_example = torch.func.vmap(torch.func.grad(output), in_dims=(None, None, 0))
-    grads = torch.func.vmap(per_example, in_dims=(0, 0, None))(params, buffers, inputs)
-    kernel = torch.zeros(len(next(iter(params.values()))), dtype=inputs.dtype, device=inputs.device)
+    gradient = torch.func.grad(output, argnums=(0, 4))
+    per_example = torch.func.vmap(gradient, in_dims=(None, None, None, 0, None))
+    first_weight = {weight: params[weight]} if weight else {}
+    grads, d = torch.func.vmap(per_example, in_dims=(0, 0, 0, None, None))(
+        rest, first_weight, buffers, inputs, probe
+    )
     for g in grads.values():
         kernel = kernel + (g[:, 0] * g[:, -1]).flatten(1).sum(dim=1)
+    if weight:
+        tokens = inputs.reshape(inputs.shape[0], -1, inputs.shape[-1])  # (E, tokens, fan-in)
+        gram = tokens[0] @ tokens[-1].T
+        d = d.reshape(draws, inputs.shape[0], -1, d.shape[-1])  # (T, E, tokens, rows)
+        kernel = kernel + torch.einsum("tir,ij,tjr->t", d[:, 0], gram, d[:, -1])
     return kernel
 
 
@@ -269,8 +329,24 @@ def sample_member_ntk(
         dtype = inputs.dtype if tensor.is_floating_point() else tensor.dtype
         return tensor.to(device=inputs.device, dtype=dtype)
 
+    law = first_layer_law(template, draws(0, min(2, num_samples)), inputs, readout)
     values = []
     for first in range(0, num_samples, chunk):
         count = min(chunk, num_samples - first)
-        values.append(kernels_of(template, draws(first, count), inputs, readout).detach())
+        values.append(kernels_of(template, draws(first, count), inputs, readout, law).detach())
     return torch.cat(values).to(device="cpu", dtype=torch.float64).numpy()
+
+
+def first_layer_law(
+    template: nn.Module, stacked: Stacked, inputs: torch.Tensor, readout: Readout
+) -> tuple[str, tuple[int, ...]] | None:
+    """:func:`first_linear`, if the law it allows gives these draws' kernels as autograd
+    does (to float rounding): a first weight read again later (tied, or in a norm) would make
+    its share more than ``tr(D_a G D_b^T)``, and the law is then not used."""
+    found = first_linear(template, inputs)
+    if found is None:
+        return None
+    with_law = kernels_of(template, stacked, inputs, readout, found)
+    plain = kernels_of(template, stacked, inputs, readout)
+    tolerance = 1e-4 if inputs.dtype != torch.float64 else 1e-10
+    return found if torch.allclose(with_law, plain, rtol=tolerance, atol=0) else None

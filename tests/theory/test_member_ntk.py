@@ -13,6 +13,8 @@ from ce_ray.theory.member_ntk import (
     DRAW_BLOCK,
     draw_block,
     draw_members,
+    first_layer_law,
+    first_linear,
     kernels_of,
     member_inputs,
     sample_member_ntk,
@@ -172,3 +174,42 @@ def test_alpha_of_the_digits_block_agrees_with_the_exact_sampler():
     second = fit_eq9(widths, space.fan_in_sum, generic, 0, bootstrap=1)
     gap = abs(first.alpha - second.alpha)
     assert gap < 4 * np.hypot(first.alpha_se, second.alpha_se), (first.alpha, second.alpha)
+
+
+class TiedFirstWeight(torch.nn.Module):
+    """Its first weight is read twice: by the first layer and, transposed, by the last."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(n, 64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(torch.nn.functional.linear(x.flatten(1), self.weight))
+        return torch.nn.functional.linear(h, self.weight.T)[:, :1]
+
+
+def test_the_first_layer_s_share_from_its_output_gradient_equals_autograd_s():
+    """The digits MLP block reads its input with F.linear first: its first weight's share of
+    K from dF/d(W1 x) and the inputs' Gram matrix, to float64 rounding; a member that begins
+    with a norm has no such layer, and one whose first weight is read again is not given the
+    law (its share would be more than the law says)."""
+    space = FCSpace(64, 4, 1)
+    inputs = ntk_inputs(space, 0, off_diagonal=True, dtype=torch.float64)
+    template = digits_block_member(16).double().eval()
+    stacked = draw_block(digits_block_member, 16, seed=1, block=0)
+    stacked = ({k: v.double() for k, v in stacked[0].items()}, stacked[1])
+    found = first_linear(template, inputs)
+    assert found == ("input_weight", (1, 16))
+    torch.testing.assert_close(
+        kernels_of(template, stacked, inputs, first=found),
+        kernels_of(template, stacked, inputs),
+        rtol=1e-12,
+        atol=0,
+    )
+    assert first_layer_law(template, stacked, inputs, "pool") == found
+    assert first_linear(ntk_member(16).eval(), torch.randn(1, 8, 8)) is None
+    tied = TiedFirstWeight(8).eval()
+    tied_draws = draw_block(TiedFirstWeight, 8, seed=1, block=0)
+    x = torch.randn(1, 64)
+    assert first_linear(tied, x) == ("weight", (1, 8))
+    assert first_layer_law(tied, tied_draws, x, "pool") is None
