@@ -130,7 +130,7 @@ def inspect_command(args: argparse.Namespace) -> None:
 
 def fit_alpha_command(args: argparse.Namespace) -> None:
     # Ray is imported by the commands that use it, so that params and curve start without it.
-    from ce_ray.configs import FitConfig
+    from ce_ray.configs import FitConfig, member_experiment
     from ce_ray.experiments.fit_alpha import check_fits_in_memory, fit_alpha
     from ce_ray.presets import FIT_PRESETS
     from ce_ray.results import storage
@@ -154,7 +154,7 @@ def fit_alpha_command(args: argparse.Namespace) -> None:
             args.space, args.input_shape, fan_in_sum_from=args.fan_in_sum_from, **settings
         )
         what = f"{args.space} (your member, inputs of shape {tuple(args.input_shape)})"
-        experiment = args.experiment or args.space.replace(":", "-").replace(".", "-")
+        experiment = args.experiment or member_experiment(args.space)
     else:
         if args.input_shape is not None or args.fan_in_sum_from is not None:
             flag = "--input-shape" if args.input_shape is not None else "--fan-in-sum"

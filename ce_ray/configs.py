@@ -45,6 +45,15 @@ from ce_ray.theory.spaces import FCSpace, Space
 DEFAULT_SHARD_SIZE = {"batched": 500, "exact": 10000}
 
 
+def member_experiment(member: str) -> str:
+    """The experiment name of your own member's runs when none is given.
+
+    >>> member_experiment("examples.transformer_mlp:member")
+    'examples-transformer_mlp-member'
+    """
+    return member.replace(":", "-").replace(".", "-")
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
@@ -345,9 +354,10 @@ class SweepConfig:
         from ce_ray.theory.models import Reshaped
 
         if self.network_from:
-            network = load_member(self.network_from, "network", "network(m, n) -> nn.Module")
-            return Reshaped(self.input_shape, network(m, n))
-        return Reshaped(self.input_shape, self.space.build(m, n))
+            network = load_member(self.network_from, "network", "network(m, n) -> nn.Module")(m, n)
+        else:
+            network = self.space.build(m, n)
+        return Reshaped(self.input_shape, network)
 
     @property
     def scheduler_stops_trials(self) -> bool:

@@ -5,9 +5,10 @@ One sample is ``K(x_a, x_b) = <grad_theta f(x_a), grad_theta f(x_b)>`` for a fre
 initialisation theta of ``member(n)`` -- the member's OWN initialisation (its constructor's
 code), so that a block in PyTorch's default (standard) parameterisation is sampled as it
 would train. The initialisations are drawn DRAW_BLOCK at a time by running the constructor
-once under ``torch.func.vmap`` (``randomness="different"``), every tensor it creates made
-batched (:class:`_EveryDrawItsOwnTensors`), so that its random factories and in-place
-initialisers (``torch.randn``, ``nn.init.*``) fill each draw with its own numbers: one
+once under ``torch.func.vmap`` (``randomness="different"``, which batches random factories
+such as ``torch.randn``), every other tensor it creates made batched too
+(:class:`_EveryDrawItsOwnTensors`), so that its in-place initialisers (``nn.init.*``) fill
+each draw with its own numbers as well: one
 constructor call instead of one per draw, which was the whole cost at small widths. A
 constructor that cannot run so (data-dependent Python, NumPy's or Python's RNG, an op vmap
 lacks) is found out by comparing the block with two ordinary builds, and its draws are built
@@ -112,10 +113,10 @@ def draw_members(member: Member, n: int, count: int, seed: int, first: int = 0) 
 
 
 class _EveryDrawItsOwnTensors(TorchFunctionMode):
-    """Inside ``vmap``: every floating tensor a constructor creates gets a batched zero added,
-    so that it is batched too, and an in-place initialiser on it (``uniform_``, ``normal_``)
-    draws for each draw separately -- vmap refuses "different" randomness in place on an
-    unbatched tensor."""
+    """Inside ``vmap``: every floating tensor a constructor creates by a non-random factory
+    (:data:`_FACTORIES`) gets a batched zero added, so that it is batched, and an in-place
+    initialiser on it (``uniform_``, ``normal_``) draws for each draw separately -- vmap
+    refuses "different" randomness in place on an unbatched tensor."""
 
     def __init__(self, zero: torch.Tensor):
         super().__init__()
