@@ -3,11 +3,14 @@
     python benchmarks/member_ntk.py [--samples T] [--repeats R]
 
 1. NTK samples per second of the generic sampler (``ce_ray.theory.member_ntk``: the member's
-   own initialisation, ``vmap(grad)`` over stacked parameters) against the built-in batched
-   sampler (``ce_ray.theory.ntk.sample_ntk``: one block-diagonal ensemble per chunk, the
-   first-layer product law) on the MLP block (L = 6, n0 = 784; n = 16, 64, 256) and the
-   Fig. 5 bottleneck (256 channels, 8x8; n = 4, 16, 64). Ratio = generic time / built-in time
-   (above 1: the generic sampler is slower).
+   own initialisation, ``vmap(grad)`` over stacked parameters, the first-layer law found by
+   tracing) against the built-in batched sampler (``ce_ray.theory.ntk.sample_ntk``: one
+   block-diagonal ensemble per chunk, the first-layer law written by hand) on the MLP block
+   (L = 6, n0 = 784; n = 16, 64, 256) and the Fig. 5 bottleneck (256 channels, 8x8; n = 4,
+   16, 64). Ratio = generic time / built-in time (above 1: the generic sampler is slower).
+   "warm": the call a worker makes once it has sampled the member at that width (its plan --
+   the checks behind the law and the vectorised draws -- found); "cold": a process's first
+   call, the plan included.
 2. One training step (forward, loss, backward, Adam) of the vectorised ensemble of m separate
    members (``MemberEnsemble``) against the hand-written one-model ensemble
    (``CollegialMLP`` / ``CollegialBottleneck``) at the same (m, n).
@@ -27,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ce_ray.theory import member_ntk
 from ce_ray.theory.member_ntk import sample_member_ntk
 from ce_ray.theory.models import MemberEnsemble
 from ce_ray.theory.ntk import ntk_inputs, sample_ntk
@@ -65,17 +69,23 @@ def step_time(model: torch.nn.Module, shape: tuple[int, ...], batch: int, repeat
     return best_of(repeats, step)
 
 
-def sampler_times(space, n: int, samples: int, repeats: int) -> tuple[float, float]:
-    """Seconds of the built-in and of the generic sampler for ``samples`` draws at width n."""
+def sampler_times(space, n: int, samples: int, repeats: int) -> tuple[float, float, float]:
+    """Seconds of the built-in sampler and of the generic one, warm and cold, for
+    ``samples`` draws at width n."""
     block = space.ntk_block()
     inputs = ntk_inputs(block, 0)
 
     def member(width: int) -> torch.nn.Module:
         return block.build(1, width)
 
+    def cold() -> None:
+        member_ntk._PLANS.clear()
+        sample_member_ntk(member, n, samples, 1, inputs)
+
     built_in = best_of(repeats, lambda: sample_ntk(space, n, samples, 1, inputs))
-    generic = best_of(repeats, lambda: sample_member_ntk(member, n, samples, 1, inputs))
-    return built_in, generic
+    first = best_of(repeats, cold)
+    warm = best_of(repeats, lambda: sample_member_ntk(member, n, samples, 1, inputs))
+    return built_in, warm, first
 
 
 def main() -> None:
@@ -86,17 +96,24 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     figures: dict[str, dict] = {"sampler": {}, "training_step": {}}
     print(f"NTK samples ({args.samples} per width), best of {args.repeats}")
-    print(f"{'block':<11} {'n':>4} {'built-in s':>11} {'generic s':>10} {'ratio':>6}")
+    print(
+        f"{'block':<11} {'n':>4} {'built-in s':>11} {'generic s':>10} {'ratio':>6}"
+        f" {'cold s':>8} {'cold ratio':>10}"
+    )
     for name, space, widths in BLOCKS:
         for n in widths:
-            built_in, generic = sampler_times(space, n, args.samples, args.repeats)
-            ratio = generic / built_in
+            built_in, warm, cold = sampler_times(space, n, args.samples, args.repeats)
             figures["sampler"][f"{name}-{n}"] = {
                 "built_in_s": round(built_in, 4),
-                "generic_s": round(generic, 4),
-                "ratio": round(ratio, 2),
+                "generic_s": round(warm, 4),
+                "ratio": round(warm / built_in, 2),
+                "cold_s": round(cold, 4),
+                "cold_ratio": round(cold / built_in, 2),
             }
-            print(f"{name:<11} {n:>4} {built_in:>11.3f} {generic:>10.3f} {ratio:>6.2f}")
+            print(
+                f"{name:<11} {n:>4} {built_in:>11.3f} {warm:>10.3f} {warm / built_in:>6.2f}"
+                f" {cold:>8.3f} {cold / built_in:>10.2f}"
+            )
     print("\nOne training step (forward, backward, Adam), best of", args.repeats)
     header = f"{'ensemble':<11} {'m x n':>7} {'batch':>5} {'hand-written s':>15}"
     print(f"{header} {'vmap s':>8} {'ratio':>6}")

@@ -213,7 +213,7 @@ def first_layer_product(
     G the columns' Gram matrix: k random numbers per row instead of fan-in many.
     """
     columns = input_columns(inputs)
-    root, _ = _psd_sqrt_and_pinv(columns @ columns.T)
+    root, _ = psd_sqrt_and_pinv(columns @ columns.T)
     rows = getattr(module, module.first_weight).shape[0]
     z = torch.randn(
         rows, columns.shape[0], generator=generator, device=inputs.device, dtype=inputs.dtype
@@ -358,7 +358,7 @@ def sample_batched(
     return torch.cat(values)
 
 
-def _psd_sqrt_and_pinv(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def psd_sqrt_and_pinv(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric square root and pseudo-inverse of a batch of small PSD matrices."""
     eigenvalues, vectors = torch.linalg.eigh(gram)
     tolerance = eigenvalues.amax(dim=-1, keepdim=True).clamp_min(0) * 1e-6 * gram.shape[-1]
@@ -385,7 +385,7 @@ def _exact_fc_chunk(
     saved = []
     for layer in range(block.depth):
         gram = h.transpose(1, 2) @ h
-        root, pinv = _psd_sqrt_and_pinv(gram)
+        root, pinv = psd_sqrt_and_pinv(gram)
         a = normal(widths[layer + 1]) @ root  # rows ~ N(0, G)
         saved.append((h, gram, pinv, a))
         z = a * math.sqrt(gains[layer] / widths[layer])
@@ -401,7 +401,7 @@ def _exact_fc_chunk(
         if layer == 0:
             break
         # W^T D = H G^+ A^T D + P W'^T D, rows of W'^T D ~ N(0, D^T D).
-        fresh = normal(widths[layer]) @ _psd_sqrt_and_pinv(d.transpose(1, 2) @ d)[0]
+        fresh = normal(widths[layer]) @ psd_sqrt_and_pinv(d.transpose(1, 2) @ d)[0]
         fresh = fresh - h @ (pinv @ (h.transpose(1, 2) @ fresh))
         back = h @ (pinv @ (a.transpose(1, 2) @ d)) + fresh
         d = back * math.sqrt(scale2) * (h > 0)  # ReLU derivative of the layer below

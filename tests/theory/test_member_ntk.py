@@ -10,16 +10,21 @@ import torch
 from ce_ray.presets import FIT_PRESETS
 from ce_ray.theory.alpha import AlphaFit, check_law, fit_eq9, fit_line
 from ce_ray.theory.member_ntk import (
-    DRAW_BLOCK,
+    FirstLayer,
     draw_block,
     draw_members,
+    draw_products,
+    draws_per_block,
+    first_layer,
     first_layer_law,
-    first_linear,
+    gaussian_first_weight,
     kernels_of,
     member_inputs,
+    plan,
     sample_member_ntk,
     stacked_kernels,
     vectorises,
+    watched_builds,
 )
 from ce_ray.theory.ntk import member_ntk, ntk_inputs, sample_ntk
 from ce_ray.theory.seeds import derive_seed
@@ -46,8 +51,9 @@ def test_identical_weights_give_the_built_in_kernel(space, off_diagonal):
 
 def test_draws_depend_on_the_seed_and_index_alone():
     inputs = torch.randn(1, 8, 8)
+    size = draws_per_block(ntk_member(16))
+    draws = size + 8  # two blocks
     state = torch.random.get_rng_state()
-    draws = DRAW_BLOCK + 8  # two blocks
     whole = sample_member_ntk(ntk_member, 16, draws, seed=7, inputs=inputs)
     chunked = sample_member_ntk(ntk_member, 16, draws, seed=7, inputs=inputs, memory_budget=1)
     np.testing.assert_array_equal(whole, chunked)
@@ -55,24 +61,38 @@ def test_draws_depend_on_the_seed_and_index_alone():
     assert len(set(whole.tolist())) == draws
     assert not np.array_equal(whole, sample_member_ntk(ntk_member, 16, draws, 8, inputs))
     # Draw 2 is the third of the first block, whoever asks for it.
-    params, buffers = draw_block(ntk_member, 16, seed=7, block=0)
+    params, buffers = draw_block(ntk_member, 16, seed=7, block=0, size=size)
     third = ({k: v[2:3] for k, v in params.items()}, {k: v[2:3] for k, v in buffers.items()})
     np.testing.assert_allclose(
         kernels_of(ntk_member(16), third, inputs).item(), whole[2], rtol=1e-6
     )
 
 
+def test_drawn_products_depend_on_the_seed_and_index_alone():
+    """The digits block's first weight is never drawn -- its products are, a block at a time
+    beside the block's other weights -- and the samples still do not depend on the chunks."""
+    inputs = torch.randn(1, 64)
+    how = plan(digits_block_member, 16, 0, inputs, "pool")
+    assert how.gaussian == (0, 1.0) and how.undrawn == "input_weight"
+    draws = how.size + 8
+    whole = sample_member_ntk(digits_block_member, 16, draws, seed=7, inputs=inputs)
+    budget = 40 * 4 * 2 * 3 * sum(p.numel() for p in how.template.parameters())  # 40 a chunk
+    chunked = sample_member_ntk(digits_block_member, 16, draws, 7, inputs, memory_budget=budget)
+    np.testing.assert_array_equal(whole, chunked)
+    assert len(set(whole.tolist())) == draws
+
+
 def test_a_block_of_draws_is_drawn_as_the_constructor_draws_one():
     """One vectorised run of the constructor: each draw its own numbers, from the law the
     constructor's own initialisers give (randn; nn.Linear's kaiming-uniform, bound
     1/sqrt(fan-in); LayerNorm's ones)."""
-    params, _ = draw_block(ntk_member, 64, seed=3, block=5)
+    params, _ = draw_block(ntk_member, 64, seed=3, block=5, size=32)
     w1 = params["w1"]
-    assert w1.shape == (DRAW_BLOCK, 64, 8)
-    assert len({tuple(w.flatten()[:4].tolist()) for w in w1}) == DRAW_BLOCK
+    assert w1.shape == (32, 64, 8)
+    assert len({tuple(w.flatten()[:4].tolist()) for w in w1}) == 32
     assert abs(w1.std().item() - 1) < 0.02 and abs(w1.mean().item()) < 0.02
-    assert torch.equal(params["norm.weight"], torch.ones(DRAW_BLOCK, 8))
-    standard, _ = draw_block(member_torch_default, 64, seed=3, block=5)
+    assert torch.equal(params["norm.weight"], torch.ones(32, 8))
+    standard, _ = draw_block(member_torch_default, 64, seed=3, block=5, size=32)
     w2 = standard["3.weight"]  # nn.Linear(64, 8): U(-1/8, 1/8)
     assert w2.abs().max() <= 1 / 8 and abs(w2.std().item() - 1 / 8 / 3**0.5) < 0.002
     assert not torch.equal(w2[0], w2[1])
@@ -96,8 +116,9 @@ def branching(n: int) -> torch.nn.Module:
 
 @pytest.mark.parametrize("member", [numpy_initialised, branching])
 def test_a_constructor_that_does_not_vectorise_is_drawn_one_by_one(member):
-    assert vectorises(ntk_member, 16, 0) and not vectorises(member, 16, 0)
     inputs = torch.randn(1, 8, 8)
+    assert plan(ntk_member, 16, 0, inputs, "pool").vectorised
+    assert not plan(member, 16, 0, inputs, "pool").vectorised
     np.random.seed(0)
     samples = sample_member_ntk(member, 16, 6, seed=7, inputs=inputs)
     assert len(set(samples.tolist())) == 6
@@ -196,10 +217,10 @@ def test_the_first_layer_s_share_from_its_output_gradient_equals_autograd_s():
     space = FCSpace(64, 4, 1)
     inputs = ntk_inputs(space, 0, off_diagonal=True, dtype=torch.float64)
     template = digits_block_member(16).double().eval()
-    stacked = draw_block(digits_block_member, 16, seed=1, block=0)
+    stacked = draw_block(digits_block_member, 16, seed=1, block=0, size=32)
     stacked = ({k: v.double() for k, v in stacked[0].items()}, stacked[1])
-    found = first_linear(template, inputs)
-    assert found == ("input_weight", (1, 16))
+    found = first_layer(template, inputs)
+    assert found == FirstLayer("input_weight", (1, 16), conv=False)
     torch.testing.assert_close(
         kernels_of(template, stacked, inputs, first=found),
         kernels_of(template, stacked, inputs),
@@ -207,9 +228,158 @@ def test_the_first_layer_s_share_from_its_output_gradient_equals_autograd_s():
         atol=0,
     )
     assert first_layer_law(template, stacked, inputs, "pool") == found
-    assert first_linear(ntk_member(16).eval(), torch.randn(1, 8, 8)) is None
+    assert first_layer(ntk_member(16).eval(), torch.randn(1, 8, 8)) is None
     tied = TiedFirstWeight(8).eval()
-    tied_draws = draw_block(TiedFirstWeight, 8, seed=1, block=0)
+    tied_draws = draw_block(TiedFirstWeight, 8, seed=1, block=0, size=32)
     x = torch.randn(1, 64)
-    assert first_linear(tied, x) == ("weight", (1, 8))
+    assert first_layer(tied, x) == FirstLayer("weight", (1, 8), conv=False)
     assert first_layer_law(tied, tied_draws, x, "pool") is None
+
+
+def bottleneck_member(n: int) -> torch.nn.Module:
+    return ResNeXtBlockSpace(16, 1, 6).ntk_block().build(1, n)
+
+
+def test_a_first_1x1_convolution_gets_the_law_too():
+    """The bottleneck reads its input with a 1x1 convolution first: W1's share of K from
+    dF/d(W1 x) and the Gram matrix of the input's pixels equals autograd's, to float64
+    rounding, on and off the diagonal."""
+    inputs = ntk_inputs(ResNeXtBlockSpace(16, 1, 6), 0, off_diagonal=True, dtype=torch.float64)
+    template = bottleneck_member(5).double().eval()
+    params, buffers = draw_block(bottleneck_member, 5, seed=1, block=0, size=8)
+    stacked = ({k: v.double() for k, v in params.items()}, buffers)
+    found = first_layer(template, inputs)
+    assert found == FirstLayer("conv1_weight", (1, 5, 6, 6), conv=True)
+    for pair in (inputs[:1], inputs):
+        torch.testing.assert_close(
+            kernels_of(template, stacked, pair, first=found),
+            kernels_of(template, stacked, pair),
+            rtol=1e-12,
+            atol=0,
+        )
+    assert first_layer_law(template, stacked, inputs, "pool") == found
+
+
+@pytest.mark.parametrize("member", [digits_block_member, bottleneck_member], ids=["mlp", "conv"])
+def test_products_given_for_w1_give_the_kernels_of_w1_itself(member):
+    """Each draw's W1 x, handed in instead of W1, gives the same K: the path the drawn
+    products take, checked on products computed from the drawn W1."""
+    space = FCSpace(64, 4, 1) if member is digits_block_member else ResNeXtBlockSpace(16, 1, 6)
+    inputs = ntk_inputs(space, 0, off_diagonal=True, dtype=torch.float64)
+    template = member(5).double().eval()
+    params, buffers = draw_block(member, 5, seed=2, block=0, size=8)
+    params = {k: v.double() for k, v in params.items()}
+    found = first_layer(template, inputs)
+    assert found is not None
+    w1 = params[found.weight]
+    if found.conv:
+        products = torch.einsum("tri,eihw->terhw", w1[..., 0, 0], inputs).unsqueeze(2)
+    else:
+        products = torch.einsum("tri,ei->ter", w1, inputs).unsqueeze(2)
+    without_w1 = {k: v for k, v in params.items() if k != found.weight}
+    torch.testing.assert_close(
+        kernels_of(template, (without_w1, buffers), inputs, first=found, products=products),
+        kernels_of(template, (params, buffers), inputs),
+        rtol=1e-10,
+        atol=0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("first", "shape"),
+    [
+        (FirstLayer("w", (1, 2, 3), conv=False), (2, 2, 8)),  # 2 examples x 2 tokens of 8
+        (FirstLayer("w", (1, 3, 1, 2), conv=True), (2, 6, 1, 2)),  # 2 x 2 pixels of 6 channels
+    ],
+    ids=["tokens", "pixels"],
+)
+def test_products_are_drawn_from_their_law(first, shape):
+    """Each row of W1 ~ N(0, std^2 I) gives its products with the E k input vectors jointly
+    N(0, std^2 G), G their Gram matrix, laid out as the layer's output."""
+    inputs = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    products = draw_products(first, 0.5, inputs, 40000, torch.Generator().manual_seed(1))
+    assert products.shape == (40000, 2, *first.shape)
+    by_vector = first.by_vector(products).flatten(1, 2)  # (T, E k, rows)
+    vectors = first.vectors(inputs).flatten(0, 1)
+    expected = 0.25 * vectors @ vectors.T
+    for row in range(first.rows):
+        sample = by_vector[:, :, row]
+        covariance = sample.T @ sample / len(sample)
+        torch.testing.assert_close(covariance, expected, rtol=0, atol=0.05 * expected.max().item())
+
+
+class FirstWeightFrom(torch.nn.Module):
+    """``F.linear`` on the raw input with a weight ``init(n)`` makes, then a read-out."""
+
+    def __init__(self, n: int, init) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(init(n))
+        self.readout = torch.nn.Parameter(torch.randn(1, n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(torch.nn.functional.linear(x, self.weight))
+        return torch.nn.functional.linear(h, self.readout)
+
+
+def _normal(mean: float, std: float):
+    return lambda n: torch.nn.init.normal_(torch.empty(n, 64), mean, std)
+
+
+def _randn_over_norm(n: int) -> torch.Tensor:
+    v = torch.randn(n, 64)
+    return v / v.norm()
+
+
+class ReadOutMadeFromTheFirstDraw(FirstWeightFrom):
+    def __init__(self, n: int) -> None:
+        super().__init__(n, lambda n: torch.randn(n, 64))
+        self.readout = torch.nn.Parameter(self.weight.detach().T[:1].clone())
+        self.tied = torch.nn.Parameter(self.weight.detach().T.clone() * 3)
+
+
+@pytest.mark.parametrize(
+    ("init", "law"),
+    [
+        (lambda n: torch.randn(n, 64), (0, 1.0)),
+        (lambda n: torch.randn(n, 64) * 0.5, (0, 0.5)),
+        (_normal(0.0, 2.0), (0, 2.0)),
+        (lambda n: torch.nn.init.kaiming_normal_(torch.empty(n, 64)), (0, (2 / 64) ** 0.5)),
+        (lambda n: torch.nn.Linear(64, n).weight.detach(), None),  # kaiming-uniform
+        (_normal(1.0, 1.0), None),  # not zero-mean
+        (_randn_over_norm, None),  # its scale depends on the draw
+    ],
+    ids=["randn", "scaled", "normal_", "kaiming_normal_", "uniform", "mean-1", "normalised"],
+)
+def test_the_first_weight_s_law_is_found_when_it_is_a_scaled_gaussian_draw(init, law):
+    def member(n: int) -> torch.nn.Module:
+        return FirstWeightFrom(n, init)
+
+    found = gaussian_first_weight(watched_builds(member, 8, 0), "weight")
+    if law is None:
+        assert found is None
+    else:
+        assert found is not None and found[0] == law[0]
+        assert found[1] == pytest.approx(law[1], rel=1e-6)
+
+
+def test_a_first_weight_whose_draw_made_another_tensor_is_drawn_itself():
+    """W1 is the first Gaussian draw, but another parameter was made from the same numbers:
+    drawing W1 x independently of it would break their dependence."""
+    assert (
+        gaussian_first_weight(watched_builds(ReadOutMadeFromTheFirstDraw, 8, 0), "weight") is None
+    )
+    assert plan(ReadOutMadeFromTheFirstDraw, 8, 0, torch.randn(1, 64), "pool").gaussian is None
+
+
+def test_a_block_that_drew_w1_is_not_taken_for_one_that_left_it_undrawn():
+    """The block leaves the constructor's first Gaussian draw undrawn, and the plan checks
+    that it was W1: a block whose W1 holds numbers (the constructor drew in another order
+    under vmap) is not used so."""
+    builds = watched_builds(digits_block_member, 8, 0)
+    assert vectorises(
+        lambda: draw_block(digits_block_member, 8, 0, 0, 2, skip=0), builds, "input_weight"
+    )
+    assert not vectorises(
+        lambda: draw_block(digits_block_member, 8, 0, 0, 2), builds, "input_weight"
+    )
+    assert vectorises(lambda: draw_block(digits_block_member, 8, 0, 0, 2), builds)
