@@ -30,6 +30,9 @@ forward pass: when the member's first contraction reads the raw input with a par
   each row N(0, s^2 G), and W1 itself is never drawn: fewer numbers where there are fewer
   such vectors than W1's fan-in.
 
+Which of these apply to a member at a width -- the law's two halves, vectorised draws -- is
+its :class:`Plan`, found from two watched builds once per process (:func:`cached_plan`).
+
 The member's output becomes one scalar per example as ``ce_ray.theory.ntk.scalar_readout``
 does for the built-in blocks: output 0 of a ``(B, C)`` output; channel 0 of ``(B, C, H, W)``
 pooled (sum / sqrt(H W)) or at the centre pixel; feature 0 of a ``(B, T, F)`` sequence pooled
@@ -437,6 +440,12 @@ def _gradients(
 
     drawn = None if products is None else 0
     gradient = torch.func.grad(output, argnums=(0, 4))
+    if len(inputs) == 1:  # K(x, x): one vmap, over the draws (half the time at small widths)
+        product = None if products is None else products[:, 0]
+        grads, d = torch.func.vmap(gradient, in_dims=(0, 0, 0, None, None, drawn))(
+            differentiated, fixed, buffers, inputs[0], probe, product
+        )
+        return {k: g.unsqueeze(1) for k, g in grads.items()}, d.unsqueeze(1)
     per_example = torch.func.vmap(gradient, in_dims=(None, None, None, 0, None, drawn))
     return torch.func.vmap(per_example, in_dims=(0, 0, 0, None, None, drawn))(
         differentiated, fixed, buffers, inputs, probe, products
@@ -576,7 +585,6 @@ class Plan:
     """How :func:`sample_member_ntk` draws a member at one width on inputs of one shape.
 
     Attributes:
-        template: a build, on the inputs' device and in their dtype (its weights unused).
         size: draws per block (:func:`draws_per_block`).
         vectorised: blocks are drawn by one vectorised constructor run (else one by one).
         first: the first layer whose share of K comes from its law (:func:`first_layer_law`).
@@ -584,7 +592,6 @@ class Plan:
             (:func:`gaussian_first_weight`): the constructor's Gaussian draw it leaves undrawn.
     """
 
-    template: nn.Module
     size: int
     vectorised: bool
     first: FirstLayer | None
@@ -615,15 +622,15 @@ def plan(member: Member, n: int, seed: int, inputs: torch.Tensor, readout: Reado
     if first is not None and gaussian is not None:
         if vectorises(functools.partial(check, gaussian[0]), builds, first.weight):
             size = draws_per_block(builds[0].module, first.weight)
-            return Plan(template, size, True, first, gaussian)
-    return Plan(template, draws_per_block(builds[0].module), vectorises(check, builds), first, None)
+            return Plan(size, True, first, gaussian)
+    return Plan(draws_per_block(builds[0].module), vectorises(check, builds), first, None)
 
 
-#: Plans found in this process (at most MAX_PLANS), by member, width, the inputs' shape,
-#: dtype and device, and read-out: every shard of a width a worker runs after its first
-#: skips the checks (milliseconds each, as long as a small width's whole shard).
+#: Plans found in this process (at most MAX_PLANS; a plan holds no tensors), by member,
+#: width, the inputs' shape, dtype and device, and read-out: every shard of a width a worker
+#: runs after its first skips the checks (milliseconds, as long as a small width's shard).
 _PLANS: dict[tuple, Plan] = {}
-MAX_PLANS = 64
+MAX_PLANS = 256
 
 
 def cached_plan(member: Member, n: int, inputs: torch.Tensor, readout: Readout) -> Plan:
@@ -669,7 +676,8 @@ def sample_member_ntk(
     """
     check_choice("readout", readout, READOUTS)
     how = cached_plan(member, n, inputs, readout)
-    size, per_draw = how.size, bytes_per_draw(how.template, inputs.shape[0], inputs.element_size())
+    template = draw_members(member, n, 1, seed)[0].to(device=inputs.device, dtype=inputs.dtype)
+    size, per_draw = how.size, bytes_per_draw(template, inputs.shape[0], inputs.element_size())
     chunk = max(1, memory_budget // per_draw)
     skip = how.gaussian[0] if how.gaussian else None
     block = functools.lru_cache(maxsize=2)(
@@ -715,9 +723,7 @@ def sample_member_ntk(
     for first in range(0, num_samples, chunk):
         count = min(chunk, num_samples - first)
         drawn = draws(first, count)
-        kernels = kernels_of(
-            how.template, drawn, inputs, readout, how.first, products(first, count)
-        )
+        kernels = kernels_of(template, drawn, inputs, readout, how.first, products(first, count))
         values.append(kernels.detach())
     return torch.cat(values).to(device="cpu", dtype=torch.float64).numpy()
 

@@ -76,7 +76,9 @@ def test_drawn_products_depend_on_the_seed_and_index_alone():
     assert how.gaussian == (0, 1.0) and how.undrawn == "input_weight"
     draws = how.size + 8
     whole = sample_member_ntk(digits_block_member, 16, draws, seed=7, inputs=inputs)
-    budget = 40 * 4 * 2 * 3 * sum(p.numel() for p in how.template.parameters())  # 40 a chunk
+    budget = (
+        40 * 4 * 2 * 3 * sum(p.numel() for p in digits_block_member(16).parameters())
+    )  # 40 a chunk
     chunked = sample_member_ntk(digits_block_member, 16, draws, 7, inputs, memory_budget=budget)
     np.testing.assert_array_equal(whole, chunked)
     assert len(set(whole.tolist())) == draws
