@@ -91,7 +91,7 @@ def sampler_times(space, n: int, samples: int, repeats: int) -> tuple[float, flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--samples", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     figures: dict[str, dict] = {"sampler": {}, "training_step": {}}
