@@ -97,15 +97,15 @@ MUTATIONS = (
     Mutation(
         "a first weight whose draw made another tensor is taken for an independent draw",
         "ce_ray/theory/member_ntk.py",
-        "        if match is None or _made_from(match[2], tensors, weight):",
-        "        if match is None:",
+        "    return (index, abs(c) * std) if made_from_u and rest_unchanged else None",
+        "    return (index, abs(c) * std) if made_from_u else None",
         ("tests/theory/test_member_ntk.py",),
     ),
     Mutation(
         "a first weight scaled by its own draw (v / |v|) is taken for a Gaussian one",
         "ce_ray/theory/member_ntk.py",
-        " if index == again and math.isclose(std, std_again, rel_tol=1e-6) else None",
-        " if index == again else None",
+        "    return (index, abs(c) * std) if made_from_u and rest_unchanged else None",
+        "    return (index, abs(c) * std) if rest_unchanged else None",
         ("tests/theory/test_member_ntk.py",),
     ),
     Mutation(

@@ -183,7 +183,8 @@ class _Constructor(TorchFunctionMode):
     Counts its Gaussian draws (:func:`_gaussian_draw`) in call order. ``record``: keeps each
     one's numbers and std in :attr:`gaussian` (numbers None for a non-zero mean). ``skip``:
     the index of a draw to leave undrawn (zeros) -- the first weight's, whose products are
-    drawn instead (unbatched: one copy serves the block). ``zero`` (inside vmap): a batched
+    drawn instead (unbatched: one copy serves the block). ``replace``: ``(index, numbers)``,
+    a draw made as usual, then overwritten with ``numbers``. ``zero`` (inside vmap): a batched
     zero added to every floating tensor a non-random factory (:data:`_FACTORIES`) creates, so
     that it is batched and an in-place initialiser on it (``uniform_``, ``normal_``) draws for
     each draw separately -- vmap refuses "different" randomness in place on an unbatched
@@ -191,10 +192,14 @@ class _Constructor(TorchFunctionMode):
     """
 
     def __init__(
-        self, zero: torch.Tensor | None = None, record: bool = False, skip: int | None = None
+        self,
+        zero: torch.Tensor | None = None,
+        record: bool = False,
+        skip: int | None = None,
+        replace: tuple[int, torch.Tensor] | None = None,
     ):
         super().__init__()
-        self.zero, self.record, self.skip = zero, record, skip
+        self.zero, self.record, self.skip, self.replace = zero, record, skip, replace
         self.gaussian: list[tuple[torch.Tensor | None, float]] = []
         self.draws = 0
 
@@ -204,6 +209,10 @@ class _Constructor(TorchFunctionMode):
         skipped = law is not None and self.draws == self.skip
         created = _undrawn(func, args, kwargs) if skipped else func(*args, **kwargs)
         if law is not None:
+            if self.replace is not None and self.draws == self.replace[0]:
+                numbers = self.replace[1].to(created.dtype).reshape(created.shape)
+                in_place = func not in (torch.randn, torch.randn_like)
+                created = created.copy_(numbers) if in_place else numbers.clone()
             self.draws += 1
             if self.record:
                 self.gaussian.append((created.detach().clone() if law[0] == 0 else None, law[1]))
@@ -242,20 +251,27 @@ class Build:
 
     module: nn.Module
     gaussian: list[tuple[torch.Tensor | None, float]]
+    seed: int
+
+
+def watched_build(
+    member: Member, n: int, seed: int, replace: tuple[int, torch.Tensor] | None = None
+) -> Build:
+    """An ordinary build of ``member(n)`` from ``seed``, its Gaussian draws recorded (and
+    draw ``replace[0]`` overwritten with ``replace[1]``)."""
+    watch = _Constructor(record=True, replace=replace)
+    with torch.random.fork_rng(devices=[]), watch:
+        _seeded(seed)
+        module = member(n).eval()
+    return Build(module, watch.gaussian, seed)
 
 
 def watched_builds(member: Member, n: int, seed: int) -> tuple[Build, Build]:
     """Two ordinary builds of ``member(n)`` (seeds derived from ``seed``), their Gaussian
     draws recorded: what :func:`vectorises`, :func:`gaussian_first_weight` and the
-    first-layer law's check compare against."""
-    builds = []
-    for index in range(2):
-        watch = _Constructor(record=True)
-        with torch.random.fork_rng(devices=[]), watch:
-            _seeded(derive_seed(seed, LAW_BUILDS, index))
-            module = member(n).eval()
-        builds.append(Build(module, watch.gaussian))
-    return builds[0], builds[1]
+    first-layer law's check look at."""
+    first, second = (derive_seed(seed, LAW_BUILDS, index) for index in range(2))
+    return watched_build(member, n, first), watched_build(member, n, second)
 
 
 def vectorises(
@@ -532,45 +548,51 @@ def first_layer_law(
     return found if torch.allclose(by_law, by_autograd, rtol=tolerance, atol=0) else None
 
 
-def gaussian_first_weight(builds: tuple[Build, Build], weight: str) -> tuple[int, float] | None:
-    """``(index, std)`` when the member's parameter ``weight`` is its constructor's Gaussian
-    draw ``index`` only scaled, in both ``builds``: ``weight = c v`` with v a zero-mean normal
-    draw and c the same in the two (so not ``v / |v|``), and no other parameter or buffer made
-    from v (tied). Its entries are then iid N(0, std^2), and its products can be drawn from
-    their law (:func:`draw_products`) instead of it."""
-    found = []
-    for build in builds:
-        module = build.module
-        tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-        w = tensors[weight].detach().flatten().double()
-        match = None
-        for index, (v, std) in enumerate(build.gaussian):
-            if v is None or v.numel() != w.numel() or not w.any():
-                continue
-            v = v.flatten().double()
-            c = float(w @ v / (v @ v))
-            if torch.allclose(w, c * v, rtol=1e-5, atol=1e-6 * float(w.abs().max())):
-                match = (index, abs(c) * std, v)
-                break
-        if match is None or _made_from(match[2], tensors, weight):
-            return None
-        found.append(match[:2])
-    (index, std), (again, std_again) = found
-    return (index, std) if index == again and math.isclose(std, std_again, rel_tol=1e-6) else None
+def gaussian_first_weight(
+    member: Member, n: int, build: Build, weight: str
+) -> tuple[int, float] | None:
+    """``(index, std)`` when ``member(n)``'s parameter ``weight`` is its constructor's
+    Gaussian draw ``index`` only scaled, and made from it alone: in ``build``, ``weight = c v``
+    with v a zero-mean normal draw; in its rerun with v replaced by other numbers u, ``weight
+    = c u`` (so c does not depend on v, as ``v / |v|``'s would) and every other parameter and
+    buffer is as it was (none was made from v). Its entries are then iid N(0, std^2),
+    independent of the rest, and its products can be drawn from their law
+    (:func:`draw_products`) instead of it."""
+    found = _scaled_draw(build, weight)
+    if found is None:
+        return None
+    index, c, std = found
+    v = build.gaussian[index][0]
+    assert v is not None
+    u = torch.randn(v.shape, generator=torch.Generator().manual_seed(LAW_BUILDS), dtype=v.dtype)
+    rerun = watched_build(member, n, build.seed, replace=(index, u))
+    before, after = _tensors(build.module), _tensors(rerun.module)
+    scaled_u = c * u.reshape(after[weight].shape).double()
+    made_from_u = torch.allclose(after[weight].double(), scaled_u, rtol=1e-5, atol=0)
+    rest_unchanged = all(torch.equal(after[k], t) for k, t in before.items() if k != weight)
+    return (index, abs(c) * std) if made_from_u and rest_unchanged else None
 
 
-def _made_from(v: torch.Tensor, tensors: dict[str, torch.Tensor], weight: str) -> bool:
-    """Whether a tensor other than ``weight`` is correlated with the draw v (as itself or,
-    a matrix, transposed)."""
-    for name, tensor in tensors.items():
-        if name == weight or tensor.numel() != v.numel() or not tensor.is_floating_point():
+def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A module's parameters and buffers by name, detached."""
+    named = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    return {k: t.detach() for k, t in named.items()}
+
+
+def _scaled_draw(build: Build, weight: str) -> tuple[int, float, float] | None:
+    """``(index, c, std)``: the build's first zero-mean Gaussian draw v (of std ``std``) with
+    ``weight = c v``; None if there is none."""
+    w = _tensors(build.module)[weight].flatten().double()
+    if not w.any():
+        return None
+    for index, (v, std) in enumerate(build.gaussian):
+        if v is None or v.numel() != w.numel():
             continue
-        views = [tensor.detach()] + ([tensor.detach().T] if tensor.dim() == 2 else [])
-        for view in views:
-            other = view.flatten().double()
-            if abs(float(torch.corrcoef(torch.stack([other, v]))[0, 1])) > 0.5:
-                return True
-    return False
+        v = v.flatten().double()
+        c = float(w @ v / (v @ v))
+        if torch.allclose(w, c * v, rtol=1e-5, atol=1e-6 * float(w.abs().max())):
+            return index, c, std
+    return None
 
 
 def bytes_per_draw(module: nn.Module, inputs: int, dtype_bytes: int = 4) -> int:
@@ -616,7 +638,7 @@ def plan(member: Member, n: int, seed: int, inputs: torch.Tensor, readout: Reado
     first = first_layer_law(template, stacked, inputs, readout)
     gaussian = None
     if first is not None and _fewer_products(first, inputs):
-        gaussian = gaussian_first_weight(builds, first.weight)
+        gaussian = gaussian_first_weight(member, n, builds[0], first.weight)
     # Whether the constructor vectorises does not depend on the block's size: two draws.
     check = functools.partial(draw_block, member, n, derive_seed(seed, LAW_BUILDS, 2), 0, 2)
     if first is not None and gaussian is not None:

@@ -332,11 +332,20 @@ def _randn_over_norm(n: int) -> torch.Tensor:
     return v / v.norm()
 
 
-class ReadOutMadeFromTheFirstDraw(FirstWeightFrom):
+class TransposedFromTheFirstDraw(FirstWeightFrom):
+    """A second parameter that is W1's draw transposed and scaled."""
+
     def __init__(self, n: int) -> None:
         super().__init__(n, lambda n: torch.randn(n, 64))
-        self.readout = torch.nn.Parameter(self.weight.detach().T[:1].clone())
         self.tied = torch.nn.Parameter(self.weight.detach().T.clone() * 3)
+
+
+class SquaredFromTheFirstDraw(FirstWeightFrom):
+    """A read-out made from W1's draw by a non-linear function of another shape."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n, lambda n: torch.randn(n, 64))
+        self.readout = torch.nn.Parameter(self.weight.detach().pow(2).mean(1)[None, :])
 
 
 @pytest.mark.parametrize(
@@ -356,7 +365,7 @@ def test_the_first_weight_s_law_is_found_when_it_is_a_scaled_gaussian_draw(init,
     def member(n: int) -> torch.nn.Module:
         return FirstWeightFrom(n, init)
 
-    found = gaussian_first_weight(watched_builds(member, 8, 0), "weight")
+    found = gaussian_first_weight(member, 8, watched_builds(member, 8, 0)[0], "weight")
     if law is None:
         assert found is None
     else:
@@ -364,13 +373,21 @@ def test_the_first_weight_s_law_is_found_when_it_is_a_scaled_gaussian_draw(init,
         assert found[1] == pytest.approx(law[1], rel=1e-6)
 
 
-def test_a_first_weight_whose_draw_made_another_tensor_is_drawn_itself():
+@pytest.mark.parametrize("member", [TransposedFromTheFirstDraw, SquaredFromTheFirstDraw])
+def test_a_first_weight_whose_draw_made_another_tensor_is_drawn_itself(member):
     """W1 is the first Gaussian draw, but another parameter was made from the same numbers:
     drawing W1 x independently of it would break their dependence."""
-    assert (
-        gaussian_first_weight(watched_builds(ReadOutMadeFromTheFirstDraw, 8, 0), "weight") is None
-    )
-    assert plan(ReadOutMadeFromTheFirstDraw, 8, 0, torch.randn(1, 64), "pool").gaussian is None
+    builds = watched_builds(member, 8, 0)
+    assert gaussian_first_weight(member, 8, builds[0], "weight") is None
+    assert plan(member, 8, 0, torch.randn(1, 64), "pool").gaussian is None
+    assert gaussian_first_weight(
+        FirstWeightFromRandn, 8, watched_builds(FirstWeightFromRandn, 8, 0)[0], "weight"
+    ) == (0, 1.0)
+
+
+class FirstWeightFromRandn(FirstWeightFrom):
+    def __init__(self, n: int) -> None:
+        super().__init__(n, lambda n: torch.randn(n, 64))
 
 
 def test_a_block_that_drew_w1_is_not_taken_for_one_that_left_it_undrawn():
