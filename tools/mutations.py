@@ -79,6 +79,28 @@ MUTATIONS = (
         "    return found",
         ("tests/theory/test_member_ntk.py",),
     ),
+    # --- placement groups that dead Train controllers leave ---
+    Mutation(
+        "a placement group whose creator actor lives is freed",
+        "ce_ray/experiments/cluster.py",
+        "            or not group.creator_actor_dead\n",
+        "",
+        ("tests/experiments/test_sweep.py", "-k", "dead_actors"),
+    ),
+    Mutation(
+        "the driver's own placement groups (Tune's trials') are freed",
+        "ce_ray/experiments/cluster.py",
+        "            or not group.creator_actor_id\n            or ray.ActorID(group.creator_actor_id).is_nil()\n",
+        "",
+        ("tests/experiments/test_sweep.py", "-k", "dead_actors"),
+    ),
+    Mutation(
+        "no sweep frees orphaned placement groups",
+        "ce_ray/experiments/sweep.py",
+        "        FreeOrphanedGroups(log),\n",
+        "",
+        ("tests/experiments/test_sweep.py", "-k", "dead_actors"),
+    ),
     # --- the drawing half of the first-layer law ---
     Mutation(
         "W1's products are drawn with unit std whatever W1's",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from ce_ray.experiments import local_head
 from ce_ray.results import storage
@@ -147,3 +148,47 @@ def node_id() -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id()
+
+
+def free_orphaned_placement_groups() -> list[dict[str, float]]:
+    """Remove this job's placement groups whose creating actor has died; return the
+    resources each held.
+
+    Ray frees a (non-detached) placement group only when both its creator actor and its job
+    are gone. A Ray Train worker group's is created by the run's controller actor, and
+    Train's PlacementGroupCleaner, which removes it when the controller dies (Tune stopping a
+    trial early), asks the State API whether the controller lives: on two busy CPUs that can
+    fail, the group is missed, and its CPUs are lost to the job -- the next trial's worker
+    group then waits for them forever (seen in CI: an ASHA sweep hung, two such groups holding
+    both CPUs). A group whose creator died has no user left. Ray's public table leaves out the
+    creator's fields, so this reads the GCS's own records (``ray._private.state``, as
+    :func:`max_resources` does).
+    """
+    import ray
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+    from ray.util.placement_group import PlacementGroup
+
+    table_data: Any = gcs_pb2.PlacementGroupTableData  # type: ignore[attr-defined]  # no stubs
+    job = ray.get_runtime_context().get_job_id()
+    freed = []
+    for raw in state._connect_and_get_accessor().get_placement_group_table():
+        group = table_data.FromString(raw)
+        if (
+            group.state == table_data.REMOVED
+            or group.is_detached
+            or ray.JobID(group.creator_job_id).hex() != job
+            or not group.creator_actor_id
+            or ray.ActorID(group.creator_actor_id).is_nil()
+            or not group.creator_actor_dead
+        ):
+            continue
+        ray.util.remove_placement_group(
+            PlacementGroup(ray.PlacementGroupID(group.placement_group_id))
+        )
+        held: dict[str, float] = {}
+        for bundle in group.bundles:
+            for key, value in bundle.unit_resources.items():
+                held[key] = held.get(key, 0.0) + value
+        freed.append(held)
+    return freed

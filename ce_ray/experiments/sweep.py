@@ -55,10 +55,11 @@ REPORT_POLL_S = "0.05"
 PREEMPTION_WATCHER = "0"
 # A worker group that cannot start times out after 60 s (Train's default) and Train tries
 # again -- forever, by default (``controller_failure_limit=-1``): a trial whose CPUs were
-# taken by a placement group that Train's cleaner missed waited 15 minutes and more, and the
-# stall watch, which starts with the first heartbeat, cannot tell that from waiting for the
-# autoscaler. After this many timeouts (~10 minutes) the trial fails in one line and Tune
-# retries it under the sweep's retry budget.
+# taken by a placement group that Train's cleaner missed waited 15 minutes and more (such
+# groups are now freed by FreeOrphanedGroups), and the stall watch, which starts with the
+# first heartbeat, cannot tell a start that never comes from waiting for the autoscaler.
+# After this many timeouts (~10 minutes) the trial fails in one line and Tune retries it
+# under the sweep's retry budget.
 WORKER_GROUP_START_ATTEMPTS = 10
 
 
@@ -341,13 +342,40 @@ def _trial_label(trial: Trial) -> str:
     return f"{label} seeds {indices}"
 
 
+#: How often the sweep's driver looks for placement groups that dead Train controllers left.
+FREE_ORPHANS_EVERY_S = 5.0
+
+
+class FreeOrphanedGroups(tune.Callback):
+    """Every ``every_s`` of Tune's loop, :func:`cluster.free_orphaned_placement_groups`:
+    a trial stopped early must not keep its workers' CPUs from the trials after it. One line
+    per group freed."""
+
+    def __init__(self, log: Log, every_s: float = FREE_ORPHANS_EVERY_S):
+        self.log, self.every_s = log, every_s
+        self.looked_at = float("-inf")
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.monotonic() - self.looked_at < self.every_s:
+            return
+        self.looked_at = time.monotonic()
+        for held in cluster.free_orphaned_placement_groups():
+            resources = ", ".join(f"{k} {v:g}" for k, v in sorted(held.items()))
+            self.log(
+                f"[sweep] freed a placement group ({resources}) that a stopped trial's Train "
+                "controller left behind (Ray Train's cleaner missed it)"
+            )
+
+
 def _callbacks(
     config: SweepConfig, directory: str, experiment: str, mlflow: str | None, log: Log
 ) -> list[tune.Callback]:
-    """The console, and MLflow's runs when ``mlflow`` names a tracking URI."""
+    """The console, the freeing of orphaned placement groups, and MLflow's runs when
+    ``mlflow`` names a tracking URI."""
     total_trials = len(config.points) * len(seed_groups(config.seeds, config.pack_seeds))
     callbacks: list[tune.Callback] = [
-        console.SweepConsole(log, _trial_label, config.epochs, total_trials)
+        console.SweepConsole(log, _trial_label, config.epochs, total_trials),
+        FreeOrphanedGroups(log),
     ]
     if mlflow:
         callbacks.append(trackers.MlflowRuns(mlflow, experiment, directory, config, log))

@@ -341,3 +341,56 @@ def test_packed_seeds_and_loader_processes_change_no_number_and_asha_stops_loser
     np.testing.assert_allclose(packed["train_loss"][early], alone["train_loss"][early], rtol=1e-5)
     np.testing.assert_allclose(packed["test_error"][early], alone["test_error"][early], atol=1e-9)
     np.testing.assert_allclose(packed["train_loss"], alone["train_loss"], rtol=1e-2)
+
+
+def test_the_driver_frees_placement_groups_that_dead_actors_left(ray_cluster):
+    """Ray keeps a placement group whose creator actor died while its job lives on -- as a
+    Train worker group outlives its controller when Train's cleaner misses it, and holds its
+    CPUs from the trials after it. The sweep's driver frees this job's such groups, and only
+    those: not one whose creator lives, not the driver's own (Tune's trials')."""
+    from ray.util.placement_group import (
+        placement_group,
+        placement_group_table,
+        remove_placement_group,
+    )
+
+    from ce_ray.experiments.sweep import FreeOrphanedGroups, _callbacks
+
+    config = SweepConfig.from_preset("synthetic-mlp", alpha=2.0, num_points=2)
+    watching = _callbacks(config, "results", "e", None, print)
+    assert sum(isinstance(c, FreeOrphanedGroups) for c in watching) == 1  # every sweep's
+    ray = ray_cluster
+
+    @ray.remote(num_cpus=0)
+    class Controller:
+        def start_worker_group(self, cpus: float):
+            group = placement_group([{"CPU": cpus}])
+            ray.get(group.ready())
+            return group
+
+    dead, alive = Controller.remote(), Controller.remote()
+    orphan = ray.get(dead.start_worker_group.remote(1))
+    kept = ray.get(alive.start_worker_group.remote(0.5))
+    tunes = placement_group([{"CPU": 0.25}])
+    ray.get(tunes.ready())
+    lines: list[str] = []
+    sweeper = FreeOrphanedGroups(lines.append, every_s=3600)
+    try:
+        ray.kill(dead)
+        deadline = time.monotonic() + 30
+        while placement_group_table(orphan)["state"] != "REMOVED" and time.monotonic() < deadline:
+            sweeper.looked_at = float("-inf")  # as if every_s had passed
+            sweeper.on_step_begin(0, [])
+            time.sleep(0.2)
+        states = {g: placement_group_table(g)["state"] for g in (orphan, kept, tunes)}
+        assert states == {orphan: "REMOVED", kept: "CREATED", tunes: "CREATED"}, states
+        assert lines == [
+            "[sweep] freed a placement group (CPU 1) that a stopped trial's Train controller "
+            "left behind (Ray Train's cleaner missed it)"
+        ]
+        sweeper.on_step_begin(1, [])  # within every_s: does not look again
+        assert len(lines) == 1
+    finally:
+        for group in (kept, tunes):
+            remove_placement_group(group)
+        ray.kill(alive)
