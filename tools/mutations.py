@@ -83,8 +83,15 @@ MUTATIONS = (
     Mutation(
         "a placement group whose creator actor lives is freed",
         "ce_ray/experiments/cluster.py",
-        "            or not group.creator_actor_dead\n",
-        "",
+        '        if creator.get("State", "DEAD") != "DEAD":  # no record: long dead, evicted',
+        "        if False:",
+        ("tests/experiments/test_sweep.py", "-k", "dead_actors"),
+    ),
+    Mutation(
+        "a placement group whose creator actor died is kept",
+        "ce_ray/experiments/cluster.py",
+        '        if creator.get("State", "DEAD") != "DEAD":  # no record: long dead, evicted',
+        "        if True:",
         ("tests/experiments/test_sweep.py", "-k", "dead_actors"),
     ),
     Mutation(

@@ -161,8 +161,8 @@ def free_orphaned_placement_groups() -> list[dict[str, float]]:
     fail, the group is missed, and its CPUs are lost to the job -- the next trial's worker
     group then waits for them forever (seen in CI: an ASHA sweep hung, two such groups holding
     both CPUs). A group whose creator died has no user left. Ray's public table leaves out the
-    creator's fields, so this reads the GCS's own records (``ray._private.state``, as
-    :func:`max_resources` does).
+    creator, so this reads the GCS's own records (``ray._private.state``, as
+    :func:`max_resources` does): the group's creator, and that actor's state.
     """
     import ray
     from ray._private.state import state
@@ -180,8 +180,12 @@ def free_orphaned_placement_groups() -> list[dict[str, float]]:
             or ray.JobID(group.creator_job_id).hex() != job
             or not group.creator_actor_id
             or ray.ActorID(group.creator_actor_id).is_nil()
-            or not group.creator_actor_dead
         ):
+            continue
+        # The actor table, not the group's own creator_actor_dead: that stayed False for the
+        # groups of Train controllers that Tune's stopped trials took with them (seen here).
+        creator = state.actor_table(ray.ActorID(group.creator_actor_id).hex())
+        if creator.get("State", "DEAD") != "DEAD":  # no record: long dead, evicted
             continue
         ray.util.remove_placement_group(
             PlacementGroup(ray.PlacementGroupID(group.placement_group_id))

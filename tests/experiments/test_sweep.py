@@ -345,9 +345,10 @@ def test_packed_seeds_and_loader_processes_change_no_number_and_asha_stops_loser
 
 def test_the_driver_frees_placement_groups_that_dead_actors_left(ray_cluster):
     """Ray keeps a placement group whose creator actor died while its job lives on -- as a
-    Train worker group outlives its controller when Train's cleaner misses it, and holds its
-    CPUs from the trials after it. The sweep's driver frees this job's such groups, and only
-    those: not one whose creator lives, not the driver's own (Tune's trials')."""
+    Train worker group outlives its controller (dead with its trial's actor, which Tune
+    stopped) when Train's cleaner misses it, and holds its CPUs from the trials after it. The
+    sweep's driver frees this job's such groups, and only those: not one whose creator lives,
+    not the driver's own (Tune's trials')."""
     from ray.util.placement_group import (
         placement_group,
         placement_group_table,
@@ -365,18 +366,24 @@ def test_the_driver_frees_placement_groups_that_dead_actors_left(ray_cluster):
     class Controller:
         def start_worker_group(self, cpus: float):
             group = placement_group([{"CPU": cpus}])
-            ray.get(group.ready())
+            ray.get(group.ready(), timeout=60)
             return group
 
-    dead, alive = Controller.remote(), Controller.remote()
-    orphan = ray.get(dead.start_worker_group.remote(1))
-    kept = ray.get(alive.start_worker_group.remote(0.5))
+    @ray.remote(num_cpus=0)
+    class Trial:
+        def start(self, cpus: float):
+            self.controller = Controller.remote()  # owned by the trial: dies with it
+            return ray.get(self.controller.start_worker_group.remote(cpus), timeout=60)
+
+    stopped, alive = Trial.remote(), Controller.remote()
+    orphan = ray.get(stopped.start.remote(0.5), timeout=90)
+    kept = ray.get(alive.start_worker_group.remote(0.25), timeout=90)
     tunes = placement_group([{"CPU": 0.25}])
-    ray.get(tunes.ready())
+    ray.get(tunes.ready(), timeout=60)
     lines: list[str] = []
     sweeper = FreeOrphanedGroups(lines.append, every_s=3600)
     try:
-        ray.kill(dead)
+        ray.kill(stopped)  # as Tune stops a trial: its controller dies with it
         deadline = time.monotonic() + 30
         while placement_group_table(orphan)["state"] != "REMOVED" and time.monotonic() < deadline:
             sweeper.looked_at = float("-inf")  # as if every_s had passed
@@ -385,7 +392,7 @@ def test_the_driver_frees_placement_groups_that_dead_actors_left(ray_cluster):
         states = {g: placement_group_table(g)["state"] for g in (orphan, kept, tunes)}
         assert states == {orphan: "REMOVED", kept: "CREATED", tunes: "CREATED"}, states
         assert lines == [
-            "[sweep] freed a placement group (CPU 1) that a stopped trial's Train controller "
+            "[sweep] freed a placement group (CPU 0.5) that a stopped trial's Train controller "
             "left behind (Ray Train's cleaner missed it)"
         ]
         sweeper.on_step_begin(1, [])  # within every_s: does not look again
