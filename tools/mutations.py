@@ -110,6 +110,20 @@ MUTATIONS = (
     ),
     # --- the drawing half of the first-layer law ---
     Mutation(
+        "a 1x1 convolution's output gradient read with pixels and channels swapped",
+        "ce_ray/theory/member_ntk.py",
+        "            return outputs.reshape(t, e, self.rows, -1).transpose(-1, -2)",
+        "            return outputs.reshape(t, e, -1, self.rows)",
+        ("tests/theory/test_member_ntk.py",),
+    ),
+    Mutation(
+        "a Gaussian first weight's std taken as its scale alone (the draw's own std left out)",
+        "ce_ray/theory/member_ntk.py",
+        "    return (index, abs(c) * std) if made_from_u and rest_unchanged else None",
+        "    return (index, abs(c)) if made_from_u and rest_unchanged else None",
+        ("tests/theory/test_member_ntk.py",),
+    ),
+    Mutation(
         "W1's products are drawn with unit std whatever W1's",
         "ce_ray/theory/member_ntk.py",
         "    products = (z @ root) * std  # (count, rows, E k)",

@@ -147,8 +147,7 @@ def draws_per_block(template: nn.Module, undrawn: str = "") -> int:
     """Draws one vectorised constructor run makes: the largest power of two up to
     MAX_DRAW_BLOCK whose float32 weights (but ``undrawn``) fit in BLOCK_BYTES -- a function
     of the architecture alone, so that the draws stay a function of (seed, index)."""
-    tensors = {**dict(template.named_parameters()), **dict(template.named_buffers())}
-    numbers = sum(t.numel() for name, t in tensors.items() if name != undrawn)
+    numbers = sum(t.numel() for name, t in _tensors(template).items() if name != undrawn)
     fitting = max(1, BLOCK_BYTES // (4 * max(1, numbers)))
     return min(MAX_DRAW_BLOCK, 1 << (fitting.bit_length() - 1))
 
@@ -287,9 +286,7 @@ def vectorises(
         params, buffers = block()
     except Exception:  # whatever vmap cannot run: the constructor is not vectorised
         return False
-    first, second = (build.module for build in builds)
-    alone = {**dict(first.named_parameters()), **dict(first.named_buffers())}
-    other = {**dict(second.named_parameters()), **dict(second.named_buffers())}
+    alone, other = (_tensors(build.module) for build in builds)
     drawn = params | buffers
     if {k: tuple(v.shape) for k, v in alone.items()} != {
         k: tuple(v.shape[1:]) for k, v in drawn.items()

@@ -211,25 +211,32 @@ class TiedFirstWeight(torch.nn.Module):
         return torch.nn.functional.linear(h, self.weight.T)[:, :1]
 
 
+def assert_the_law_equals_autograd(member, n, draws, inputs, expected, pairs) -> None:
+    """``member(n)``'s first layer is ``expected``, and over a block of ``draws`` float64
+    draws the law's kernels equal autograd's on each input pair, to float64 rounding."""
+    template = member(n).double().eval()
+    params, buffers = draw_block(member, n, seed=1, block=0, size=draws)
+    stacked = ({k: v.double() for k, v in params.items()}, buffers)
+    found = first_layer(template, inputs)
+    assert found == expected
+    for pair in pairs:
+        torch.testing.assert_close(
+            kernels_of(template, stacked, pair, first=found),
+            kernels_of(template, stacked, pair),
+            rtol=1e-12,
+            atol=0,
+        )
+    assert first_layer_law(template, stacked, inputs, "pool") == found
+
+
 def test_the_first_layer_s_share_from_its_output_gradient_equals_autograd_s():
     """The digits MLP block reads its input with F.linear first: its first weight's share of
     K from dF/d(W1 x) and the inputs' Gram matrix, to float64 rounding; a member that begins
     with a norm has no such layer, and one whose first weight is read again is not given the
     law (its share would be more than the law says)."""
-    space = FCSpace(64, 4, 1)
-    inputs = ntk_inputs(space, 0, off_diagonal=True, dtype=torch.float64)
-    template = digits_block_member(16).double().eval()
-    stacked = draw_block(digits_block_member, 16, seed=1, block=0, size=32)
-    stacked = ({k: v.double() for k, v in stacked[0].items()}, stacked[1])
-    found = first_layer(template, inputs)
-    assert found == FirstLayer("input_weight", (1, 16), conv=False)
-    torch.testing.assert_close(
-        kernels_of(template, stacked, inputs, first=found),
-        kernels_of(template, stacked, inputs),
-        rtol=1e-12,
-        atol=0,
-    )
-    assert first_layer_law(template, stacked, inputs, "pool") == found
+    inputs = ntk_inputs(FCSpace(64, 4, 1), 0, off_diagonal=True, dtype=torch.float64)
+    expected = FirstLayer("input_weight", (1, 16), conv=False)
+    assert_the_law_equals_autograd(digits_block_member, 16, 32, inputs, expected, [inputs])
     assert first_layer(ntk_member(16).eval(), torch.randn(1, 8, 8)) is None
     tied = TiedFirstWeight(8).eval()
     tied_draws = draw_block(TiedFirstWeight, 8, seed=1, block=0, size=32)
@@ -247,19 +254,8 @@ def test_a_first_1x1_convolution_gets_the_law_too():
     dF/d(W1 x) and the Gram matrix of the input's pixels equals autograd's, to float64
     rounding, on and off the diagonal."""
     inputs = ntk_inputs(ResNeXtBlockSpace(16, 1, 6), 0, off_diagonal=True, dtype=torch.float64)
-    template = bottleneck_member(5).double().eval()
-    params, buffers = draw_block(bottleneck_member, 5, seed=1, block=0, size=8)
-    stacked = ({k: v.double() for k, v in params.items()}, buffers)
-    found = first_layer(template, inputs)
-    assert found == FirstLayer("conv1_weight", (1, 5, 6, 6), conv=True)
-    for pair in (inputs[:1], inputs):
-        torch.testing.assert_close(
-            kernels_of(template, stacked, pair, first=found),
-            kernels_of(template, stacked, pair),
-            rtol=1e-12,
-            atol=0,
-        )
-    assert first_layer_law(template, stacked, inputs, "pool") == found
+    expected = FirstLayer("conv1_weight", (1, 5, 6, 6), conv=True)
+    assert_the_law_equals_autograd(bottleneck_member, 5, 8, inputs, expected, [inputs[:1], inputs])
 
 
 @pytest.mark.parametrize("member", [digits_block_member, bottleneck_member], ids=["mlp", "conv"])
