@@ -25,13 +25,14 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from ce_ray import options
+from ce_ray.theory.by_name import make_space
 from ce_ray.theory.curves import curve, curve_to_json, format_curve
-from ce_ray.theory.spaces import Space, make_space
+from ce_ray.theory.spaces import Space
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ce_ray.configs import SweepConfig
+    from ce_ray.configs import FitConfig, SweepConfig
     from ce_ray.experiments.tasks import Log
 
 
@@ -128,46 +129,32 @@ def inspect_command(args: argparse.Namespace) -> None:
         print(f"warning: {warning}")
 
 
+def fit_config(args: argparse.Namespace) -> FitConfig:
+    """The fit the options describe: your member's (``--space``) with its defaults, or a
+    preset's block (``--preset``, default :data:`options.DEFAULT_FIT_PRESET`)."""
+    from ce_ray.configs import FitConfig
+    from ce_ray.theory.by_name import your_member
+
+    member = your_member(args.space, args.input_shape, args.fan_in_sum_from)
+    fields = FitConfig.__dataclass_fields__.keys() - {"preset", "member"}
+    settings = _given(args, fields) | {"memory_budget_mib": args.memory_budget}
+    if member is None:
+        return FitConfig.from_preset(args.preset or options.DEFAULT_FIT_PRESET, **settings)
+    return FitConfig.for_member(member, **settings)
+
+
 def fit_alpha_command(args: argparse.Namespace) -> None:
     # Ray is imported by the commands that use it, so that params and curve start without it.
-    from ce_ray.configs import FitConfig, member_experiment
     from ce_ray.experiments.fit_alpha import check_fits_in_memory, fit_alpha
-    from ce_ray.presets import FIT_PRESETS
     from ce_ray.results import storage
 
-    settings = {
-        "widths": args.widths,
-        "samples": args.samples,
-        "shard_size": args.shard_size,
-        "seed": args.seed,
-        "method": args.method,
-        "readout": args.readout,
-        "off_diagonal": args.off_diagonal,
-        "device": args.device,
-        "dtype": args.dtype,
-        "memory_budget_mib": args.memory_budget,
-    }
-    if args.space:
-        if args.input_shape is None:
-            raise ValueError(f"--space {args.space} needs the shape of one example (--input-shape)")
-        config = FitConfig.for_member(
-            args.space, args.input_shape, fan_in_sum_from=args.fan_in_sum_from, **settings
-        )
-        what = f"{args.space} (your member, inputs of shape {tuple(args.input_shape)})"
-        experiment = args.experiment or member_experiment(args.space)
-    else:
-        if args.input_shape is not None or args.fan_in_sum_from is not None:
-            flag = "--input-shape" if args.input_shape is not None else "--fan-in-sum"
-            raise ValueError(f"{flag} is for your own member (--space MODULE:CALLABLE)")
-        preset = args.preset or options.DEFAULT_FIT_PRESET
-        config = FitConfig.from_preset(preset, **settings)
-        what = f"{preset}: {FIT_PRESETS[preset].description}"
-        experiment = args.experiment or preset
+    config = fit_config(args)
+    experiment = args.experiment or config.experiment
     config.check_bootstrap(args.bootstrap)
     check_fits_in_memory(config)
     results, log, workers = _connect(args)
     log(
-        f"[fit-alpha] {what}; "
+        f"[fit-alpha] {config.description}; "
         f"widths {list(config.widths)}, {config.samples} samples each, {config.method} sampler, "
         f"{workers} workers -> {storage.join(results, experiment, 'fit_alpha')}"
     )
@@ -190,7 +177,7 @@ def fit_alpha_command(args: argparse.Namespace) -> None:
         f"R^2 = {fit.r2:.4f}, {len(config.widths)} widths x {config.samples} samples "
         f"-> {fit.directory}"
     )
-    if config.member:  # the built-in blocks are NTK-parameterised by construction
+    if not config.space.law_by_construction:
         from ce_ray.theory.alpha import check_law
 
         for warning in check_law(fit.moments, fit.r2).warnings:
@@ -198,16 +185,20 @@ def fit_alpha_command(args: argparse.Namespace) -> None:
 
 
 def sweep_config(args: argparse.Namespace) -> SweepConfig:
-    """The sweep the options describe: ``SweepConfig.from_preset`` with the options given."""
+    """The sweep the options describe: ``SweepConfig.from_preset`` with the options given,
+    your member's space (``--space``) in place of the preset's."""
     from ce_ray.configs import SweepConfig
     from ce_ray.experiments.fit_alpha import read_alpha
+    from ce_ray.theory.by_name import your_member
 
+    member = your_member(args.member, args.input_shape, args.fan_in_sum_from, args.network_from)
+    alpha = args.alpha
+    if args.alpha_from:
+        fitted_for = "" if member is None else member.member_name
+        alpha = read_alpha(args.alpha_from, args.accept_law_warnings, fitted_for)
     settings = _given(args, SweepConfig.__dataclass_fields__) | {
-        "alpha": (
-            read_alpha(args.alpha_from, args.accept_law_warnings, args.member or "")
-            if args.alpha_from
-            else args.alpha
-        ),
+        "alpha": alpha,
+        "member": member,
         "precision": None if args.precision == "auto" else args.precision,
     }
     del settings["preset"], settings["formulation"]

@@ -13,13 +13,11 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import pandas as pd
-from torch import nn
 
 from ce_ray import limits
 from ce_ray.choices import (
@@ -38,20 +36,12 @@ from ce_ray.choices import (
     check_choice,
 )
 from ce_ray.presets import DATASET_EXAMPLES, FIT_PRESETS, SWEEP_PRESETS, SweepPreset
+from ce_ray.theory.by_name import your_member
 from ce_ray.theory.curves import Curve, check_alpha, curve, parse_widths, select_points
-from ce_ray.theory.spaces import FCSpace, Space
+from ce_ray.theory.spaces import Space
 
 #: Draws per Ray task when ``--shard-size`` is not given, per sampler.
 DEFAULT_SHARD_SIZE = {"batched": 500, "exact": 10000}
-
-
-def member_experiment(member: str) -> str:
-    """The experiment name of your own member's runs when none is given.
-
-    >>> member_experiment("examples.transformer_mlp:member")
-    'examples-transformer_mlp-member'
-    """
-    return member.replace(":", "-").replace(".", "-")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -88,18 +78,14 @@ class FitConfig:
     device: str = "cpu"
     dtype: Dtype = "float32"
     memory_budget_mib: float = 256.0
-    member: str = ""  # MODULE:CALLABLE of your own member(n); then preset is ""
-    input_shape: tuple[int, ...] = ()  # one example's shape, for a member
-    fan_in_sum_from: str = ""  # MODULE:CALLABLE of S(n) for a member, instead of the traced one
+    #: Your own member's space (``ce_ray.theory.by_name.make_space``) instead of the preset's
+    #: block; then ``preset`` is "".
+    member: Space | None = None
 
     def __post_init__(self) -> None:
         _require(
-            bool(self.member) or self.preset in FIT_PRESETS,
+            self.member is not None or self.preset in FIT_PRESETS,
             f"unknown fit preset {self.preset!r}; valid: {', '.join(FIT_PRESETS)}",
-        )
-        _require(
-            not self.member or (self.method == "batched" and len(self.input_shape) >= 1),
-            "your own member is sampled by the batched (generic) sampler, with --input-shape",
         )
         _require(
             len(self.widths) >= 2, f"need at least two widths to fit alpha; got {list(self.widths)}"
@@ -121,8 +107,9 @@ class FitConfig:
         )
         check_choice("--method", self.method, METHODS)
         _require(
-            self.method == "batched" or isinstance(self.space.ntk_block(), FCSpace),
-            f"--method exact samples MLP blocks only; {self.preset} is not one",
+            self.method in self.space.ntk_methods,
+            f"--method {self.method} samples MLP blocks only; "
+            f"{self.preset or self.space.member_name} is not one",
         )
         check_choice("--readout", self.readout, READOUTS)
         check_choice("--dtype", self.dtype, DTYPES)
@@ -153,19 +140,33 @@ class FitConfig:
         return cls(preset=preset, **given)
 
     @classmethod
-    def for_member(cls, member: str, input_shape: Sequence[int], **settings: Any) -> FitConfig:
-        """Fit alpha for your own ``member(n)``: :data:`MEMBER_FIT_DEFAULTS`, overridden by
+    def for_member(cls, member: Space, **settings: Any) -> FitConfig:
+        """Fit alpha for your own member's space: :data:`MEMBER_FIT_DEFAULTS`, overridden by
         ``settings`` that are not None."""
         given = MEMBER_FIT_DEFAULTS | {k: v for k, v in settings.items() if v is not None}
-        return cls(preset="", member=member, input_shape=tuple(input_shape), **given)
+        return cls(preset="", member=member, **given)
 
     @property
     def space(self) -> Space:
-        if self.member:
-            from ce_ray.theory.member import MemberSpace
+        """The space whose block is sampled: your member's, or the preset's."""
+        return self.member or FIT_PRESETS[self.preset].space
 
-            return MemberSpace(self.member, self.input_shape, self.fan_in_sum_from)
-        return FIT_PRESETS[self.preset].space
+    @property
+    def description(self) -> str:
+        """What is fitted, in a line: the preset and its block, or your member."""
+        if self.preset:
+            return f"{self.preset}: {FIT_PRESETS[self.preset].description}"
+        return self.space.describe()
+
+    @property
+    def experiment(self) -> str:
+        """The experiment's name when none is given: the preset's, or your member's."""
+        return self.space.experiment_name(self.preset)
+
+    @property
+    def inputs(self) -> int:
+        """Inputs of each sampled entry: 1 (K(x, x)), or 2 (off the diagonal)."""
+        return 2 if self.off_diagonal else 1
 
     @property
     def tasks(self) -> int:
@@ -191,17 +192,27 @@ class FitConfig:
         return int(self.memory_budget_mib * 2**20)
 
     def to_json(self) -> dict:
-        record = dataclasses.asdict(self)
-        if not self.fan_in_sum_from:  # as configurations written before it existed read
-            del record["fan_in_sum_from"]
-        return record | {"widths": list(self.widths), "input_shape": list(self.input_shape)}
+        """The fields, with your member's (``Space.stored``) in place of ``member``; a
+        preset's fit stores ``member`` "" and ``input_shape`` [], as it always has."""
+        record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del record["member"]
+        empty = {"member": "", "input_shape": []}
+        return record | {"widths": list(self.widths)} | empty | self.space.stored()
 
     @classmethod
     def from_json(cls, data: dict) -> FitConfig:
-        return cls(
-            **data
-            | {"widths": tuple(data["widths"]), "input_shape": tuple(data.get("input_shape", ()))}
+        """The configuration ``to_json`` wrote."""
+        settings = {k: v for k, v in data.items() if k not in FIT_MEMBER_FIELDS}
+        member = your_member(
+            data.get("member") or None,
+            data.get("input_shape") or None,
+            data.get("fan_in_sum_from") or None,
         )
+        return cls(**settings | {"widths": tuple(data["widths"]), "member": member})
+
+
+#: What a fit of your own member stores of it (``MemberSpace.stored``).
+FIT_MEMBER_FIELDS = ("member", "input_shape", "fan_in_sum_from")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -236,11 +247,9 @@ class SweepConfig:
     compile: bool
     loader_workers: int  # DataLoader processes per training worker
     pack_seeds: bool  # a point's seeds train as one model in one trial
-    # Your own member instead of the preset's space (the preset gives the data and recipe):
-    member: str = ""  # MODULE:CALLABLE of member(n)
-    input_shape: tuple[int, ...] = ()  # what the member (and network) read of one example
-    fan_in_sum_from: str = ""  # MODULE:CALLABLE of S(n), instead of the traced one
-    network_from: str = ""  # MODULE:CALLABLE of network(m, n); empty: the members' ensemble
+    #: Your own member's space (``ce_ray.theory.by_name.make_space``) instead of the preset's;
+    #: the preset gives the data and the recipe.
+    member: Space | None = None
     baseline: int = 0  # n~ of the baseline 1 x n~; 0: the preset's
 
     def __post_init__(self) -> None:
@@ -248,26 +257,16 @@ class SweepConfig:
             self.preset in SWEEP_PRESETS,
             f"unknown sweep preset {self.preset!r}; valid: {', '.join(SWEEP_PRESETS)}",
         )
-        object.__setattr__(self, "input_shape", tuple(self.input_shape))
         _require(
             0 <= self.baseline <= limits.MAX_WIDTH,
             f"--baseline must be from 1 to {limits.MAX_WIDTH}; got {self.baseline}",
         )
-        if self.member:
-            self._check_member()
-        else:
-            given = [
-                flag
-                for flag, value in (
-                    ("--input-shape", self.input_shape),
-                    ("--fan-in-sum", self.fan_in_sum_from),
-                    ("--network", self.network_from),
-                )
-                if value
-            ]
-            _require(
-                not given, f"{', '.join(given)}: for your own member (--space MODULE:CALLABLE)"
-            )
+        name = self.space.member_name
+        _require(
+            self.alpha is not None or self.space == self.spec.space,
+            f"a sweep of {name} needs --alpha or --alpha-from (fit it first: ce-ray "
+            f"fit-alpha --space {name} --input-shape ...)",
+        )
         check_choice("formulation", self.formulation, FORMULATIONS)
         check_choice("--scheduler", self.scheduler, SCHEDULERS)
         check_choice("--precision", self.precision, PRECISIONS)
@@ -303,37 +302,22 @@ class SweepConfig:
             "--pack-seeds cannot train with --precision fp16: one loss scaler would skip every "
             "seed's step when one seed overflows; use bf16 or --no-pack-seeds",
         )
+
+    def check_on_this_machine(self) -> None:
+        """The checks that build networks or read this machine, run where the sweep starts
+        (``from_preset``), not where a stored configuration is read back: the network trains
+        on the preset's data (your member's, built on the meta device), and the largest
+        trial's model state fits in memory."""
+        example, classes = DATASET_EXAMPLES[self.spec.dataset]
+        data = f"{self.spec.dataset}'s examples ({self.preset}'s data)"
+        self.space.check_trains_on(example, classes, self.baseline_width, data)
         if self.alpha is not None:
             self.check_trial_memory()
 
-    def _check_member(self) -> None:
-        """A member's sweep: alpha known (no preset fits it), inputs the dataset can fill, and a
-        network that turns them into the dataset's classes (built on the meta device)."""
-        example, classes = DATASET_EXAMPLES[self.spec.dataset]
-        _require(
-            self.alpha is not None,
-            f"a sweep of {self.member} needs --alpha or --alpha-from (fit it first: ce-ray "
-            f"fit-alpha --space {self.member} --input-shape ...)",
-        )
-        _require(bool(self.input_shape), f"--space {self.member} needs --input-shape")
-        _require(
-            math.prod(self.input_shape) == math.prod(example),
-            f"--input-shape {','.join(map(str, self.input_shape))} holds "
-            f"{math.prod(self.input_shape)} values; {self.spec.dataset}'s examples "
-            f"({self.preset}'s data) hold {math.prod(example)} ({','.join(map(str, example))})",
-        )
-        from ce_ray.theory.member import check_network
-
-        check_network(self.build_network, self.input_shape, classes, self.baseline_width)
-
     @property
     def space(self) -> Space:
-        """The architecture family whose points are trained: the preset's, or your member's."""
-        if self.member:
-            from ce_ray.theory.member import MemberSpace
-
-            return MemberSpace(self.member, self.input_shape, self.fan_in_sum_from)
-        return self.spec.space
+        """The architecture family whose points are trained: your member's, or the preset's."""
+        return self.member or self.spec.space
 
     @property
     def baseline_width(self) -> int:
@@ -343,21 +327,6 @@ class SweepConfig:
     @property
     def classes(self) -> int:
         return DATASET_EXAMPLES[self.spec.dataset][1]
-
-    def build_network(self, m: int, n: int) -> nn.Module:
-        """The network a trial trains at point (m, n): the preset's space's, or for a member
-        ``network(m, n)`` (default: the members' :class:`~ce_ray.theory.models.MemberEnsemble`)
-        reading examples reshaped to ``input_shape``."""
-        if not self.member:
-            return self.space.build(m, n)
-        from ce_ray.theory.member import load_member
-        from ce_ray.theory.models import Reshaped
-
-        if self.network_from:
-            network = load_member(self.network_from, "network", "network(m, n) -> nn.Module")(m, n)
-        else:
-            network = self.space.build(m, n)
-        return Reshaped(self.input_shape, network)
 
     @property
     def scheduler_stops_trials(self) -> bool:
@@ -423,7 +392,9 @@ class SweepConfig:
             "loader_workers": default_loader_workers(cpus),
             "pack_seeds": not convolutional and precision != "fp16",
         }
-        return cls(preset=preset, formulation=formulation, **(defaults | given))  # type: ignore[arg-type]
+        config = cls(preset=preset, formulation=formulation, **(defaults | given))  # type: ignore[arg-type]
+        config.check_on_this_machine()
+        return config
 
     @property
     def spec(self) -> SweepPreset:
@@ -443,44 +414,59 @@ class SweepConfig:
         """The curve's rows of the trained points (``ce_ray.theory.curves.select_points``)."""
         return select_points(self.curves[self.formulation], self.num_points)
 
-    @property
+    @cached_property
     def points(self) -> tuple[tuple[int, int], ...]:
         """``(n, m)`` of each trained point, by width."""
         rows = self.point_rows
         return tuple((int(n), int(m)) for n, m in zip(rows["n"], rows["m"], strict=True))
+
+    @cached_property
+    def architecture(self) -> str:
+        """The fingerprint of your member at the trained widths and the baseline's
+        (``Space.fingerprint``; empty for a preset's space)."""
+        return self.space.fingerprint(sorted({n for n, _ in self.points} | {self.baseline_width}))
 
     @property
     def trials(self) -> int:
         return len(self.points) * (1 if self.pack_seeds else self.seeds)
 
     def to_json(self) -> dict:
-        """The fields, plus the trained points when alpha is known, and for a member its
-        architecture's fingerprint (derived: for readers, and so that a resumed sweep whose
-        member changed under the same name is refused). The member's fields are left out for
-        a preset, as configurations written before they existed read."""
-        record = dataclasses.asdict(self) | {"input_shape": list(self.input_shape)}
-        for name in MEMBER_SWEEP_FIELDS:
-            if not record[name]:
-                del record[name]
-        if self.member:
-            from ce_ray.theory.member import MemberSpace, architecture_fingerprint
-
-            space, widths = self.space, sorted({n for n, _ in self.points} | {self.baseline_width})
-            assert isinstance(space, MemberSpace)
-            record["architecture"] = architecture_fingerprint([space.trace(n) for n in widths])
+        """The fields, your member's in place of ``member`` (``Space.stored``), and when alpha
+        is known the trained points; for a member its architecture's fingerprint (so that a
+        resumed sweep whose member changed under the same name is refused). A preset's sweep
+        stores no member field and no ``baseline`` of 0, as configurations written before
+        they existed read."""
+        record = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("member", "baseline")
+        }
+        record |= self.space.stored() | ({"baseline": self.baseline} if self.baseline else {})
+        record |= {"architecture": self.architecture} if self.architecture else {}
         return record | ({"points": [list(p) for p in self.points]} if self.alpha else {})
 
     @classmethod
     def from_json(cls, data: dict) -> SweepConfig:
-        """The configuration ``to_json`` wrote (ValueError if ``data`` is not one)."""
-        required = {f.name for f in dataclasses.fields(cls)} - set(MEMBER_SWEEP_FIELDS)
+        """The configuration ``to_json`` wrote, read back as stored: its points and
+        fingerprint are not derived again (no curve, no trace, no check of this machine), so
+        every trial and worker that reads it trains what the driver chose (ValueError if
+        ``data`` is not one)."""
+        required = {f.name for f in dataclasses.fields(cls)} - {"member", "baseline"}
         if not isinstance(data, dict) or not required <= set(data):
             raise ValueError("not a sweep configuration written by ce-ray")
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
-
-
-#: The fields of a sweep of your own member; ``to_json`` leaves the empty ones out.
-MEMBER_SWEEP_FIELDS = ("member", "input_shape", "fan_in_sum_from", "network_from", "baseline")
+        member = your_member(
+            data.get("member"),
+            data.get("input_shape"),
+            data.get("fan_in_sum_from"),
+            data.get("network_from"),
+        )
+        fields = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+        config = cls(**fields | {"member": member})
+        # The derived values as the driver stored them (cached_property's own slots).
+        if "points" in data:
+            config.__dict__["points"] = tuple((int(n), int(m)) for n, m in data["points"])
+        config.__dict__["architecture"] = data.get("architecture", "")
+        return config
 
 
 def default_loader_workers(cpus_per_worker: float) -> int:

@@ -154,8 +154,8 @@ CASES = [
         "--network ce_ray_nope:network",
         "network ce_ray_nope:network: cannot import 'ce_ray_nope'",
     ),
-    ("sweep primal --network a:b --alpha 1", "--network: for your own member"),
-    ("sweep primal --input-shape 8,8 --alpha 1", "--input-shape: for your own member"),
+    ("sweep primal --network a:b --alpha 1", "--network is for your own member"),
+    ("sweep primal --input-shape 8,8 --alpha 1", "--input-shape is for your own member"),
     (
         "sweep primal --space examples.transformer_mlp:member --input-shape 8,8 "
         "--network examples.transformer_mlp:network --alpha-from {tmp}/alpha.parquet",

@@ -175,8 +175,10 @@ def test_a_curve_from_a_fit_that_breaks_the_law_needs_a_flag(tmp_path, capsys):
     from ce_ray.configs import FitConfig
     from ce_ray.experiments.fit_alpha import write_outputs
     from ce_ray.theory.alpha import fit_eq9
+    from ce_ray.theory.by_name import make_space
 
-    config = FitConfig.for_member("examples.transformer_mlp:member", (8, 8), widths=(4, 8, 16))
+    example = make_space("examples.transformer_mlp:member", input_shape=(8, 8))
+    config = FitConfig.for_member(example, widths=(4, 8, 16))
     rng = np.random.default_rng(0)
     fit = fit_eq9(
         config.widths,

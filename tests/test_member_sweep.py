@@ -11,6 +11,7 @@ import torch
 
 from ce_ray.configs import SweepConfig
 from ce_ray.results import storage
+from ce_ray.theory.by_name import make_space
 from ce_ray.theory.member import MemberSpace
 from ce_ray.theory.models import CollegialMLP, MemberEnsemble
 from tests.theory.ensembles import split_members
@@ -22,6 +23,13 @@ EXAMPLE = {
 }
 
 
+def example() -> MemberSpace:
+    """The guide's member with its network, as ``--space ... --network ...`` name it."""
+    space = make_space(EXAMPLE["member"], **EXAMPLE)  # type: ignore[arg-type]
+    assert isinstance(space, MemberSpace)
+    return space
+
+
 def test_the_built_in_mlp_named_as_a_member_sweeps_the_preset_s_points():
     """The digits preset's MLP given as member(n): the same points, the same parameter
     counts, and the default network (the members' ensemble) is the preset's network."""
@@ -30,31 +38,30 @@ def test_the_built_in_mlp_named_as_a_member_sweeps_the_preset_s_points():
         "digits-mlp",
         alpha=2.4,
         num_points=4,
-        member="tests.theory.test_member:fc_member",
-        input_shape=(64,),
+        member=make_space("tests.theory.test_member:fc_member", input_shape=(64,)),
     )
     assert member.points == preset.points
     assert member.point_rows["params"].tolist() == preset.point_rows["params"].tolist()
     assert member.classes == 10 and member.baseline_width == 64
     n, m = member.points[0]
-    network = member.build_network(m, n)
+    network = member.space.network(m, n)
     assert sum(p.numel() for p in network.parameters()) == preset.space.num_params(m, n)
     x = torch.randn(5, 64)
     assert network(x).shape == (5, 10)
     # With the preset's hand-written CollegialMLP's weights, its outputs.
-    reference = preset.build_network(m, n)
+    reference = preset.space.network(m, n)
     assert isinstance(reference, CollegialMLP)
     network.network.load_state_dict(MemberEnsemble(split_members(reference)).state_dict())
     torch.testing.assert_close(network(x), reference(x), rtol=1e-5, atol=1e-5)
 
 
 def test_the_example_sweeps_points_of_its_traced_curve_with_its_network():
-    config = SweepConfig.from_preset("digits-mlp", alpha=1.0, num_points=3, **EXAMPLE)
-    space = MemberSpace(EXAMPLE["member"], (8, 8))
+    space = example()
+    config = SweepConfig.from_preset("digits-mlp", alpha=1.0, num_points=3, member=space)
     assert config.space == space
     assert config.points == ((4, 13), (8, 7), (64, 1))  # the optimum, the curve, 1 x 64d
     for n, m in config.points:
-        network = config.build_network(m, n)
+        network = config.space.network(m, n)
         head = 64 * 10 + 10  # network(m, n)'s linear head, the same at every point
         assert sum(p.numel() for p in network.parameters()) == space.num_params(m, n) + head
         assert network(torch.rand(3, 64)).shape == (3, 10)
@@ -81,15 +88,18 @@ def test_a_resumed_sweep_refuses_a_member_edited_under_the_same_name(tmp_path, m
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.delitem(sys.modules, "my_blocks", raising=False)
-    settings = {"alpha": 1.5, "member": "my_blocks:member", "input_shape": (64,)}
-    first = SweepConfig.from_preset("digits-mlp", **settings)
+    first = SweepConfig.from_preset(
+        "digits-mlp", alpha=1.5, member=make_space("my_blocks:member", input_shape=(64,))
+    )
     directory = str(tmp_path / "results" / "sweep")
     storage.check_or_write_config(directory, first.to_json(), "sweep.json")
     # The same member, the same widths: resumed.
     storage.check_or_write_config(directory, first.to_json(), "sweep.json")
     blocks.write_text(textwrap.dedent(source.replace("bias=False", "bias=True")))
     monkeypatch.delitem(sys.modules, "my_blocks")
-    edited = SweepConfig.from_preset("digits-mlp", **settings)
+    edited = SweepConfig.from_preset(
+        "digits-mlp", alpha=1.5, member=make_space("my_blocks:member", input_shape=(64,))
+    )
     with pytest.raises(ValueError, match="different configuration.*architecture"):
         storage.check_or_write_config(directory, edited.to_json(), "sweep.json")
 
@@ -98,7 +108,7 @@ def test_a_trial_trains_the_member_s_network_once_per_seed():
     from ce_ray.theory.models import PackedSeeds, Reshaped
     from ce_ray.worker.loop import trial_network
 
-    config = SweepConfig.from_preset("digits-mlp", alpha=1.0, num_points=3, **EXAMPLE)
+    config = SweepConfig.from_preset("digits-mlp", alpha=1.0, num_points=3, member=example())
     n, m = config.points[0]
     alone = trial_network(config, m, n, [7])
     assert isinstance(alone, Reshaped) and isinstance(alone.network[0], MemberEnsemble)

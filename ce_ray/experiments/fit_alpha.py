@@ -33,15 +33,6 @@ from ce_ray.experiments.tasks import (
 from ce_ray.results import plots, storage
 from ce_ray.theory.alpha import AlphaFit, check_law, fit_eq9
 from ce_ray.theory.curves import check_alpha
-from ce_ray.theory.member import (
-    MemberSpace,
-    architecture_fingerprint,
-    build,
-    inspect_member,
-    load_member,
-)
-from ce_ray.theory.member_ntk import bytes_per_draw
-from ce_ray.theory.ntk import chunk_size
 
 
 @dataclass(frozen=True)
@@ -57,27 +48,14 @@ class FitResult(AlphaFit):
 
 def check_fits_in_memory(config: FitConfig) -> None:
     """A chunk of the sampler must hold one sample at every width, and your member must pass
-    its checks (ValueError if not)."""
-    if config.member:
-        inspect_member(load_member(config.member), config.widths, config.input_shape)
-        config.space.fan_in_sum(np.asarray(config.widths))  # yours, if given, checked now
-        widest = build(load_member(config.member), max(config.widths), "meta")
-        need = bytes_per_draw(widest, 2 if config.off_diagonal else 1)
-        if need > config.memory_budget:
-            raise ValueError(
-                f"memory budget {config.memory_budget_mib:g} MiB is too small for one sample at "
-                f"width {max(config.widths)} (needs {need / 2**20:.3g} MiB)"
-            )
-        return
-    for width in config.widths:
-        chunk_size(
-            config.space.ntk_block(),
-            width,
-            2 if config.off_diagonal else 1,
-            config.method,
-            config.memory_budget,
-            getattr(torch, config.dtype).itemsize,
-        )
+    its checks (ValueError if not): ``Space.check_sampling``."""
+    config.space.check_sampling(
+        config.widths,
+        config.inputs,
+        config.method,
+        config.memory_budget,
+        getattr(torch, config.dtype).itemsize,
+    )
 
 
 def _shard_task(config: FitConfig, shard: Shard, shard_dir: str) -> tuple[Shard, float]:
@@ -156,10 +134,8 @@ def architecture(config: FitConfig) -> dict[str, str]:
     """``{"architecture": fingerprint}`` of your own member at the fitted widths (nothing for a
     preset, whose block is ce-ray's): recorded with the fit, and a rerun under the same name
     whose member changed is refused."""
-    if not config.member:
-        return {}
-    traces = [MemberSpace(config.member, config.input_shape).trace(n) for n in config.widths]
-    return {"architecture": architecture_fingerprint(traces)}
+    fingerprint = config.space.fingerprint(config.widths)
+    return {"architecture": fingerprint} if fingerprint else {}
 
 
 def write_outputs(
@@ -182,8 +158,8 @@ def write_outputs(
     row = {
         "experiment": experiment,
         "space": config.space.name,
-        "member": config.member,
-        "architecture": architecture(config).get("architecture", ""),
+        "member": config.space.member_name,
+        "architecture": config.space.fingerprint(config.widths),
         "alpha": fit.alpha,
         "alpha_se": fit.alpha_se,
         "ci_low": fit.ci_low,

@@ -18,9 +18,6 @@ import torch
 
 from ce_ray.configs import FitConfig
 from ce_ray.results import storage
-from ce_ray.theory.member import load_member
-from ce_ray.theory.member_ntk import member_inputs, sample_member_ntk
-from ce_ray.theory.ntk import ntk_inputs, sample_ntk
 from ce_ray.theory.seeds import derive_seed
 
 
@@ -60,32 +57,17 @@ def sample_shard(
     started = time.perf_counter()
     dtype = getattr(torch, config.dtype)
     seed = derive_seed(config.seed, shard.width, shard.index)
-    if config.member:  # your own member: its own initialisation, the generic sampler
-        inputs = member_inputs(
-            config.input_shape, config.seed, config.off_diagonal, config.device, dtype
-        )
-        k = sample_member_ntk(
-            load_member(config.member),
-            shard.width,
-            shard.stop - shard.start,
-            seed,
-            inputs,
-            config.memory_budget,
-            config.readout,
-        )
-    else:
-        block = config.space.ntk_block()
-        inputs = ntk_inputs(block, config.seed, config.off_diagonal, config.device, dtype)
-        k = sample_ntk(
-            config.space,
-            shard.width,
-            shard.stop - shard.start,
-            seed,
-            inputs,
-            config.method,
-            config.memory_budget,
-            config.readout,
-        )
+    space = config.space
+    inputs = space.ntk_inputs(config.seed, config.off_diagonal, config.device, dtype)
+    k = space.sample_ntk(
+        shard.width,
+        shard.stop - shard.start,
+        seed,
+        inputs,
+        config.method,
+        config.memory_budget,
+        config.readout,
+    )
     if not np.all(np.isfinite(k)):
         raise ValueError(f"non-finite NTK entry at width {shard.width}, shard {shard.index}")
     table = pa.table(

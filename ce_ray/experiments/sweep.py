@@ -29,7 +29,7 @@ import ray.train
 from ray import tune
 from ray.tune.experiment import Trial
 
-from ce_ray.configs import FitConfig, SweepConfig, member_experiment
+from ce_ray.configs import FitConfig, SweepConfig
 from ce_ray.experiments import cluster, console, trackers
 from ce_ray.experiments.tasks import Log, print_line
 from ce_ray.results import storage, tables
@@ -562,8 +562,7 @@ def run_sweep(
 def default_experiment(config: SweepConfig) -> str:
     """``PRESET-FORMULATION`` (``MODULE-CALLABLE-FORMULATION`` for your own member), the
     experiment name when none is given."""
-    name = member_experiment(config.member) if config.member else config.preset
-    return f"{name}-{config.formulation}"
+    return f"{config.space.experiment_name(config.preset)}-{config.formulation}"
 
 
 @dataclass(frozen=True)

@@ -102,8 +102,9 @@ def point_params(config: SweepConfig, n: int, m: int, seed_index: int) -> dict[s
         "seed_index": seed_index,
         "seed": derive_seed(config.seed, n, m, seed_index),
         "epochs": config.epochs,
-    } | ({"member": config.member} if config.member else {})
-    return {key: str(value) for key, value in params.items()}
+        "member": config.space.member_name,  # empty, and so left out, for a preset's space
+    }
+    return {key: str(value) for key, value in params.items() if value != ""}
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ def _trial_row(
         "experiment": experiment,
         "formulation": config.formulation,
         "space": config.space.name,
-        "member": config.member,
+        "member": config.space.member_name,
         "architecture": architecture,
         "label": config.space.label(outcome.m, outcome.n),
         "n": outcome.n,
@@ -105,7 +105,7 @@ def trials_frame(
 ) -> pd.DataFrame:
     """trials.parquet: one row per outcome, i.e. per (point, seed index)."""
     by_width = config.point_rows.set_index("n")
-    architecture = config.to_json().get("architecture", "")
+    architecture = config.architecture
     rows = [
         _trial_row(
             o,

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ce_ray.choices import Metric
-from ce_ray.theory.models import MemberEnsemble
-from ce_ray.theory.spaces import FCSpace, IntLike, ResNeXtBlockSpace, Space
+from ce_ray.choices import Method, Metric, Readout
+from ce_ray.theory.member_ntk import bytes_per_draw, member_inputs, sample_member_ntk
+from ce_ray.theory.models import MemberEnsemble, Reshaped
+from ce_ray.theory.spaces import IntLike, Space
 from ce_ray.theory.traced import Trace, trace_member
 
 Member = Callable[[int], nn.Module]
@@ -212,7 +213,9 @@ class MemberSpace(Space):
 
     Parameters, multiply-accumulates and S(n) come from tracing the member at each width
     (:mod:`ce_ray.theory.traced`); the ensemble holds exactly m members' parameters and does
-    m members' work, so ``num_params(m, n) = m * num_params(1, n)``.
+    m members' work, so ``num_params(m, n) = m * num_params(1, n)``. Its NTK is sampled by the
+    generic sampler (:mod:`ce_ray.theory.member_ntk`) from the member's own initialisation.
+    Build it by name (``ce_ray.theory.by_name.make_space``).
 
     Args:
         member: ``MODULE:CALLABLE`` naming ``member(n) -> nn.Module``.
@@ -220,15 +223,20 @@ class MemberSpace(Space):
         fan_in_sum_from: ``MODULE:CALLABLE`` naming ``S(n) -> float`` to use instead of the
             traced S(n) (for a block whose contractions the trace cannot see or should not
             count); empty: the traced one.
+        network_from: ``MODULE:CALLABLE`` naming ``network(m, n) -> nn.Module``, what a
+            sweep's trial trains; empty: the members' ensemble (it must give logits).
     """
 
     name: ClassVar[str] = "member"
     default_baseline: ClassVar[int] = 64
+    law_by_construction: ClassVar[bool] = False
     member: str
     input_shape: tuple[int, ...]
     fan_in_sum_from: str = ""
+    network_from: str = ""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
         load_member(self.member)  # one line now if it does not import
         if self.fan_in_sum_from:
             load_member(self.fan_in_sum_from, "S(n)", "S(n) -> float")
@@ -274,14 +282,99 @@ class MemberSpace(Space):
     def block_cost(self, n: IntLike, metric: Metric = "params") -> IntLike:
         return self.network_cost(1, n, metric)
 
-    def ntk_block(self) -> FCSpace | ResNeXtBlockSpace:
-        raise ValueError(
-            f"{self.member}: its NTK is sampled by ce_ray.theory.member_ntk, not by a "
-            "built-in block"
-        )
+    def ntk_inputs(
+        self,
+        seed: int,
+        off_diagonal: bool = False,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        return member_inputs(self.input_shape, seed, off_diagonal, device, dtype)
+
+    def sample_ntk(
+        self,
+        n: int,
+        num_samples: int,
+        seed: int,
+        inputs: torch.Tensor,
+        method: Method = "batched",
+        memory_budget: int = 256 * 2**20,
+        readout: Readout = "pool",
+    ) -> np.ndarray:
+        make = load_member(self.member)
+        return sample_member_ntk(make, n, num_samples, seed, inputs, memory_budget, readout)
+
+    def check_sampling(
+        self,
+        widths: Sequence[int],
+        inputs: int,
+        method: Method,
+        memory_budget: int,
+        dtype_bytes: int,
+    ) -> None:
+        """The member's checks (:func:`inspect_member`), S(n) given in its place, and one
+        draw at the widest width within ``memory_budget``."""
+        make = load_member(self.member)
+        inspect_member(make, widths, self.input_shape)
+        self.fan_in_sum(np.asarray(widths))  # yours, if given, checked now
+        widest = max(widths)
+        need = bytes_per_draw(build(make, widest, "meta"), inputs, dtype_bytes)
+        if need > memory_budget:
+            raise ValueError(
+                f"memory budget {memory_budget / 2**20:g} MiB is too small for one sample at "
+                f"width {widest} (needs {need / 2**20:.3g} MiB)"
+            )
+
+    def fingerprint(self, widths: Sequence[int]) -> str:
+        return architecture_fingerprint([self.trace(n) for n in widths])
+
+    def network(self, m: int, n: int) -> nn.Module:
+        """``network(m, n)`` if given, else the members' ensemble, reading flat examples
+        reshaped to ``input_shape``."""
+        if self.network_from:
+            make = load_member(self.network_from, "network", "network(m, n) -> nn.Module")
+            return Reshaped(self.input_shape, make(m, n))
+        return Reshaped(self.input_shape, self.build(m, n))
+
+    def check_trains_on(
+        self, example_shape: Sequence[int], classes: int, n: int, data: str
+    ) -> None:
+        """The member reads as many values as an example holds, and :meth:`network` maps a
+        batch of them to ``classes`` logits (:func:`check_network`, on the meta device)."""
+        shape, values = self.input_shape, math.prod(example_shape)
+        if math.prod(shape) != values:
+            raise ValueError(
+                f"--input-shape {','.join(map(str, shape))} holds {math.prod(shape)} values; "
+                f"{data} hold {values} ({','.join(map(str, example_shape))})"
+            )
+        check_network(self.network, shape, classes, n)
+
+    @property
+    def member_name(self) -> str:
+        return self.member
+
+    def describe(self) -> str:
+        return f"{self.member} (your member, inputs of shape {self.input_shape})"
+
+    def experiment_name(self, preset: str) -> str:
+        """``MODULE-CALLABLE`` of your member.
+
+        >>> MemberSpace("examples.transformer_mlp:member", (8, 8)).experiment_name("digits-mlp")
+        'examples-transformer_mlp-member'
+        """
+        return self.member.replace(":", "-").replace(".", "-")
+
+    def stored(self) -> dict:
+        """The member's fields that are set (``input_shape`` as a list)."""
+        fields = {
+            "member": self.member,
+            "input_shape": list(self.input_shape),
+            "fan_in_sum_from": self.fan_in_sum_from,
+            "network_from": self.network_from,
+        }
+        return {key: value for key, value in fields.items() if value}
 
     def options(self) -> dict[str, int]:
-        given = {"member": self.member, "input_shape": list(self.input_shape)}
-        if self.fan_in_sum_from:
-            given["fan_in_sum_from"] = self.fan_in_sum_from
-        return given  # type: ignore[return-value]
+        given = self.stored()
+        given.pop("network_from", None)  # what is trained, not what the sizes are of
+        return given

@@ -117,14 +117,15 @@ def member_inputs(
     seed: int,
     off_diagonal: bool = False,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Fixed standard-normal inputs of ``input_shape``, determined by ``seed``: 1 input, or 2
-    off-diagonal (as ``ce_ray.theory.ntk.ntk_inputs`` draws a convolutional block's)."""
+    off-diagonal (as ``ce_ray.theory.ntk.ntk_inputs`` draws a convolutional block's); float32
+    unless ``dtype``."""
     generator = torch.Generator().manual_seed(derive_seed(seed, 0x1A7))
     count = 2 if off_diagonal else 1
     x = torch.randn((count, *input_shape), generator=generator, dtype=torch.float64)
-    return x.to(device=device, dtype=dtype)
+    return x.to(device=device, dtype=dtype or torch.float32)
 
 
 def _seeded(seed: int) -> None:

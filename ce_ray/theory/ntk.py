@@ -48,14 +48,23 @@ import functools
 import math
 import operator
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from typing_extensions import TypeIs  # narrows both branches (typing has it from 3.13)
 
 from ce_ray.choices import METHODS, READOUTS, Method, Readout, check_choice
 from ce_ray.theory.models import CollegialMLP, CollegialModel
 from ce_ray.theory.seeds import derive_seed
-from ce_ray.theory.spaces import FCSpace, ResNeXtBlockSpace, Space
+
+if TYPE_CHECKING:  # the spaces call these samplers: they are told apart by name, not imported
+    from ce_ray.theory.spaces import BuiltinSpace, FCSpace, ResNeXtBlockSpace
+
+
+def _is_mlp(block: FCSpace | ResNeXtBlockSpace) -> TypeIs[FCSpace]:
+    """Whether ``block`` is the Eq. 3 MLP (else the Fig. 5 bottleneck)."""
+    return block.name == "fc"
 
 
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
@@ -67,22 +76,22 @@ def ntk_inputs(
     seed: int,
     off_diagonal: bool = False,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Fixed random inputs for ``block``, determined by ``seed``: 1 input, or 2 off-diagonal.
 
     MLP inputs are scaled to |x|^2 = n_0, so that E[K(x, x)] = L (Eq. 3); conv inputs are
-    standard normal images of shape (in_channels, spatial, spatial).
+    standard normal images of shape (in_channels, spatial, spatial). float32 unless ``dtype``.
     """
     count = 2 if off_diagonal else 1
     generator = make_generator(derive_seed(seed, 0x1A7), "cpu")
-    if isinstance(block, FCSpace):
+    if _is_mlp(block):
         x = torch.randn(count, block.input_dim, generator=generator, dtype=torch.float64)
         x = x * math.sqrt(block.input_dim) / x.norm(dim=1, keepdim=True)
     else:
         shape = (count, block.in_channels, block.spatial, block.spatial)
         x = torch.randn(shape, generator=generator, dtype=torch.float64)
-    return x.to(device=device, dtype=dtype)
+    return x.to(device=device, dtype=dtype or torch.float32)
 
 
 def scalar_readout(output: torch.Tensor, readout: Readout = "pool") -> torch.Tensor:
@@ -295,10 +304,10 @@ def bytes_per_sample(
     budget (tests/theory/test_ntk.py).
     """
     if method == "exact":
-        assert isinstance(block, FCSpace), "the exact sampler supports the fc space only"
+        assert _is_mlp(block), "the exact sampler supports the fc space only"
         return dtype_bytes * inputs * (12 * block.depth * n + 2 * block.input_dim + 64)
     params = int(block.num_params(1, n))
-    if isinstance(block, FCSpace):
+    if _is_mlp(block):
         activations = block.input_dim + 2 * block.depth * n
     else:
         activations = block.spatial**2 * (block.in_channels + 6 * n + 2)
@@ -417,7 +426,7 @@ def sample_exact_fc(
     chunk: int,
 ) -> torch.Tensor:
     """``num_samples`` exact-law NTK entries of the Eq. 3 MLP at width n (see module doc)."""
-    if not isinstance(block, FCSpace):
+    if not _is_mlp(block):
         raise ValueError(f"the exact sampler supports the fc space only; got {block.name}")
     values = [
         _exact_fc_chunk(block, n, min(chunk, num_samples - start), generator, inputs)
@@ -427,7 +436,7 @@ def sample_exact_fc(
 
 
 def sample_ntk(
-    space: Space,
+    space: BuiltinSpace,
     n: int,
     num_samples: int,
     seed: int,
@@ -452,14 +461,14 @@ def sample_ntk(
     check_choice("method", method, METHODS)
     check_choice("readout", readout, READOUTS)
     block = space.ntk_block()
-    if method == "exact" and not isinstance(block, FCSpace):
+    if method == "exact" and not _is_mlp(block):
         raise ValueError(f"the exact sampler supports the fc space only; got {space.name}")
     dtype_bytes = inputs.element_size()
     chunk = chunk_size(
         block, n, inputs.shape[0], method, memory_budget, dtype_bytes, inputs.device.type
     )
     generator = make_generator(seed, inputs.device)
-    if isinstance(block, FCSpace) and method == "exact":
+    if _is_mlp(block) and method == "exact":
         values = sample_exact_fc(block, n, num_samples, generator, inputs, chunk)
     else:
         values = sample_batched(block, n, num_samples, generator, inputs, chunk, readout)

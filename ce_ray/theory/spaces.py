@@ -10,7 +10,14 @@ form and vectorised over numpy arrays of ``m`` and ``n``:
 * ``fan_in_sum(n)`` -- S(n) = sum_l 1 / fan_in_l of Eq. 9 over the weight layers of the
   block whose alpha is fitted (a k x k conv with c inputs and g groups has fan-in k*k*c/g);
 * ``block_cost(n, metric)`` -- beta(n), the size of ONE member of that block, from which the
-  paper builds its curves.
+  paper builds its curves;
+* ``ntk_inputs``/``sample_ntk``/``check_sampling`` -- Algorithm 1's samples of that block's
+  NTK and the memory they take (torch is imported when they are called, not before);
+* ``network(m, n)`` -- what a sweep's trial trains, and ``fingerprint(widths)`` -- what a rerun
+  of a fit or a sweep must find unchanged.
+
+ce-ray's own blocks (:class:`BuiltinSpace`) are sampled by ``ce_ray.theory.ntk``'s exact
+samplers; your own ``member(n)`` (``ce_ray.theory.member.MemberSpace``) by the generic one.
 
 Whole networks (``cifar-resnext29``, ``imagenet-resnext*``) fit alpha on the Fig. 5
 bottleneck with n_in = n_out = 256 (the first stage's block), so S(n) and beta(n) come from
@@ -20,15 +27,16 @@ that block while ``num_params``/``flops`` count the whole network.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ce_ray.choices import METRICS, Metric, check_choice
+from ce_ray.choices import METRICS, Method, Metric, Readout, check_choice
 
-if TYPE_CHECKING:  # torch is imported only to build modules: the curves need numpy alone
+if TYPE_CHECKING:  # torch is imported only to build and sample modules: curves need numpy
+    import torch
     from torch import nn
     from torchvision.models.resnet import ResNet
 
@@ -87,12 +95,26 @@ def _resnext_stages_count(
     return total + in_ch * num_classes + (0 if flops else num_classes)
 
 
+def ensemble_label(m: int, n: int) -> str:
+    """The paper's ``m x n d`` notation, the same for every space.
+
+    >>> ensemble_label(4, 16)
+    '4x16d'
+    """
+    return f"{m}x{n}d"
+
+
 @dataclass(frozen=True)
 class Space(ABC):
     """An architecture family F_{m,n}; subclasses are frozen dataclasses of their options."""
 
     name: ClassVar[str]
     default_baseline: ClassVar[int]
+    #: The samplers that can draw this space's NTK (``exact``: the MLP's exact law only).
+    ntk_methods: ClassVar[tuple[Method, ...]] = ("batched",)
+    #: Whether Eq. 9's law holds by construction (ce-ray's NTK-parameterised blocks); if not,
+    #: fit-alpha prints what its checks of the law found (``ce_ray.theory.alpha.check_law``).
+    law_by_construction: ClassVar[bool] = True
 
     @abstractmethod
     def build(self, m: int, n: int) -> nn.Module:
@@ -115,12 +137,83 @@ class Space(ABC):
         """beta(n): parameters (or FLOPs) of one member of the fitted block."""
 
     @abstractmethod
-    def ntk_block(self) -> FCSpace | ResNeXtBlockSpace:
-        """The space whose member NTK Algorithm 1 samples to fit alpha for this space.
+    def ntk_inputs(
+        self,
+        seed: int,
+        off_diagonal: bool = False,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """The fixed inputs at which the fitted block's NTK is sampled, determined by
+        ``seed``: one (K(x, x)), or two (``off_diagonal``: K(x1, x2)); float32 by default."""
 
-        It has ONE output (the NTK entry of output 0 of a wider read-out is the same), and
-        its ``fan_in_sum`` is this space's.
+    @abstractmethod
+    def sample_ntk(
+        self,
+        n: int,
+        num_samples: int,
+        seed: int,
+        inputs: torch.Tensor,
+        method: Method = "batched",
+        memory_budget: int = 256 * 2**20,
+        readout: Readout = "pool",
+    ) -> np.ndarray:
+        """``num_samples`` NTK entries of the fitted block at width ``n``, as float64, each
+        from an initialisation drawn from ``seed`` (Algorithm 1, lines 3-5).
+
+        Args:
+            inputs: from :meth:`ntk_inputs`; their device and dtype are used.
+            method: one of :attr:`ntk_methods`.
+            memory_budget: bytes a chunk of draws may allocate.
+            readout: how a convolutional output becomes one scalar, ``"pool"`` or ``"centre"``.
         """
+
+    @abstractmethod
+    def check_sampling(
+        self,
+        widths: Sequence[int],
+        inputs: int,
+        method: Method,
+        memory_budget: int,
+        dtype_bytes: int,
+    ) -> None:
+        """ValueError (one line) when alpha cannot be fitted at ``widths``: one sample at a
+        width needs more than ``memory_budget`` bytes, or (your own member) a check fails."""
+
+    def fingerprint(self, widths: Sequence[int]) -> str:
+        """What a rerun must find unchanged of the architecture at ``widths``, stored with a
+        fit or a sweep; empty for ce-ray's own blocks, which its version fixes."""
+        return ""
+
+    def network(self, m: int, n: int) -> nn.Module:
+        """What a sweep's trial trains at point (m, n): a classifier of flat examples."""
+        return self.build(m, n)
+
+    def check_trains_on(
+        self, example_shape: Sequence[int], classes: int, n: int, data: str
+    ) -> None:
+        """ValueError (one line) when :meth:`network` cannot train on ``data`` (examples of
+        ``example_shape``, ``classes`` classes) at width ``n``; a preset's space is made for
+        its data."""
+        return None
+
+    @property
+    def member_name(self) -> str:
+        """``MODULE:CALLABLE`` of your own member(n); empty for ce-ray's own blocks."""
+        return ""
+
+    def describe(self) -> str:
+        """The space in a few words, for the console."""
+        return f"{self.name} ({', '.join(f'{k}={v}' for k, v in self.options().items())})"
+
+    def experiment_name(self, preset: str) -> str:
+        """The experiment's name when none is given: the preset's, or your member's."""
+        return preset
+
+    def stored(self) -> dict:
+        """What a configuration stores to build this space again, beside its preset (which
+        names ce-ray's own spaces: nothing more)."""
+        return {}
 
     def network_cost(self, m: IntLike, n: IntLike, metric: Metric = "params") -> IntLike:
         """Parameters (or FLOPs) of the whole network ``build(m, n)``."""
@@ -129,11 +222,62 @@ class Space(ABC):
 
     def label(self, m: int, n: int) -> str:
         """The paper's ``m x n d`` notation."""
-        return f"{m}x{n}d"
+        return ensemble_label(m, n)
 
     def options(self) -> dict[str, int]:
         """The space's construction options, e.g. for metadata and JSON output."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class BuiltinSpace(Space):
+    """ce-ray's own blocks: sampled by ``ce_ray.theory.ntk`` on :meth:`ntk_block`."""
+
+    @abstractmethod
+    def ntk_block(self) -> FCSpace | ResNeXtBlockSpace:
+        """The space whose member NTK Algorithm 1 samples to fit alpha for this space.
+
+        It has ONE output (the NTK entry of output 0 of a wider read-out is the same), and
+        its ``fan_in_sum`` is this space's.
+        """
+
+    def ntk_inputs(
+        self,
+        seed: int,
+        off_diagonal: bool = False,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        from ce_ray.theory import ntk
+
+        return ntk.ntk_inputs(self.ntk_block(), seed, off_diagonal, device, dtype)
+
+    def sample_ntk(
+        self,
+        n: int,
+        num_samples: int,
+        seed: int,
+        inputs: torch.Tensor,
+        method: Method = "batched",
+        memory_budget: int = 256 * 2**20,
+        readout: Readout = "pool",
+    ) -> np.ndarray:
+        from ce_ray.theory import ntk
+
+        return ntk.sample_ntk(self, n, num_samples, seed, inputs, method, memory_budget, readout)
+
+    def check_sampling(
+        self,
+        widths: Sequence[int],
+        inputs: int,
+        method: Method,
+        memory_budget: int,
+        dtype_bytes: int,
+    ) -> None:
+        from ce_ray.theory import ntk
+
+        for width in widths:
+            ntk.chunk_size(self.ntk_block(), width, inputs, method, memory_budget, dtype_bytes)
 
 
 def _check_metric(metric: str) -> None:
@@ -141,7 +285,7 @@ def _check_metric(metric: str) -> None:
 
 
 @dataclass(frozen=True)
-class FCSpace(Space):
+class FCSpace(BuiltinSpace):
     """Ensembles of the Eq. 3 MLP: depth L weight layers, every hidden layer of width n.
 
     S(n) = 1/n_0 + (L - 1)/n: the fan-ins of the L weight layers (input size for the first
@@ -150,6 +294,7 @@ class FCSpace(Space):
 
     name: ClassVar[str] = "fc"
     default_baseline: ClassVar[int] = 500  # Fig. 3
+    ntk_methods: ClassVar[tuple[Method, ...]] = ("batched", "exact")
     input_dim: int = 784
     depth: int = 6
     num_classes: int = 10
@@ -184,7 +329,7 @@ class FCSpace(Space):
 
 
 @dataclass(frozen=True)
-class ResNeXtBlockSpace(Space):
+class ResNeXtBlockSpace(BuiltinSpace):
     """Ensembles of the Fig. 5 bottleneck branch (``resnext-block``): m paths of width n.
 
     FLOPs are counted on ``spatial x spatial`` inputs (stride 1, so every conv runs at that
@@ -236,7 +381,7 @@ _FITTED_BLOCK_CHANNELS = 256
 _FITTED_BLOCK_SPATIAL = 8
 
 
-class _ResNeXtNetworkSpace(Space):
+class _ResNeXtNetworkSpace(BuiltinSpace):
     """Whole ResNeXt networks: alpha is fitted on the Fig. 5 block with n_in = n_out = 256."""
 
     def fan_in_sum(self, n: IntLike) -> np.ndarray:
@@ -361,44 +506,3 @@ SPACES: dict[str, type[Space]] = {
         ImageNetResNeXt101Space,
     )
 }
-
-
-def make_space(name: str, spelled: Mapping[str, str] | None = None, **options: int) -> Space:
-    """The space called ``name`` with construction ``options`` (e.g. ``depth=6`` for fc).
-
-    ``spelled`` maps an option to how the caller names it (the command line: ``--depth``),
-    for the error message.
-
-    Raises:
-        ValueError: unknown space, or an option the space does not take.
-
-    >>> space = make_space("cifar-resnext29", num_classes=10)
-    >>> space.label(37, 10), int(space.num_params(37, 10))
-    ('37x10d', 13743646)
-    >>> round(float(make_space("fc", depth=3).fan_in_sum(10)), 6)  # 1/784 + 2/10
-    0.201276
-    >>> make_space("fc", spatial=3)
-    Traceback (most recent call last):
-    ValueError: space 'fc' does not take spatial (it takes: input_dim, depth, num_classes)
-    """
-    if ":" in name:  # MODULE:CALLABLE, the user's own member(n)
-        from ce_ray.theory.member import MemberSpace
-
-        shape = options.pop("input_shape", None)
-        if shape is None:
-            raise ValueError(f"space {name} needs the shape of one example (--input-shape)")
-        given = str(options.pop("fan_in_sum_from", None) or "")
-        return MemberSpace(name, tuple(shape), given)  # type: ignore[arg-type]
-    if name not in SPACES:
-        raise ValueError(f"unknown space {name!r}; valid spaces: {', '.join(SPACES)}")
-    cls = SPACES[name]
-    spell = (spelled or {}).get
-    allowed = [f.name for f in fields(cls)]
-    unknown = [option for option in options if option not in allowed]
-    if unknown:
-        takes = ", ".join(spell(f, f) for f in allowed if not spelled or f in spelled)
-        raise ValueError(
-            f"space {name!r} does not take {', '.join(spell(f, f) for f in unknown)} "
-            f"(it takes: {takes or 'no options'})"
-        )
-    return cls(**options)

@@ -135,13 +135,13 @@ def _set_rng_state(state: dict) -> None:
 
 
 def trial_network(sweep: SweepConfig, m: int, n: int, seeds: list[int]) -> nn.Module:
-    """The network a trial trains at point (m, n): ``sweep.build_network(m, n)`` (the preset's
+    """The network a trial trains at point (m, n): ``sweep.space.network(m, n)`` (the preset's
     space's, or your member's ``network(m, n)``) once per seed, each initialised from its seed
     (so the same on every rank: DDP checks), packed into one model when there are several."""
     networks = []
     for seed in seeds:
         torch.manual_seed(seed)
-        networks.append(sweep.build_network(m, n))
+        networks.append(sweep.space.network(m, n))
     return networks[0] if len(seeds) == 1 else PackedSeeds(networks)
 
 

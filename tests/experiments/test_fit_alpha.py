@@ -20,6 +20,7 @@ from ce_ray.experiments import fit_alpha as fa
 from ce_ray.experiments import shards
 from ce_ray.results import storage
 from ce_ray.theory.alpha import check_law
+from ce_ray.theory.by_name import make_space
 from examples import transformer_mlp
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -253,8 +254,7 @@ def test_your_member_is_fitted_by_ray_tasks_as_in_one_process(tmp_path, capsys, 
     assert code == 0
     fitted = json.loads(capsys.readouterr().out)
     config = FitConfig.for_member(
-        "examples.transformer_mlp:member",
-        (8, 8),
+        make_space("examples.transformer_mlp:member", input_shape=(8, 8)),
         widths=(4, 8, 16),
         samples=300,
         shard_size=150,

@@ -31,6 +31,7 @@ from ce_ray.configs import FitConfig
 from ce_ray.experiments import fit_alpha as fa
 from ce_ray.experiments import local_head, shards
 from ce_ray.results import storage
+from ce_ray.theory.by_name import make_space
 from ce_ray.worker import records
 from tests import leaks
 from tests.conftest import epochs_so_far, short_tmpdir, training_worker_pids
@@ -282,7 +283,11 @@ def test_fit_alpha_of_your_member_submitted_writes_to_s3_as_in_one_process(head,
     assert row["member"] == MEMBER and f"alpha = {row['alpha']:.4f}" in first.stdout
     # The alpha that sampling and fitting every shard in this process gives, to the last bit.
     config = FitConfig.for_member(
-        MEMBER, (8, 8), widths=(4, 8, 16), samples=300, shard_size=300, seed=3
+        make_space(MEMBER, input_shape=(8, 8)),
+        widths=(4, 8, 16),
+        samples=300,
+        shard_size=300,
+        seed=3,
     )
     here = str(head["results"] / "member-here")
     for shard in shards.plan_shards(config):

@@ -6,13 +6,13 @@ import time
 import numpy as np
 import pytest
 
+from ce_ray.theory.by_name import make_space
 from ce_ray.theory.curves import CURVE_COLUMNS, curve, parse_widths
 from ce_ray.theory.spaces import (
     CifarResNeXt29Space,
     FCSpace,
     ImageNetResNeXt50Space,
     ResNeXtBlockSpace,
-    make_space,
 )
 
 # A space small enough to do by hand: beta(n) = 4n + n^2 + n, S(n) = 1/4 + 2/n.

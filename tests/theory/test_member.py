@@ -13,9 +13,10 @@ from torch import nn
 
 from ce_ray import cli
 from ce_ray.theory.alpha import fit_eq9
+from ce_ray.theory.by_name import make_space
 from ce_ray.theory.curves import curve
 from ce_ray.theory.member import MemberSpace, inspect_member, load_member
-from ce_ray.theory.spaces import FCSpace, make_space
+from ce_ray.theory.spaces import FCSpace
 
 SHARED = nn.Parameter(torch.randn(4, 4))
 

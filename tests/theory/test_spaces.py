@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ce_ray.presets import SWEEP_PRESETS
+from ce_ray.theory.by_name import make_space
 from ce_ray.theory.spaces import (
     SPACES,
     CifarResNeXt29Space,
@@ -14,7 +15,6 @@ from ce_ray.theory.spaces import (
     ImageNetResNeXt50Space,
     ImageNetResNeXt101Space,
     ResNeXtBlockSpace,
-    make_space,
 )
 
 
