@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from ce_ray.theory.ntk import chunk_size, member_ntk, ntk_inputs, sample_ntk
+from ce_ray.theory.ntk import chunk_size, member_kernels, ntk_inputs, sample_ntk
 from ce_ray.theory.spaces import FCSpace, ResNeXtBlockSpace
 
 BUDGET = 256 * 2**20
@@ -45,7 +45,7 @@ def loop_sampler(block, n: int, inputs: torch.Tensor):
     def run(samples: int) -> None:
         for _ in range(samples):
             member = block.build(1, n)
-            member_ntk(member, inputs)
+            member_kernels(member, inputs)
 
     return run
 

@@ -18,8 +18,8 @@ resources, same Train settings, same storage layout):
 5. ``ce-ray``      -- ce-ray's own sweep (``E`` epochs per trial, seeds unpacked), per trial;
 6. ``ce-ray packed`` -- the same sweep with its seeds packed, per (point, seed).
 
-The Train controller's report poll is ce-ray's (``ce_ray.experiments.sweep.REPORT_POLL_S``) unless
-``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` is set (0.25 reproduces the figures before it was cut).
+The Train controller's report poll is ce-ray's (``ce_ray.experiments.ray_compat.REPORT_POLL_S``)
+unless ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` is set (0.25 reproduces the figures before it was cut).
 ce-ray rows are the sweep's wall time per (point, seed), its set-up and tables included.
 
 Inside each trial it stamps the trial function's start and end and the training loop's start
@@ -51,7 +51,7 @@ import ray.train
 from ray import tune
 
 from ce_ray import cli
-from ce_ray.experiments.sweep import (
+from ce_ray.experiments.ray_compat import (
     REPORT_POLL_S,
     TRIAL_FUNCTION_RESOURCES,
     torch_trainer_without_ray_data,

@@ -60,3 +60,24 @@ def machine_memory_bytes() -> int:
 # bounded so that a typo cannot ask for an absurd tensor.
 MAX_INPUT_DIMS = 5
 MAX_INPUT_SIZE = 2**26
+
+
+# --- The stall rule of every watch: fit-alpha's, nmk's and drift's tasks and a sweep's trials.
+#: A task or trial stalls after this many times its longest pause between signs of progress
+#: so far (a task: the longest a finished task took), and never before its floor.
+STALL_FACTOR = 5.0
+#: The floor, ``--stall-timeout``: by default a couple of minutes, far above a heartbeat's
+#: interval; at least 10 s, at most a day.
+DEFAULT_STALL_TIMEOUT_S = 120.0
+MIN_STALL_TIMEOUT_S = 10.0
+MAX_STALL_TIMEOUT_S = 86400.0
+
+
+def stall_limit_s(floor_s: float, longest_s: float) -> float:
+    """Seconds without progress after which work has stalled: ``STALL_FACTOR`` times the
+    longest pause seen so far, and never less than ``floor_s``.
+
+    >>> stall_limit_s(120.0, 10.0), stall_limit_s(120.0, 30.0)
+    (120.0, 150.0)
+    """
+    return max(floor_s, STALL_FACTOR * longest_s)

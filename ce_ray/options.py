@@ -329,10 +329,11 @@ def add_seed(parser: argparse.ArgumentParser) -> None:
 def add_stall_timeout(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--stall-timeout",
-        type=number(10, 86400, inclusive=True),
-        default=120.0,
-        help=f"seconds without progress after which {what} (at least: 5 x the longest so far "
-        "when larger; 120)",
+        type=number(limits.MIN_STALL_TIMEOUT_S, limits.MAX_STALL_TIMEOUT_S, inclusive=True),
+        default=limits.DEFAULT_STALL_TIMEOUT_S,
+        help=f"seconds without progress after which {what} (at least: "
+        f"{limits.STALL_FACTOR:g} x the longest so far when larger; "
+        f"{limits.DEFAULT_STALL_TIMEOUT_S:g})",
     )
 
 

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
-from ce_ray.experiments import local_head
+from ce_ray.configs import SweepConfig
+from ce_ray.experiments import local_head, ray_compat
 from ce_ray.results import storage
-
-# Set by Ray's job manager in the driver of a submitted job (ray._private.runtime_env.constants).
-SUBMITTED_JOB_MARKER = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def init_ray(results: str, quiet: bool = False) -> None:
@@ -28,7 +25,6 @@ def init_ray(results: str, quiet: bool = False) -> None:
     other handlers at INFO: a sweep keeps them in its results, ``console.kept_log``).
     """
     import ray
-    from ray._private.services import canonicalize_bootstrap_address
 
     if ray.is_initialized():
         return
@@ -38,12 +34,10 @@ def init_ray(results: str, quiet: bool = False) -> None:
         for handler in logging.getLogger("ray").handlers:  # Ray's own: its stderr
             handler.setLevel(logging.WARNING)
     env = storage.forwarded_env(results)
-    if env and SUBMITTED_JOB_MARKER not in os.environ:
+    if env and ray_compat.SUBMITTED_JOB_MARKER not in os.environ:
         options["runtime_env"] = {"env_vars": env}
-    # No address here, in RAY_ADDRESS or in Ray's record of the last cluster started on this
-    # machine: ray.init() starts one, which would otherwise bind to the routable address.
-    starts_one = canonicalize_bootstrap_address(None) is None  # type: ignore[arg-type]
-    if starts_one:
+    # ray.init() starts a cluster, which would otherwise bind to the routable address.
+    if ray_compat.starts_a_local_cluster():
         options["_node_ip_address"] = "127.0.0.1"
         local_head.ensure_auth_token(dict(os.environ))  # private, not Ray's 0644 default
     ray.init(**options)
@@ -55,16 +49,15 @@ def max_resources() -> dict[str, float]:
     cluster, its current total.
 
     Ray 2.60 has no public call for this. The limits come from the GCS's cluster config where
-    an autoscaler reports one (autoscaler v2, KubeRay), else from the autoscaling config of
-    the v1 autoscaler running on this node (the head; `ray up` and `ray job submit` drivers
-    run there), else the cluster is taken as fixed.
+    an autoscaler reports one (``ray_compat.autoscaler_limits``), else from the autoscaling
+    config of the v1 autoscaler running on this node (the head; `ray up` and `ray job submit`
+    drivers run there), else the cluster is taken as fixed.
     """
     import ray
-    from ray._private.state import state  # Ray Data reads the limits the same way
 
     current = ray.cluster_resources()
     try:
-        limits = state.get_max_resources_from_cluster_config() or _local_autoscaler_limits()
+        limits = ray_compat.autoscaler_limits() or _local_autoscaler_limits()
     except Exception:  # no readable limits: treat the cluster as fixed
         limits = None
     if not limits:
@@ -160,39 +153,51 @@ def free_orphaned_placement_groups() -> list[dict[str, float]]:
     trial early), asks the State API whether the controller lives: on two busy CPUs that can
     fail, the group is missed, and its CPUs are lost to the job -- the next trial's worker
     group then waits for them forever (seen in CI: an ASHA sweep hung, two such groups holding
-    both CPUs). A group whose creator died has no user left. Ray's public table leaves out the
-    creator, so this reads the GCS's own records (``ray._private.state``, as
-    :func:`max_resources` does): the group's creator, and that actor's state.
+    both CPUs). A group whose creator died has no user left. Ray's public table names no
+    creator: ``ray_compat.placement_groups`` reads the GCS's own records.
     """
     import ray
-    from ray._private.state import state
-    from ray.core.generated import gcs_pb2
     from ray.util.placement_group import PlacementGroup
 
-    table_data: Any = gcs_pb2.PlacementGroupTableData  # type: ignore[attr-defined]  # no stubs
     job = ray.get_runtime_context().get_job_id()
     freed = []
-    for raw in state._connect_and_get_accessor().get_placement_group_table():
-        group = table_data.FromString(raw)
-        if (
-            group.state == table_data.REMOVED
-            or group.is_detached
-            or ray.JobID(group.creator_job_id).hex() != job
-            or not group.creator_actor_id
-            or ray.ActorID(group.creator_actor_id).is_nil()
-        ):
+    for group in ray_compat.placement_groups():
+        if group.job_id != job or not group.creator_dead:
             continue
-        # The actor table, not the group's own creator_actor_dead: that stayed False for the
-        # groups of Train controllers that Tune's stopped trials took with them (seen here).
-        creator = state.actor_table(ray.ActorID(group.creator_actor_id).hex())
-        if creator.get("State", "DEAD") != "DEAD":  # no record: long dead, evicted
-            continue
-        ray.util.remove_placement_group(
-            PlacementGroup(ray.PlacementGroupID(group.placement_group_id))
-        )
-        held: dict[str, float] = {}
-        for bundle in group.bundles:
-            for key, value in bundle.unit_resources.items():
-                held[key] = held.get(key, 0.0) + value
-        freed.append(held)
+        ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(group.group_id)))
+        freed.append(group.resources)
     return freed
+
+
+def default_concurrency(config: SweepConfig) -> int:
+    """Trials whose training workers fit in the cluster at its largest: on an autoscaling
+    cluster its node types at their max_workers (so that pending trials ask it to grow), on
+    a fixed one what it holds now; at least 1, at most the number of trials."""
+    resources = max_resources()
+    fits = int(resources.get("CPU", 0) // (config.workers_per_trial * config.cpus_per_worker))
+    if config.gpus_per_worker:
+        per_trial_gpu = config.workers_per_trial * config.gpus_per_worker
+        fits = min(fits, int(resources.get("GPU", 0) // per_trial_gpu))
+    return max(1, min(fits, config.trials))
+
+
+def check_schedulable(config: SweepConfig) -> None:
+    """Refuse, in one line, a trial that the cluster can never hold (Tune would wait for it
+    forever): its workers' CPUs and GPUs against the cluster at its largest (autoscaling
+    included), and one worker against the largest node there is or can be."""
+    resources = max_resources()
+    per_worker = {"CPU": config.cpus_per_worker, "GPU": config.gpus_per_worker}
+    largest = largest_node()
+    for name, amount in per_worker.items():
+        need = amount * config.workers_per_trial
+        if need > resources.get(name, 0.0) + 1e-9:
+            raise ValueError(
+                f"a trial needs {config.workers_per_trial} worker(s) x {amount:g} {name} = "
+                f"{need:g} {name}; the cluster holds at most {resources.get(name, 0.0):g} "
+                "(--workers-per-trial, --cpus-per-worker, --gpus-per-worker)"
+            )
+        if largest and amount > largest.get(name, 0.0) + 1e-9:
+            raise ValueError(
+                f"a worker needs {amount:g} {name}; no node has more than "
+                f"{largest.get(name, 0.0):g} (--cpus-per-worker, --gpus-per-worker)"
+            )

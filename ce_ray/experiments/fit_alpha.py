@@ -24,12 +24,12 @@ from ce_ray.configs import FitConfig
 from ce_ray.experiments import cluster
 from ce_ray.experiments.shards import Shard, plan_shards, read_width, sample_shard
 from ce_ray.experiments.tasks import (
-    DEFAULT_STALL_TIMEOUT_S,
     Log,
     WorkItem,
     print_line,
     run_missing,
 )
+from ce_ray.limits import DEFAULT_STALL_TIMEOUT_S
 from ce_ray.results import plots, storage
 from ce_ray.theory.alpha import AlphaFit, check_law, fit_eq9
 from ce_ray.theory.curves import check_alpha

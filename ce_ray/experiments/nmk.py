@@ -23,12 +23,12 @@ import pyarrow as pa
 from ce_ray import limits
 from ce_ray.experiments import cluster
 from ce_ray.experiments.tasks import (
-    DEFAULT_STALL_TIMEOUT_S,
     Log,
     WorkItem,
     print_line,
     run_missing,
 )
+from ce_ray.limits import DEFAULT_STALL_TIMEOUT_S
 from ce_ray.results import plots, storage
 from ce_ray.theory import nmk
 from ce_ray.theory.seeds import derive_seed

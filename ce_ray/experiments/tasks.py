@@ -15,6 +15,7 @@ from typing import Any
 
 import ray
 
+from ce_ray.limits import DEFAULT_STALL_TIMEOUT_S, stall_limit_s
 from ce_ray.results import storage
 
 #: Where progress lines go (``print``, ``list.append``, stderr under ``--json``).
@@ -75,13 +76,10 @@ def run_missing(
     )
 
 
-#: A task stalls after this many times the longest a finished task took, and never before
-#: its floor (``--stall-timeout``). The first task on each worker does not count: its time
-#: holds the start of a worker process (importing torch: seconds), which a 5x factor would
-#: turn into a limit that has nothing to do with the work.
-STALL_FACTOR = 5.0
-#: The default floor: a couple of minutes.
-DEFAULT_STALL_TIMEOUT_S = 120.0
+# A task stalls by the one rule of ``ce_ray.limits.stall_limit_s``: the longest a finished task
+# took sets it. The first task on each worker does not count: its time holds the start of a
+# worker process (importing torch: seconds), which a 5x factor would turn into a limit that
+# has nothing to do with the work.
 #: How often the running tasks are checked for stalls (seconds).
 STALL_POLL_S = 2.0
 #: How long the stall watch waits for Ray's State API to say whether a task has begun to run.
@@ -135,8 +133,8 @@ def run_tasks(
     UNIT: describe(item, result) [elapsed]``, counting ``done_before`` items that an earlier
     run finished. A task that raises cancels the rest and raises a ``ValueError`` with the
     last line of its error (the cause's message for a ValueError). A worker that dies is
-    Ray's to retry (``max_retries``); a task that runs longer than ``max(stall_timeout_s,
-    STALL_FACTOR x the longest finished task)`` (the first ``workers`` tasks aside: they
+    Ray's to retry (``max_retries``); a task that runs longer than ``stall_limit_s(
+    stall_timeout_s, the longest finished task)`` (the first ``workers`` tasks aside: they
     include starting the worker processes) -- a worker stopped or hung, not dead -- is
     killed and run again, one line each time, up to ``max_retries`` times, unless Ray says it
     has not begun to run (:func:`waiting_to_run`: ``workers`` may count CPUs that an
@@ -160,7 +158,7 @@ def run_tasks(
         # wait for the others to run out of work.
         if time.monotonic() - checked >= STALL_POLL_S:
             checked = time.monotonic()
-            limit = max(stall_timeout_s, STALL_FACTOR * longest)
+            limit = stall_limit_s(stall_timeout_s, longest)
             for ref, run in list(running.items()):
                 seconds = time.monotonic() - run.started
                 if ref in ready or seconds <= limit:

@@ -28,12 +28,11 @@ import torch
 from torch import nn
 
 from ce_ray.choices import Method, Metric, Readout
+from ce_ray.theory.member_draws import Member
 from ce_ray.theory.member_ntk import bytes_per_draw, member_inputs, sample_member_ntk
 from ce_ray.theory.models import MemberEnsemble, Reshaped
 from ce_ray.theory.spaces import IntLike, Space
 from ce_ray.theory.traced import Trace, trace_member
-
-Member = Callable[[int], nn.Module]
 
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 _BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)

@@ -127,7 +127,7 @@ def _weight_kernel(
     )
 
 
-def member_ntk(
+def member_kernels(
     module: CollegialModel, inputs: torch.Tensor, readout: Readout = "pool"
 ) -> torch.Tensor:
     """K_j(x_a, x_b) of every member j of a one-model ensemble, for its weights, by autograd.
@@ -233,11 +233,11 @@ def first_layer_product(
 def member_ntk_from_product(
     module: CollegialModel, product: torch.Tensor, inputs: torch.Tensor, readout: Readout = "pool"
 ) -> torch.Tensor:
-    """:func:`member_ntk` with the first layer given by its product ``W1 X`` (W1 is unused).
+    """:func:`member_kernels` with the first layer given by its product ``W1 X`` (W1 is unused).
 
     With D = dF/d(W1 X) of member j arranged as (n, k), the first layer's gradient is D X, so
     its share of K_j(x_a, x_b) is ``tr(D_a G D_b^T)`` with G the inputs' Gram matrix; the other
-    layers go through autograd as in :func:`member_ntk`.
+    layers go through autograd as in :func:`member_kernels`.
     """
     if inputs.shape[0] not in (1, 2):
         raise ValueError(f"inputs must hold 1 or 2 examples; got {inputs.shape[0]}")
@@ -361,7 +361,7 @@ def sample_batched(
     for start in range(0, num_samples, chunk):
         module, product = draw_chunk(block, min(chunk, num_samples - start), n, generator, inputs)
         if product is None:
-            values.append(member_ntk(module, inputs, readout).detach())
+            values.append(member_kernels(module, inputs, readout).detach())
         else:
             values.append(member_ntk_from_product(module, product, inputs, readout).detach())
     return torch.cat(values)

@@ -18,13 +18,13 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from ce_ray.configs import FitConfig
 from ce_ray.experiments import fit_alpha as fa
-from ce_ray.experiments.shards import plan_shards, sample_shard
-from ce_ray.experiments.sweep import (
+from ce_ray.experiments.ray_compat import (
     TRIAL_FUNCTION_RESOURCES,
-    report_from_record,
     set_train_environment,
     torch_trainer_without_ray_data,
 )
+from ce_ray.experiments.shards import plan_shards, sample_shard
+from ce_ray.experiments.trial import report_from_record
 from ce_ray.worker import records
 
 EPOCHS = 2

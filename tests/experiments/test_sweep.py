@@ -18,7 +18,7 @@ import pytest
 
 from ce_ray import cli
 from ce_ray.configs import SweepConfig
-from ce_ray.experiments.sweep import run_sweep, torch_trainer_without_ray_data
+from ce_ray.experiments.sweep import run_sweep
 from ce_ray.presets import FIT_PRESETS, SWEEP_PRESETS
 from ce_ray.theory.curves import curve, select_points
 from ce_ray.theory.spaces import FCSpace
@@ -248,29 +248,6 @@ def test_a_killed_and_a_stopped_worker_resume_from_their_checkpoints_with_the_sa
     # Same seed, same batches, same weights: the same result as the uninterrupted run.
     for column in ("final_test_error", "final_train_loss", "best_test_error"):
         pd.testing.assert_series_equal(trials[column], whole[column])
-
-
-def test_a_trial_s_trainer_is_ray_s_less_its_ray_data_set_up(tmp_path):
-    """Train V2 2.60 starts a DatasetManager actor per run from its DatasetsCallback, datasets
-    or none; ce-ray's trainer drops that callback and nothing else. (Should Ray rename or drop
-    it, the stock list below changes and this test says so.)"""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    settings = {
-        "scaling_config": ray.train.ScalingConfig(num_workers=1),
-        "run_config": ray.train.RunConfig(name="t", storage_path=str(tmp_path)),
-    }
-
-    def names(trainer_class: type) -> list[str]:
-        trainer = trainer_class(lambda config: None, **settings)
-        return [type(callback).__name__ for callback in trainer._create_default_callbacks()]
-
-    stock = names(TorchTrainer)
-    assert "DatasetsCallback" in stock
-    assert names(torch_trainer_without_ray_data()) == [
-        name for name in stock if name != "DatasetsCallback"
-    ]
 
 
 def test_each_preset_fits_alpha_on_the_block_its_curve_uses():

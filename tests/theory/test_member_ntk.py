@@ -9,24 +9,28 @@ import torch
 
 from ce_ray.presets import FIT_PRESETS
 from ce_ray.theory.alpha import AlphaFit, check_law, fit_eq9, fit_line
-from ce_ray.theory.member_ntk import (
+from ce_ray.theory.first_layer import (
     FirstLayer,
+    draw_products,
+    first_layer,
+    gaussian_first_weight,
+)
+from ce_ray.theory.member_draws import (
     draw_block,
     draw_members,
-    draw_products,
     draws_per_block,
-    first_layer,
+    vectorises,
+    watched_builds,
+)
+from ce_ray.theory.member_ntk import (
     first_layer_law,
-    gaussian_first_weight,
     kernels_of,
     member_inputs,
     plan,
     sample_member_ntk,
     stacked_kernels,
-    vectorises,
-    watched_builds,
 )
-from ce_ray.theory.ntk import member_ntk, ntk_inputs, sample_ntk
+from ce_ray.theory.ntk import member_kernels, ntk_inputs, sample_ntk
 from ce_ray.theory.seeds import derive_seed
 from ce_ray.theory.spaces import FCSpace, ResNeXtBlockSpace
 from ce_ray.theory.traced import trace_member
@@ -44,7 +48,7 @@ def test_identical_weights_give_the_built_in_kernel(space, off_diagonal):
         for parameter in ensemble.parameters():
             parameter.normal_()
     inputs = ntk_inputs(space, 3, off_diagonal=off_diagonal, dtype=torch.float64)
-    built_in = member_ntk(ensemble, inputs).detach()
+    built_in = member_kernels(ensemble, inputs).detach()
     generic = stacked_kernels(split_members(ensemble), inputs).detach()
     torch.testing.assert_close(generic, built_in, rtol=1e-12, atol=0)
 

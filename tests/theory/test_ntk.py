@@ -30,7 +30,7 @@ from ce_ray.theory.ntk import (
     derive_seed,
     draw_chunk,
     make_generator,
-    member_ntk,
+    member_kernels,
     ntk_inputs,
     sample_batched,
     sample_ntk,
@@ -81,7 +81,7 @@ def test_ensemble_ntk_is_the_mean_of_member_ntks(block):
     output = scalar_readout(ensemble(inputs))[0]
     grads = torch.autograd.grad(output, list(ensemble.parameters()))
     ensemble_ntk = sum((g * g).sum() for g in grads).item()
-    assert ensemble_ntk == pytest.approx(member_ntk(ensemble, inputs).mean().item(), rel=1e-10)
+    assert ensemble_ntk == pytest.approx(member_kernels(ensemble, inputs).mean().item(), rel=1e-10)
 
 
 @pytest.mark.parametrize("method", ["batched", "exact"])

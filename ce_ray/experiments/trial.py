@@ -1,0 +1,216 @@
+"""A sweep's trial: Tune's trial function, which trains one point's seeds as a Ray Train
+``TorchTrainer`` run (Train V2), reports each epoch to Tune from the trial's record, and fails
+the trial when its training stops making progress; and, once Tune is done, what each trial
+came to. The sweep's driver (``ce_ray.experiments.sweep``) schedules it; the training itself
+is ``ce_ray.worker.loop``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import pandas as pd
+import ray
+import ray.train
+from ray import tune
+
+from ce_ray.configs import SweepConfig
+from ce_ray.experiments import ray_compat
+from ce_ray.limits import stall_limit_s
+from ce_ray.results import storage, tables
+from ce_ray.worker import records
+
+
+def run_trial(trial: dict, datasets: list) -> None:
+    """Tune's trial function: train one point's seed indices (one, or all of them packed) as
+    a Ray Train job.
+
+    ``trial`` holds the sweep's configuration whole (``SweepConfig.to_json``), the point
+    ``{"n", "m"}``, its ``seed_indices``, the experiment directory and the retry budget.
+    The Train run is named after the Tune trial id alone, which survives Tune's retries and
+    ``Tuner.restore``: a new ``TorchTrainer`` with the same name and storage resumes from the
+    run's latest checkpoint (Train V2 has no other resume). Inside the run, Train's own
+    ``FailureConfig`` restarts a lost worker group from that checkpoint without Tune noticing.
+
+    Tune hears of each epoch from the trial's record, not from Train's ``TuneReportCallback``
+    (:func:`report_from_record`), and a trial that stops making progress fails.
+
+    ``datasets`` is ``[reference]`` to the (train, test) datasets the driver put in Ray's
+    object store once for the whole sweep (a list, so that ``tune.with_parameters`` hands
+    over the reference, not the data); the training workers fetch them from there.
+    """
+    from ce_ray.worker.loop import train_point
+
+    ray_compat.set_train_environment()
+    config = SweepConfig.from_json(trial["sweep"])
+    trial_id = tune.get_context().get_trial_id()
+    record = records.record_location(trial["experiment_dir"], trial_id)
+    gpus = config.gpus_per_worker
+    trainer = ray_compat.torch_trainer_without_ray_data()(
+        train_point,
+        train_loop_config={
+            "sweep": trial["sweep"],
+            "point": trial["point"],
+            "seed_indices": trial["seed_indices"],
+            "datasets": datasets[0],
+            "record": record,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.workers_per_trial,
+            use_gpu=gpus > 0,
+            resources_per_worker={"CPU": config.cpus_per_worker} | ({"GPU": gpus} if gpus else {}),
+        ),
+        run_config=ray.train.RunConfig(
+            name=trial_id,
+            storage_path=storage.join(trial["experiment_dir"], "train"),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray_compat.train_failure_config(trial["max_failures"]),
+        ),
+    )
+    point, indices = trial["point"], trial["seed_indices"]
+    label = f"{config.space.label(point['m'], point['n'])} seeds {indices}"
+    report_from_record(
+        trainer, record, trial["stall_timeout_s"], label, decide=config.scheduler_stops_trials
+    )
+
+
+#: How often a trial function reads its record and heartbeat (seconds).
+PROGRESS_POLL_S = 1.0
+
+
+class TrialStalled(RuntimeError):
+    """A trial's training made no progress for longer than its limit."""
+
+
+class Progress:
+    """One trial's signs of life, read from its record and its heartbeat by the trial
+    function: the epochs it reported and rank 0's beats. The stall clock starts with this
+    start's first beat (until then the worker group may be waiting for a node) and runs from
+    the last change seen, against ``stall_limit_s(floor, the longest pause so far)``."""
+
+    def __init__(self, record: str, floor_s: float):
+        self.record, self.floor_s = record, floor_s
+        self.first_beat = records.read_heartbeat(record)  # left by an earlier start, if any
+        self.state: tuple | None = None
+        self.changed_at: float | None = None
+        self.longest_pause = 0.0
+
+    def read(self) -> list[dict]:
+        """The record's epochs now; notes whether anything moved."""
+        epochs = records.read_reports(self.record)
+        beat = records.read_heartbeat(self.record)
+        state = (len(epochs), epochs[-1]["epoch"] if epochs else 0, beat)
+        now = time.monotonic()
+        if state != self.state:
+            if self.changed_at is not None:
+                self.longest_pause = max(self.longest_pause, now - self.changed_at)
+            if self.changed_at is not None or beat != self.first_beat:
+                self.changed_at = now
+            self.state = state
+        return epochs
+
+    @property
+    def limit_s(self) -> float:
+        return stall_limit_s(self.floor_s, self.longest_pause)
+
+    def idle_s(self) -> float:
+        """Seconds since the last sign of progress (0 before this start's first beat)."""
+        return 0.0 if self.changed_at is None else time.monotonic() - self.changed_at
+
+
+def report_from_record(
+    trainer: Any, record: str, stall_timeout_s: float, label: str, decide: bool = False
+) -> None:
+    """Run ``trainer.fit()`` in a thread and report each epoch to Tune from the trial's
+    record, in this (the trial function's) thread; fail the trial when it stalls.
+
+    Why not Train's ``TuneReportCallback``: in Ray 2.60 it puts each report into a one-slot
+    Ray queue that the trial actor's main thread moves into a one-slot thread queue; when the
+    trial function returns before the main thread has moved the last report, Tune's "done"
+    marker fills the thread queue first and the main thread blocks forever on the late report
+    (``ray/train/_internal/session.py``, ``_get_result_from_queues``). Reporting from this
+    thread is Tune's ordinary function-trainable path, which has no second queue. Rank 0
+    writes each epoch to the record before it reports it to Train, so nothing is lost.
+
+    With ``decide`` (a scheduler that stops trials early), each epoch that Tune takes and
+    goes on from is written to ``<record>.go``, which the training worker waits for
+    (:func:`ce_ray.worker.records.wait_for_decision`): Tune's ``report`` returns only when
+    Tune asks for the next result (``synchronous_result_reporting``), never after a stop.
+
+    Epochs already in the record when this start began were reported by an earlier one;
+    if this start reports nothing (every epoch was trained before a stop landed), it reports
+    the last recorded epoch again, so that the trial ends with its result.
+    """
+    outcome: dict[str, BaseException] = {}
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as error:  # handed to the trial function's thread
+            outcome["error"] = error
+
+    progress = Progress(record, stall_timeout_s)
+    epochs = progress.read()
+    reported = epochs[-1]["epoch"] if epochs else 0
+    reported_now = False
+    if decide:  # Tune took the epochs an earlier start reported and went on
+        records.write_decision(record, reported)
+    thread = threading.Thread(target=fit, name=f"fit-{label}", daemon=True)
+    thread.start()
+    while True:
+        thread.join(timeout=PROGRESS_POLL_S)
+        done = not thread.is_alive()
+        epochs = progress.read()
+        for metrics in (e for e in epochs if e["epoch"] > reported):
+            tune.report(metrics)  # returns when Tune wants the next epoch, not when it stops
+            reported, reported_now = metrics["epoch"], True
+            if decide:
+                records.write_decision(record, reported)
+        if done:
+            break
+        if progress.idle_s() > progress.limit_s:
+            message = (
+                f"[sweep] trial {label} stalled: no progress for {progress.idle_s():.0f} s "
+                f"(limit {progress.limit_s:.0f} s); failing it, to retry from its checkpoint"
+            )
+            print(message, flush=True)
+            raise TrialStalled(message)
+    if "error" in outcome:
+        raise outcome["error"]
+    if not reported_now and epochs:
+        tune.report(epochs[-1])
+
+
+def trial_outcomes(grid: tune.ResultGrid) -> list[tables.TrialOutcome]:
+    """One outcome per (trial, seed index it trained)."""
+    outcomes = []
+    for result in (grid[i] for i in range(len(grid))):
+        # The trial directory is named by _trial_name: "<m>x<n>d-seed<s>-<trial id>".
+        trial_id = os.path.basename(str(result.path).rstrip("/")).rsplit("-", 1)[-1]
+        config = result.config or {}  # Tune always records a trial's config
+        point, indices = config["point"], config["seed_indices"]
+        error = str(result.error).strip().splitlines()[-1] if result.error else None
+        outcomes += [
+            tables.TrialOutcome(
+                trial_id, int(point["n"]), int(point["m"]), int(index), error, len(indices)
+            )
+            for index in indices
+        ]
+    return outcomes
+
+
+def trial_histories(
+    directory: str, outcomes: list[tables.TrialOutcome]
+) -> dict[tuple[str, int], pd.DataFrame]:
+    """(trial id, seed index) -> that seed's epochs, from the trial's record."""
+    histories = {}
+    for trial_id in {o.trial_id for o in outcomes}:
+        rows = records.read_epochs(records.record_location(directory, trial_id))
+        frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["epoch", "seed_index"])
+        for outcome in (o for o in outcomes if o.trial_id == trial_id):
+            seed = frame[frame["seed_index"] == outcome.seed_index]
+            histories[trial_id, outcome.seed_index] = seed.reset_index(drop=True)
+    return histories
