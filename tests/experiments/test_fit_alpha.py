@@ -194,7 +194,9 @@ def test_every_shard_of_a_width_draws_its_own_weights(tmp_path):
 
 
 def test_non_finite_samples_name_the_width_and_shard(tmp_path, monkeypatch):
-    monkeypatch.setattr(shards, "sample_ntk", lambda *args, **kwargs: np.array([1.0, np.nan]))
+    from ce_ray.theory import ntk  # what the preset's space samples with
+
+    monkeypatch.setattr(ntk, "sample_ntk", lambda *args, **kwargs: np.array([1.0, np.nan]))
     shard = shards.Shard(width=16, index=3, start=6, stop=8)
     with pytest.raises(ValueError, match="non-finite NTK entry at width 16, shard 3"):
         shards.sample_shard(config(), shard, str(tmp_path))
