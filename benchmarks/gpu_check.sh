@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 11, item 5, on a lent GPU machine (PyTorch, no Ray, no network), from the repository
-# root: `bash benchmarks/gpu_check.sh`. Runs the pure-PyTorch benchmarks on the GPU and keeps
-# their output under $OUT (the device tool's output folder) when it is set. About 8 minutes.
+# The GPU figures of the pure-PyTorch benchmarks (ResNeXt-29's execution modes, the input
+# pipeline), for a machine with a CUDA GPU and PyTorch but no Ray and no network. From the
+# repository root: `bash benchmarks/gpu_check.sh`; each benchmark's output is kept under $OUT
+# when it is set (else here). About 8 minutes.
 set -u
 export PYTHONPATH=.
 out="${OUT:-.}"

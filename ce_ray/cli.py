@@ -218,8 +218,7 @@ def sweep_command(args: argparse.Namespace) -> None:
     storage.check_writable(results)
     if args.mlflow:  # missing or not answering: one line, now
         trackers.client(args.mlflow)
-    # Missing data: one line, now. The driver loads the datasets once; the sweep hands them to
-    # every trial through Ray's object store.
+    # Missing data: one line, now; loaded once, handed to every trial by Ray's object store.
     datasets = data.load(config.spec.dataset, data.resolve_root(config.data_root))
     verbose = console.verbose_from_env(args.verbose)
     cluster.init_ray(results, quiet=not verbose)
@@ -235,11 +234,16 @@ def sweep_command(args: argparse.Namespace) -> None:
         mlflow=args.mlflow,
     )
     print(report(result.directory, with_plots=not args.no_report))
-    failed = result.trials[result.trials["status"] == "error"]
-    if len(failed) and len(failed) == len(result.trials):
+    _say_failed_trials(result.trials)
+
+
+def _say_failed_trials(trials: pd.DataFrame) -> None:
+    """One line for the trial rows that failed; an error when every one did."""
+    failed = trials[trials["status"] == "error"]
+    if len(failed) and len(failed) == len(trials):
         raise RuntimeError(f"every trial failed; the last error: {failed['error'].iloc[-1]}")
     if len(failed):
-        print(f"[sweep] {len(failed)} of {len(result.trials)} trial rows failed (trials.parquet)")
+        print(f"[sweep] {len(failed)} of {len(trials)} trial rows failed (trials.parquet)")
 
 
 def _given(args: argparse.Namespace, fields: Iterable[str]) -> dict:

@@ -240,30 +240,6 @@ def widths(text: str) -> tuple[int, ...]:
 MEMBER_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
-def add_input_shape(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-    required: bool = False,
-    fan_in_sum: bool = True,
-) -> None:
-    """``--input-shape``: one example's shape, for a member of the user's own; and (with
-    ``fan_in_sum``) ``--fan-in-sum``, its S(n) given instead of traced."""
-    parser.add_argument(
-        "--input-shape",
-        type=shape,
-        required=required,
-        help="your member: one example's shape, 64 or 3,32,32",
-    )
-    if not fan_in_sum:
-        return
-    parser.add_argument(
-        "--fan-in-sum",
-        type=member_name,
-        dest="fan_in_sum_from",
-        metavar="MODULE:CALLABLE",
-        help="your member: S(n) -> float to use instead of the traced S(n)",
-    )
-
-
 def space_name(text: str) -> str:
     """An argparse type: a built-in space or ``MODULE:CALLABLE`` (your own member).
 
@@ -296,6 +272,25 @@ def shape(text: str) -> tuple[int, ...]:
             f"must hold 1 to {limits.MAX_INPUT_SIZE:,} values per example; got {text!r}"
         )
     return dims
+
+
+def member_name(text: str) -> str:
+    """An argparse type: ``MODULE:CALLABLE``, your own member(n)."""
+    if not MEMBER_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"must be MODULE:CALLABLE naming your member(n), e.g. mypkg.blocks:member; got {text!r}"
+        )
+    return text
+
+
+def numbers(text: str) -> tuple[float, ...]:
+    """An argparse type: a comma list of finite numbers > 0.
+
+    >>> numbers("2,8,32")
+    (2.0, 8.0, 32.0)
+    """
+    parse = number(0, 10**6)
+    return tuple(parse(part) for part in text.split(","))
 
 
 # Options shared by several commands.
@@ -349,6 +344,34 @@ def add_alpha_from(parser: argparse.ArgumentParser, group: Any) -> None:
 
 def add_json(parser: argparse.ArgumentParser, what: str = "the result") -> None:
     parser.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+
+
+def add_workers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=integer(1, 10**6), help="concurrent tasks (cluster CPUs)")
+
+
+def add_input_shape(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    required: bool = False,
+    fan_in_sum: bool = True,
+) -> None:
+    """``--input-shape``: one example's shape, for a member of the user's own; and (with
+    ``fan_in_sum``) ``--fan-in-sum``, its S(n) given instead of traced."""
+    parser.add_argument(
+        "--input-shape",
+        type=shape,
+        required=required,
+        help="your member: one example's shape, 64 or 3,32,32",
+    )
+    if not fan_in_sum:
+        return
+    parser.add_argument(
+        "--fan-in-sum",
+        type=member_name,
+        dest="fan_in_sum_from",
+        metavar="MODULE:CALLABLE",
+        help="your member: S(n) -> float to use instead of the traced S(n)",
+    )
 
 
 # Options of one command each.
@@ -439,15 +462,6 @@ def add_inspect_options(parser: argparse.ArgumentParser) -> None:
         "--widths", type=widths, default=(8, 16, 32, 64), help="widths to trace (8,16,32,64)"
     )
     add_json(parser)
-
-
-def member_name(text: str) -> str:
-    """An argparse type: ``MODULE:CALLABLE``, your own member(n)."""
-    if not MEMBER_NAME.fullmatch(text):
-        raise argparse.ArgumentTypeError(
-            f"must be MODULE:CALLABLE naming your member(n), e.g. mypkg.blocks:member; got {text!r}"
-        )
-    return text
 
 
 def add_fit_alpha_options(parser: argparse.ArgumentParser) -> None:
@@ -616,20 +630,6 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def numbers(text: str) -> tuple[float, ...]:
-    """An argparse type: a comma list of finite numbers > 0.
-
-    >>> numbers("2,8,32")
-    (2.0, 8.0, 32.0)
-    """
-    parse = number(0, 10**6)
-    return tuple(parse(part) for part in text.split(","))
-
-
-def add_workers(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=integer(1, 10**6), help="concurrent tasks (cluster CPUs)")
-
-
 def add_nmk_options(parser: argparse.ArgumentParser) -> None:
     """Fig. 2 / Lemma 1 (``ce_ray.experiments.nmk.NMKConfig``; None: its default)."""
     parser.add_argument("--depth", type=integer(2, 64), help="fc: weight layers L (4)")
@@ -637,7 +637,7 @@ def add_nmk_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wide-width", type=integer(2, limits.MAX_WIDTH), help="the reference model's width (2048)"
     )
-    parser.add_argument("--multiplicities", type=widths, help="ensemble sizes m (1,2,4,...,64)")
+    parser.add_argument("--multiplicities", type=widths, help="ensemble sizes m (1,2,4,8,16,32,64)")
     parser.add_argument(
         "--draws", type=integer(2, limits.MAX_MEMBERS), help="ensembles at the largest m (32)"
     )

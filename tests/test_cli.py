@@ -202,3 +202,59 @@ def test_a_curve_from_a_fit_that_breaks_the_law_needs_a_flag(tmp_path, capsys):
     accepted = ["--alpha-from", str(weak / "alpha.parquet"), "--accept-law-warnings", "--json"]
     assert cli.main([*curve, *accepted]) == 0
     assert json.loads(capsys.readouterr().out)["alpha"] == fit.alpha
+
+
+def test_every_default_a_help_string_states_is_the_one_the_command_uses():
+    """``--seeds ... (2)``, ``(default cpu)``: each default a help string names is the value
+    the command takes when the option is not given -- argparse's default, or else the
+    configuration's or the space's that the command builds."""
+    import argparse
+    import dataclasses
+    import re
+
+    from ce_ray.cli import build_parser
+    from ce_ray.configs import SweepConfig
+    from ce_ray.experiments.drift import DriftConfig
+    from ce_ray.experiments.nmk import NMKConfig
+    from ce_ray.presets import DEFAULT_FIT_PRESET, DEFAULT_SWEEP_PRESET
+    from ce_ray.theory.spaces import SPACES
+
+    def fields(value: object) -> dict:
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}  # type: ignore[arg-type]
+
+    space_defaults: dict = {}
+    for cls in SPACES.values():
+        for f in dataclasses.fields(cls):
+            space_defaults.setdefault(f.name, f.default)
+    sweep = fields(SweepConfig.from_preset(DEFAULT_SWEEP_PRESET, alpha=1.0))
+    used = {
+        "params": space_defaults,
+        "curve": space_defaults,
+        "fit-alpha": {"preset": DEFAULT_FIT_PRESET},
+        "sweep": sweep,
+        "nmk": fields(NMKConfig()),
+        "drift": fields(DriftConfig()),
+    }
+
+    def spelled(value: object) -> str:
+        if isinstance(value, tuple | list):
+            return ",".join(spelled(v) for v in value)
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    parser = build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    checked = 0
+    for name, command in commands.choices.items():
+        for action in command._actions:
+            help_text = action.help or ""
+            stated = re.search(r"\((?:[^()]*; )?([0-9][0-9.,]*)\)$", help_text) or re.search(
+                r"\(default ([\w-]+)\)$", help_text
+            )
+            if not stated:
+                continue
+            default = action.default
+            if default is None:
+                default = used.get(name, {}).get(action.dest)
+            assert spelled(default) == stated[1], f"{name} --{action.dest}: {help_text!r}"
+            checked += 1
+    assert checked >= 40, checked

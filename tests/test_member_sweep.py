@@ -1,7 +1,7 @@
 """A sweep of your own member, without Ray: its points come from the traced curve, its
 trials' networks read the preset's data and give its classes, and sweep.json names the member
 and fingerprints its architecture, so that a resumed sweep refuses an edited member. (Through
-``ray job submit``: experiments/test_local_head.py.)"""
+``ray job submit``: jobs/test_submitted_jobs.py.)"""
 
 import sys
 import textwrap
@@ -120,3 +120,16 @@ def test_a_trial_trains_the_member_s_network_once_per_seed():
     for name, parameter in alone.named_parameters():
         torch.testing.assert_close(first[name], parameter, rtol=0, atol=0)
         assert not torch.equal(second[name], parameter) or parameter.eq(parameter[0]).all()
+
+
+def test_a_stored_sweep_is_read_back_as_stored_not_derived_again():
+    """Every trial and worker reads the driver's sweep.json: its points and fingerprint as the
+    driver chose them (no curve, no trace, no memory check on the reading machine)."""
+    config = SweepConfig.from_preset("digits-mlp", alpha=1.0, num_points=3, member=example())
+    record = config.to_json()
+    record["points"] = [[8, 7], [64, 1]]  # not what the curve would give at this alpha
+    record["architecture"] = "0123456789ab"
+    read = SweepConfig.from_json(record)
+    assert read.points == ((8, 7), (64, 1)) and read.architecture == "0123456789ab"
+    assert read.to_json() == record
+    assert "curves" not in read.__dict__ and "point_rows" not in read.__dict__

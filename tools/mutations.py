@@ -222,6 +222,27 @@ MUTATIONS = (
         "        if False:",
         ("tests/test_bad_input.py", "-k", "sweep"),
     ),
+    Mutation(
+        "a stored sweep's points are derived again from its curve when read back",
+        "ce_ray/configs.py",
+        '            config.__dict__["points"] = tuple((int(n), int(m)) for n, m in data["points"])',
+        "            pass",
+        ("tests/test_member_sweep.py", "-k", "read_back"),
+    ),
+    Mutation(
+        "a help string states a default the command does not use",
+        "ce_ray/options.py",
+        'help="points on the curve (5)"',
+        'help="points on the curve (6)"',
+        ("tests/test_cli.py", "-k", "help_string"),
+    ),
+    Mutation(
+        "a preset's sweep takes the member's path (alpha required, a network check)",
+        "ce_ray/configs.py",
+        "        return self.member or self.spec.space",
+        "        return self.member or FIT_PRESETS[self.spec.fit_preset].space",
+        ("tests/test_member_sweep.py", "tests/test_bad_input.py", "-k", "sweep"),
+    ),
     # --- your own member: tracing, checks, the generic sampler, the ensemble ---
     Mutation(
         "traced: a convolution's fan-in ignores its kernel",
@@ -365,7 +386,7 @@ MUTATIONS = (
         "ce_ray/experiments/trackers.py",
         'r["seed_index"] == key.seed_index and r["epoch"] > last]',
         'r["seed_index"] == key.seed_index]',
-        ("tests/experiments/test_local_head.py", "-k", "stopped_job"),
+        ("tests/jobs/test_submitted_jobs.py", "-k", "stopped_job"),
     ),
     Mutation(
         "an MLflow URI's credentials accepted",
@@ -386,7 +407,7 @@ MUTATIONS = (
         "ce_ray/experiments/local_head.py",
         "            path.chmod(mode)",
         "            pass",
-        ("tests/experiments/test_local_head.py", "-k", "private"),
+        ("tests/jobs/test_submitted_jobs.py", "-k", "private"),
     ),
     # --- scaling constants of the models (Eq. 3, Fig. 5) ---
     Mutation(
@@ -602,7 +623,7 @@ MUTATIONS = (
         "counts = _all_reduce_sum([*wrong1.tolist(), *wrong5.tolist(), total], device)",
         "counts = [*wrong1.tolist(), *wrong5.tolist(), total]",
         (
-            "tests/experiments/test_local_head.py::test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_rest",
+            "tests/jobs/test_submitted_jobs.py::test_a_stopped_job_submitted_again_keeps_finished_trials_and_resumes_the_rest",
         ),
     ),
     # --- the rest of the paper: NMK, drift, the paper's metric, ImageNet32/64 ---

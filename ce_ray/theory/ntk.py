@@ -14,7 +14,8 @@ weights do not enter. An MLP's read-out is output 0. A convolutional block's rea
   its features out, and it lands nearest the paper's alpha ~ 1.60 for the bottleneck;
 * ``"centre"``: channel 0 at the centre pixel, the literal single NTK entry.
 
-The fitted alpha depends on that choice (README: about 1.4 pooled, 2.5 at the centre pixel).
+The fitted alpha depends on that choice (docs/paper.md: 1.29 pooled, 2.40 at the centre pixel,
+for the ``resnext-block`` preset).
 
 Two samplers:
 

@@ -1,5 +1,5 @@
 """jobs/fit_alpha.py as a plain script that starts its own cluster, and `ce-ray fit-alpha`'s
-one-line errors (`ray job submit` of it: tests/experiments/test_local_head.py)."""
+one-line errors (`ray job submit` of it: tests/jobs/test_submitted_jobs.py)."""
 
 import json
 import os
@@ -46,9 +46,9 @@ def test_plain_script_starts_its_own_cluster_writes_to_s3_and_leaks_no_credentia
 ):
     """From a shell holding AWS credentials (as a user's does), with results on a real S3
     API: the script starts a local cluster of its own and prints JSON (progress on stderr;
-    resuming from S3: tests/experiments/test_cluster.py, test_local_head.py). The secret key
-    and session token appear on no process's command line, in no file of that cluster's
-    session directory, and in no result object."""
+    resuming from S3: tests/experiments/test_cluster.py, tests/jobs/test_submitted_jobs.py).
+    The secret key and session token appear on no process's command line, in no file of that
+    cluster's session directory, and in no result object."""
     bucket = f"ce-ray-{uuid.uuid4().hex[:12]}"
     s3_server.client().create_bucket(Bucket=bucket)
     env = ENV | leaks.secret_shell(s3_server.endpoint) | {"RAY_TMPDIR": ray_tmpdir}
