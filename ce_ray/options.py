@@ -550,30 +550,7 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
         "--alpha", type=number(0, limits.MAX_ALPHA), help="alpha of Eq. 9 (default: the preset's)"
     )
     add_alpha_from(parser, alpha)
-    member = parser.add_argument_group(
-        "your own member instead of the preset's space (the preset gives data and recipe)"
-    )
-    member.add_argument(
-        "--space",
-        type=member_name,
-        dest="member",
-        metavar="MODULE:CALLABLE",
-        help="your member(n) -> torch.nn.Module (with --input-shape, and --alpha or --alpha-from)",
-    )
-    add_input_shape(member)
-    member.add_argument(
-        "--network",
-        type=member_name,
-        dest="network_from",
-        metavar="MODULE:CALLABLE",
-        help="network(m, n) -> torch.nn.Module: m members of width n as a classifier of the "
-        "preset's data (default: the members' vectorised ensemble, which must give logits)",
-    )
-    member.add_argument(
-        "--baseline",
-        type=integer(1, limits.MAX_WIDTH),
-        help="n~, the baseline 1 x n~ (default: the preset's)",
-    )
+    add_sweep_member_options(parser)
     parser.add_argument(
         "--max-concurrent-trials", type=integer(1, 10**6), help="default: what the cluster can hold"
     )
@@ -604,6 +581,40 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
         help="Ray's and Tune's whole output as well: status tables, Ray Train's per-epoch "
         "lines, the workers' logs (or CE_RAY_VERBOSE=1)",
     )
+    add_execution_options(parser)
+
+
+def add_sweep_member_options(parser: argparse.ArgumentParser) -> None:
+    """The sweep's ``--space`` (your own member instead of the preset's space) and its
+    ``--input-shape``, ``--fan-in-sum``, ``--network`` and ``--baseline``."""
+    member = parser.add_argument_group(
+        "your own member instead of the preset's space (the preset gives data and recipe)"
+    )
+    member.add_argument(
+        "--space",
+        type=member_name,
+        dest="member",
+        metavar="MODULE:CALLABLE",
+        help="your member(n) -> torch.nn.Module (with --input-shape, and --alpha or --alpha-from)",
+    )
+    add_input_shape(member)
+    member.add_argument(
+        "--network",
+        type=member_name,
+        dest="network_from",
+        metavar="MODULE:CALLABLE",
+        help="network(m, n) -> torch.nn.Module: m members of width n as a classifier of the "
+        "preset's data (default: the members' vectorised ensemble, which must give logits)",
+    )
+    member.add_argument(
+        "--baseline",
+        type=integer(1, limits.MAX_WIDTH),
+        help="n~, the baseline 1 x n~ (default: the preset's)",
+    )
+
+
+def add_execution_options(parser: argparse.ArgumentParser) -> None:
+    """How each training worker runs: precision, layout, compile, packed seeds, loaders."""
     execution = parser.add_argument_group("how each training worker runs (default: per device)")
     execution.add_argument(
         "--precision",

@@ -133,3 +133,14 @@ def test_a_stored_sweep_is_read_back_as_stored_not_derived_again():
     assert read.points == ((8, 7), (64, 1)) and read.architecture == "0123456789ab"
     assert read.to_json() == record
     assert "curves" not in read.__dict__ and "point_rows" not in read.__dict__
+
+
+def test_the_guide_s_python_example_prints_what_it_says(capsys):
+    import re
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "your-own-member.md").read_text()
+    [code] = re.findall(r"## From Python\n.*?```python\n(.*?)```", guide, re.S)
+    exec(compile(code, "your-own-member.md", "exec"), {})
+    printed = re.search(r"print\(.*\)  # (.*)", code)
+    assert printed and capsys.readouterr().out.strip() == printed[1]
