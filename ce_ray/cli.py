@@ -221,7 +221,7 @@ def sweep_command(args: argparse.Namespace) -> None:
     # Missing data: one line, now; loaded once, handed to every trial by Ray's object store.
     datasets = data.load(config.spec.dataset, data.resolve_root(config.data_root))
     verbose = console.verbose_from_env(args.verbose)
-    cluster.init_ray(results, quiet=not verbose)
+    cluster.init_ray(results, quiet=not verbose, address=args.address)
     result = run_sweep(
         config,
         results,
@@ -261,7 +261,7 @@ def _connect(args: argparse.Namespace) -> tuple[str, Log, int]:
     results = storage.resolve(args.results)
     storage.check_writable(results)
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
-    cluster.init_ray(results)
+    cluster.init_ray(results, address=args.address, log=log)
     return results, log, args.workers or cluster.default_workers()
 
 

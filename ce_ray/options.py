@@ -156,6 +156,24 @@ def experiment_name(text: str) -> str:
     return text
 
 
+def location(text: str) -> str:
+    """An argparse type: a path or a URI to read, without credentials in it (they would be
+    printed and sent on); refused before any connection, and never echoed back.
+
+    >>> location("s3://bucket/ce-ray/alpha.parquet")
+    's3://bucket/ce-ray/alpha.parquet'
+    >>> location("s3://KEY:SECRET@bucket/x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: a URI must not carry credentials (user:password@): ...
+    """
+    if "://" in text and "@" in urlsplit(text).netloc:
+        raise argparse.ArgumentTypeError(
+            "a URI must not carry credentials (user:password@): the nodes read them from "
+            "their own environment or instance profile"
+        )
+    return text
+
+
 def results_location(text: str) -> str:
     """An argparse type: a results directory or a URI without a query or credentials.
 
@@ -168,14 +186,9 @@ def results_location(text: str) -> str:
     Traceback (most recent call last):
     argparse.ArgumentTypeError: a URI must not carry credentials (user:password@): ...
     """
-    if "://" not in text:
+    if "://" not in location(text):
         return text
     parts = urlsplit(text)
-    if "@" in parts.netloc:
-        raise argparse.ArgumentTypeError(
-            "a URI must not carry credentials (user:password@): the nodes read them from "
-            "their own environment or instance profile"
-        )
     if parts.query or parts.fragment or text.endswith(("?", "#")):
         raise argparse.ArgumentTypeError(
             f"a URI must not have a query or fragment ({parts.scheme}://{parts.netloc}"
@@ -334,7 +347,9 @@ def add_stall_timeout(parser: argparse.ArgumentParser, what: str) -> None:
 
 def add_alpha_from(parser: argparse.ArgumentParser, group: Any) -> None:
     """``--alpha-from`` (in ``group``, beside ``--alpha``) and ``--accept-law-warnings``."""
-    group.add_argument("--alpha-from", help="alpha.parquet of an earlier fit-alpha run")
+    group.add_argument(
+        "--alpha-from", type=location, help="alpha.parquet of an earlier fit-alpha run"
+    )
     parser.add_argument(
         "--accept-law-warnings",
         action="store_true",
@@ -344,6 +359,16 @@ def add_alpha_from(parser: argparse.ArgumentParser, group: Any) -> None:
 
 def add_json(parser: argparse.ArgumentParser, what: str = "the result") -> None:
     parser.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+
+
+def add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        type=location,
+        metavar="HOST:PORT",
+        help="the running Ray cluster to join (default: RAY_ADDRESS, else the cluster your own "
+        "`ray start` recorded on this node, else a new one of its own on 127.0.0.1)",
+    )
 
 
 def add_workers(parser: argparse.ArgumentParser) -> None:
@@ -485,6 +510,7 @@ def add_fit_alpha_options(parser: argparse.ArgumentParser) -> None:
     add_workers(parser)
     add_experiment(parser, "the preset")
     add_results(parser)
+    add_address(parser)
     add_seed(parser)
     parser.add_argument(
         "--device", type=device, default="cpu", help="cpu or cuda[:N] (default cpu)"
@@ -520,6 +546,7 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
     )
     add_experiment(parser, "PRESET-FORMULATION")
     add_results(parser)
+    add_address(parser)
     parser.add_argument(
         "--points",
         dest="num_points",
@@ -565,6 +592,8 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
     add_seed(parser)
     parser.add_argument(
         "--data-root",
+        type=location,
+        default=os.environ.get("CE_RAY_DATA"),  # checked as if given (argparse parses it)
         help="dataset root; relative: under the project (default: $CE_RAY_DATA or data)",
     )
     parser.add_argument("--no-report", action="store_true", help="skip the PNGs")
@@ -671,6 +700,7 @@ def add_nmk_options(parser: argparse.ArgumentParser) -> None:
     add_workers(parser)
     add_experiment(parser, "lemma1")
     add_results(parser)
+    add_address(parser)
     add_seed(parser)
     add_stall_timeout(parser, "a task is killed and run again")
     add_json(parser)
@@ -696,11 +726,12 @@ def add_drift_options(parser: argparse.ArgumentParser) -> None:
     add_workers(parser)
     add_experiment(parser, "theorem1")
     add_results(parser)
+    add_address(parser)
     add_seed(parser)
     add_stall_timeout(parser, "a task is killed and run again")
     add_json(parser)
 
 
 def add_report_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results_dir", help="<results>/<experiment> of a sweep")
+    parser.add_argument("results_dir", type=location, help="<results>/<experiment> of a sweep")
     parser.add_argument("--no-plots", action="store_true", help="only print the table")

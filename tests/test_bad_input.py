@@ -209,6 +209,11 @@ CASES = [
     ("report {tmp}/garbled", "not a Parquet file"),
     ("report {tmp}/listed", "not a sweep configuration written by ce-ray"),
     ("report {tmp}/blocked", "Is a directory"),
+    ("report {tmp}/sideways", "formulation 'sideways' is not one ce-ray writes (allowed: primal"),
+    ("report s3://AKIA:SeCrEt@bucket/x", "must not carry credentials"),
+    ("curve --space fc --baseline 64 --alpha-from s3://AKIA:SeCrEt@b/a", "must not carry cred"),
+    ("sweep primal --alpha-from s3://AKIA:SeCrEt@bucket/a.parquet", "must not carry credentials"),
+    ("sweep primal --data-root s3://AKIA:SeCrEt@bucket/data", "must not carry credentials"),
     # nmk
     ("nmk --depth 1", "argument --depth: must be an integer >= 2"),
     ("nmk --wide-width 100000000", "argument --wide-width: must be an integer <="),
@@ -262,6 +267,12 @@ def make_files(tmp: Path) -> None:
     for name in ("listed", "blocked"):
         (tmp / name).mkdir()
         pq.write_table(trials, tmp / name / "trials.parquet")
+    (tmp / "sideways").mkdir()
+    sideways = _trials_row() | {"formulation": "sideways"}
+    pq.write_table(
+        pa.Table.from_pylist([sideways], schema=storage.TRIALS_SCHEMA),
+        tmp / "sideways/trials.parquet",
+    )
     (tmp / "listed/sweep.json").write_text("[1, 2, 3]")
     (tmp / "blocked/test_error.png").mkdir()  # the report cannot write its plot there
 
@@ -282,7 +293,7 @@ def test_a_bad_value_is_one_line_and_exit_2_before_ray_starts(
 ):
     from ce_ray.experiments import cluster
 
-    def reached_ray(results: str) -> None:  # a case that gets this far fails, cheaply
+    def reached_ray(*args: object, **kwargs: object) -> None:  # a case here fails, cheaply
         raise AssertionError(f"{line!r} reached ray.init")
 
     monkeypatch.setattr(cluster, "init_ray", reached_ray)
@@ -298,3 +309,11 @@ def test_a_bad_value_is_one_line_and_exit_2_before_ray_starts(
     assert "Traceback" not in err[0] and "SeCrEt" not in err[0]
     assert _snapshot(tmp_path) == before  # nothing written, nothing removed
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def test_a_data_root_from_the_environment_is_checked_as_if_given(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CE_RAY_DATA", "s3://AKIA:SeCrEt@bucket/data")
+    status = cli.main(["sweep", "primal", "--results", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and "must not carry credentials" in err[0], err
+    assert "SeCrEt" not in err[0] and not any(tmp_path.iterdir())

@@ -6,15 +6,25 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
+import tempfile
+from collections.abc import Callable
 
 from ce_ray.configs import SweepConfig
 from ce_ray.experiments import local_head, ray_compat
 from ce_ray.results import storage
 
 
-def init_ray(results: str, quiet: bool = False) -> None:
-    """``ray.init()`` once, in the entry point: join the cluster, or start a local one bound
-    to 127.0.0.1 (nothing listens on the machine's network address).
+def init_ray(
+    results: str,
+    quiet: bool = False,
+    address: str | None = None,
+    log: Callable[[str], None] = print,
+) -> None:
+    """``ray.init()`` once, in the entry point: join the cluster the user chose
+    (:func:`cluster_to_join`), or start one of its own bound to 127.0.0.1 (nothing listens on
+    the machine's network address) in a private temporary directory; ``log`` gets one line
+    saying which.
 
     A plain-script driver passes the non-secret location of ``s3://`` results (endpoint,
     region: ``storage.forwarded_env``) to its tasks and workers; credentials never travel
@@ -36,11 +46,68 @@ def init_ray(results: str, quiet: bool = False) -> None:
     env = storage.forwarded_env(results)
     if env and ray_compat.SUBMITTED_JOB_MARKER not in os.environ:
         options["runtime_env"] = {"env_vars": env}
-    # ray.init() starts a cluster, which would otherwise bind to the routable address.
-    if ray_compat.starts_a_local_cluster():
-        options["_node_ip_address"] = "127.0.0.1"
+    joined, line = cluster_to_join(address)
+    if joined is None:
+        temp_dir = tempfile.mkdtemp(prefix="ce-ray-", dir=os.environ.get("RAY_TMPDIR"))
+        options |= {"address": "local", "_node_ip_address": "127.0.0.1", "_temp_dir": temp_dir}
         local_head.ensure_auth_token(dict(os.environ))  # private, not Ray's 0644 default
+        line = f"{line} (its logs: {temp_dir})"
+    else:
+        options["address"] = joined
+    log(f"[cluster] {line}")
     ray.init(**options)
+
+
+def cluster_to_join(address: str | None) -> tuple[str | None, str]:
+    """The cluster a command joins -- only one the user chose -- and the words that say so;
+    None: it starts one of its own.
+
+    Chosen: ``address`` (``--address``); ``RAY_ADDRESS`` (which Ray's job manager sets for a
+    submitted job's driver); or the cluster this user's ``ray start`` recorded on this node
+    (:func:`own_recorded_cluster`). Ray itself would join whatever address its record names,
+    in a directory every user may write: another user's cluster -- or a listener of theirs --
+    would get this user's Ray token, code and data, and send back objects this process
+    unpickles.
+    """
+    if address:
+        return address, f"joining the Ray cluster at {address} (--address)"
+    from_env = os.environ.get("RAY_ADDRESS", "")
+    if from_env:
+        whose = "this job's cluster" if ray_compat.SUBMITTED_JOB_MARKER in os.environ else "set"
+        return from_env, f"joining the Ray cluster at {from_env} (RAY_ADDRESS: {whose})"
+    record = ray_compat.recorded_cluster_file()
+    recorded, refused = own_recorded_cluster(record)
+    if recorded:
+        return recorded, f"joining the Ray cluster at {recorded} (your `ray start`, {record})"
+    starting = "starting a Ray cluster of its own on 127.0.0.1"
+    if refused:
+        starting += (
+            f"; not joining the one recorded in {record}: {refused} (to join a cluster, give "
+            "--address or RAY_ADDRESS)"
+        )
+    return None, starting
+
+
+def own_recorded_cluster(record: str) -> tuple[str | None, str]:
+    """``(address, "")`` when ``record`` is a file this user owns and no one else may write,
+    read through the descriptor that was checked (so it cannot be swapped in between);
+    ``(None, why)`` when it is there but fails that; ``(None, "")`` when there is none."""
+    try:
+        descriptor = os.open(record, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None, ""
+    except OSError as error:  # a link, or unreadable
+        return None, f"it cannot be read as a plain file ({error.strerror})"
+    with os.fdopen(descriptor) as stream:
+        status = os.fstat(stream.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            return None, "it is not a plain file"
+        if status.st_uid != os.getuid():
+            return None, f"it belongs to another user (uid {status.st_uid})"
+        if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return None, "other users may write it"
+        address = stream.read(256).strip()
+    return (address or None), ("" if address else "it is empty")
 
 
 def max_resources() -> dict[str, float]:

@@ -7,7 +7,7 @@ Each was read against the source of ``ray==2.60.0`` (:data:`RAY_VERSION`, the ve
 ==========================================  ==============================================
 what                                        why
 ==========================================  ==============================================
-:func:`starts_a_local_cluster`              whether ``ray.init()`` would start a cluster
+:func:`recorded_cluster_file`              where ``ray start`` records this node's cluster
 :data:`SUBMITTED_JOB_MARKER`                a submitted job's driver already has its env
 :func:`autoscaler_limits`                   the cluster at its largest (no public call)
 :func:`placement_groups`                    groups whose creator died, which Ray keeps
@@ -39,13 +39,13 @@ RAY_VERSION = "2.60.0"
 SUBMITTED_JOB_MARKER = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
-def starts_a_local_cluster() -> bool:
-    """Whether ``ray.init()`` without an address would start a new cluster: no address in
-    ``RAY_ADDRESS`` nor in Ray's record of the last cluster started on this machine
-    (``ray._private.services.canonicalize_bootstrap_address``, what ``ray.init`` asks)."""
-    from ray._private.services import canonicalize_bootstrap_address
+def recorded_cluster_file() -> str:
+    """Where ``ray start`` records this node's cluster and ``ray.init()`` without an address
+    reads it (``ray._common.utils.get_ray_address_file``: ``ray_current_cluster`` in the Ray
+    temporary directory, by default ``/tmp/ray``, which Ray makes writable by every user)."""
+    from ray._common.utils import get_ray_address_file
 
-    return canonicalize_bootstrap_address(None) is None  # type: ignore[arg-type]
+    return str(get_ray_address_file(None))
 
 
 def autoscaler_limits() -> dict[str, float] | None:

@@ -50,6 +50,8 @@ CLIENT_SETTINGS = {
 SEED_METRICS = ("train_loss", "test_error", "test_error_top5")
 #: MLflow takes at most 1000 metrics in one ``log_batch``.
 MAX_BATCH = 1000
+#: Runs of one (point, seed index) that one experiment may hold: one per sweep logged there.
+MAX_RUNS_PER_POINT = 1000
 #: How long the sweep's end waits for the calls still queued (seconds).
 DRAIN_S = 120.0
 
@@ -244,12 +246,21 @@ class MlflowRuns(tune.Callback):
             "ce_ray.point": key.label,
             "ce_ray.seed_index": str(key.seed_index),
         }
-        query = " and ".join(f"tags.`{name}` = '{value}'" for name, value in tags.items())
-        found = self._call(
-            "finding the run", self.tracking.search_runs, [experiment_id], query, max_results=1
+        # The point and seed in MLflow's filter; the sweep's directory, which may hold any
+        # character (a quote would end the filter's string), compared here.
+        query = " and ".join(
+            f"tags.`{name}` = '{tags[name]}'" for name in ("ce_ray.point", "ce_ray.seed_index")
         )
-        if found is None:
+        runs = self._call(
+            "finding the run",
+            self.tracking.search_runs,
+            [experiment_id],
+            query,
+            max_results=MAX_RUNS_PER_POINT,
+        )
+        if runs is None:
             return None
+        found = [run for run in runs if run.data.tags.get("ce_ray.sweep") == self.directory]
         if found:
             run_id = found[0].info.run_id
             history = self._call(

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from ce_ray.configs import SweepConfig
 from ce_ray.results import plots, storage
 from ce_ray.results.tables import LAST_EPOCHS
 from ce_ray.theory.seeds import derive_seed
@@ -139,14 +138,19 @@ def write_plots(directory: str, trials: pd.DataFrame, table: pd.DataFrame) -> No
 
 
 def _sweep_seed(directory: str) -> int:
-    """The experiment seed of the sweep's configuration (0 when there is none)."""
+    """The experiment seed in the sweep's configuration (0 when there is none), read as data:
+    reading results imports nothing they name (a member's ``sweep.json`` names its module)."""
     location = storage.join(directory, "sweep.json")
     if not storage.exists(location):
         return 0
     try:
-        return SweepConfig.from_json(storage.read_json(location)).seed
-    except ValueError:  # not JSON, or not a configuration
-        raise ValueError(f"{location}: not a sweep configuration written by ce-ray") from None
+        record = storage.read_json(location)
+    except ValueError:  # not JSON
+        record = None
+    seed = record.get("seed") if isinstance(record, dict) else None
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"{location}: not a sweep configuration written by ce-ray")
+    return seed
 
 
 def report(directory: str, with_plots: bool = True) -> str:
@@ -163,6 +167,11 @@ def report(directory: str, with_plots: bool = True) -> str:
             f"{trials_path}: not a trials.parquet of ce-ray sweep (no {', '.join(missing[:3])})"
         )
     trials = columns.to_pandas()
+    if unknown := sorted({str(value) for value in trials["formulation"]} - set(PREDICTORS)):
+        raise ValueError(
+            f"{trials_path}: formulation {unknown[0]!r} is not one ce-ray writes "
+            f"(allowed: {', '.join(PREDICTORS)})"
+        )
     table = summary(trials)
     lines = [
         f"test_error: each trial's mean top-1 error (%) over its last {LAST_EPOCHS} epochs; "

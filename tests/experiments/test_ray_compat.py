@@ -5,8 +5,6 @@ groups' records are read on a real cluster: ``experiments/test_sweep.py::
 test_the_driver_frees_placement_groups_that_dead_actors_left``.)"""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import ray
@@ -27,22 +25,16 @@ def test_a_submitted_job_s_marker_is_the_one_ray_s_job_manager_sets():
     assert ray_compat.SUBMITTED_JOB_MARKER == RAY_JOB_CONFIG_JSON_ENV_VAR
 
 
-def test_a_local_cluster_starts_without_an_address_and_not_with_one(tmp_path):
-    """``ray.init()``'s own reading of RAY_ADDRESS and of the last cluster's record (in a
-    fresh process: Ray caches nothing across it)."""
-    script = "from ce_ray.experiments import ray_compat; print(ray_compat.starts_a_local_cluster())"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
-        "RAY_TMPDIR": str(tmp_path)
-    }
+def test_the_recorded_cluster_is_the_file_ray_init_reads(tmp_path, monkeypatch):
+    from ray._private.services import get_ray_address_from_environment
 
-    def run(extra: dict) -> str:
-        command = [sys.executable, "-c", script]
-        done = subprocess.run(command, env=env | extra, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
-
-    assert run({}) == "True"
-    assert run({"RAY_ADDRESS": "127.0.0.1:6390"}) == "False"
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    record = tmp_path / "ray" / "ray_current_cluster"
+    assert ray_compat.recorded_cluster_file() == str(record)
+    record.parent.mkdir()
+    record.write_text("127.0.0.1:6390")
+    assert get_ray_address_from_environment(None, None) == "127.0.0.1:6390"
 
 
 def test_the_autoscaler_s_limits_come_from_ray_s_state():

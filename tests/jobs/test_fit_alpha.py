@@ -3,6 +3,7 @@ one-line errors (`ray job submit` of it: tests/jobs/test_submitted_jobs.py)."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -48,11 +49,22 @@ def test_plain_script_starts_its_own_cluster_writes_to_s3_and_leaks_no_credentia
     API: the script starts a local cluster of its own and prints JSON (progress on stderr;
     resuming from S3: tests/experiments/test_cluster.py, tests/jobs/test_submitted_jobs.py).
     The secret key and session token appear on no process's command line, in no file of that
-    cluster's session directory, and in no result object."""
+    cluster's session directory, and in no result object. Ray's record of this node's cluster
+    names a listener of another user's: the script joins no such cluster (nothing connects to
+    the listener) and says so in one line."""
     bucket = f"ce-ray-{uuid.uuid4().hex[:12]}"
     s3_server.client().create_bucket(Bucket=bucket)
     env = ENV | leaks.secret_shell(s3_server.endpoint) | {"RAY_TMPDIR": ray_tmpdir}
     env.pop("RAY_ADDRESS", None)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    record = Path(ray_tmpdir) / "ray" / "ray_current_cluster"
+    record.parent.mkdir(mode=0o777)
+    record.write_text(f"127.0.0.1:{listener.getsockname()[1]}")
+    if os.getuid() == 0:  # root can give it away: another user's record
+        os.chown(record, 65534, 65534)
+    else:  # else one that other users may write
+        record.chmod(0o666)
     command = [
         sys.executable,
         "jobs/fit_alpha.py",
@@ -75,6 +87,10 @@ def test_plain_script_starts_its_own_cluster_writes_to_s3_and_leaks_no_credentia
     assert "[fit-alpha] 3/3 shards" in first.stderr  # progress goes to stderr with --json
     assert f"alpha = {data['alpha']:.4f}" in first.stderr
     assert not watch.stop()
+    assert "[cluster] starting a Ray cluster of its own on 127.0.0.1; not joining" in first.stderr
+    with pytest.raises(BlockingIOError):  # no connection came
+        listener.accept()
+    listener.close()
     assert not leaks.files_holding_a_secret(ray_tmpdir)
     client = s3_server.client()
     keys = {k.removeprefix("r/plain/fit_alpha/") for k in s3_server.keys(bucket)}

@@ -83,3 +83,38 @@ def test_the_variance_plot_labels_every_point_at_its_predicted_variance():
     columns = (table["n"], table["var_ensemble"], table["test_error"])
     assert labelled == {f"1x{n}d": (v, e) for n, v, e in zip(*columns, strict=True)}
     assert plots.error_against_variance_png(table, "primal").startswith(b"\x89PNG")
+
+
+def test_reading_results_runs_no_code_they_name(tmp_path, monkeypatch, capsys):
+    """A colleague's (or a shared bucket's) results whose sweep.json names a module placed
+    beside them: ``ce-ray report`` prints the table, and the module never runs."""
+    import json
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ce_ray import cli
+    from ce_ray.results import storage
+
+    values = {pa.string(): "x", pa.int64(): 1, pa.float64(): 1.0}
+    row = {field.name: values[field.type] for field in storage.TRIALS_SCHEMA}
+    row |= {"formulation": "primal", "status": "finished", "role": "baseline", "label": "1x1d"}
+    pq.write_table(
+        pa.Table.from_pylist([row], schema=storage.TRIALS_SCHEMA), tmp_path / "trials.parquet"
+    )
+    marker = tmp_path / "planted-code-ran"
+    (tmp_path / "planted_member.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n\ndef member(n):\n    raise SystemExit\n"
+    )
+    from ce_ray.configs import SweepConfig
+    from ce_ray.theory.by_name import make_space
+
+    member = make_space("tests.theory.test_member:fc_member", input_shape=(64,))
+    sweep = SweepConfig.from_preset("digits-mlp", alpha=1.0, member=member).to_json()
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep | {"member": "planted_member:member"}))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert cli.main(["report", ".", "--no-plots"]) == 0
+    assert "1x1d" in capsys.readouterr().out
+    assert not marker.exists() and "planted_member" not in sys.modules
