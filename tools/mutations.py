@@ -725,7 +725,7 @@ MUTATIONS = (
     Mutation(
         "a task that waits for a CPU or a node counts as stalled",
         "ce_ray/experiments/tasks.py",
-        "                if waiting_to_run(ref):  # its clock starts again: it has not run yet",
+        '                if state == "waiting":  # its clock starts again: it has not run yet',
         "                if False:",
         (
             "tests/experiments/test_stalls.py::test_a_task_that_waits_for_a_cpu_past_the_stall_limit_has_not_stalled",

@@ -89,11 +89,21 @@ def cluster_to_join(address: str | None) -> tuple[str | None, str]:
 
 
 def own_recorded_cluster(record: str) -> tuple[str | None, str]:
-    """``(address, "")`` when ``record`` is a file this user owns and no one else may write,
+    """``(address, "")`` when ``record`` is this user's own (:func:`read_own_file`);
+    ``(None, why)`` when it is there but not; ``(None, "")`` when there is none."""
+    text, refused = read_own_file(record)
+    if text is None:
+        return None, refused
+    address = text.strip()[:256]
+    return (address, "") if address else (None, "it is empty")
+
+
+def read_own_file(path: str) -> tuple[str | None, str]:
+    """``(text, "")`` when ``path`` is a plain file this user owns and no one else may write,
     read through the descriptor that was checked (so it cannot be swapped in between);
     ``(None, why)`` when it is there but fails that; ``(None, "")`` when there is none."""
     try:
-        descriptor = os.open(record, os.O_RDONLY | os.O_NOFOLLOW)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None, ""
     except OSError as error:  # a link, or unreadable
@@ -106,8 +116,7 @@ def own_recorded_cluster(record: str) -> tuple[str | None, str]:
             return None, f"it belongs to another user (uid {status.st_uid})"
         if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             return None, "other users may write it"
-        address = stream.read(256).strip()
-    return (address or None), ("" if address else "it is empty")
+        return stream.read(), ""
 
 
 def max_resources() -> dict[str, float]:
@@ -156,19 +165,23 @@ def default_workers() -> int:
 
 
 def _local_autoscaler_config() -> dict | None:
-    """The ``--autoscaling-config`` of a Ray monitor on this node, if one runs here."""
+    """The ``--autoscaling-config`` of a Ray monitor on this node, if one of this user's runs
+    here and the file is this user's and no one else may write it (another user's monitor, or
+    a file they could change, would set how many trials run and which the sweep refuses)."""
     import psutil
     import yaml
 
-    for process in psutil.process_iter(["cmdline"]):
+    for process in psutil.process_iter(["cmdline", "uids"]):
         command = process.info["cmdline"] or []
         if not any(part.endswith("autoscaler/_private/monitor.py") for part in command):
             continue
+        uids = process.info["uids"]
+        if uids is None or uids.real != os.getuid():
+            continue
         for part in command:
             if part.startswith("--autoscaling-config="):
-                path = os.path.expanduser(part.split("=", 1)[1])
-                with open(path) as stream:
-                    return yaml.safe_load(stream)
+                text, _ = read_own_file(os.path.expanduser(part.split("=", 1)[1]))
+                return yaml.safe_load(text) if text is not None else None
     return None
 
 

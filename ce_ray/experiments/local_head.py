@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 BIN = Path(sys.executable).parent
 
 # Ray looks for a token in this order; any one of them is enough.
@@ -81,6 +83,29 @@ def listening(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as probe:
         probe.settimeout(0.5)
         return probe.connect_ex((host, port)) == 0
+
+
+def listener_pid(port: int, host: str = "127.0.0.1") -> int | None:
+    """The process listening on ``host:port`` (None: nothing does, or it is not one this user
+    may see -- another user's)."""
+    for connection in psutil.net_connections(kind="tcp"):
+        if (
+            connection.status == psutil.CONN_LISTEN
+            and connection.laddr
+            and connection.laddr.port == port
+            and connection.laddr.ip in (host, "0.0.0.0")
+        ):
+            return connection.pid
+    return None
+
+
+def _listens_for(head_pgid: int, port: int) -> bool:
+    """Whether the listener on ``port`` is a process of the head's own process group."""
+    pid = listener_pid(port)
+    try:
+        return pid is not None and os.getpgid(pid) == head_pgid
+    except ProcessLookupError:
+        return False
 
 
 def free_port() -> int:
@@ -142,6 +167,15 @@ def start_head(
             tail = Path(log_path).read_text()[-2000:] if log_path else ""
             raise RuntimeError(f"the Ray head did not start (exit {process.returncode}): {tail}")
         time.sleep(0.25)
+    # The ports were free when chosen; another process may have taken one since. Nothing is
+    # sent (a job, the token) to a listener that is not this head's.
+    taken = [p for p in (dashboard_port, agent_port) if not _listens_for(process.pid, p)]
+    if taken:
+        stop_head(head)
+        raise RuntimeError(
+            f"port {taken[0]} on 127.0.0.1 is held by a process that is not the Ray head just "
+            "started (another user's?); run again to choose other ports"
+        )
     return head
 
 

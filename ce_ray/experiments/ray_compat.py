@@ -64,15 +64,16 @@ class PlacementGroupRecord:
 
     group_id: bytes
     job_id: str  # hex
-    creator_dead: bool | None  # None: no creator actor (the driver's own group)
+    creator_dead: bool | None  # None: no creator actor (the driver's own group), or unknown
     resources: dict[str, float]
 
 
 def placement_groups() -> Iterator[PlacementGroupRecord]:
     """The live, non-detached placement groups, each with its creator actor's fate read from
     the actor table (the group's own ``creator_actor_dead`` stayed False for the groups of Train
-    controllers that Tune's stopped trials took with them). The GCS tables through
-    ``ray._private.state``: Ray's public placement-group table names no creator."""
+    controllers that Tune's stopped trials took with them); a creator the table does not hold
+    is unknown (None), not dead. The GCS tables through ``ray._private.state``: Ray's public
+    placement-group table names no creator."""
     import ray
     from ray._private.state import state
     from ray.core.generated import gcs_pb2
@@ -85,8 +86,8 @@ def placement_groups() -> Iterator[PlacementGroupRecord]:
         creator = ray.ActorID(group.creator_actor_id) if group.creator_actor_id else None
         dead = None
         if creator is not None and not creator.is_nil():
-            # No record: long dead, evicted.
-            dead = state.actor_table(creator.hex()).get("State", "DEAD") == "DEAD"
+            known = state.actor_table(creator.hex())
+            dead = known.get("State") == "DEAD" if known else None
         held: dict[str, float] = {}
         for bundle in group.bundles:
             for key, value in bundle.unit_resources.items():

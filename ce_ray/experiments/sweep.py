@@ -69,12 +69,23 @@ class FreeOrphanedGroups(tune.Callback):
     def __init__(self, log: Log, every_s: float = FREE_ORPHANS_EVERY_S):
         self.log, self.every_s = log, every_s
         self.looked_at = float("-inf")
+        self.said_it_failed = False
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if time.monotonic() - self.looked_at < self.every_s:
             return
         self.looked_at = time.monotonic()
-        for held in cluster.free_orphaned_placement_groups():
+        try:
+            freed = cluster.free_orphaned_placement_groups()
+        except Exception as error:  # an RPC that failed, a changed private API: the sweep goes on
+            if not self.said_it_failed:
+                self.said_it_failed = True
+                self.log(
+                    "[sweep] could not look for placement groups that stopped trials left "
+                    f"behind ({type(error).__name__}: {storage.first_line(error)}); going on"
+                )
+            return
+        for held in freed:
             resources = ", ".join(f"{k} {v:g}" for k, v in sorted(held.items()))
             self.log(
                 f"[sweep] freed a placement group ({resources}) that a stopped trial's Train "

@@ -89,29 +89,35 @@ STATE_API_TIMEOUT_S = 5
 @dataclass
 class _Running:
     item: tuple
-    started: float  # its stall clock: from its submission, or when Ray last said it waited to run
+    started: float  # its stall clock: from its submission, or from when Ray says it began to run
     attempt: int
     first_on_its_worker: bool  # one of the first ``workers`` tasks, or a stalled task's rerun:
     # it may pay for a worker's start
 
 
-def waiting_to_run(ref: ray.ObjectRef) -> bool:
-    """Whether Ray's State API says that ``ref``'s task has not begun to run: it waits for a
-    CPU, or for a node the autoscaler is adding (minutes on a cloud). Such a task has not
-    stalled. False when the State API does not answer (no dashboard, a timeout): the task's
-    time then counts from its submission."""
+def task_state(ref: ray.ObjectRef) -> tuple[str, float | None]:
+    """What Ray's State API says of ``ref``'s task (its latest attempt): ``("waiting", None)``
+    -- it has not begun to run (it waits for a CPU, or for a node the autoscaler is adding:
+    minutes on a cloud); ``("running", since)`` -- it began to run at ``since`` (on
+    ``time.monotonic``'s clock; None when Ray does not say); ``("unknown", None)`` -- the State
+    API did not answer (no dashboard, a timeout)."""
     from ray.util.state import get_task
 
     try:
         # A list of the task's attempts, although typed as one TaskState.
         found: Any = get_task(ref, timeout=STATE_API_TIMEOUT_S)
     except Exception:  # the State API's errors vary with what is missing
-        return False
+        return "unknown", None
     attempts = found if isinstance(found, list) else [found] if found else []
     if not attempts:
-        return False
+        return "unknown", None
     latest = max(attempts, key=lambda attempt: attempt.attempt_number)
-    return str(latest.state).startswith("PENDING")
+    if str(latest.state).startswith("PENDING"):
+        return "waiting", None
+    started_ms = getattr(latest, "start_time_ms", None)
+    if not started_ms:
+        return "running", None
+    return "running", time.monotonic() - max(0.0, time.time() - started_ms / 1000)
 
 
 def run_tasks(
@@ -133,13 +139,14 @@ def run_tasks(
     UNIT: describe(item, result) [elapsed]``, counting ``done_before`` items that an earlier
     run finished. A task that raises cancels the rest and raises a ``ValueError`` with the
     last line of its error (the cause's message for a ValueError). A worker that dies is
-    Ray's to retry (``max_retries``); a task that runs longer than ``stall_limit_s(
+    Ray's to retry (``max_retries``); a task that has run longer than ``stall_limit_s(
     stall_timeout_s, the longest finished task)`` (the first ``workers`` tasks aside: they
     include starting the worker processes) -- a worker stopped or hung, not dead -- is
-    killed and run again, one line each time, up to ``max_retries`` times, unless Ray says it
-    has not begun to run (:func:`waiting_to_run`: ``workers`` may count CPUs that an
-    autoscaler has still to add). Items are deterministic, so a rerun computes the same
-    result.
+    killed and run again, one line each time, up to ``max_retries`` times. Its time counts
+    from when Ray's State API says it began to run (:func:`task_state`): a task that waits
+    for a CPU or a node (``workers`` may count CPUs that an autoscaler has still to add) has
+    not stalled, and while the State API does not answer no task is taken for stalled.
+    Items are deterministic, so a rerun computes the same result.
     """
     task = ray.remote(function).options(max_retries=max_retries, num_cpus=1, num_gpus=num_gpus)
     # (item, attempt, whether its task starts a worker process)
@@ -147,6 +154,7 @@ def run_tasks(
     running: dict[ray.ObjectRef, _Running] = {}
     started, total = time.perf_counter(), done_before + len(items)
     longest, checked, submitted = 0.0, time.monotonic(), 0
+    state_api_silent = False
     while queue or running:
         while queue and len(running) < workers:
             item, attempt, starts_a_worker = queue.pop(0)
@@ -160,11 +168,24 @@ def run_tasks(
             checked = time.monotonic()
             limit = stall_limit_s(stall_timeout_s, longest)
             for ref, run in list(running.items()):
-                seconds = time.monotonic() - run.started
-                if ref in ready or seconds <= limit:
+                if ref in ready or time.monotonic() - run.started <= limit:
                     continue
-                if waiting_to_run(ref):  # its clock starts again: it has not run yet
+                state, since = task_state(ref)
+                if state == "waiting":  # its clock starts again: it has not run yet
                     run.started = time.monotonic()
+                    continue
+                if state == "unknown":  # no answer is not a stall: asked again next poll
+                    if not state_api_silent:
+                        state_api_silent = True
+                        log(
+                            f"{prefix} Ray's State API does not answer: a task past its stall "
+                            "limit is left running until it does"
+                        )
+                    continue
+                if since is not None:  # timed from when Ray says it began to run
+                    run.started = since
+                seconds = time.monotonic() - run.started
+                if seconds <= limit:
                     continue
                 ray.cancel(ref, force=True)
                 del running[ref]

@@ -67,3 +67,45 @@ def test_an_address_the_user_gave_is_joined_before_any_record(record, monkeypatc
     assert joined == "127.0.0.1:7000" and "(RAY_ADDRESS: set)" in line
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
     assert "(RAY_ADDRESS: this job's cluster)" in cluster.cluster_to_join(None)[1]
+
+
+def monitor_like(config: str, **options: object):
+    """A process whose command line reads as a Ray monitor's with ``config``."""
+    import subprocess
+
+    command = ["/bin/sh", "-c", "read line", "x/autoscaler/_private/monitor.py"]
+    command += [f"--autoscaling-config={config}"]
+    return subprocess.Popen(command, stdin=subprocess.PIPE, **options)  # type: ignore[call-overload]
+
+
+def test_the_autoscaler_s_limits_come_only_from_this_user_s_own_monitor_and_file(tmp_path):
+    config = tmp_path / "autoscaling.yaml"
+    config.write_text("max_workers: 3\n")
+    config.chmod(0o644)
+    monitor = monitor_like(str(config))
+    try:
+        assert cluster._local_autoscaler_config() == {"max_workers": 3}
+        config.chmod(0o666)  # a file others may change
+        assert cluster._local_autoscaler_config() is None
+    finally:
+        monitor.communicate()
+    if os.getuid() == 0:  # another user's monitor, naming a file of this user's
+        config.chmod(0o644)
+        tmp_path.chmod(0o755)
+        theirs = monitor_like(str(config), user=65534)
+        try:
+            assert cluster._local_autoscaler_config() is None
+        finally:
+            theirs.communicate()
+
+
+def test_run_local_sends_nothing_to_a_port_another_process_holds():
+    import socket
+
+    from ce_ray.experiments import local_head
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        assert local_head.listener_pid(port) == os.getpid()
+        assert local_head._listens_for(os.getpgid(0), port)
+        assert not local_head._listens_for(os.getpgid(0) + 1_000_000, port)  # not the head's

@@ -288,3 +288,29 @@ def test_a_task_that_waits_for_a_cpu_past_the_stall_limit_has_not_stalled():
     assert sorted(results) == [0, 1]
     assert not any("stalled" in line for line in lines), lines  # ... and ran once each
     ray.get(holder)
+
+
+def sleep_and_return(item: int) -> int:
+    time.sleep(3.0)
+    return item
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_task_past_its_limit_while_the_state_api_is_silent_is_left_running(monkeypatch):
+    """No answer from Ray's State API (no dashboard, a timeout) is not a stall: the task
+    runs on, and one line says the watch waits for an answer."""
+    from ce_ray.experiments import tasks
+
+    monkeypatch.setattr(tasks, "task_state", lambda ref: ("unknown", None))
+    lines: list[str] = []
+    results = tasks.run_tasks(
+        sleep_and_return,
+        [(0,), (1,), (2,)],
+        1,
+        lambda item, _: str(item[0]),
+        lines.append,
+        stall_timeout_s=1.0,
+    )
+    assert sorted(results) == [0, 1, 2]
+    assert not any("stalled" in line for line in lines), lines
+    assert sum("State API does not answer" in line for line in lines) == 1, lines

@@ -352,6 +352,15 @@ def test_the_driver_frees_placement_groups_that_dead_actors_left(ray_cluster):
             self.controller = Controller.remote()  # owned by the trial: dies with it
             return ray.get(self.controller.start_worker_group.remote(cpus), timeout=60)
 
+    # Another job on the same cluster, with a group whose creator died: not this sweep's.
+    other_job = subprocess.Popen(
+        [sys.executable, "-c", OTHER_JOB_WITH_AN_ORPHANED_GROUP],
+        env=os.environ | {"RAY_ADDRESS": ray.get_runtime_context().gcs_address},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert other_job.stdout is not None and other_job.stdout.readline().strip() == "ready"
     stopped, alive = Trial.remote(), Controller.remote()
     orphan = ray.get(stopped.start.remote(0.5), timeout=90)
     kept = ray.get(alive.start_worker_group.remote(0.25), timeout=90)
@@ -368,6 +377,9 @@ def test_the_driver_frees_placement_groups_that_dead_actors_left(ray_cluster):
             time.sleep(0.2)
         states = {g: placement_group_table(g)["state"] for g in (orphan, kept, tunes)}
         assert states == {orphan: "REMOVED", kept: "CREATED", tunes: "CREATED"}, states
+        others = [g for g in placement_group_table().values() if g["state"] == "CREATED"]
+        held = [bundle.get("CPU") for g in others for bundle in g["bundles"].values()]
+        assert 0.125 in held  # the other job's orphan: not this sweep's to free
         assert lines == [
             "[sweep] freed a placement group (CPU 0.5) that a stopped trial's Train controller "
             "left behind (Ray Train's cleaner missed it)"
@@ -375,6 +387,55 @@ def test_the_driver_frees_placement_groups_that_dead_actors_left(ray_cluster):
         sweeper.on_step_begin(1, [])  # within every_s: does not look again
         assert len(lines) == 1
     finally:
+        other_job.communicate(timeout=60)  # stdin closed: it ends, and Ray frees its groups
         for group in (kept, tunes):
             remove_placement_group(group)
         ray.kill(alive)
+
+
+#: A second driver: a trial-like actor's controller makes a group, the trial is killed, and
+#: the driver waits until told to end (its group is an orphan of a job that lives on).
+OTHER_JOB_WITH_AN_ORPHANED_GROUP = """
+import sys
+import ray
+from ray.util.placement_group import placement_group
+
+ray.init()
+
+@ray.remote(num_cpus=0)
+class Controller:
+    def start_worker_group(self):
+        group = placement_group([{"CPU": 0.125}])
+        ray.get(group.ready(), timeout=60)
+        return group
+
+@ray.remote(num_cpus=0)
+class Trial:
+    def start(self):
+        self.controller = Controller.remote()
+        return ray.get(self.controller.start_worker_group.remote(), timeout=60)
+
+trial = Trial.remote()
+ray.get(trial.start.remote(), timeout=90)
+ray.kill(trial)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_failed_look_for_orphaned_groups_is_one_line_and_the_sweep_goes_on(monkeypatch):
+    from ce_ray.experiments import cluster
+    from ce_ray.experiments.sweep import FreeOrphanedGroups
+
+    def unreachable() -> list:
+        raise ConnectionError("GCS unreachable\nmore detail")
+
+    monkeypatch.setattr(cluster, "free_orphaned_placement_groups", unreachable)
+    lines: list[str] = []
+    sweeper = FreeOrphanedGroups(lines.append, every_s=0)
+    for step in range(3):
+        sweeper.on_step_begin(step, [])
+    assert lines == [
+        "[sweep] could not look for placement groups that stopped trials left behind "
+        "(ConnectionError: GCS unreachable); going on"
+    ]
