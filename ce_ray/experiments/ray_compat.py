@@ -86,14 +86,23 @@ def placement_groups() -> Iterator[PlacementGroupRecord]:
         creator = ray.ActorID(group.creator_actor_id) if group.creator_actor_id else None
         dead = None
         if creator is not None and not creator.is_nil():
-            known = state.actor_table(creator.hex())
-            dead = known.get("State") == "DEAD" if known else None
+            dead = creator_is_dead(state.actor_table(creator.hex()))
         held: dict[str, float] = {}
         for bundle in group.bundles:
             for key, value in bundle.unit_resources.items():
                 held[key] = held.get(key, 0.0) + value
         job = ray.JobID(group.creator_job_id).hex()
         yield PlacementGroupRecord(group.placement_group_id, job, dead, held)
+
+
+def creator_is_dead(actor_record: dict) -> bool | None:
+    """From the actor table's record of a group's creator: dead, alive, or None -- unknown
+    (no record: evicted, or not yet written), which is no reason to free its group.
+
+    >>> creator_is_dead({"State": "DEAD"}), creator_is_dead({"State": "ALIVE"}), creator_is_dead({})
+    (True, False, None)
+    """
+    return actor_record.get("State") == "DEAD" if actor_record else None
 
 
 # --- Ray Train V2, inside a trial ---

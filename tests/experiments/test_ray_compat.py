@@ -53,6 +53,12 @@ def test_the_placement_group_records_hold_what_is_read_of_them():
     assert table.REMOVED != table.CREATED
 
 
+def test_a_creator_the_actor_table_does_not_hold_is_unknown_not_dead():
+    assert ray_compat.creator_is_dead({}) is None
+    assert ray_compat.creator_is_dead({"State": "DEAD"}) is True
+    assert ray_compat.creator_is_dead({"State": "ALIVE"}) is False
+
+
 def test_train_v2_reads_the_environment_ce_ray_sets():
     from ray.train.v2._internal import constants
 
