@@ -397,6 +397,13 @@ MUTATIONS = (
         ("tests/experiments/test_sweep.py", "-k", "failed_look"),
     ),
     Mutation(
+        "nothing beats while a worker waits alive (an upload, a decision)",
+        "ce_ray/worker/records.py",
+        "        while not done.wait(HEARTBEAT_S / 2):\n            beat()",
+        "        while not done.wait(HEARTBEAT_S / 2):\n            pass",
+        ("tests/worker/test_loop.py", "-k", "beats_while"),
+    ),
+    Mutation(
         "a task is taken for stalled while the State API is silent",
         "ce_ray/experiments/tasks.py",
         '                if state == "unknown":  # no answer is not a stall: asked again next poll',

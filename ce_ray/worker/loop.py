@@ -4,6 +4,7 @@ GPU, DDP over NCCL; gloo on CPU). Ordinary PyTorch plus ``ray.train.report`` onc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
@@ -24,7 +25,7 @@ from ce_ray.presets import Recipe
 from ce_ray.theory.models import PackedSeeds
 from ce_ray.theory.seeds import derive_seed
 from ce_ray.worker.pipeline import Execution, StackedBatches, train_loader
-from ce_ray.worker.records import Heartbeat, TrialRecord, wait_for_decision
+from ce_ray.worker.records import Heartbeat, TrialRecord, beating, wait_for_decision
 
 # Plain fp32, no layout change, no compile: what the loop does unless told otherwise.
 FP32 = Execution()
@@ -206,11 +207,15 @@ def train_point(config: dict) -> None:
     top5 = sweep.classes > 5
     for epoch in range(start_epoch, sweep.epochs + 1):
         if record is not None and sweep.scheduler_stops_trials:
-            wait_for_decision(config["record"], epoch - 2)
+            with beating(beat):
+                wait_for_decision(config["record"], epoch - 2)
         started = time.perf_counter()
         for sampler in samplers:
             sampler.set_epoch(epoch)
-        losses = train_epoch(model, batches, optimizer, device, execution, scaler, beat)
+        # A first compiled step can take minutes: beat through this start's first epoch.
+        first_compiled = execution.compile and epoch == start_epoch
+        with beating(beat) if first_compiled else contextlib.nullcontext():
+            losses = train_epoch(model, batches, optimizer, device, execution, scaler, beat)
         schedule.step()
         errors = evaluate(
             model, test_set, batch, device, rank, world, top5, execution, len(seeds), beat
@@ -233,7 +238,8 @@ def train_point(config: dict) -> None:
             metrics["time_total_s"] = time.time() - record.first_started_at
             record.add(metrics | {"seeds": per_seed})
         state = _state(network, optimizer, schedule, scaler, epoch, train_time)
-        _report_with_checkpoint(metrics, state, world)
+        with beating(beat):  # the checkpoint's upload (S3: seconds to minutes)
+            _report_with_checkpoint(metrics, state, world)
 
 
 def seed_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,11 @@ it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
+from collections.abc import Callable, Iterator
 
 from ce_ray.results import storage
 
@@ -91,6 +94,27 @@ class Heartbeat:
             storage.write_bytes(json.dumps(payload).encode(), self.location)
 
 
+@contextlib.contextmanager
+def beating(beat: Callable[[], None]) -> Iterator[None]:
+    """``beat`` from a thread of this process, every ``HEARTBEAT_S`` at most, while the block
+    runs: work that is slow but alive -- a checkpoint's upload, a wait for Tune's decision, a
+    first compiled step -- is no stall, while a stopped process (every thread of it) still
+    stops beating."""
+    done = threading.Event()
+
+    def keep_beating() -> None:
+        while not done.wait(HEARTBEAT_S / 2):
+            beat()
+
+    thread = threading.Thread(target=keep_beating, name="beating", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 def decision_location(record: str) -> str:
     return f"{record}.go"
 
@@ -120,8 +144,9 @@ def wait_for_decision(record: str, epoch: int) -> None:
     epoch ``e`` with ``epoch = e - 2``: training runs at most one epoch ahead of Tune's
     decisions, so that a stop lands however short an epoch is (the trial's driver is what
     reads the record and reports, about once a second). When Tune stops the trial, its
-    actor goes and takes this worker with it. It does not beat the heartbeat: a decision that
-    never comes is a stall like any other, noticed by the driver's stall watch.
+    actor goes and takes this worker with it. The caller beats while it waits
+    (:func:`beating`): a decision that comes late, as Tune's loop tends the other trials, is
+    the worker waiting alive, not a stall.
     """
     while epoch > 0 and read_decision(record) < epoch:
         time.sleep(DECISION_POLL_S)

@@ -207,3 +207,21 @@ def test_a_checkpoint_loads_with_weights_only_and_restores_every_rng():
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
     assert state["epoch"] == 3 and set(state["model"]) == {"weight", "bias"}
+
+
+def test_a_worker_beats_while_it_waits_alive_and_not_once_stopped(tmp_path, monkeypatch):
+    """Slow but alive (a checkpoint's upload, a wait for Tune's decision, a first compiled
+    step): the heartbeat goes on from a thread; after the block it is the loop's again."""
+    import time
+
+    from ce_ray.worker import records
+
+    monkeypatch.setattr(records, "HEARTBEAT_S", 0.05)
+    record = str(tmp_path / "trial")
+    beat = records.Heartbeat(record, start=0)
+    with records.beating(beat):
+        time.sleep(0.5)  # a call that blocks: the upload, the decision
+    beats = records.read_heartbeat(record)
+    assert beats[0] == 0 and beats[1] >= 3
+    time.sleep(0.3)
+    assert records.read_heartbeat(record) == beats  # nothing beats outside the block
