@@ -13,6 +13,8 @@ what                                        why
 :func:`placement_groups`                    groups whose creator died, which Ray keeps
 :func:`set_train_environment`               Train V2's report poll, no preemption watcher
 :func:`torch_trainer_without_ray_data`      no Ray Data actor per trial
+:func:`controller_state_callback`          a frozen start-up told from a wait
+
 :data:`WORKER_GROUP_START_ATTEMPTS`         a worker group that never starts fails
 :func:`keep_credentials_out_of_trials`      Tune copies AWS keys into trial runtime envs
 :func:`use_callbacks_on_restore`            a restored Tuner keeps its pickled callbacks
@@ -172,6 +174,32 @@ def train_failure_config(max_failures: int) -> Any:
     return ray.train.FailureConfig(  # type: ignore[call-arg]
         max_failures=max_failures, controller_failure_limit=WORKER_GROUP_START_ATTEMPTS
     )
+
+
+def controller_state_callback(location: str) -> Any:
+    """A callback for a run's Train controller that writes its state on every change --
+    ``{"state": "RunningState", "since": time.time()}`` -- to ``location``: whether the worker
+    group waits to be scheduled (CPUs, GPUs, a node the autoscaler adds) or has started, which
+    a trial's stall watch needs to tell a frozen start-up from a wait for resources. Train V2
+    has no public hook on its controller: ``ray.train.v2._internal.execution.callback.
+    ControllerCallback``, handed over in ``RunConfig.callbacks`` (which Train appends to its own).
+    A failed write is dropped: an error in a controller callback would fail the run."""
+    import json
+    import time
+
+    from ray.train.v2._internal.execution.callback import ControllerCallback
+
+    from ce_ray.results import storage
+
+    class ControllerStateToFile(ControllerCallback):
+        def after_controller_state_update(self, previous_state: Any, current_state: Any) -> None:
+            written = {"state": type(current_state).__name__, "since": time.time()}
+            try:
+                storage.write_bytes(json.dumps(written).encode(), location)
+            except Exception:  # the watch reads no state then; the run goes on
+                pass
+
+    return ControllerStateToFile()
 
 
 # --- Ray Tune, in the sweep's driver ---

@@ -68,6 +68,7 @@ def run_trial(trial: dict, datasets: list) -> None:
             storage_path=storage.join(trial["experiment_dir"], "train"),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray_compat.train_failure_config(trial["max_failures"]),
+            callbacks=[ray_compat.controller_state_callback(records.controller_location(record))],
         ),
     )
     point, indices = trial["point"], trial["seed_indices"]
@@ -86,16 +87,26 @@ class TrialStalled(RuntimeError):
 
 
 class Progress:
-    """One trial's signs of life, read from its record and its heartbeat by the trial
-    function: the epochs it reported and rank 0's beats. The stall clock starts with this
-    start's first beat (until then the worker group may be waiting for a node) and runs from
-    the last change seen, against ``stall_limit_s(floor, the longest pause so far)``."""
+    """One trial's signs of life, read by the trial function: the epochs its record holds,
+    rank 0's beats, and the state of its Ray Train controller
+    (``ray_compat.controller_state_callback``).
+
+    The stall clock runs while the run's worker group is up (the controller in
+    ``RunningState``): from when it started until this start's first beat, against the
+    longest start-up this sweep has recorded (``records.longest_startup``) -- a worker frozen
+    in its start-up is noticed, a slow import on a busy node is not a stall -- and then from
+    the last change seen, against ``stall_limit_s(floor, the longest pause so far)``. While the
+    controller schedules a worker group (waiting for CPUs, GPUs or a node) the clock holds.
+    Without word from the controller (an older run) it starts with the first beat.
+    """
 
     def __init__(self, record: str, floor_s: float):
         self.record, self.floor_s = record, floor_s
         self.first_beat = records.read_heartbeat(record)  # left by an earlier start, if any
+        self.started = time.time()  # this start's: the controller's older words are not its
         self.state: tuple | None = None
         self.changed_at: float | None = None
+        self.running_since: float | None = None
         self.longest_pause = 0.0
 
     def read(self) -> list[dict]:
@@ -104,21 +115,42 @@ class Progress:
         beat = records.read_heartbeat(self.record)
         state = (len(epochs), epochs[-1]["epoch"] if epochs else 0, beat)
         now = time.monotonic()
+        controller = records.read_controller(self.record)
+        heard = controller is not None and controller[1] >= self.started - 1.0
+        running = heard and controller is not None and controller[0] == "RunningState"
+        if running and self.running_since is None and controller is not None:
+            self.running_since = now - max(0.0, time.time() - controller[1])
+        if heard and not running:  # scheduling a worker group: not a stall
+            self.running_since = None
+            if self.changed_at is not None:
+                self.changed_at = now
         if state != self.state:
             if self.changed_at is not None:
                 self.longest_pause = max(self.longest_pause, now - self.changed_at)
+            elif beat != self.first_beat and self.running_since is not None:
+                records.write_startup(self.record, now - self.running_since)
             if self.changed_at is not None or beat != self.first_beat:
                 self.changed_at = now
             self.state = state
         return epochs
 
     @property
+    def starting(self) -> bool:
+        """Whether this start has not beaten yet."""
+        return self.changed_at is None
+
+    @property
     def limit_s(self) -> float:
+        if self.starting:
+            records_dir = os.path.dirname(self.record)
+            return stall_limit_s(self.floor_s, records.longest_startup(records_dir))
         return stall_limit_s(self.floor_s, self.longest_pause)
 
     def idle_s(self) -> float:
-        """Seconds since the last sign of progress (0 before this start's first beat)."""
-        return 0.0 if self.changed_at is None else time.monotonic() - self.changed_at
+        """Seconds since the last sign of progress: since the worker group started while this
+        start has not beaten, and 0 while it waits to be scheduled."""
+        since = self.running_since if self.starting else self.changed_at
+        return 0.0 if since is None else time.monotonic() - since
 
 
 def report_from_record(
@@ -171,10 +203,13 @@ def report_from_record(
                 records.write_decision(record, reported)
         if done:
             break
-        if progress.idle_s() > progress.limit_s:
+        # The floor first: the start-up's allowance lists the sweep's records.
+        if progress.idle_s() > progress.floor_s and progress.idle_s() > progress.limit_s:
+            where = " in its start-up" if progress.starting else ""
             message = (
-                f"[sweep] trial {label} stalled: no progress for {progress.idle_s():.0f} s "
-                f"(limit {progress.limit_s:.0f} s); failing it, to retry from its checkpoint"
+                f"[sweep] trial {label} stalled{where}: no progress for "
+                f"{progress.idle_s():.0f} s (limit {progress.limit_s:.0f} s); failing it, to "
+                "retry from its checkpoint"
             )
             print(message, flush=True)
             raise TrialStalled(message)

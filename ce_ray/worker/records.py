@@ -115,6 +115,44 @@ def beating(beat: Callable[[], None]) -> Iterator[None]:
         thread.join()
 
 
+def controller_location(record: str) -> str:
+    return f"{record}.controller"
+
+
+def read_controller(record: str) -> tuple[str, float] | None:
+    """``(state, since)``: the state of the trial's Ray Train controller (``RunningState``:
+    its worker group has started; ``SchedulingState``: it waits for CPUs, GPUs or a node) and
+    when it began (``time.time()``), as the controller last wrote it; None before it has
+    (polled: a read cut short is "not yet")."""
+    try:
+        written = json.loads(storage.read_text(controller_location(record)))
+        return str(written["state"]), float(written["since"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def startup_location(record: str) -> str:
+    return f"{record}.startup"
+
+
+def write_startup(record: str, seconds: float) -> None:
+    """How long this start of the trial took from its worker group's start to its first
+    beat -- what a start-up takes in this sweep, which the stall watch allows for."""
+    storage.write_bytes(json.dumps({"seconds": seconds}).encode(), startup_location(record))
+
+
+def longest_startup(records_dir: str) -> float:
+    """The longest start-up any trial of the sweep has recorded (0.0 before any)."""
+    longest = 0.0
+    for name in storage.list_files(records_dir, ".startup"):
+        try:
+            text = storage.read_text(storage.join(records_dir, name))
+            longest = max(longest, float(json.loads(text)["seconds"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return longest
+
+
 def decision_location(record: str) -> str:
     return f"{record}.go"
 

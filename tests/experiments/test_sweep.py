@@ -22,6 +22,7 @@ from ce_ray.experiments.sweep import run_sweep
 from ce_ray.presets import FIT_PRESETS, SWEEP_PRESETS
 from ce_ray.theory.curves import curve, select_points
 from ce_ray.theory.spaces import FCSpace
+from ce_ray.worker import records
 from tests.conftest import epochs_by_trial, training_workers
 
 TINY = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "2"]
@@ -125,6 +126,13 @@ def test_sweep_writes_parquet_and_resumes_without_retraining(shared_run, capsys)
         assert f"[sweep] trial {label} seeds [0, 1] started" in out
         assert f"[sweep] trial {label} seeds [0, 1] finished: " in out
     assert "Trial name" not in out and "Configuration for experiment" not in out
+    # Each run's Train controller wrote its state for the stall watch, and each start its
+    # start-up (from its worker group's start to its first beat).
+    for trial_id in trials["trial_id"].unique():
+        record = records.record_location(str(tmp_path / "s"), trial_id)
+        state = records.read_controller(record)
+        assert state is not None and state[0] in ("FinishedState", "ShuttingDownState"), state
+    assert 0 < records.longest_startup(str(tmp_path / "s" / "records")) < 600
     report = subprocess.run(
         [str(Path(sys.executable).parent / "ce-ray"), "report", str(tmp_path / "s"), "--no-plots"],
         capture_output=True,
