@@ -14,6 +14,7 @@ what                                        why
 :func:`set_train_environment`               Train V2's report poll, no preemption watcher
 :func:`torch_trainer_without_ray_data`      no Ray Data actor per trial
 :func:`controller_state_callback`          a frozen start-up told from a wait
+:func:`worker_group_start_timeout_s`       Train's wait for a worker group's resources
 
 :data:`WORKER_GROUP_START_ATTEMPTS`         a worker group that never starts fails
 :func:`keep_credentials_out_of_trials`      Tune copies AWS keys into trial runtime envs
@@ -200,6 +201,20 @@ def controller_state_callback(location: str) -> Any:
                 pass
 
     return ControllerStateToFile()
+
+
+def worker_group_start_timeout_s() -> float:
+    """How long Train V2 waits for a worker group's resources before it tries again
+    (``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``, 60 s by default:
+    ``ray.train.v2._internal.constants``)."""
+    from ray.train.v2._internal.constants import (
+        DEFAULT_WORKER_GROUP_START_TIMEOUT_S,
+        WORKER_GROUP_START_TIMEOUT_S_ENV_VAR,
+    )
+
+    return float(
+        os.environ.get(WORKER_GROUP_START_TIMEOUT_S_ENV_VAR, DEFAULT_WORKER_GROUP_START_TIMEOUT_S)
+    )
 
 
 # --- Ray Tune, in the sweep's driver ---

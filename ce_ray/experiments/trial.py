@@ -86,18 +86,32 @@ class TrialStalled(RuntimeError):
     """A trial's training made no progress for longer than its limit."""
 
 
+#: The Train controller's states in which it sets up a worker group: it waits for the group's
+#: resources (a placement group, at most ``ray_compat.worker_group_start_timeout_s()`` before
+#: it tries again, which is a new state), then starts the workers' processes.
+SETTING_UP = ("SchedulingState", "ReschedulingState", "RestartingState", "ResizingState")
+
+
+#: How a stall line says where the trial was.
+PHASE_WORDS = {"setting up": " starting its workers", "starting": " in its start-up"}
+
+
 class Progress:
     """One trial's signs of life, read by the trial function: the epochs its record holds,
     rank 0's beats, and the state of its Ray Train controller
-    (``ray_compat.controller_state_callback``).
+    (``ray_compat.controller_state_callback``). The stall clock runs in three phases:
 
-    The stall clock runs while the run's worker group is up (the controller in
-    ``RunningState``): from when it started until this start's first beat, against the
-    longest start-up this sweep has recorded (``records.longest_startup``) -- a worker frozen
-    in its start-up is noticed, a slow import on a busy node is not a stall -- and then from
-    the last change seen, against ``stall_limit_s(floor, the longest pause so far)``. While the
-    controller schedules a worker group (waiting for CPUs, GPUs or a node) the clock holds.
-    Without word from the controller (an older run) it starts with the first beat.
+    * the controller sets up a worker group (:data:`SETTING_UP`): against Train's own wait for
+      the group's resources plus the start-up allowance -- a wait for CPUs or a node is Train's
+      to time out (a new state, a new clock), a worker frozen while its process starts is a
+      stall;
+    * the group is up and this start has not beaten: against the start-up allowance,
+      ``stall_limit_s(floor, the slowest start-up this sweep has recorded)``;
+    * it has beaten: from the last change seen, against ``stall_limit_s(floor, the longest
+      pause so far)``.
+
+    In the controller's other states (initialising, shutting down, done) the clock holds;
+    without word from the controller (an older run) it starts with the first beat.
     """
 
     def __init__(self, record: str, floor_s: float):
@@ -106,7 +120,7 @@ class Progress:
         self.started = time.time()  # this start's: the controller's older words are not its
         self.state: tuple | None = None
         self.changed_at: float | None = None
-        self.running_since: float | None = None
+        self.controller: tuple[str, float] | None = None  # (state, since on the monotonic clock)
         self.longest_pause = 0.0
 
     def read(self) -> list[dict]:
@@ -115,42 +129,50 @@ class Progress:
         beat = records.read_heartbeat(self.record)
         state = (len(epochs), epochs[-1]["epoch"] if epochs else 0, beat)
         now = time.monotonic()
-        controller = records.read_controller(self.record)
-        heard = controller is not None and controller[1] >= self.started - 1.0
-        running = heard and controller is not None and controller[0] == "RunningState"
-        if running and self.running_since is None and controller is not None:
-            self.running_since = now - max(0.0, time.time() - controller[1])
-        if heard and not running:  # scheduling a worker group: not a stall
-            self.running_since = None
-            if self.changed_at is not None:
-                self.changed_at = now
+        written = records.read_controller(self.record)
+        if written is not None and written[1] >= self.started - 1.0:
+            since = now - max(0.0, time.time() - written[1])
+            if self.controller is None or self.controller[0] != written[0]:
+                if self.changed_at is not None:  # after a restart, the clock starts anew
+                    self.changed_at = now
+                self.controller = (written[0], since)
         if state != self.state:
             if self.changed_at is not None:
                 self.longest_pause = max(self.longest_pause, now - self.changed_at)
-            elif beat != self.first_beat and self.running_since is not None:
-                records.write_startup(self.record, now - self.running_since)
+            elif beat != self.first_beat and self.phase == "starting" and self.controller:
+                records.write_startup(self.record, now - self.controller[1])
             if self.changed_at is not None or beat != self.first_beat:
                 self.changed_at = now
             self.state = state
         return epochs
 
     @property
-    def starting(self) -> bool:
-        """Whether this start has not beaten yet."""
-        return self.changed_at is None
+    def phase(self) -> str:
+        """``setting up``, ``starting``, ``training``, or ``waiting`` (the clock holds)."""
+        controlled = self.controller[0] if self.controller else "RunningState"
+        if controlled in SETTING_UP:
+            return "setting up"
+        if controlled != "RunningState":
+            return "waiting"
+        return "starting" if self.changed_at is None else "training"
 
     @property
     def limit_s(self) -> float:
-        if self.starting:
-            records_dir = os.path.dirname(self.record)
-            return stall_limit_s(self.floor_s, records.longest_startup(records_dir))
-        return stall_limit_s(self.floor_s, self.longest_pause)
+        if self.phase == "training":
+            return stall_limit_s(self.floor_s, self.longest_pause)
+        startup = stall_limit_s(self.floor_s, records.longest_startup(os.path.dirname(self.record)))
+        if self.phase == "setting up":
+            return ray_compat.worker_group_start_timeout_s() + startup
+        return startup
 
     def idle_s(self) -> float:
-        """Seconds since the last sign of progress: since the worker group started while this
-        start has not beaten, and 0 while it waits to be scheduled."""
-        since = self.running_since if self.starting else self.changed_at
-        return 0.0 if since is None else time.monotonic() - since
+        """Seconds since the last sign of progress, in the phase the trial is in."""
+        phase, now = self.phase, time.monotonic()
+        if phase == "training":
+            return now - (self.changed_at or now)
+        if phase in ("setting up", "starting") and self.controller is not None:
+            return now - self.controller[1]
+        return 0.0
 
 
 def report_from_record(
@@ -205,7 +227,7 @@ def report_from_record(
             break
         # The floor first: the start-up's allowance lists the sweep's records.
         if progress.idle_s() > progress.floor_s and progress.idle_s() > progress.limit_s:
-            where = " in its start-up" if progress.starting else ""
+            where = PHASE_WORDS.get(progress.phase, "")
             message = (
                 f"[sweep] trial {label} stalled{where}: no progress for "
                 f"{progress.idle_s():.0f} s (limit {progress.limit_s:.0f} s); failing it, to "

@@ -141,3 +141,28 @@ def test_a_trial_function_asks_for_no_cpu_yet_tune_accepts_it():
     wrapped = tune.with_resources(trial, ray_compat.TRIAL_FUNCTION_RESOURCES)
     request = wrapped._resources.required_resources  # type: ignore[attr-defined]
     assert request.get("CPU", 0) == 0 and request["memory"] == 2**20
+
+
+def test_the_controller_s_state_is_written_by_a_callback_train_runs(tmp_path, monkeypatch):
+    """The callback is one of Train V2's controller callbacks (which ``RunConfig.callbacks``
+    hands to the controller), writes the state's class name, and drops a failed write."""
+    from ray.train.v2._internal.execution.callback import ControllerCallback
+    from ray.train.v2._internal.execution.controller.state import RunningState
+
+    from ce_ray.worker import records
+
+    record = str(tmp_path / "trial")
+    callback = ray_compat.controller_state_callback(records.controller_location(record))
+    assert isinstance(callback, ControllerCallback)
+    callback.after_controller_state_update(None, RunningState())
+    assert records.read_controller(record)[0] == "RunningState"
+    unwritable = ray_compat.controller_state_callback(str(tmp_path / "missing" / "dir" / "x"))
+    (tmp_path / "missing").write_text("a file where a directory should be")
+    unwritable.after_controller_state_update(None, RunningState())  # no error
+
+
+def test_train_s_wait_for_a_worker_group_s_resources(monkeypatch):
+    monkeypatch.delenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", raising=False)
+    assert ray_compat.worker_group_start_timeout_s() == 60.0
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "15")
+    assert ray_compat.worker_group_start_timeout_s() == 15.0
