@@ -404,6 +404,20 @@ MUTATIONS = (
         ("tests/worker/test_loop.py", "-k", "beats_while"),
     ),
     Mutation(
+        "a worker group being set up holds the stall clock (a worker frozen in its start goes unseen)",
+        "ce_ray/experiments/trial.py",
+        '        if controlled in SETTING_UP:\n            return "setting up"',
+        '        if controlled in SETTING_UP:\n            return "waiting"',
+        ("tests/experiments/test_trial_watch.py",),
+    ),
+    Mutation(
+        "the start-up allowance ignores the sweep's slowest start-up",
+        "ce_ray/experiments/trial.py",
+        "        startup = stall_limit_s(self.floor_s, records.longest_startup(os.path.dirname(self.record)))",
+        "        startup = stall_limit_s(self.floor_s, 0.0)",
+        ("tests/experiments/test_trial_watch.py",),
+    ),
+    Mutation(
         "a task is taken for stalled while the State API is silent",
         "ce_ray/experiments/tasks.py",
         '                if state == "unknown":  # no answer is not a stall: asked again next poll',
