@@ -196,8 +196,9 @@ class FitConfig:
         preset's fit stores ``member`` "" and ``input_shape`` [], as it always has."""
         record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         del record["member"]
+        member = {k: v for k, v in self.space.stored().items() if k in FIT_MEMBER_FIELDS}
         empty = {"member": "", "input_shape": []}
-        return record | {"widths": list(self.widths)} | empty | self.space.stored()
+        return record | {"widths": list(self.widths)} | empty | member
 
     @classmethod
     def from_json(cls, data: dict) -> FitConfig:
