@@ -121,6 +121,7 @@ class Progress:
         self.state: tuple | None = None
         self.changed_at: float | None = None
         self.controller: tuple[str, float] | None = None  # (state, since on the monotonic clock)
+        self.group_up_at: float | None = None  # when this start's worker group last came up
         self.longest_pause = 0.0
 
     def read(self) -> list[dict]:
@@ -136,11 +137,13 @@ class Progress:
                 if self.changed_at is not None:  # after a restart, the clock starts anew
                     self.changed_at = now
                 self.controller = (written[0], since)
+                if written[0] == "RunningState":
+                    self.group_up_at = since
         if state != self.state:
             if self.changed_at is not None:
                 self.longest_pause = max(self.longest_pause, now - self.changed_at)
-            elif beat != self.first_beat and self.phase == "starting" and self.controller:
-                records.write_startup(self.record, now - self.controller[1])
+            elif beat != self.first_beat and self.group_up_at is not None:
+                records.write_startup(self.record, now - self.group_up_at)
             if self.changed_at is not None or beat != self.first_beat:
                 self.changed_at = now
             self.state = state

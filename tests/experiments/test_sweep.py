@@ -126,13 +126,11 @@ def test_sweep_writes_parquet_and_resumes_without_retraining(shared_run, capsys)
         assert f"[sweep] trial {label} seeds [0, 1] started" in out
         assert f"[sweep] trial {label} seeds [0, 1] finished: " in out
     assert "Trial name" not in out and "Configuration for experiment" not in out
-    # Each run's Train controller wrote its state for the stall watch, and each start its
-    # start-up (from its worker group's start to its first beat).
+    # Each run's Train controller wrote its state for the stall watch.
     for trial_id in trials["trial_id"].unique():
         record = records.record_location(str(tmp_path / "s"), trial_id)
         state = records.read_controller(record)
         assert state is not None and state[0] in ("FinishedState", "ShuttingDownState"), state
-    assert 0 < records.longest_startup(str(tmp_path / "s" / "records")) < 600
     report = subprocess.run(
         [str(Path(sys.executable).parent / "ce-ray"), "report", str(tmp_path / "s"), "--no-plots"],
         capture_output=True,
