@@ -144,3 +144,11 @@ def test_the_guide_s_python_example_prints_what_it_says(capsys):
     exec(compile(code, "your-own-member.md", "exec"), {})
     printed = re.search(r"print\(.*\)  # (.*)", code)
     assert printed and capsys.readouterr().out.strip() == printed[1]
+
+
+def test_a_fit_stores_the_member_s_fields_a_fit_has_not_the_network_a_sweep_trains():
+    from ce_ray.configs import FitConfig
+
+    record = FitConfig.for_member(example(), widths=(4, 8)).to_json()
+    assert record["member"] == EXAMPLE["member"] and "network_from" not in record
+    assert FitConfig.from_json(record).to_json() == record

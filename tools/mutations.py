@@ -418,6 +418,20 @@ MUTATIONS = (
         ("tests/experiments/test_trial_watch.py",),
     ),
     Mutation(
+        "a first beat records no start-up",
+        "ce_ray/experiments/trial.py",
+        "                records.write_startup(self.record, now - self.group_up_at)",
+        "                pass",
+        ("tests/experiments/test_trial_watch.py",),
+    ),
+    Mutation(
+        "a fit's config.json stores the network a sweep trains",
+        "ce_ray/configs.py",
+        "        member = {k: v for k, v in self.space.stored().items() if k in FIT_MEMBER_FIELDS}",
+        "        member = self.space.stored()",
+        ("tests/test_member_sweep.py", "-k", "fit_stores"),
+    ),
+    Mutation(
         "a task is taken for stalled while the State API is silent",
         "ce_ray/experiments/tasks.py",
         '                if state == "unknown":  # no answer is not a stall: asked again next poll',
