@@ -25,6 +25,9 @@ CostModel = Literal["block", "network"]
 Method = Literal["batched", "exact"]
 #: How a convolutional block's output map becomes the scalar whose NTK is sampled.
 Readout = Literal["pool", "centre"]
+#: How your member is written: as ce-ray's blocks are (sampled as written), or in PyTorch's
+#: default parameterisation (its NTK twin is sampled: ce_ray.theory.twin).
+Parameterisation = Literal["ntk", "standard"]
 #: Floating-point type of the NTK sampling.
 Dtype = Literal["float32", "float64"]
 #: Autocast precision of a training worker.
@@ -37,6 +40,7 @@ METRICS: tuple[Metric, ...] = get_args(Metric)
 COST_MODELS: tuple[CostModel, ...] = get_args(CostModel)
 METHODS: tuple[Method, ...] = get_args(Method)
 READOUTS: tuple[Readout, ...] = get_args(Readout)
+PARAMETERISATIONS: tuple[Parameterisation, ...] = get_args(Parameterisation)
 DTYPES: tuple[Dtype, ...] = get_args(Dtype)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 SCHEDULERS: tuple[Scheduler, ...] = get_args(Scheduler)

@@ -135,7 +135,9 @@ def fit_config(args: argparse.Namespace) -> FitConfig:
     from ce_ray.configs import FitConfig
     from ce_ray.theory.by_name import your_member
 
-    member = your_member(args.space, args.input_shape, args.fan_in_sum_from)
+    member = your_member(
+        args.space, args.input_shape, args.fan_in_sum_from, parameterisation=args.parameterisation
+    )
     fields = FitConfig.__dataclass_fields__.keys() - {"preset", "member"}
     settings = _given(args, fields) | {"memory_budget_mib": args.memory_budget}
     if member is None:
@@ -151,13 +153,15 @@ def fit_alpha_command(args: argparse.Namespace) -> None:
     config = fit_config(args)
     experiment = args.experiment or config.experiment
     config.check_bootstrap(args.bootstrap)
-    check_fits_in_memory(config)
+    member_warnings = check_fits_in_memory(config)
     results, log, workers = _connect(args)
     log(
         f"[fit-alpha] {config.description}; "
         f"widths {list(config.widths)}, {config.samples} samples each, {config.method} sampler, "
         f"{workers} workers -> {storage.join(results, experiment, 'fit_alpha')}"
     )
+    for warning in member_warnings:
+        log(f"warning: {warning}")
     fit = fit_alpha(
         config,
         results,
@@ -180,8 +184,15 @@ def fit_alpha_command(args: argparse.Namespace) -> None:
     if not config.space.law_by_construction:
         from ce_ray.theory.alpha import check_law
 
-        for warning in check_law(fit.moments, fit.r2).warnings:
+        law = check_law(fit.moments, fit.r2)
+        for warning in law.warnings:
             log(f"warning: {warning}")
+        if law.mean_grows and config.space.sampled_parameterisation == "ntk":
+            log(
+                "hint: a member in PyTorch's default parameterisation (nn.Linear, nn.Conv2d, "
+                "torchvision's blocks) has an E[K] that grows with n; --parameterisation "
+                "standard samples its NTK twin, whose alpha the curves can use"
+            )
 
 
 def sweep_config(args: argparse.Namespace) -> SweepConfig:

@@ -208,12 +208,13 @@ class FitConfig:
             data.get("member") or None,
             data.get("input_shape") or None,
             data.get("fan_in_sum_from") or None,
+            parameterisation=data.get("parameterisation") or None,
         )
         return cls(**settings | {"widths": tuple(data["widths"]), "member": member})
 
 
 #: What a fit of your own member stores of it (``MemberSpace.stored``).
-FIT_MEMBER_FIELDS = ("member", "input_shape", "fan_in_sum_from")
+FIT_MEMBER_FIELDS = ("member", "input_shape", "fan_in_sum_from", "parameterisation")
 
 
 @dataclass(frozen=True, kw_only=True)

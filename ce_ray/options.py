@@ -25,6 +25,7 @@ from ce_ray.choices import (
     FORMULATIONS,
     METHODS,
     METRICS,
+    PARAMETERISATIONS,
     PRECISIONS,
     READOUTS,
     SCHEDULERS,
@@ -503,6 +504,12 @@ def add_fit_alpha_options(parser: argparse.ArgumentParser) -> None:
         help="your own member(n) to fit instead of a preset's block (with --input-shape)",
     )
     add_input_shape(parser)
+    parser.add_argument(
+        "--parameterisation",
+        choices=PARAMETERISATIONS,
+        help="your member: ntk, sampled as written (as ce-ray's blocks; when not given), or "
+        "standard, written in PyTorch's default parameterisation: its NTK twin is sampled",
+    )
     parser.add_argument("--widths", type=widths, help="width grid (default: the preset's)")
     parser.add_argument(
         "--samples", type=integer(2, limits.MAX_SAMPLES), help="T, draws per width (the preset's)"

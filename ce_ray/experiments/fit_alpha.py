@@ -13,6 +13,7 @@ metadata) and ``alpha.png``.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from ce_ray.limits import DEFAULT_STALL_TIMEOUT_S
 from ce_ray.results import plots, storage
 from ce_ray.theory.alpha import AlphaFit, check_law, fit_eq9
 from ce_ray.theory.curves import check_alpha
+from ce_ray.theory.member_ntk import SlowSampling
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,10 @@ class FitResult(AlphaFit):
         return record | {"moments": self.moments.to_dict(orient="records")}
 
 
-def check_fits_in_memory(config: FitConfig) -> None:
+def check_fits_in_memory(config: FitConfig) -> tuple[str, ...]:
     """A chunk of the sampler must hold one sample at every width, and your member must pass
-    its checks (ValueError if not): ``Space.check_sampling``."""
-    config.space.check_sampling(
+    its checks (ValueError if not): ``Space.check_sampling``. Returns its warnings."""
+    return config.space.check_sampling(
         config.widths,
         config.inputs,
         config.method,
@@ -58,9 +60,24 @@ def check_fits_in_memory(config: FitConfig) -> None:
     )
 
 
-def _shard_task(config: FitConfig, shard: Shard, shard_dir: str) -> tuple[Shard, float]:
-    """The Ray task: :func:`sample_shard`, recording in the file which node computed it."""
-    return shard, sample_shard(config, shard, shard_dir, {"node_id": cluster.node_id()})
+def _shard_task(
+    config: FitConfig, shard: Shard, shard_dir: str
+) -> tuple[Shard, float, tuple[str, ...]]:
+    """The Ray task: :func:`sample_shard`, recording in the file which node computed it, and
+    its :class:`~ce_ray.theory.member_ntk.SlowSampling` notes (printed once by the driver,
+    not by every task)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SlowSampling)
+        seconds = sample_shard(config, shard, shard_dir, {"node_id": cluster.node_id()})
+    notes = []
+    for warning in caught:
+        if issubclass(warning.category, SlowSampling):
+            notes.append(str(warning.message))
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    return shard, seconds, tuple(dict.fromkeys(notes))
 
 
 def sample_all_shards(
@@ -81,12 +98,18 @@ def sample_all_shards(
         for shard in plan_shards(config)
     ]
 
+    noted: set[str] = set()
+
     def describe(item: tuple, result: Any) -> str:
-        shard, seconds = result
+        shard, seconds, notes = result
+        for note in notes:
+            if note not in noted:  # one line per fit, not per task
+                noted.add(note)
+                log(f"[fit-alpha] note: {note}")
         samples = shard.stop - shard.start
         return f"width {shard.width} shard {shard.index} ({samples} samples, {seconds:.2f}s)"
 
-    return run_missing(
+    ran = run_missing(
         _shard_task,
         items,
         shard_dir,
@@ -99,6 +122,7 @@ def sample_all_shards(
         num_gpus=1 if config.device.startswith("cuda") else 0,
         stall_timeout_s=stall_timeout_s,
     )
+    return [(shard, seconds) for shard, seconds, _ in ran]
 
 
 def fit_from_shards(
@@ -159,6 +183,7 @@ def write_outputs(
         "experiment": experiment,
         "space": config.space.name,
         "member": config.space.member_name,
+        "parameterisation": config.space.sampled_parameterisation,
         "architecture": config.space.fingerprint(config.widths),
         "alpha": fit.alpha,
         "alpha_se": fit.alpha_se,

@@ -65,6 +65,8 @@ ALPHA_SCHEMA = pa.schema(
         pa.field("seed", pa.int64()),  # the experiment seed (--seed)
         pa.field("member", pa.string()),  # MODULE:CALLABLE of your own member; "" for a preset
         pa.field("architecture", pa.string()),  # the member's fingerprint; "" for a preset
+        # ntk: sampled as written; standard: the member's NTK twin (ce_ray.theory.twin)
+        pa.field("parameterisation", pa.string()),
         # The checks of the law (ce_ray.theory.alpha.LawChecks): R^2 with an intercept, the
         # slope of log E[K] on log n and its se, the log-ratio's sign and trend, and warnings.
         pa.field("r2_intercept", pa.float64()),
@@ -85,6 +87,8 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("space", pa.string()),
         pa.field("member", pa.string()),  # MODULE:CALLABLE of your own member; "" for a preset
         pa.field("architecture", pa.string()),  # the member's fingerprint; "" for a preset
+        # ntk: sampled as written; standard: the member's NTK twin (ce_ray.theory.twin)
+        pa.field("parameterisation", pa.string()),
         pa.field("label", pa.string()),  # "m x n d"
         pa.field("n", pa.int64()),
         pa.field("m", pa.int64()),

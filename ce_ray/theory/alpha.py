@@ -224,6 +224,7 @@ class LawChecks:
         log_ratio_positive: log(E[K^2]/E[K]^2) > 0 at every width.
         log_ratio_falls: it is smaller at the widest width than at the narrowest.
         warnings: one line for each check that fails.
+        mean_grows: E[K] grows with n (one of the warnings): not NTK-parameterised.
     """
 
     mean_slope: float
@@ -233,6 +234,7 @@ class LawChecks:
     log_ratio_positive: bool
     log_ratio_falls: bool
     warnings: tuple[str, ...]
+    mean_grows: bool = False
 
 
 def check_law(moments: pd.DataFrame, r2: float, flat_slope: float = 0.1) -> LawChecks:
@@ -255,7 +257,8 @@ def check_law(moments: pd.DataFrame, r2: float, flat_slope: float = 0.1) -> LawC
     residual = log_mean - log_mean.mean() - slope * centred
     dof = max(1, len(widths) - 2)
     se = float(np.sqrt(residual @ residual / dof / (centred @ centred)))
-    if slope - 2 * se > flat_slope:
+    grows = slope - 2 * se > flat_slope
+    if grows:
         warnings.append(
             f"E[K] grows with n (slope of log E[K] on log n: {slope:.2f} +- {se:.2f}): the block "
             "is not in the NTK parameterisation, and Eq. 9's alpha does not describe it"
@@ -269,4 +272,4 @@ def check_law(moments: pd.DataFrame, r2: float, flat_slope: float = 0.1) -> LawC
             f"log(E[K^2] / E[K]^2) does not fall with n ({ratio[0]:.3g} at n={int(widths[0])}, "
             f"{ratio[-1]:.3g} at n={int(widths[-1])})"
         )
-    return LawChecks(slope, se, r2, float(r2_intercept), positive, falls, tuple(warnings))
+    return LawChecks(slope, se, r2, float(r2_intercept), positive, falls, tuple(warnings), grows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 
+from ce_ray.choices import PARAMETERISATIONS, check_choice
 from ce_ray.theory.spaces import SPACES, Space
 
 #: What only your own member takes: the command line's flag -> the keyword below.
@@ -16,6 +17,7 @@ MEMBER_FLAGS = {
     "--input-shape": "input_shape",
     "--fan-in-sum": "fan_in_sum_from",
     "--network": "network_from",
+    "--parameterisation": "parameterisation",
 }
 
 
@@ -26,12 +28,13 @@ def make_space(
     input_shape: Sequence[int] | None = None,
     fan_in_sum_from: str | None = None,
     network_from: str | None = None,
+    parameterisation: str | None = None,
     **options: int,
 ) -> Space:
     """The space called ``name`` with construction ``options`` (e.g. ``depth=6`` for fc), or
     for ``MODULE:CALLABLE`` your own member(n) reading examples of ``input_shape``, with S(n)
-    from ``fan_in_sum_from`` and the trained network from ``network_from`` if given
-    (``MemberSpace``).
+    from ``fan_in_sum_from``, the trained network from ``network_from`` and how it is
+    written, ``parameterisation`` (``ntk`` or ``standard``), if given (``MemberSpace``).
 
     ``spelled`` maps an option to how the caller names it (the command line: ``--depth``),
     for the error message.
@@ -57,9 +60,18 @@ def make_space(
 
         if input_shape is None:
             raise ValueError(f"--space {name} needs the shape of one example (--input-shape)")
-        return MemberSpace(name, tuple(input_shape), fan_in_sum_from or "", network_from or "")
+        return MemberSpace(
+            name,
+            tuple(input_shape),
+            fan_in_sum_from or "",
+            network_from or "",
+            check_choice("--parameterisation", parameterisation or "ntk", PARAMETERISATIONS),
+        )
     check_no_member_options(
-        input_shape=input_shape, fan_in_sum_from=fan_in_sum_from, network_from=network_from
+        input_shape=input_shape,
+        fan_in_sum_from=fan_in_sum_from,
+        network_from=network_from,
+        parameterisation=parameterisation,
     )
     if name not in SPACES:
         raise ValueError(f"unknown space {name!r}; valid spaces: {', '.join(SPACES)}")
@@ -90,14 +102,22 @@ def your_member(
     input_shape: Sequence[int] | None = None,
     fan_in_sum_from: str | None = None,
     network_from: str | None = None,
+    parameterisation: str | None = None,
 ) -> Space | None:
     """``--space MODULE:CALLABLE`` of fit-alpha and the sweep, which take a preset's space when
     it is not given (None; the member's own flags are then refused)."""
     if name is None:
         check_no_member_options(
-            input_shape=input_shape, fan_in_sum_from=fan_in_sum_from, network_from=network_from
+            input_shape=input_shape,
+            fan_in_sum_from=fan_in_sum_from,
+            network_from=network_from,
+            parameterisation=parameterisation,
         )
         return None
     return make_space(
-        name, input_shape=input_shape, fan_in_sum_from=fan_in_sum_from, network_from=network_from
+        name,
+        input_shape=input_shape,
+        fan_in_sum_from=fan_in_sum_from,
+        network_from=network_from,
+        parameterisation=parameterisation,
     )

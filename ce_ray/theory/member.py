@@ -7,7 +7,11 @@ The checks, each a one-line error (``ValueError``) or a warning returned to be p
 * two members share no parameter storage (a module-level tensor would tie the ensemble);
 * no dropout: a random forward pass has no single NTK;
 * at least one contraction reads a parameter (else S(n) is 0 and there is nothing to fit);
-* BatchNorm is a warning: its NTK is sampled with running statistics (eval mode).
+* BatchNorm is a warning: its NTK is sampled with running statistics (eval mode);
+* a matrix parameter no contraction reads (an embedding, an operation the trace does not
+  know) is a warning naming it: it is left out of S(n);
+* an architecture that changes with n (parameters or contractions that appear or vanish
+  between two widths) is a warning: S(n) and alpha then compare different blocks.
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ce_ray.choices import Method, Metric, Readout
+from ce_ray.choices import (
+    PARAMETERISATIONS,
+    Method,
+    Metric,
+    Parameterisation,
+    Readout,
+    check_choice,
+)
 from ce_ray.theory.member_draws import Member
 from ce_ray.theory.member_ntk import bytes_per_draw, member_inputs, sample_member_ntk
 from ce_ray.theory.models import MemberEnsemble, Reshaped
@@ -163,6 +174,8 @@ def inspect_member(member: Member, widths: Sequence[int], input_shape: Sequence[
             "no linear layer, convolution or matrix product of the member reads a parameter: "
             "S(n) would be 0"
         )
+    warnings += _unplaced_warnings(traces[0])
+    warnings += _changes_with_n(widths, traces)
     counts = [t.num_params for t in traces]
     for i in range(1, len(widths)):
         (n0, c0), (n1, c1) = (widths[i - 1], counts[i - 1]), (widths[i], counts[i])
@@ -171,6 +184,50 @@ def inspect_member(member: Member, widths: Sequence[int], input_shape: Sequence[
                 f"member parameters do not grow with n: {c0:,} at n={n0}, {c1:,} at n={n1}"
             )
     return Inspection(widths, tuple(traces), tuple(warnings))
+
+
+def _unplaced_warnings(found: Trace) -> list[str]:
+    """A warning for each matrix parameter no contraction read (:attr:`Trace.unplaced`)."""
+    return [
+        f"member parameter {name} {found.parameters[name]} enters no contraction ce-ray can "
+        f"see (read by {', '.join(readers) or 'no operation'}): it is left out of S(n); give "
+        "--fan-in-sum if it should count"
+        for name, readers in found.unplaced.items()
+    ]
+
+
+def _layers(found: Trace) -> list[str]:
+    """A member's layers as the trace saw them: parameter names, then the contractions'."""
+    return [*found.parameters, *(f"{c.operation}({c.parameter})" for c in found.contractions)]
+
+
+def _changes_with_n(widths: Sequence[int], traces: Sequence[Trace]) -> list[str]:
+    """A warning at the first two widths whose layers differ (torchvision's
+    ``InvertedResidual`` drops its expansion layer at expansion ratio 1)."""
+    for (n0, t0), (n1, t1) in zip(
+        zip(widths, traces, strict=True), zip(widths[1:], traces[1:], strict=True), strict=False
+    ):
+        before, after = _layers(t0), _layers(t1)
+        if before == after:
+            continue
+        gone = [layer for layer in before if layer not in after]
+        new = [layer for layer in after if layer not in before]
+        change = (
+            "; ".join(
+                part
+                for part in (
+                    f"{', '.join(gone)} at n={n0} only" if gone else "",
+                    f"{', '.join(new)} at n={n1} only" if new else "",
+                )
+                if part
+            )
+            or "the same layers in another order"
+        )
+        return [
+            f"member's architecture changes with n ({change}): S(n), the sizes and alpha then "
+            "compare different blocks; build the same layers at every width"
+        ]
+    return []
 
 
 def _check_no_shared_storage(first: nn.Module, second: nn.Module, n: int) -> None:
@@ -224,6 +281,9 @@ class MemberSpace(Space):
             count); empty: the traced one.
         network_from: ``MODULE:CALLABLE`` naming ``network(m, n) -> nn.Module``, what a
             sweep's trial trains; empty: the members' ensemble (it must give logits).
+        parameterisation: ``ntk``, the member is sampled as written (NTK-parameterised, as
+            ce-ray's blocks are); ``standard``, it is written in PyTorch's default
+            parameterisation and its NTK twin is sampled (:mod:`ce_ray.theory.twin`).
     """
 
     name: ClassVar[str] = "member"
@@ -233,9 +293,11 @@ class MemberSpace(Space):
     input_shape: tuple[int, ...]
     fan_in_sum_from: str = ""
     network_from: str = ""
+    parameterisation: Parameterisation = "ntk"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
+        check_choice("--parameterisation", self.parameterisation, PARAMETERISATIONS)
         load_member(self.member)  # one line now if it does not import
         if self.fan_in_sum_from:
             load_member(self.fan_in_sum_from, "S(n)", "S(n) -> float")
@@ -301,7 +363,9 @@ class MemberSpace(Space):
         readout: Readout = "pool",
     ) -> np.ndarray:
         make = load_member(self.member)
-        return sample_member_ntk(make, n, num_samples, seed, inputs, memory_budget, readout)
+        return sample_member_ntk(
+            make, n, num_samples, seed, inputs, memory_budget, readout, self.parameterisation
+        )
 
     def check_sampling(
         self,
@@ -310,11 +374,11 @@ class MemberSpace(Space):
         method: Method,
         memory_budget: int,
         dtype_bytes: int,
-    ) -> None:
-        """The member's checks (:func:`inspect_member`), S(n) given in its place, and one
-        draw at the widest width within ``memory_budget``."""
+    ) -> tuple[str, ...]:
+        """The member's checks (:func:`inspect_member`; its warnings returned), S(n) given
+        in its place, and one draw at the widest width within ``memory_budget``."""
         make = load_member(self.member)
-        inspect_member(make, widths, self.input_shape)
+        found = inspect_member(make, widths, self.input_shape)
         self.fan_in_sum(np.asarray(widths))  # yours, if given, checked now
         widest = max(widths)
         need = bytes_per_draw(build(make, widest, "meta"), inputs, dtype_bytes)
@@ -323,6 +387,7 @@ class MemberSpace(Space):
                 f"memory budget {memory_budget / 2**20:g} MiB is too small for one sample at "
                 f"width {widest} (needs {need / 2**20:.3g} MiB)"
             )
+        return found.warnings
 
     def fingerprint(self, widths: Sequence[int]) -> str:
         return architecture_fingerprint([self.trace(n) for n in widths])
@@ -352,8 +417,13 @@ class MemberSpace(Space):
     def member_name(self) -> str:
         return self.member
 
+    @property
+    def sampled_parameterisation(self) -> Parameterisation:
+        return self.parameterisation
+
     def describe(self) -> str:
-        return f"{self.member} (your member, inputs of shape {self.input_shape})"
+        twin = ", its NTK twin" if self.parameterisation == "standard" else ""
+        return f"{self.member} (your member{twin}, inputs of shape {self.input_shape})"
 
     def experiment_name(self, preset: str) -> str:
         """``MODULE-CALLABLE`` of your member.
@@ -370,6 +440,9 @@ class MemberSpace(Space):
             "input_shape": list(self.input_shape),
             "fan_in_sum_from": self.fan_in_sum_from,
             "network_from": self.network_from,
+            # "ntk" is left out, as before the choice was offered: a fit's stored config
+            # stays the same key for key.
+            "parameterisation": "" if self.parameterisation == "ntk" else self.parameterisation,
         }
         return {key: value for key, value in fields.items() if value}
 

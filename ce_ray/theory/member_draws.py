@@ -114,7 +114,8 @@ def _undrawn(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
     if func is torch.randn_like:
         return torch.zeros_like(*args, **kwargs)
     tensor = args[0] if args else kwargs["tensor"]
-    return tensor.zero_()
+    with torch.no_grad():  # a parameter: never in place under autograd
+        return tensor.zero_()
 
 
 class _Constructor(TorchFunctionMode):
@@ -151,8 +152,11 @@ class _Constructor(TorchFunctionMode):
         if law is not None:
             if self.replace is not None and self.draws == self.replace[0]:
                 numbers = self.replace[1].to(created.dtype).reshape(created.shape)
-                in_place = func not in (torch.randn, torch.randn_like)
-                created = created.copy_(numbers) if in_place else numbers.clone()
+                if func in (torch.randn, torch.randn_like):
+                    created = numbers.clone()
+                else:  # ``nn.init.normal_`` on a parameter: never in place under autograd
+                    with torch.no_grad():
+                        created = created.copy_(numbers)
             self.draws += 1
             if self.record:
                 self.gaussian.append((created.detach().clone() if law[0] == 0 else None, law[1]))

@@ -28,9 +28,14 @@ samples on any machine, however its memory budget chunks it; the global RNG is l
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import functools
 import math
+import re
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ce_ray.choices import READOUTS, Readout, check_choice
+from ce_ray.choices import PARAMETERISATIONS, READOUTS, Parameterisation, Readout, check_choice
 from ce_ray.theory.first_layer import (
     FirstLayer,
     FirstLayerMode,
@@ -60,6 +65,44 @@ from ce_ray.theory.member_draws import (
 )
 from ce_ray.theory.ntk import scalar_readout
 from ce_ray.theory.seeds import derive_seed
+from ce_ray.theory.twin import InitScales, init_scales
+
+
+class SlowSampling(UserWarning):
+    """Some of the member's operations have no vectorised (vmap) rule in PyTorch: the draws
+    of a chunk run them one draw at a time. The samples are the same; only slower."""
+
+
+_NO_BATCHING_RULE = re.compile(r"batching rule for (aten::\w+)")
+
+
+@contextlib.contextmanager
+def _unbatched_operations_noted() -> Iterator[None]:
+    """PyTorch's "performance drop ... batching rule for aten::X" warnings (two per
+    operation and call, forward and backward) become one :class:`SlowSampling`; other
+    warnings pass on as they were."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    unbatched = []
+    for warning in caught:
+        found = _NO_BATCHING_RULE.search(str(warning.message))
+        if found:
+            unbatched.append(found.group(1).removesuffix("_backward"))
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    if unbatched:
+        operations = ", ".join(dict.fromkeys(unbatched))
+        warnings.warn(
+            SlowSampling(
+                f"PyTorch has no vectorised rule for {operations}: the member's NTK draws run "
+                "it one draw at a time (the same samples, more slowly)"
+            ),
+            stacklevel=3,
+        )
+
 
 #: Seed key of a block's first-layer products.
 PRODUCTS = 0x9D0D
@@ -152,6 +195,7 @@ def kernels_of(
     readout: Readout = "pool",
     first: FirstLayer | None = None,
     products: torch.Tensor | None = None,
+    weights: dict[str, float] | None = None,
 ) -> torch.Tensor:
     """``(T,)``: K(x_a, x_b) of ``template`` with each of the T stacked parameter sets.
 
@@ -159,7 +203,9 @@ def kernels_of(
     D (``tr(D_a G D_b^T)``, G the Gram matrix of the vectors W1 multiplies) instead of W1's
     own per-example gradient, which for a wide input is most of the work -- exact for any
     initialisation. ``products``: ``(T, E, *first.shape)``, each draw's W1 x, used instead of
-    multiplying by W1 (which ``stacked`` then need not hold).
+    multiplying by W1 (which ``stacked`` then need not hold). ``weights``: each parameter's
+    share of K times its weight (1 if not named) -- the NTK twin of a member in the standard
+    parameterisation (:mod:`ce_ray.theory.twin`: s^2).
     """
     if inputs.shape[0] not in (1, 2):
         raise ValueError(f"inputs must hold 1 or 2 examples; got {inputs.shape[0]}")
@@ -169,11 +215,12 @@ def kernels_of(
     first_weight = {weight: params[weight]} if first and products is None else {}
     grads, d = _gradients(template, rest, first_weight, buffers, inputs, readout, first, products)
     draws = len(products) if products is not None else len(next(iter(params.values())))
+    weight_of = (weights or {}).get
     kernel = torch.zeros(draws, dtype=inputs.dtype, device=inputs.device)
-    for g in grads.values():
-        kernel = kernel + _share(g)
+    for name, g in grads.items():
+        kernel = kernel + weight_of(name, 1.0) * _share(g)
     if first:
-        kernel = kernel + law_share(first, inputs, d)
+        kernel = kernel + weight_of(first.weight, 1.0) * law_share(first, inputs, d)
     return kernel
 
 
@@ -223,12 +270,15 @@ class Plan:
         first: the first layer whose share of K comes from its law (:func:`first_layer_law`).
         gaussian: ``(index, std)`` when W1's products are drawn instead of W1
             (:func:`gaussian_first_weight`): the constructor's Gaussian draw it leaves undrawn.
+        scales: with the standard parameterisation, each parameter's s^2
+            (:func:`ce_ray.theory.twin.init_scales`): its twin is sampled.
     """
 
     size: int
     vectorised: bool
     first: FirstLayer | None
     gaussian: tuple[int, float] | None
+    scales: InitScales | None = None
 
     @property
     def undrawn(self) -> str:
@@ -236,9 +286,22 @@ class Plan:
         return self.first.weight if self.first and self.gaussian else ""
 
 
-def plan(member: Member, n: int, seed: int, inputs: torch.Tensor, readout: Readout) -> Plan:
+def plan(
+    member: Member,
+    n: int,
+    seed: int,
+    inputs: torch.Tensor,
+    readout: Readout,
+    parameterisation: Parameterisation = "ntk",
+) -> Plan:
     """Find how to draw ``member(n)`` (:class:`Plan`) from two watched builds and a block
-    drawn from seeds derived from ``seed``."""
+    drawn from seeds derived from ``seed``; with the ``standard`` parameterisation, its
+    parameters' init scales too (its NTK twin is then sampled)."""
+    scales = init_scales(member, n, seed) if parameterisation == "standard" else None
+    return dataclasses.replace(_how_to_draw(member, n, seed, inputs, readout), scales=scales)
+
+
+def _how_to_draw(member: Member, n: int, seed: int, inputs: torch.Tensor, readout: Readout) -> Plan:
     builds = watched_builds(member, n, seed)
     params, buffers = torch.func.stack_module_state([build.module for build in builds])
     stacked = (
@@ -249,7 +312,10 @@ def plan(member: Member, n: int, seed: int, inputs: torch.Tensor, readout: Reado
     first = first_layer_law(template, stacked, inputs, readout)
     gaussian = None
     if first is not None and fewer_products(first, inputs):
-        gaussian = gaussian_first_weight(member, n, builds[0], first.weight)
+        try:
+            gaussian = gaussian_first_weight(member, n, builds[0], first.weight)
+        except Exception:  # whatever the rerun with other numbers trips on: draw W1 itself
+            gaussian = None
     # Whether the constructor vectorises does not depend on the block's size: two draws.
     check = functools.partial(draw_block, member, n, derive_seed(seed, LAW_BUILDS, 2), 0, 2)
     if first is not None and gaussian is not None:
@@ -267,18 +333,26 @@ _PLANS: dict[tuple, Plan] = {}
 MAX_PLANS = 256
 
 
-def cached_plan(member: Member, n: int, inputs: torch.Tensor, readout: Readout) -> Plan:
+def cached_plan(
+    member: Member,
+    n: int,
+    inputs: torch.Tensor,
+    readout: Readout,
+    parameterisation: Parameterisation = "ntk",
+) -> Plan:
     """:func:`plan`, drawn from PLAN_SEED, once per process for each member, width, inputs'
-    shape, dtype and device and read-out (a member that cannot be hashed: every call)."""
+    shape, dtype and device, read-out and parameterisation (a member that cannot be hashed:
+    every call)."""
+    how = (member, n, PLAN_SEED, inputs, readout, parameterisation)
     key = (member, n, tuple(inputs.shape), inputs.dtype, str(inputs.device), readout)
     try:
-        found = _PLANS.get(key)
+        found = _PLANS.get(key + (parameterisation,))
     except TypeError:  # an unhashable callable
-        return plan(member, n, PLAN_SEED, inputs, readout)
+        return plan(*how)
     if found is None:
         if len(_PLANS) >= MAX_PLANS:
             del _PLANS[next(iter(_PLANS))]
-        found = _PLANS[key] = plan(member, n, PLAN_SEED, inputs, readout)
+        found = _PLANS[key + (parameterisation,)] = plan(*how)
     return found
 
 
@@ -296,6 +370,7 @@ def sample_member_ntk(
     inputs: torch.Tensor,
     memory_budget: int = 256 * 2**20,
     readout: Readout = "pool",
+    parameterisation: Parameterisation = "ntk",
 ) -> np.ndarray:
     """``num_samples`` NTK entries of ``member`` at width ``n``, as float64.
 
@@ -307,9 +382,14 @@ def sample_member_ntk(
         inputs: 1 input (K(x, x)) or 2 (K(x1, x2)), batched along dim 0, float32 or 64.
         memory_budget: bytes a chunk may allocate (a chunk holds at least one draw).
         readout: ``"pool"`` or ``"centre"`` (:func:`member_readout`).
+        parameterisation: ``"ntk"``, the member as written; ``"standard"``, a member in
+            PyTorch's default parameterisation, whose NTK twin is sampled
+            (:mod:`ce_ray.theory.twin`).
     """
     check_choice("readout", readout, READOUTS)
-    how = cached_plan(member, n, inputs, readout)
+    check_choice("parameterisation", parameterisation, PARAMETERISATIONS)
+    how = cached_plan(member, n, inputs, readout, parameterisation)
+    weights = how.scales.as_dict() if how.scales else None
     template = draw_members(member, n, 1, seed)[0].to(device=inputs.device, dtype=inputs.dtype)
     size, per_draw = how.size, bytes_per_draw(template, inputs.shape[0], inputs.element_size())
     chunk = max(1, memory_budget // per_draw)
@@ -354,9 +434,12 @@ def sample_member_ntk(
         return torch.cat([block_products(b)[lo:hi] for b, lo, hi in spans(first, count)])
 
     values = []
-    for first in range(0, num_samples, chunk):
-        count = min(chunk, num_samples - first)
-        drawn = draws(first, count)
-        kernels = kernels_of(template, drawn, inputs, readout, how.first, products(first, count))
-        values.append(kernels.detach())
+    with _unbatched_operations_noted():
+        for first in range(0, num_samples, chunk):
+            count = min(chunk, num_samples - first)
+            drawn, drawn_products = draws(first, count), products(first, count)
+            kernels = kernels_of(
+                template, drawn, inputs, readout, how.first, drawn_products, weights
+            )
+            values.append(kernels.detach())
     return torch.cat(values).to(device="cpu", dtype=torch.float64).numpy()

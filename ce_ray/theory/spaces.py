@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ce_ray.choices import METRICS, Method, Metric, Readout, check_choice
+from ce_ray.choices import METRICS, Method, Metric, Parameterisation, Readout, check_choice
 
 if TYPE_CHECKING:  # torch is imported only to build and sample modules: curves need numpy
     import torch
@@ -176,9 +176,11 @@ class Space(ABC):
         method: Method,
         memory_budget: int,
         dtype_bytes: int,
-    ) -> None:
+    ) -> tuple[str, ...]:
         """ValueError (one line) when alpha cannot be fitted at ``widths``: one sample at a
-        width needs more than ``memory_budget`` bytes, or (your own member) a check fails."""
+        width needs more than ``memory_budget`` bytes, or (your own member) a check fails;
+        else the warnings a fit prints first (your own member's: BatchNorm, a matrix no
+        contraction reads, an architecture that changes with n)."""
 
     def fingerprint(self, widths: Sequence[int]) -> str:
         """What a rerun must find unchanged of the architecture at ``widths``, stored with a
@@ -201,6 +203,13 @@ class Space(ABC):
     def member_name(self) -> str:
         """``MODULE:CALLABLE`` of your own member(n); empty for ce-ray's own blocks."""
         return ""
+
+    @property
+    def sampled_parameterisation(self) -> Parameterisation:
+        """How the NTK samples read the block: ``ntk``, as written (ce-ray's blocks are
+        NTK-parameterised); ``standard``, a block in PyTorch's default parameterisation,
+        whose NTK twin is sampled."""
+        return "ntk"
 
     def describe(self) -> str:
         """The space in a few words, for the console."""
@@ -273,11 +282,12 @@ class BuiltinSpace(Space):
         method: Method,
         memory_budget: int,
         dtype_bytes: int,
-    ) -> None:
+    ) -> tuple[str, ...]:
         from ce_ray.theory import ntk
 
         for width in widths:
             ntk.chunk_size(self.ntk_block(), width, inputs, method, memory_budget, dtype_bytes)
+        return ()
 
 
 def _check_metric(metric: str) -> None:
