@@ -201,6 +201,12 @@ def _layers(found: Trace) -> list[str]:
     return [*found.parameters, *(f"{c.operation}({c.parameter})" for c in found.contractions)]
 
 
+def _some(names: list[str], shown: int = 3) -> str:
+    """The first ``shown`` of ``names`` and how many more."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def _changes_with_n(widths: Sequence[int], traces: Sequence[Trace]) -> list[str]:
     """A warning at the first two widths whose layers differ (torchvision's
     ``InvertedResidual`` drops its expansion layer at expansion ratio 1)."""

@@ -84,15 +84,9 @@ def _uniform(low: float, high: float) -> Law:
     return Law((low + high) / 2, (high - low) / math.sqrt(12), low, high)
 
 
-def _erfinv_of_uniform(law: Law) -> Law | None:
-    """The law of erfinv(U), U uniform on [p, q]: Z / sqrt(2) with Z standard normal
-    truncated to [sqrt(2) erfinv(p), sqrt(2) erfinv(q)] -- ``trunc_normal_``'s middle step."""
-    if not math.isclose(law.std, (law.high - law.low) / math.sqrt(12), rel_tol=1e-9):
-        return None
-    p, q = max(law.low, -1.0), min(law.high, 1.0)
-    a, b = (
-        math.sqrt(2) * float(torch.erfinv(torch.tensor(v, dtype=torch.float64))) for v in (p, q)
-    )
+def _truncated(law: Law, low: float, high: float) -> Law:
+    """The law of a normal ``law`` truncated to [low, high]."""
+    a, b = ((v - law.mean) / law.std for v in (max(low, law.low), min(high, law.high)))
     mass = 0.5 * (math.erf(b / math.sqrt(2)) - math.erf(a / math.sqrt(2)))
     density = [
         math.exp(-v * v / 2) / math.sqrt(2 * math.pi) if math.isfinite(v) else 0.0 for v in (a, b)
@@ -100,8 +94,21 @@ def _erfinv_of_uniform(law: Law) -> Law | None:
     edge = [v * d if math.isfinite(v) else 0.0 for v, d in zip((a, b), density, strict=True)]
     mean = (density[0] - density[1]) / mass
     variance = 1 + (edge[0] - edge[1]) / mass - mean**2
-    root2 = math.sqrt(2)
-    return Law(mean / root2, math.sqrt(max(variance, 0.0)) / root2, a / root2, b / root2)
+    return Law(
+        law.mean + law.std * mean,
+        law.std * math.sqrt(max(variance, 0.0)),
+        max(low, law.low),
+        min(high, law.high),
+    )
+
+
+def _erfinv_of_uniform(law: Law) -> Law | None:
+    """The law of erfinv(U), U uniform on [p, q]: N(0, 1/2) truncated to [erfinv(p),
+    erfinv(q)] (``trunc_normal_`` by the inverse CDF)."""
+    if not math.isclose(law.std, (law.high - law.low) / math.sqrt(12), rel_tol=1e-9):
+        return None
+    p, q = (float(torch.erfinv(torch.tensor(v, dtype=torch.float64))) for v in (law.low, law.high))
+    return _truncated(Law(0.0, math.sqrt(0.5)), p, q)
 
 
 def _number(value: object) -> float | None:
@@ -135,6 +142,8 @@ class _InitLaws(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.laws: dict[int, Law] = {}
+        #: masks of entries outside an interval: (low, high), -inf/inf for one side
+        self.masks: dict[int, tuple[float, float]] = {}
         self.kept: list[torch.Tensor] = []  # keeps storages (and so their keys) alive
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
@@ -148,10 +157,29 @@ class _InitLaws(TorchDispatchMode):
                 self._set(first, law if _whole(first) else None)
             return result
         inputs = {_key(a) for a in tree_flatten((args, kwargs))[0] if _real(a)}
+        mask = self._new_mask(func.overloadpacket, args, before)
         for tensor in tree_flatten(result)[0]:
             if _real(tensor) and _key(tensor) not in inputs:  # a view keeps its storage's law
                 self._set(tensor, law)
+                self.masks.pop(_key(tensor), None)
+                if mask is not None:
+                    self.masks[_key(tensor)] = mask
         return result
+
+    def _new_mask(self, packet: Any, args: tuple, before: Law | None) -> tuple[float, float] | None:
+        """``trunc_normal_`` by rejection: ``x < a``, ``x > b`` and their ``|`` mark the
+        entries outside [a, b] (which :meth:`_new_law`'s ``where`` draws again)."""
+        bound = _number(args[1]) if len(args) > 1 else None
+        if before is not None and bound is not None:
+            if packet is aten.lt:
+                return (bound, math.inf)
+            if packet is aten.gt:
+                return (-math.inf, bound)
+        if packet is aten.bitwise_or and all(_real(a) for a in args[:2]):
+            one, other = (self.masks.get(_key(a)) for a in args[:2])
+            if one is not None and other is not None:
+                return (max(one[0], other[0]), min(one[1], other[1]))
+        return None
 
     def _set(self, tensor: torch.Tensor, law: Law | None) -> None:
         if law is None:
@@ -194,6 +222,12 @@ class _InitLaws(TorchDispatchMode):
             if value is None:
                 value = _number(arg(1, "fill_value", None))
             return None if value is None else Law(value, 0.0, value, value)
+        if packet is aten.where and len(args) == 3 and all(_real(a) for a in args):
+            outside = self.masks.get(_key(args[0]))
+            fresh = self._law_of(args[1])
+            if outside is not None and fresh is not None and -fresh.low == fresh.high == math.inf:
+                return _truncated(fresh, *outside)  # exact once no entry is left outside
+            return None
         if packet is aten.copy_:
             source = arg(1, "src", None)
             return self._law_of(source) if isinstance(source, torch.Tensor) else None

@@ -126,3 +126,37 @@ def test_a_grouped_convolution_reads_k_k_in_over_groups():
     found = trace(conv, (32, 5, 5))
     assert [(c.operation, c.fan_in) for c in found.contractions] == [("conv2d", 9 * 8)]
     assert found.outside_contractions == ["bias"]
+
+
+class LayerScaled(nn.Module):
+    """``W2 (gamma * W1 x)``: gamma, a vector of gains, times an activation is no longer a
+    parameter that the next product reads."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(n, 8))
+        self.gamma = nn.Parameter(torch.ones(n))
+        self.w2 = nn.Parameter(torch.randn(1, n))
+
+    def forward(self, x):
+        return (self.gamma * (x @ self.w1.T)) @ self.w2.T
+
+
+def test_a_parameter_times_an_activation_is_not_that_parameter():
+    found = trace(LayerScaled(16), (8,))
+    assert [(c.parameter, c.fan_in) for c in found.contractions] == [("w1", 8), ("w2", 16)]
+    assert found.outside_contractions == ["gamma"] and found.unplaced == {}
+
+
+def test_products_inside_attention_are_seen():
+    """nn.MultiheadAttention runs its projections inside F.multi_head_attention_forward: the
+    trace sees them at the ATen level (one contraction for Q, K and V together, one out)."""
+    block = nn.TransformerEncoderLayer(16, 4, dim_feedforward=40, dropout=0.0, batch_first=True)
+    found = trace(block, (6, 16))
+    assert [(c.parameter, c.operation, c.fan_in) for c in found.contractions] == [
+        ("self_attn.in_proj_weight", "addmm", 16),
+        ("self_attn.out_proj.weight", "addmm", 16),
+        ("linear1.weight", "linear", 16),
+        ("linear2.weight", "linear", 40),
+    ]
+    assert found.unplaced == {}
