@@ -65,6 +65,11 @@ CASES = [
     ("fit-alpha --space examples.transformer_mlp:member", "needs the shape of one example"),
     ("fit-alpha --input-shape 8,8", "--input-shape is for your own member"),
     ("fit-alpha --fan-in-sum a:b", "--fan-in-sum is for your own member"),
+    ("fit-alpha --parameterisation standard", "--parameterisation is for your own member"),
+    (
+        "fit-alpha --space tests.theory.zoo:kaiming_mlp --input-shape 64 --parameterisation mup",
+        "argument --parameterisation: invalid choice: 'mup'",
+    ),
     (
         "fit-alpha --space examples.transformer_mlp:member --input-shape 8,8 "
         "--fan-in-sum tests.theory.test_member:negative_fan_in_sum",

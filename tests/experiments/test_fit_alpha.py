@@ -22,6 +22,7 @@ from ce_ray.results import storage
 from ce_ray.theory.alpha import check_law
 from ce_ray.theory.by_name import make_space
 from examples import transformer_mlp
+from tests.theory.zoo import ZOO
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -294,3 +295,51 @@ def test_your_member_is_fitted_by_ray_tasks_as_in_one_process(tmp_path, capsys, 
     assert code == 2 and len(err.splitlines()) == 1, err
     assert f"different configuration (architecture: {fingerprint} -> " in err
     assert sorted(p.name for p in directory.rglob("*")) == before
+
+
+#: How each zoo member is written: PyTorch's blocks in its default parameterisation.
+ZOO_PARAMETERISATION = {
+    name: "standard"
+    if name in ("kaiming_mlp", "torchvision_mlp", "bottleneck", "encoder_layer")
+    else "ntk"
+    for name in ZOO
+}
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_fit_alpha_runs_on_every_zoo_member(tmp_path, capsys, name):
+    """``ce-ray fit-alpha`` of each member of tests/theory/zoo.py, a few hundred draws, its
+    shards Ray tasks that import the member by name; alpha.parquet says how it was sampled."""
+    entry, parameterisation = ZOO[name], ZOO_PARAMETERISATION[name]
+    shape = ",".join(map(str, entry.input_shape))
+    argv = ["fit-alpha", "--space", entry.name, "--input-shape", shape, "--widths", "8,16"]
+    argv += ["--samples", "200", "--shard-size", "100", "--bootstrap", "20"]
+    argv += ["--parameterisation", parameterisation, "--results", str(tmp_path)]
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "alpha = " in err + out
+    directory = next(tmp_path.glob("*/fit_alpha"))
+    (row,) = pd.read_parquet(directory / "alpha.parquet").to_dict("records")
+    assert row["parameterisation"] == parameterisation and np.isfinite(row["alpha"])
+    stored = json.loads((directory / "config.json").read_text())
+    stored.pop("architecture")
+    assert stored.get("parameterisation", "ntk") == parameterisation
+    assert FitConfig.from_json(stored).space.sampled_parameterisation == parameterisation
+    notes = [line for line in (err + out).splitlines() if "note: PyTorch has no vectorised" in line]
+    assert len(notes) == (1 if name in ("pre_ln_block", "encoder_layer") else 0), notes
+
+
+def test_a_member_whose_mean_kernel_grows_is_pointed_to_its_twin(tmp_path, capsys):
+    """torchvision's ops.MLP sampled as written: E[K] grows with n, the warning says so and
+    a hint names --parameterisation standard; as its twin, neither is printed."""
+    argv = ["fit-alpha", "--space", ZOO["torchvision_mlp"].name, "--input-shape", "64"]
+    argv += ["--widths", "8,32,128", "--samples", "200", "--bootstrap", "20"]
+    assert cli.main([*argv, "--results", str(tmp_path / "as-written")]) == 0
+    printed = "".join(capsys.readouterr())
+    assert "warning: E[K] grows with n" in printed
+    assert "hint: a member in PyTorch's default parameterisation" in printed
+    twin = [*argv, "--parameterisation", "standard", "--results", str(tmp_path / "twin")]
+    assert cli.main(twin) == 0
+    printed = "".join(capsys.readouterr())
+    assert "E[K] grows" not in printed and "hint:" not in printed
+    assert "(your member, its NTK twin, inputs of shape (64,))" in printed
