@@ -159,11 +159,12 @@ def inspect_member(member: Member, widths: Sequence[int], input_shape: Sequence[
                 f"member has dropout ({label or 'the member'}, p={module.p:g}): a random "
                 "forward pass has no single NTK; build the member without it"
             )
-        if isinstance(module, _BATCH_NORM):
-            warnings.append(
-                f"member has BatchNorm ({label}): its NTK is sampled in eval mode, with running "
-                "statistics"
-            )
+    norms = [label for label, m in smallest.named_modules() if isinstance(m, _BATCH_NORM)]
+    if norms:
+        warnings.append(
+            f"member has BatchNorm ({_some(norms)}): its NTK is sampled in eval mode, with "
+            "running statistics"
+        )
     _check_no_shared_storage(smallest, build(member, widths[0]), widths[0])
     traces = []
     for n in widths:

@@ -388,6 +388,23 @@ def sample_member_ntk(
     """
     check_choice("readout", readout, READOUTS)
     check_choice("parameterisation", parameterisation, PARAMETERISATIONS)
+    with _unbatched_operations_noted():  # the plan's checks run the member under vmap too
+        samples = _sample(
+            member, n, num_samples, seed, inputs, memory_budget, readout, parameterisation
+        )
+    return samples
+
+
+def _sample(
+    member: Member,
+    n: int,
+    num_samples: int,
+    seed: int,
+    inputs: torch.Tensor,
+    memory_budget: int,
+    readout: Readout,
+    parameterisation: Parameterisation,
+) -> np.ndarray:
     how = cached_plan(member, n, inputs, readout, parameterisation)
     weights = how.scales.as_dict() if how.scales else None
     template = draw_members(member, n, 1, seed)[0].to(device=inputs.device, dtype=inputs.dtype)
@@ -434,12 +451,9 @@ def sample_member_ntk(
         return torch.cat([block_products(b)[lo:hi] for b, lo, hi in spans(first, count)])
 
     values = []
-    with _unbatched_operations_noted():
-        for first in range(0, num_samples, chunk):
-            count = min(chunk, num_samples - first)
-            drawn, drawn_products = draws(first, count), products(first, count)
-            kernels = kernels_of(
-                template, drawn, inputs, readout, how.first, drawn_products, weights
-            )
-            values.append(kernels.detach())
+    for first in range(0, num_samples, chunk):
+        count = min(chunk, num_samples - first)
+        drawn, drawn_products = draws(first, count), products(first, count)
+        kernels = kernels_of(template, drawn, inputs, readout, how.first, drawn_products, weights)
+        values.append(kernels.detach())
     return torch.cat(values).to(device="cpu", dtype=torch.float64).numpy()
