@@ -198,12 +198,13 @@ def test_git_and_ray_job_submit_keep_every_package_file():
 
 def test_the_own_member_guide_shows_what_inspect_prints(capsys):
     guide = DOCS["your-own-member.md"]
-    shown = re.search(r"\$ ce-ray (inspect .*)\n((?:.+\n)+?)```", guide)
-    assert shown, "the guide's inspect transcript"
+    shown = re.findall(r"\$ ce-ray (inspect .*)\n((?:.+\n)+?)```", guide)
+    assert len(shown) == 2, "the guide's inspect transcripts: the example, a transformer"
     from ce_ray import cli
 
-    assert cli.main(shown.group(1).split()) == 0
-    assert capsys.readouterr().out == shown.group(2)
+    for command, transcript in shown:
+        assert cli.main(command.split()) == 0
+        assert capsys.readouterr().out == transcript
     for command in re.findall(r"^(ce-ray (?:params|curve) --space .*)$", guide, re.M):
         assert cli.main(command.split()[1:]) == 0, command
     assert "docs/your-own-member.md" in README

@@ -78,7 +78,11 @@ def load_member(name: str, role: str = "member", signature: str = "member(n) -> 
 def build(member: Member, n: int, device: str | torch.device = "cpu") -> nn.Module:
     """``member(n)`` built on ``device`` (``"meta"``: shapes only), checked to be a module."""
     with torch.device(device):
-        module = member(n)
+        try:
+            module = member(n)
+        except Exception as error:  # the user's constructor: one line, naming the width
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ValueError(f"member({n}) raised {type(error).__name__}: {first}") from None
     if not isinstance(module, nn.Module):
         raise ValueError(f"member({n}) returned a {type(module).__name__}, not a torch.nn.Module")
     return module

@@ -268,17 +268,25 @@ def trace(module: nn.Module, input_shape: Sequence[int]) -> Trace:
         with torch.no_grad(), counter, functions, reads:
             module(example)
     except Exception as error:  # the module's own code: one line, as for any bad input
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ValueError(
             f"the module does not run on one example of shape {tuple(input_shape)}: "
-            f"{type(error).__name__}: {first}"
+            f"{_one_line(error)}"
         ) from None
     readers = {name: tuple(dict.fromkeys(ops)) for name, ops in reads.readers.items()}
     return Trace(parameters, tuple(reads.contractions), counter.get_total_flops() // 2, readers)
 
 
+def _one_line(error: Exception) -> str:
+    """``Type: first line of the message``."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first}"
+
+
 def trace_member(member: Callable[[int], nn.Module], n: int, input_shape: Sequence[int]) -> Trace:
     """:func:`trace` of ``member(n)``, built on the meta device."""
     with torch.device("meta"):
-        module = member(n)
+        try:
+            module = member(n)
+        except Exception as error:  # the user's constructor: one line, naming the width
+            raise ValueError(f"member({n}) raised {_one_line(error)}") from None
     return trace(module, input_shape)
