@@ -20,6 +20,7 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 from ce_ray.presets import FIT_PRESETS
 from ce_ray.theory import member_ntk
 from ce_ray.theory.alpha import check_law, fit_eq9
+from ce_ray.theory.first_layer import first_layer
 from ce_ray.theory.member import inspect_member
 from ce_ray.theory.member_draws import draw_members
 from ce_ray.theory.member_ntk import (
@@ -178,6 +179,17 @@ def test_the_twin_s_kernel_is_the_ntk_parameterised_kernel_on_identical_weights(
         standard[0], torch.func.stack_module_state(standard), inputs, weights=scales.as_dict()
     )
     torch.testing.assert_close(as_twin, as_ntk, rtol=1e-12, atol=0)
+    # The same with W1's share from its law (dF/d(W1 x) and the inputs' Gram matrix).
+    found = first_layer(standard[0], inputs)
+    assert found is not None and found.weight == "hidden.0.weight"
+    by_law = kernels_of(
+        standard[0],
+        torch.func.stack_module_state(standard),
+        inputs,
+        first=found,
+        weights=scales.as_dict(),
+    )
+    torch.testing.assert_close(by_law, as_ntk, rtol=1e-12, atol=0)
     plain = kernels_of(standard[0], torch.func.stack_module_state(standard), inputs)
     assert not torch.allclose(plain, as_ntk)  # the weights are what makes it the twin
 
