@@ -87,8 +87,6 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("space", pa.string()),
         pa.field("member", pa.string()),  # MODULE:CALLABLE of your own member; "" for a preset
         pa.field("architecture", pa.string()),  # the member's fingerprint; "" for a preset
-        # ntk: sampled as written; standard: the member's NTK twin (ce_ray.theory.twin)
-        pa.field("parameterisation", pa.string()),
         pa.field("label", pa.string()),  # "m x n d"
         pa.field("n", pa.int64()),
         pa.field("m", pa.int64()),

@@ -117,6 +117,10 @@ def trials_frame(
         )
         for o in outcomes
     ]
+    # A column added to the schema and not to the row would be written all null.
+    differ = set(storage.TRIALS_SCHEMA.names) ^ set(rows[0]) if rows else set()
+    if differ:
+        raise ValueError(f"trials.parquet's rows and schema differ in {sorted(differ)}")
     frame = pd.DataFrame(rows, columns=storage.TRIALS_SCHEMA.names)
     return frame.sort_values(["n", "seed_index"]).reset_index(drop=True)
 
