@@ -38,7 +38,14 @@ USAGE_ERROR = 2
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage dump) and exit status 2."""
+    """argparse, but a usage error is one line (no usage dump) and exit status 2, and an
+    option must be spelled whole: with argparse's prefix matching, an option added later
+    (``--data``) would silently change what a prefix of an older one (``--data-root``)
+    means."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")

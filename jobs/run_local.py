@@ -79,7 +79,9 @@ def submit_and_follow(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").splitlines()[0], allow_abbrev=False
+    )
     parser.add_argument("--job", choices=("primal_curve", "dual_curve"), default="primal_curve")
     args, job_args = parser.parse_known_args()
     results = results_of(job_args)

@@ -1,11 +1,13 @@
 """The ce-ray command line, run as a real process."""
 
+import argparse
 import json
 import subprocess
 import sys
 
 import pytest
 
+from ce_ray import cli
 from ce_ray.theory.curves import CURVE_COLUMNS
 
 
@@ -258,3 +260,18 @@ def test_every_default_a_help_string_states_is_the_one_the_command_uses():
             assert spelled(default) == stated[1], f"{name} --{action.dest}: {help_text!r}"
             checked += 1
     assert checked >= 40, checked
+
+
+def test_no_command_takes_a_prefix_of_an_option():
+    """argparse's prefix matching is off in every command: ``--data X`` must never be taken
+    as ``--data-root X`` (nor an option added later change what an old prefix meant)."""
+    from ce_ray.cli import build_parser
+
+    parser = build_parser()
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert not parser.allow_abbrev
+    assert not [name for name, sub in subparsers.choices.items() if sub.allow_abbrev]
+    code = cli.main(["sweep", "primal", "--data", "elsewhere"])
+    assert code == 2
+    code = cli.main(["params", "--space", "fc", "--m", "1", "--n", "4", "--dep", "3"])
+    assert code == 2
