@@ -32,6 +32,9 @@ Parameterisation = Literal["ntk", "standard"]
 Dtype = Literal["float32", "float64"]
 #: Autocast precision of a training worker.
 Precision = Literal["fp32", "bf16", "fp16"]
+#: A training recipe's optimizer and learning-rate schedule (``ce_ray.presets.Recipe``).
+Optimizer = Literal["sgd", "adam", "adamw"]
+Schedule = Literal["constant", "step", "cosine"]
 #: Tune schedulers: run every trial to the end, or stop weak ones early.
 Scheduler = Literal["fifo", "asha"]
 
@@ -44,6 +47,8 @@ PARAMETERISATIONS: tuple[Parameterisation, ...] = get_args(Parameterisation)
 DTYPES: tuple[Dtype, ...] = get_args(Dtype)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 SCHEDULERS: tuple[Scheduler, ...] = get_args(Scheduler)
+OPTIMIZERS: tuple[Optimizer, ...] = get_args(Optimizer)
+SCHEDULES: tuple[Schedule, ...] = get_args(Schedule)
 
 T = TypeVar("T", bound=str)
 

@@ -213,7 +213,37 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
         "precision": None if args.precision == "auto" else args.precision,
     }
     del settings["preset"], settings["formulation"]
-    return SweepConfig.from_preset(args.preset, args.formulation, **settings)
+    from_file = read_recipe(args.recipe) if args.recipe else {}
+    return SweepConfig.from_preset(args.preset, args.formulation, **(from_file | settings))
+
+
+def read_recipe(location: str) -> dict:
+    """``--recipe``'s JSON object of recipe fields (``epochs`` and ``RECIPE_FIELDS``), checked
+    for unknown keys and the kind of each value here; their ranges, as the flags', by
+    ``SweepConfig``."""
+    from ce_ray.configs import RECIPE_FIELDS
+    from ce_ray.results import storage
+
+    if not storage.exists(location) or storage.is_directory(location):
+        raise ValueError(f"--recipe {location}: no such file (a JSON object of recipe fields)")
+    try:
+        recipe = storage.read_json(location)
+    except ValueError:
+        raise ValueError(f"--recipe {location}: not JSON") from None
+    known = ("epochs", *RECIPE_FIELDS)
+    if not isinstance(recipe, dict):
+        raise ValueError(f"--recipe {location}: not a JSON object of {', '.join(known)}")
+    if unknown := sorted(set(recipe) - set(known)):
+        raise ValueError(
+            f"--recipe {location}: unknown field {unknown[0]!r} (allowed: {', '.join(known)})"
+        )
+    kinds = {"epochs": int, "batch_size": int, "warmup_epochs": int}
+    for key, value in recipe.items():
+        kind = kinds.get(key, str if key in ("optimizer", "schedule") else float)
+        fits = isinstance(value, kind) or (kind is float and isinstance(value, int))
+        if isinstance(value, bool) or not fits:
+            raise ValueError(f"--recipe {location}: {key} must be a {kind.__name__}; got {value!r}")
+    return recipe
 
 
 def sweep_command(args: argparse.Namespace) -> None:

@@ -24,18 +24,22 @@ from ce_ray.choices import (
     DTYPES,
     FORMULATIONS,
     METHODS,
+    OPTIMIZERS,
     PRECISIONS,
     READOUTS,
     SCHEDULERS,
+    SCHEDULES,
     Dtype,
     Formulation,
     Method,
+    Optimizer,
     Precision,
     Readout,
+    Schedule,
     Scheduler,
     check_choice,
 )
-from ce_ray.presets import DATASET_EXAMPLES, FIT_PRESETS, SWEEP_PRESETS, SweepPreset
+from ce_ray.presets import DATASET_EXAMPLES, FIT_PRESETS, SWEEP_PRESETS, Recipe, SweepPreset
 from ce_ray.theory.by_name import your_member
 from ce_ray.theory.curves import Curve, check_alpha, curve, parse_widths, select_points
 from ce_ray.theory.spaces import Space
@@ -213,6 +217,19 @@ class FitConfig:
         return cls(**settings | {"widths": tuple(data["widths"]), "member": member})
 
 
+#: The recipe's fields a sweep takes in place of its preset's (``--lr`` ...; ``epochs`` is
+#: a field of its own).
+RECIPE_FIELDS = (
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "momentum",
+    "batch_size",
+    "schedule",
+    "warmup_epochs",
+    "label_smoothing",
+)
+
 #: What a fit of your own member stores of it (``MemberSpace.stored``).
 FIT_MEMBER_FIELDS = ("member", "input_shape", "fan_in_sum_from", "parameterisation")
 
@@ -253,6 +270,16 @@ class SweepConfig:
     #: the preset gives the data and the recipe.
     member: Space | None = None
     baseline: int = 0  # n~ of the baseline 1 x n~; 0: the preset's
+    #: The recipe's fields given (:data:`RECIPE_FIELDS`; None: the preset's), with ``epochs``
+    #: above: what :attr:`recipe` trains with.
+    optimizer: Optimizer | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    momentum: float | None = None
+    batch_size: int | None = None
+    schedule: Schedule | None = None
+    warmup_epochs: int | None = None
+    label_smoothing: float | None = None
 
     def __post_init__(self) -> None:
         _require(
@@ -299,11 +326,51 @@ class SweepConfig:
             f"({limits.MAX_LOADER_WORKERS_PER_CPU} per CPU of --cpus-per-worker); "
             f"got {self.loader_workers}",
         )
+        self._check_recipe()
         _require(
             not (self.pack_seeds and self.precision == "fp16"),
             "--pack-seeds cannot train with --precision fp16: one loss scaler would skip every "
             "seed's step when one seed overflows; use bf16 or --no-pack-seeds",
         )
+
+    def _check_recipe(self) -> None:
+        """One line for each recipe field given out of its range."""
+        if self.optimizer is not None:
+            check_choice("--optimizer", self.optimizer, OPTIMIZERS)
+        if self.schedule is not None:
+            check_choice("--schedule", self.schedule, SCHEDULES)
+        for name, value, low, high, low_open in (
+            ("--lr", self.lr, 0.0, limits.MAX_LR, True),
+            ("--weight-decay", self.weight_decay, 0.0, limits.MAX_WEIGHT_DECAY, False),
+            ("--momentum", self.momentum, 0.0, 0.999, False),
+            ("--label-smoothing", self.label_smoothing, 0.0, 0.999, False),
+        ):
+            if value is None:
+                continue
+            inside = math.isfinite(value) and (value > low if low_open else value >= low)
+            _require(
+                inside and value <= high,
+                f"{name} must be a finite number {'>' if low_open else '>='} {low:g} and <= "
+                f"{high:g}; got {value!r}",
+            )
+        if self.batch_size is not None:
+            _require(
+                1 <= self.batch_size <= limits.MAX_BATCH_SIZE,
+                f"--batch-size must be from 1 to {limits.MAX_BATCH_SIZE}; got {self.batch_size}",
+            )
+        if self.warmup_epochs is not None:
+            _require(
+                0 <= self.warmup_epochs < self.epochs,
+                f"--warmup-epochs must be from 0 to --epochs - 1 ({self.epochs - 1}); got "
+                f"{self.warmup_epochs}",
+            )
+
+    @property
+    def recipe(self) -> Recipe:
+        """What every trial trains with: the preset's recipe, ``epochs`` and the recipe's
+        fields given here in place of its own."""
+        given = {f: getattr(self, f) for f in RECIPE_FIELDS if getattr(self, f) is not None}
+        return dataclasses.replace(self.spec.recipe, epochs=self.epochs, **given)
 
     def check_on_this_machine(self) -> None:
         """The checks that build networks or read this machine, run where the sweep starts
@@ -441,8 +508,11 @@ class SweepConfig:
         record = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("member", "baseline")
+            if f.name not in ("member", "baseline", *RECIPE_FIELDS)
         }
+        # The recipe's fields given, only: a sweep on the preset's recipe stores what it
+        # always has, and resumes.
+        record |= {f: getattr(self, f) for f in RECIPE_FIELDS if getattr(self, f) is not None}
         record |= self.space.stored() | ({"baseline": self.baseline} if self.baseline else {})
         record |= {"architecture": self.architecture} if self.architecture else {}
         return record | ({"points": [list(p) for p in self.points]} if self.alpha else {})
@@ -454,6 +524,7 @@ class SweepConfig:
         every trial and worker that reads it trains what the driver chose (ValueError if
         ``data`` is not one)."""
         required = {f.name for f in dataclasses.fields(cls)} - {"member", "baseline"}
+        required -= set(RECIPE_FIELDS)
         if not isinstance(data, dict) or not required <= set(data):
             raise ValueError("not a sweep configuration written by ce-ray")
         member = your_member(

@@ -27,6 +27,10 @@ MAX_BOOTSTRAP_WORK = 2 * 10**10
 MAX_POINTS = 256
 MAX_SEEDS = 1000
 MAX_EPOCHS = 100_000
+#: A recipe's learning rate, weight decay and global batch size.
+MAX_LR = 10.0
+MAX_WEIGHT_DECAY = 1.0
+MAX_BATCH_SIZE = 2**20
 #: Tune and Train restarts per trial.
 MAX_FAILURES = 100
 #: Ray's resource granularity is 1e-4; below 0.01 CPU a worker is never scheduled sensibly.

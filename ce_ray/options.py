@@ -25,10 +25,12 @@ from ce_ray.choices import (
     FORMULATIONS,
     METHODS,
     METRICS,
+    OPTIMIZERS,
     PARAMETERISATIONS,
     PRECISIONS,
     READOUTS,
     SCHEDULERS,
+    SCHEDULES,
 )
 from ce_ray.presets import DEFAULT_FIT_PRESET, DEFAULT_SWEEP_PRESET, FIT_PRESETS, SWEEP_PRESETS
 from ce_ray.theory.curves import parse_widths
@@ -568,9 +570,7 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
         help="points on the curve (5)",
     )
     parser.add_argument("--seeds", type=integer(1, limits.MAX_SEEDS), help="seeds per point (2)")
-    parser.add_argument(
-        "--epochs", type=integer(1, limits.MAX_EPOCHS), help="epochs (default: the preset's)"
-    )
+    add_recipe_options(parser)
     parser.add_argument(
         "--workers-per-trial",
         type=integer(1, limits.MAX_WORKERS_PER_TRIAL),
@@ -625,6 +625,52 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
         "lines, the workers' logs (or CE_RAY_VERBOSE=1)",
     )
     add_execution_options(parser)
+
+
+def add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    """The training recipe's fields (``ce_ray.presets.Recipe``), each the preset's when not
+    given here nor in ``--recipe``'s file."""
+    recipe = parser.add_argument_group(
+        "the training recipe (default: the preset's; flags override --recipe's file)"
+    )
+    recipe.add_argument(
+        "--recipe",
+        type=location,
+        metavar="FILE",
+        help="a JSON object of recipe fields: epochs, optimizer, lr, weight_decay, momentum, "
+        "batch_size, schedule, warmup_epochs, label_smoothing",
+    )
+    recipe.add_argument(
+        "--epochs", type=integer(1, limits.MAX_EPOCHS), help="epochs (default: the preset's)"
+    )
+    recipe.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd, adam or adamw")
+    recipe.add_argument("--lr", type=number(0, limits.MAX_LR), help="learning rate")
+    recipe.add_argument(
+        "--weight-decay",
+        type=number(0, limits.MAX_WEIGHT_DECAY, inclusive=True),
+        help="weight decay (adamw: decoupled)",
+    )
+    recipe.add_argument("--momentum", type=number(0, 0.999, inclusive=True), help="SGD's momentum")
+    recipe.add_argument(
+        "--batch-size",
+        type=integer(1, limits.MAX_BATCH_SIZE),
+        help="global batch size, split over a trial's workers",
+    )
+    recipe.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help="lr schedule per epoch: constant, step (the preset's milestones) or cosine",
+    )
+    recipe.add_argument(
+        "--warmup-epochs",
+        type=integer(0, limits.MAX_EPOCHS),
+        help="epochs of linear lr warm-up before the schedule",
+    )
+    recipe.add_argument(
+        "--label-smoothing",
+        type=number(0, 0.999, inclusive=True),
+        help="label smoothing of the cross-entropy",
+    )
 
 
 def add_sweep_member_options(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeVar
 
+from ce_ray.choices import Optimizer, Schedule
 from ce_ray.theory.spaces import (
     CifarResNeXt29Space,
     FCSpace,
@@ -53,16 +54,25 @@ class FitPreset:
 
 @dataclass(frozen=True, kw_only=True)
 class Recipe:
-    """How one point is trained. ``batch_size`` is global (split over the workers)."""
+    """How one point is trained. ``batch_size`` is global (split over the workers).
 
-    optimizer: str  # "adam" or "sgd"
+    The learning rate follows ``schedule`` epoch by epoch: ``step`` multiplies it by
+    ``lr_decay`` after each of ``milestones`` (none: constant), ``constant`` keeps it,
+    ``cosine`` anneals it to 0 over the epochs after the warm-up; ``warmup_epochs`` first
+    raise it linearly (lr k / (warmup + 1) in epoch k).
+    """
+
+    optimizer: Optimizer
     lr: float
     epochs: int
     batch_size: int
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD's
     weight_decay: float = 0.0
     milestones: tuple[int, ...] = ()  # epochs after which the lr is multiplied by lr_decay
     lr_decay: float = 0.1
+    schedule: Schedule = "step"
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0  # of the cross-entropy
 
 
 @dataclass(frozen=True, kw_only=True)

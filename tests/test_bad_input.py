@@ -4,6 +4,7 @@ kind, work no machine can hold, unsafe names and locations, files that are not w
 should be). Each case runs ``ce-ray`` in this process, so the test also sees that Ray was
 never initialised."""
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -171,6 +172,25 @@ CASES = [
     ("sweep primal --seeds 0", "argument --seeds: must be an integer >= 1"),
     ("sweep primal --seeds 1000000", "argument --seeds: must be an integer <= 1000"),
     ("sweep primal --epochs 0", "argument --epochs: must be an integer >= 1"),
+    # the recipe: each flag, and --recipe's file
+    ("sweep primal --optimizer lion", "argument --optimizer: invalid choice: 'lion'"),
+    ("sweep primal --lr 0", "argument --lr: must be a finite number > 0"),
+    ("sweep primal --lr nan", "argument --lr: must be a finite number"),
+    ("sweep primal --lr 100", "argument --lr: must be a finite number <= 10"),
+    ("sweep primal --weight-decay -1", "argument --weight-decay: must be a finite number >= 0"),
+    ("sweep primal --momentum 1", "argument --momentum: must be a finite number <= 0.999"),
+    ("sweep primal --batch-size 0", "argument --batch-size: must be an integer >= 1"),
+    ("sweep primal --schedule linear", "argument --schedule: invalid choice: 'linear'"),
+    ("sweep primal --warmup-epochs 15", "--warmup-epochs must be from 0 to --epochs - 1 (14)"),
+    ("sweep primal --label-smoothing 1", "argument --label-smoothing: must be a finite number"),
+    ("sweep primal --recipe {tmp}/missing.json", "missing.json: no such file (a JSON object"),
+    ("sweep primal --recipe {tmp}/folder", "no such file (a JSON object of recipe fields)"),
+    ("sweep primal --recipe {tmp}/not_parquet.txt", "not_parquet.txt: not JSON"),
+    ("sweep primal --recipe {tmp}/recipe_list.json", "not a JSON object of epochs, optimizer"),
+    ("sweep primal --recipe {tmp}/recipe_key.json", "unknown field 'learning_rate' (allowed:"),
+    ("sweep primal --recipe {tmp}/recipe_kind.json", "batch_size must be a int; got 32.5"),
+    ("sweep primal --recipe {tmp}/recipe_range.json", "--lr must be a finite number > 0"),
+    ("sweep primal --recipe s3://AKIA:SeCrEt@bucket/r.json", "must not carry credentials"),
     ("sweep primal --epochs 100000000", "argument --epochs: must be an integer <="),
     ("sweep primal --alpha -1", "argument --alpha: must be a finite number > 0"),
     ("sweep primal --alpha 1e308", "argument --alpha: must be a finite number <="),
@@ -260,6 +280,13 @@ def make_files(tmp: Path) -> None:
     (tmp / "file").write_text("a file where a directory should be")
     (tmp / "folder").mkdir()
     (tmp / "not_parquet.txt").write_text("alpha = 2.4")
+    for name, recipe in (
+        ("list", [1, 2]),
+        ("key", {"learning_rate": 0.1}),
+        ("kind", {"batch_size": 32.5}),
+        ("range", {"lr": 0, "optimizer": "sgd"}),
+    ):
+        (tmp / f"recipe_{name}.json").write_text(json.dumps(recipe))
     for name, alpha in (("nan_alpha", math.nan), ("negative_alpha", -1.5)):
         pq.write_table(pa.table({"alpha": [alpha]}), tmp / f"{name}.parquet")
     pq.write_table(pa.table({"beta": [1.0]}), tmp / "other.parquet")

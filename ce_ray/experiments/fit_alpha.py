@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ce_ray.configs import FitConfig
+from ce_ray.configs import FIT_MEMBER_FIELDS, FitConfig
 from ce_ray.experiments import cluster
 from ce_ray.experiments.shards import Shard, plan_shards, read_width, sample_shard
 from ce_ray.experiments.tasks import (
@@ -226,7 +226,10 @@ def fit_alpha(
     fit, write the outputs. Settings that cannot run fail before anything is written."""
     check_fits_in_memory(config)
     directory = storage.join(results, experiment, "fit_alpha")
-    storage.check_or_write_config(directory, config.to_json() | architecture(config))
+    # "parameterisation" is stored only when "standard": a rerun without it is a change.
+    storage.check_or_write_config(
+        directory, config.to_json() | architecture(config), omitted=FIT_MEMBER_FIELDS
+    )
     sample_all_shards(config, directory, workers, log, stall_timeout_s=stall_timeout_s)
     fit = fit_from_shards(config, directory, bootstrap, ci_level, intercept)
     write_outputs(config, fit, directory, experiment, bootstrap)

@@ -25,7 +25,7 @@ import ray
 from ray import tune
 from ray.tune.experiment import Trial
 
-from ce_ray.configs import FitConfig, SweepConfig
+from ce_ray.configs import RECIPE_FIELDS, FitConfig, SweepConfig
 from ce_ray.experiments import cluster, console, ray_compat, trackers
 from ce_ray.experiments.tasks import Log, print_line
 from ce_ray.experiments.trial import run_trial, trial_histories, trial_outcomes
@@ -194,7 +194,7 @@ def run_sweep(
     if config.alpha is None:
         alpha = _fit_alpha_first(config, results, experiment, log)
         config = dataclasses.replace(config, alpha=alpha)
-    storage.check_or_write_config(directory, config.to_json(), "sweep.json")
+    storage.check_or_write_config(directory, config.to_json(), "sweep.json", RECIPE_FIELDS)
     # The whole log -- ce-ray's lines, and Ray's and Tune's records that the quiet console
     # leaves out -- kept with the results, one file per run of the sweep.
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

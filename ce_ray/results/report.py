@@ -162,7 +162,8 @@ def report(directory: str, with_plots: bool = True) -> str:
         columns = storage.read_parquet(trials_path)
     except (OSError, ValueError) as error:
         raise ValueError(f"{trials_path}: not a Parquet file ({error})") from None
-    if missing := sorted(set(storage.TRIALS_SCHEMA.names) - set(columns.column_names)):
+    required = set(storage.TRIALS_SCHEMA.names) - set(storage.RECIPE_COLUMNS)
+    if missing := sorted(required - set(columns.column_names)):
         raise ValueError(
             f"{trials_path}: not a trials.parquet of ce-ray sweep (no {', '.join(missing[:3])})"
         )

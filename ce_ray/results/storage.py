@@ -12,7 +12,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -79,6 +79,18 @@ ALPHA_SCHEMA = pa.schema(
 )
 
 
+#: trials.parquet's recipe columns, which tables written before them lack (and are read).
+RECIPE_COLUMNS = (
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "momentum",
+    "batch_size",
+    "schedule",
+    "warmup_epochs",
+    "label_smoothing",
+)
+
 #: One row per (point, seed index) of a sweep (trials.parquet).
 TRIALS_SCHEMA = pa.schema(
     [
@@ -111,6 +123,15 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("final_train_loss", pa.float64()),
         pa.field("epochs_completed", pa.int64()),
         pa.field("epochs_planned", pa.int64()),
+        # The recipe trained with (--recipe and its flags, else the preset's): RECIPE_COLUMNS.
+        pa.field("optimizer", pa.string()),
+        pa.field("lr", pa.float64()),
+        pa.field("weight_decay", pa.float64()),
+        pa.field("momentum", pa.float64()),
+        pa.field("batch_size", pa.int64()),
+        pa.field("schedule", pa.string()),
+        pa.field("warmup_epochs", pa.int64()),
+        pa.field("label_smoothing", pa.float64()),
         pa.field("wall_time_s", pa.float64()),
         pa.field("status", pa.string()),  # finished | stopped_early (ASHA) | error
         pa.field("retries", pa.int64()),  # restarts: lost worker/node, retried or resumed job
@@ -132,6 +153,7 @@ EPOCHS_SCHEMA = pa.schema(
         pa.field("train_loss", pa.float64()),
         pa.field("test_error", pa.float64()),
         pa.field("test_error_top5", pa.float64()),
+        pa.field("lr", pa.float64()),  # the learning rate this epoch trained with
         pa.field("time_total_s", pa.float64()),  # wall clock since the trial first started
         pa.field("train_time_s", pa.float64()),  # in the training loop, summed over epochs
         pa.field("attempt", pa.int64()),  # which start of the trial trained it (0 = first)
@@ -443,15 +465,20 @@ def read_metadata(location: str) -> dict:
     return {k.decode(): json.loads(v) for k, v in raw.items() if not k.startswith(b"pandas")}
 
 
-def check_or_write_config(directory: str, config: dict, name: str = "config.json") -> None:
+def check_or_write_config(
+    directory: str, config: dict, name: str = "config.json", omitted: Sequence[str] = ()
+) -> None:
     """Record an experiment's configuration in ``directory/name``, or, when one is already
-    there, refuse a different one (one line naming each changed field)."""
+    there, refuse a different one (one line naming each changed field). ``omitted``: fields
+    a configuration leaves out when they have their default (so that one written before
+    they existed still matches): one stored and now left out is a change too."""
     path = join(directory, name)
     if exists(path):
         stored = read_json(path)
-        changed = [k for k in config if json.dumps(stored.get(k)) != json.dumps(config[k])]
+        keys = [*config, *(k for k in omitted if k in stored and k not in config)]
+        changed = [k for k in keys if json.dumps(stored.get(k)) != json.dumps(config.get(k))]
         if changed:
-            details = "; ".join(f"{k}: {stored.get(k)} -> {config[k]}" for k in changed)
+            details = "; ".join(f"{k}: {stored.get(k)} -> {config.get(k)}" for k in changed)
             raise ValueError(
                 f"{directory} was written with a different configuration ({details}); "
                 f"use another --experiment or the original settings"

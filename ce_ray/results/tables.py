@@ -58,6 +58,7 @@ def _trial_row(
     architecture: str,
 ) -> dict:
     done = int(history["epoch"].max()) if len(history) else 0
+    recipe = config.recipe
     if outcome.error:
         status = "error"
     else:
@@ -89,6 +90,7 @@ def _trial_row(
         "final_train_loss": _last(history, "train_loss") if done else math.nan,
         "epochs_completed": done,
         "epochs_planned": config.epochs,
+        **{column: getattr(recipe, column) for column in storage.RECIPE_COLUMNS},
         "wall_time_s": _last(history, "time_total_s") if done else math.nan,
         "status": status,
         "retries": int(history["attempt"].max()) if done else 0,

@@ -5,6 +5,8 @@ GPU, DDP over NCCL; gloo on CPU). Ordinary PyTorch plus ``ray.train.report`` onc
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import os
 import random
 import tempfile
@@ -39,14 +41,13 @@ def _no_beat() -> None:
 
 def make_optimizer(
     model: torch.nn.Module, recipe: Recipe
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
-    """The recipe's optimizer and its lr schedule, stepped once per epoch (the lr is
-    multiplied by ``recipe.lr_decay`` at each milestone)."""
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The recipe's optimizer and its lr schedule, stepped once per epoch
+    (:class:`~ce_ray.presets.Recipe`; :func:`lr_factor`)."""
     optimizer: torch.optim.Optimizer
-    if recipe.optimizer == "adam":
-        optimizer = torch.optim.Adam(
-            model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
-        )
+    if recipe.optimizer in ("adam", "adamw"):
+        adam = torch.optim.Adam if recipe.optimizer == "adam" else torch.optim.AdamW
+        optimizer = adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     else:
         optimizer = torch.optim.SGD(
             model.parameters(),
@@ -55,10 +56,40 @@ def make_optimizer(
             weight_decay=recipe.weight_decay,
             nesterov=False,
         )
-    schedule = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, list(recipe.milestones), recipe.lr_decay
-    )
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    if recipe.schedule == "step" and not recipe.warmup_epochs:
+        # The presets' schedule, as it always was (the same numbers, the same checkpoints).
+        schedule = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, list(recipe.milestones), recipe.lr_decay
+        )
+    else:
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, functools.partial(lr_factor, recipe)
+        )
     return optimizer, schedule
+
+
+def lr_factor(recipe: Recipe, steps: int) -> float:
+    """The learning rate over ``recipe.lr`` after ``steps`` epochs (epoch ``steps + 1``
+    trains with it): a linear warm-up over ``warmup_epochs`` (epoch k of it at k / (warmup +
+    1)), then the schedule -- ``step``: times ``lr_decay`` per milestone passed; ``cosine``:
+    (1 + cos(pi t)) / 2, t the fraction of the epochs after the warm-up done; ``constant``.
+
+    >>> recipe = Recipe(
+    ...     optimizer="sgd", lr=0.1, epochs=5, batch_size=8, schedule="cosine", warmup_epochs=1
+    ... )
+    >>> [round(lr_factor(recipe, s), 3) for s in range(5)]
+    [0.5, 1.0, 0.854, 0.5, 0.146]
+    """
+    warmup = recipe.warmup_epochs
+    if steps < warmup:
+        return (steps + 1) / (warmup + 1)
+    if recipe.schedule == "step":
+        return recipe.lr_decay ** sum(steps >= m for m in recipe.milestones)
+    if recipe.schedule == "cosine":
+        done = (steps - warmup) / max(1, recipe.epochs - warmup)
+        return 0.5 * (1 + math.cos(math.pi * done))
+    return 1.0
 
 
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
@@ -173,14 +204,15 @@ def train_point(config: dict) -> None:
     import ray.train.torch
 
     sweep = SweepConfig.from_json(config["sweep"])
-    preset, (n, m) = sweep.spec, (config["point"]["n"], config["point"]["m"])
+    n, m = config["point"]["n"], config["point"]["m"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     train_set, test_set = ray.get(config["datasets"])
     execution = Execution(sweep.precision, sweep.channels_last, sweep.compile)
     seeds = [derive_seed(sweep.seed, n, m, index) for index in config["seed_indices"]]
     network = trial_network(sweep, m, n, seeds)  # the raw module is what is checkpointed
-    optimizer, schedule = make_optimizer(network, preset.recipe)
+    recipe = sweep.recipe
+    optimizer, schedule = make_optimizer(network, recipe)
     device = ray.train.torch.get_device()
     scaler = execution.scaler(device)
     start_epoch, train_time = _restore(network, optimizer, schedule, scaler, rank)
@@ -188,7 +220,7 @@ def train_point(config: dict) -> None:
     beat = Heartbeat(config["record"], record.attempt) if record else _no_beat
     beat()
     model = execution.model(ray.train.torch.prepare_model(network))
-    batch = max(1, preset.recipe.batch_size // world)
+    batch = max(1, recipe.batch_size // world)
     samplers, loaders = [], []
     for seed in seeds:
         loader, sampler = train_loader(
@@ -210,12 +242,22 @@ def train_point(config: dict) -> None:
             with beating(beat):
                 wait_for_decision(config["record"], epoch - 2)
         started = time.perf_counter()
+        lr = float(optimizer.param_groups[0]["lr"])  # this epoch's, by the recipe's schedule
         for sampler in samplers:
             sampler.set_epoch(epoch)
         # A first compiled step can take minutes: beat through this start's first epoch.
         first_compiled = execution.compile and epoch == start_epoch
         with beating(beat) if first_compiled else contextlib.nullcontext():
-            losses = train_epoch(model, batches, optimizer, device, execution, scaler, beat)
+            losses = train_epoch(
+                model,
+                batches,
+                optimizer,
+                device,
+                execution,
+                scaler,
+                beat,
+                recipe.label_smoothing,
+            )
         schedule.step()
         errors = evaluate(
             model, test_set, batch, device, rank, world, top5, execution, len(seeds), beat
@@ -230,6 +272,7 @@ def train_point(config: dict) -> None:
             "train_loss": float(np.mean(losses)),
             "test_error": float(np.mean([e["test_error"] for e in errors])),
             "train_time_s": train_time,
+            "lr": lr,
             "attempt": record.attempt if record else 0,
             "start_epoch": start_epoch,
             "node_id": ray.get_runtime_context().get_node_id(),  # rank 0's is reported
@@ -242,13 +285,17 @@ def train_point(config: dict) -> None:
             _report_with_checkpoint(metrics, state, world)
 
 
-def seed_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def seed_losses(
+    logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Each copy's mean cross-entropy: ``(copies,)``. ``logits`` is ``(batch, classes)`` for
     one network, ``(copies, batch, classes)`` for a :class:`~ce_ray.theory.models.PackedSeeds`."""
     if logits.dim() == 2:
-        return F.cross_entropy(logits, y)[None]
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing)[None]
     pairs = zip(logits, y, strict=True)
-    return torch.stack([F.cross_entropy(out, target) for out, target in pairs])
+    return torch.stack(
+        [F.cross_entropy(out, target, label_smoothing=label_smoothing) for out, target in pairs]
+    )
 
 
 def train_epoch(
@@ -259,17 +306,19 @@ def train_epoch(
     execution: Execution = FP32,
     scaler: torch.amp.GradScaler | None = None,
     beat: Callable[[], None] = lambda: None,
+    label_smoothing: float = 0.0,
 ) -> list[float]:
     """One pass over this rank's batches; each copy's mean loss over every rank's examples
     (one value for a single network). The forward runs under ``execution``'s autocast;
     ``scaler`` (fp16) scales the loss. Packed copies minimise the SUM of their losses, whose
-    gradient for each copy is that copy's own."""
+    gradient for each copy is that copy's own. ``label_smoothing``: the recipe's, of the
+    cross-entropy."""
     scaler = scaler or execution.scaler(device)
     loss_sums, count = torch.zeros(0, dtype=torch.float64), 0.0
     for x, y in loader:
         optimizer.zero_grad(set_to_none=True)
         with execution.autocast(device):
-            losses = seed_losses(model(execution.inputs(x)), y)
+            losses = seed_losses(model(execution.inputs(x)), y, label_smoothing)
         scaler.scale(losses.sum()).backward()
         scaler.step(optimizer)
         scaler.update()

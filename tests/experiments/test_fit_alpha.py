@@ -300,7 +300,7 @@ def test_your_member_is_fitted_by_ray_tasks_as_in_one_process(tmp_path, capsys, 
 #: How each zoo member is written: PyTorch's blocks in its default parameterisation.
 ZOO_PARAMETERISATION = {
     name: "standard"
-    if name in ("kaiming_mlp", "torchvision_mlp", "bottleneck", "encoder_layer")
+    if name in ("kaiming_mlp", "torchvision_mlp", "bottleneck", "encoder_layer", "sdpa_block")
     else "ntk"
     for name in ZOO
 }
@@ -326,7 +326,12 @@ def test_fit_alpha_runs_on_every_zoo_member(tmp_path, capsys, name):
     assert stored.get("parameterisation", "ntk") == parameterisation
     assert FitConfig.from_json(stored).space.sampled_parameterisation == parameterisation
     notes = [line for line in (err + out).splitlines() if "note: PyTorch has no vectorised" in line]
-    assert len(notes) == (1 if name in ("pre_ln_block", "encoder_layer") else 0), notes
+    attention = ("pre_ln_block", "encoder_layer", "sdpa_block")
+    assert len(notes) == (1 if name in attention else 0), notes
+    if parameterisation == "standard":  # the twin's samples are not the block's as written
+        without = [a for a in argv if a not in ("--parameterisation", "standard")]
+        assert cli.main(without) == 2
+        assert "(parameterisation: standard -> None)" in capsys.readouterr().err
 
 
 def test_a_member_whose_mean_kernel_grows_is_pointed_to_its_twin(tmp_path, capsys):

@@ -157,6 +157,37 @@ def test_sweep_writes_parquet_and_resumes_without_retraining(shared_run, capsys)
     assert cli.main(["sweep", "primal", *changed]) == 2
     assert f"different configuration (epochs: {EPOCHS} -> 3)" in capsys.readouterr().err
 
+    # The preset's recipe, recorded per trial, its lr per epoch; another one is refused.
+    recipe = SWEEP_PRESETS["synthetic-mlp"].recipe
+    assert (trials["optimizer"] == recipe.optimizer).all() and (trials["lr"] == recipe.lr).all()
+    assert (trials["batch_size"] == recipe.batch_size).all() and (
+        trials["schedule"] == "step"
+    ).all()
+    assert (epochs["lr"] == recipe.lr).all()  # no milestones: constant
+    other = [*SHARED, "--lr", "0.5", "--results", str(tmp_path), "--experiment", "s"]
+    assert cli.main(["sweep", "primal", *other]) == 2
+    assert "different configuration (lr: None -> 0.5)" in capsys.readouterr().err
+
+
+def test_a_sweep_trains_with_its_own_recipe(ray_cluster, tmp_path):
+    """--recipe's file and the flags over it reach every training worker: each epoch's lr
+    follows the warm-up and the cosine schedule, and trials.parquet records the recipe."""
+    recipe_file = tmp_path / "recipe.json"
+    recipe_file.write_text('{"optimizer": "sgd", "lr": 0.2, "momentum": 0.5, "epochs": 3}')
+    argv = [*TINY, "--seeds", "1", "--recipe", str(recipe_file), "--lr", "0.1"]
+    argv += ["--schedule", "cosine", "--warmup-epochs", "1", "--label-smoothing", "0.1"]
+    assert cli.main(["sweep", "primal", *argv, "--results", str(tmp_path), "--no-report"]) == 0
+    (directory,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    trials = pd.read_parquet(directory / "trials.parquet")
+    assert len(trials) == 2 and (trials["status"] == "finished").all()
+    recorded = trials[["optimizer", "lr", "momentum", "schedule", "warmup_epochs"]]
+    assert (recorded.drop_duplicates().values.tolist()) == [["sgd", 0.1, 0.5, "cosine", 1]]
+    assert (trials["label_smoothing"] == 0.1).all() and (trials["epochs_planned"] == 3).all()
+    epochs = pd.read_parquet(directory / "epochs.parquet")
+    for _, history in epochs.groupby("n"):
+        # Warm-up epoch at lr / 2, then cosine over the 2 epochs after it: 1, then 1/2.
+        assert history.sort_values("epoch")["lr"].tolist() == pytest.approx([0.05, 0.1, 0.05])
+
 
 @pytest.fixture
 def own_cluster(ray_cluster):

@@ -88,6 +88,24 @@ class PreLNBlock(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
 
+class ScaledDotProduct(nn.Module):
+    """Attention written with ``F.scaled_dot_product_attention``: Q, K and V of width n from
+    one ``nn.Linear`` (``xavier_normal_``), two heads, an output map back to the features."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.qkv = nn.Linear(FEATURES, 3 * n, bias=False)
+        self.out = nn.Linear(n, FEATURES, bias=False)
+        nn.init.xavier_normal_(self.qkv.weight)
+        self.heads = 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        h = F.scaled_dot_product_attention(q, k, v)  # (batch, heads, tokens, n / heads)
+        return x + self.out(h.transpose(1, 2).reshape(batch, tokens, -1))
+
+
 class RawProducts(nn.Module):
     """Raw parameters on either side of a matrix product: ``x @ w1.T`` then ``w2 @ h``."""
 
@@ -146,6 +164,10 @@ def conv_bn(n: int) -> nn.Module:
     )
 
 
+def sdpa_block(n: int) -> nn.Module:
+    return ScaledDotProduct(n)
+
+
 def raw_products(n: int) -> nn.Module:
     return RawProducts(n)
 
@@ -171,6 +193,8 @@ ZOO: dict[str, Entry] = {
     # 8 features; the feed-forward's W1 the 8 features, W2 the n hidden units.
     "pre_ln_block": Entry(pre_ln_block, (TOKENS, FEATURES), lambda n: 3 / 8 + 1 / n),
     "encoder_layer": Entry(encoder_layer, (TOKENS, FEATURES), lambda n: 3 / 8 + 1 / n),
+    # Q, K and V in one map of the 8 features; the output map reads the n attended values.
+    "sdpa_block": Entry(sdpa_block, (TOKENS, FEATURES), lambda n: 1 / 8 + 1 / n),
     "torchvision_mlp": Entry(torchvision_mlp, (DIGITS,), lambda n: 1 / 64 + 2 / n),
     # 1x1 over 16 channels, 3x3 over n, 1x1 over n.
     "bottleneck": Entry(bottleneck, (16, 6, 6), lambda n: 1 / 16 + 1 / (9 * n) + 1 / n),
