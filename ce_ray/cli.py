@@ -221,7 +221,7 @@ def read_recipe(location: str) -> dict:
     """``--recipe``'s JSON object of recipe fields (``epochs`` and ``RECIPE_FIELDS``), checked
     for unknown keys and the kind of each value here; their ranges, as the flags', by
     ``SweepConfig``."""
-    from ce_ray.configs import RECIPE_FIELDS
+    from ce_ray.presets import RECIPE_FIELDS
     from ce_ray.results import storage
 
     if not storage.exists(location) or storage.is_directory(location):

@@ -39,7 +39,14 @@ from ce_ray.choices import (
     Scheduler,
     check_choice,
 )
-from ce_ray.presets import DATASET_EXAMPLES, FIT_PRESETS, SWEEP_PRESETS, Recipe, SweepPreset
+from ce_ray.presets import (
+    DATASET_EXAMPLES,
+    FIT_PRESETS,
+    RECIPE_FIELDS,
+    SWEEP_PRESETS,
+    Recipe,
+    SweepPreset,
+)
 from ce_ray.theory.by_name import your_member
 from ce_ray.theory.curves import Curve, check_alpha, curve, parse_widths, select_points
 from ce_ray.theory.spaces import Space
@@ -216,19 +223,6 @@ class FitConfig:
         )
         return cls(**settings | {"widths": tuple(data["widths"]), "member": member})
 
-
-#: The recipe's fields a sweep takes in place of its preset's (``--lr`` ...; ``epochs`` is
-#: a field of its own).
-RECIPE_FIELDS = (
-    "optimizer",
-    "lr",
-    "weight_decay",
-    "momentum",
-    "batch_size",
-    "schedule",
-    "warmup_epochs",
-    "label_smoothing",
-)
 
 #: What a fit of your own member stores of it (``MemberSpace.stored``).
 FIT_MEMBER_FIELDS = ("member", "input_shape", "fan_in_sum_from", "parameterisation")

@@ -75,6 +75,20 @@ class Recipe:
     label_smoothing: float = 0.0  # of the cross-entropy
 
 
+#: The recipe's fields a sweep may set in place of its preset's (``--lr`` ...; ``epochs`` is a
+#: sweep setting of its own, ``milestones`` and ``lr_decay`` stay the preset's).
+RECIPE_FIELDS = (
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "momentum",
+    "batch_size",
+    "schedule",
+    "warmup_epochs",
+    "label_smoothing",
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class SweepPreset:
     """A space around a baseline ``1 x baseline d``, its data and its training recipe.

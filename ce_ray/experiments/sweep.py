@@ -25,11 +25,12 @@ import ray
 from ray import tune
 from ray.tune.experiment import Trial
 
-from ce_ray.configs import RECIPE_FIELDS, FitConfig, SweepConfig
+from ce_ray.configs import FitConfig, SweepConfig
 from ce_ray.experiments import cluster, console, ray_compat, trackers
 from ce_ray.experiments.tasks import Log, print_line
 from ce_ray.experiments.trial import run_trial, trial_histories, trial_outcomes
 from ce_ray.limits import DEFAULT_STALL_TIMEOUT_S
+from ce_ray.presets import RECIPE_FIELDS
 from ce_ray.results import storage, tables
 from ce_ray.theory.spaces import ensemble_label
 from ce_ray.worker import data

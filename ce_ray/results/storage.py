@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ce_ray.presets import RECIPE_FIELDS
+
 #: Raw NTK samples of one shard: one row per weight draw.
 SHARD_SCHEMA = pa.schema(
     [
@@ -80,16 +82,7 @@ ALPHA_SCHEMA = pa.schema(
 
 
 #: trials.parquet's recipe columns, which tables written before them lack (and are read).
-RECIPE_COLUMNS = (
-    "optimizer",
-    "lr",
-    "weight_decay",
-    "momentum",
-    "batch_size",
-    "schedule",
-    "warmup_epochs",
-    "label_smoothing",
-)
+RECIPE_COLUMNS = RECIPE_FIELDS
 
 #: One row per (point, seed index) of a sweep (trials.parquet).
 TRIALS_SCHEMA = pa.schema(

@@ -40,26 +40,9 @@ aten = torch.ops.aten
 #: Seed key of the builds :func:`init_scales` watches.
 SCALE_BUILDS = 0x5CA1
 
-#: ATen operations whose result shows (or copies) its input's numbers unchanged.
-_SAME_NUMBERS = {
-    aten.t,
-    aten.transpose,
-    aten.permute,
-    aten.view,
-    aten._unsafe_view,
-    aten.reshape,
-    aten.expand,
-    aten.squeeze,
-    aten.unsqueeze,
-    aten.clone,
-    aten.contiguous,
-    aten._to_copy,
-    aten.detach,
-    aten.alias,
-    aten.lift_fresh,
-    aten.flatten,
-    aten.unflatten,
-}
+#: ATen operations that copy their input's numbers unchanged (a view needs no entry: it
+#: shares its input's storage, and so its law).
+_COPIES = {aten.clone, aten.contiguous, aten._to_copy, aten.lift_fresh, aten.reshape}
 
 
 @dataclass(frozen=True)
@@ -233,7 +216,7 @@ class _InitLaws(TorchDispatchMode):
             return self._law_of(source) if isinstance(source, torch.Tensor) else None
         if before is None:
             return None
-        if packet in _SAME_NUMBERS:
+        if packet in _COPIES:
             return before
         if packet is aten.erfinv_:
             return _erfinv_of_uniform(before)
