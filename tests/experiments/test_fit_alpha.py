@@ -326,6 +326,8 @@ def test_fit_alpha_runs_on_every_zoo_member(tmp_path, capsys, name):
     assert stored.get("parameterisation", "ntk") == parameterisation
     assert FitConfig.from_json(stored).space.sampled_parameterisation == parameterisation
     notes = [line for line in (err + out).splitlines() if "note: PyTorch has no vectorised" in line]
+    # The member's own warnings are printed before the fit, as inspect prints them.
+    assert ("warning: member has BatchNorm" in err + out) == (name in ("bottleneck", "conv_bn"))
     attention = ("pre_ln_block", "encoder_layer", "sdpa_block")
     assert len(notes) == (1 if name in attention else 0), notes
     if parameterisation == "standard":  # the twin's samples are not the block's as written

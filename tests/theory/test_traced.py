@@ -160,3 +160,9 @@ def test_products_inside_attention_are_seen():
         ("linear2.weight", "linear", 40),
     ]
     assert found.unplaced == {}
+
+
+def test_a_transposed_convolution_sums_in_over_groups_k_k_over_stride_squared():
+    """Each output of a stride-2 4x4 transposed convolution sums 8 channels x 16 taps / 4."""
+    found = trace(nn.ConvTranspose2d(8, 4, kernel_size=4, stride=2, padding=1), (8, 5, 5))
+    assert [(c.operation, c.fan_in) for c in found.contractions] == [("conv_transpose2d", 32)]
