@@ -14,8 +14,10 @@ is its own twin (weight 1, the NTK parameterisation's bias scale beta = 1).
 
 s_p is read from the constructor's own draws (:func:`init_scales`): the build is watched at
 the ATen level, and the law of every tensor it fills is followed by its storage -- drawn
-(``normal_``, ``uniform_``, ``randn``, ``rand``), scaled or shifted by a number, copied,
-viewed, and the inverse-error-function step of ``trunc_normal_``. A parameter whose law the
+(``normal_``, ``uniform_``, ``randn``, ``rand``), filled with a constant, scaled or shifted by
+a number, copied, viewed, and ``trunc_normal_``'s truncation (by rejection, as PyTorch 2.14
+draws it: a ``where`` that redraws the entries an ``x < a | x > b`` mask marks; or by the
+inverse error function, as earlier versions do). A parameter whose law the
 watch cannot follow (``orthogonal_``, a draw transformed by anything else) gets s^2 from its
 entries' mean square over two builds -- exact for ``orthogonal_``, whose entries' sum of
 squares is fixed -- and is named in :attr:`InitScales.estimated`.
@@ -127,7 +129,9 @@ class _InitLaws(TorchDispatchMode):
         self.laws: dict[int, Law] = {}
         #: masks of entries outside an interval: (low, high), -inf/inf for one side
         self.masks: dict[int, tuple[float, float]] = {}
-        self.kept: list[torch.Tensor] = []  # keeps storages (and so their keys) alive
+        # Keeps the storages with a law (and so their keys) alive while the build runs: one
+        # build's weights and the draws they were made from.
+        self.kept: list[torch.Tensor] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
