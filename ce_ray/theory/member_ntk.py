@@ -344,15 +344,16 @@ def cached_plan(
     shape, dtype and device, read-out and parameterisation (a member that cannot be hashed:
     every call)."""
     how = (member, n, PLAN_SEED, inputs, readout, parameterisation)
-    key = (member, n, tuple(inputs.shape), inputs.dtype, str(inputs.device), readout)
+    shape, where = tuple(inputs.shape), str(inputs.device)
+    key = (member, n, shape, inputs.dtype, where, readout, parameterisation)
     try:
-        found = _PLANS.get(key + (parameterisation,))
+        found = _PLANS.get(key)
     except TypeError:  # an unhashable callable
         return plan(*how)
     if found is None:
         if len(_PLANS) >= MAX_PLANS:
             del _PLANS[next(iter(_PLANS))]
-        found = _PLANS[key + (parameterisation,)] = plan(*how)
+        found = _PLANS[key] = plan(*how)
     return found
 
 
