@@ -202,12 +202,18 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
     from ce_ray.experiments.fit_alpha import read_alpha
     from ce_ray.theory.by_name import your_member
 
+    settings = _given(args, SweepConfig.__dataclass_fields__)
+    if args.data:  # read and checked once here; the member reads its examples' shape
+        summary = data_summary(args, settings)
+        settings["data_summary"] = summary
+        if args.member and not args.input_shape:
+            args.input_shape = tuple(summary["input_shape"])
     member = your_member(args.member, args.input_shape, args.fan_in_sum_from, args.network_from)
     alpha = args.alpha
     if args.alpha_from:
         fitted_for = "" if member is None else member.member_name
         alpha = read_alpha(args.alpha_from, args.accept_law_warnings, fitted_for)
-    settings = _given(args, SweepConfig.__dataclass_fields__) | {
+    settings |= {
         "alpha": alpha,
         "member": member,
         "precision": None if args.precision == "auto" else args.precision,
@@ -215,6 +221,18 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
     del settings["preset"], settings["formulation"]
     from_file = read_recipe(args.recipe) if args.recipe else {}
     return SweepConfig.from_preset(args.preset, args.formulation, **(from_file | settings))
+
+
+def data_summary(args: argparse.Namespace, settings: dict) -> dict:
+    """``--data`` read and checked (``ce_ray.own_data``): what the sweep records of it."""
+    from ce_ray import own_data
+
+    given = {
+        key: settings[key]
+        for key in ("label_column", "image_size", "test_fraction", "validation_fraction")
+        if key in settings
+    }
+    return own_data.load(own_data.DataSpec(args.data, **given), args.seed or 0).summary()
 
 
 def read_recipe(location: str) -> dict:
@@ -259,10 +277,14 @@ def sweep_command(args: argparse.Namespace) -> None:
     storage.check_writable(results)
     if args.mlflow:  # missing or not answering: one line, now
         trackers.client(args.mlflow)
-    # Missing data: one line, now; loaded once, handed to every trial by Ray's object store.
-    datasets = data.load(config.spec.dataset, data.resolve_root(config.data_root))
+    # Missing data: one line, now; a preset's loaded once, handed to every trial by Ray's
+    # object store (your own data was read and checked by sweep_config; each worker reads it).
+    datasets = None
+    if config.data is None:
+        datasets = data.load(config.spec.dataset, data.resolve_root(config.data_root))
     verbose = console.verbose_from_env(args.verbose)
-    cluster.init_ray(results, quiet=not verbose, address=args.address)
+    also = [config.data_spec.location] if config.data is not None else []
+    cluster.init_ray(results, quiet=not verbose, address=args.address, also=also)
     result = run_sweep(
         config,
         results,

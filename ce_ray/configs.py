@@ -39,6 +39,7 @@ from ce_ray.choices import (
     Scheduler,
     check_choice,
 )
+from ce_ray.own_data import DEFAULT_VALIDATION_FRACTION, DataSpec
 from ce_ray.presets import (
     DATASET_EXAMPLES,
     FIT_PRESETS,
@@ -49,7 +50,7 @@ from ce_ray.presets import (
 )
 from ce_ray.theory.by_name import your_member
 from ce_ray.theory.curves import Curve, check_alpha, curve, parse_widths, select_points
-from ce_ray.theory.spaces import Space
+from ce_ray.theory.spaces import CifarResNeXt29Space, FCSpace, Space
 
 #: Draws per Ray task when ``--shard-size`` is not given, per sampler.
 DEFAULT_SHARD_SIZE = {"batched": 500, "exact": 10000}
@@ -274,6 +275,17 @@ class SweepConfig:
     schedule: Schedule | None = None
     warmup_epochs: int | None = None
     label_smoothing: float | None = None
+    #: Your own data (:data:`DATA_FIELDS`; ``ce_ray.own_data``) in place of the preset's, and
+    #: the validation split held out of the training split (None: 0.1 of your own data; none
+    #: of a preset's, whose sweep trains on its whole training split as the paper's did).
+    data: str | None = None
+    label_column: str | None = None
+    image_size: int | None = None
+    test_fraction: float | None = None
+    validation_fraction: float | None = None
+    #: What the driver read of ``data`` (``Splits.summary``: rows per split, input shape,
+    #: classes, fingerprint); filled in by :meth:`from_preset`.
+    data_summary: dict | None = None
 
     def __post_init__(self) -> None:
         _require(
@@ -286,7 +298,7 @@ class SweepConfig:
         )
         name = self.space.member_name
         _require(
-            self.alpha is not None or self.space == self.spec.space,
+            self.alpha is not None or self.member is None,
             f"a sweep of {name} needs --alpha or --alpha-from (fit it first: ce-ray "
             f"fit-alpha --space {name} --input-shape ...)",
         )
@@ -321,6 +333,7 @@ class SweepConfig:
             f"got {self.loader_workers}",
         )
         self._check_recipe()
+        self._check_data()
         _require(
             not (self.pack_seeds and self.precision == "fp16"),
             "--pack-seeds cannot train with --precision fp16: one loss scaler would skip every "
@@ -359,6 +372,50 @@ class SweepConfig:
                 f"{self.warmup_epochs}",
             )
 
+    def _check_data(self) -> None:
+        """One line for data options that do not go together (``DataSpec``'s checks)."""
+        if self.data is not None:
+            self.data_spec  # noqa: B018  # its checks
+            return
+        for name in ("label_column", "image_size", "test_fraction"):
+            _require(
+                getattr(self, name) is None,
+                f"--{name.replace('_', '-')} is for --data (your own data) only",
+            )
+        if self.validation_fraction is not None:
+            fraction = self.validation_fraction
+            _require(
+                math.isfinite(fraction) and 0 < fraction < 1,
+                f"--validation-fraction must be a number above 0 and below 1; got {fraction!r}",
+            )
+
+    @property
+    def data_spec(self) -> DataSpec:
+        """``data`` and its options (ValueError when ``data`` is None)."""
+        if self.data is None:
+            raise ValueError("this sweep trains on its preset's data")
+        given = {
+            "label_column": self.label_column,
+            "image_size": self.image_size,
+            "test_fraction": self.test_fraction,
+            "validation_fraction": self.validation_fraction,
+        }
+        return DataSpec(self.data, **{k: v for k, v in given.items() if v is not None})
+
+    @property
+    def validation(self) -> float:
+        """The share of the training split held out for validation (0: none)."""
+        if self.validation_fraction is not None:
+            return self.validation_fraction
+        return DEFAULT_VALIDATION_FRACTION if self.data is not None else 0.0
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        """One example's shape, as the data gives it."""
+        if self.data_summary:
+            return tuple(self.data_summary["input_shape"])
+        return DATASET_EXAMPLES[self.spec.dataset][0]
+
     @property
     def recipe(self) -> Recipe:
         """What every trial trains with: the preset's recipe, ``epochs`` and the recipe's
@@ -371,16 +428,23 @@ class SweepConfig:
         (``from_preset``), not where a stored configuration is read back: the network trains
         on the preset's data (your member's, built on the meta device), and the largest
         trial's model state fits in memory."""
-        example, classes = DATASET_EXAMPLES[self.spec.dataset]
-        data = f"{self.spec.dataset}'s examples ({self.preset}'s data)"
-        self.space.check_trains_on(example, classes, self.baseline_width, data)
+        if self.data is None:
+            data = f"{self.spec.dataset}'s examples ({self.preset}'s data)"
+        else:
+            data = f"the examples of --data {self.data}"
+        self.space.check_trains_on(self.example_shape, self.classes, self.baseline_width, data)
         if self.alpha is not None:
             self.check_trial_memory()
 
     @property
     def space(self) -> Space:
-        """The architecture family whose points are trained: your member's, or the preset's."""
-        return self.member or self.spec.space
+        """The architecture family whose points are trained: your member's, or the preset's
+        (sized to your own data's examples and classes)."""
+        if self.member is not None:
+            return self.member
+        if self.data_summary:
+            return sized_for_data(self.spec.space, self.example_shape, self.classes, self.data)
+        return self.spec.space
 
     @property
     def baseline_width(self) -> int:
@@ -389,6 +453,8 @@ class SweepConfig:
 
     @property
     def classes(self) -> int:
+        if self.data_summary:
+            return int(self.data_summary["classes"])
         return DATASET_EXAMPLES[self.spec.dataset][1]
 
     @property
@@ -456,6 +522,11 @@ class SweepConfig:
             "pack_seeds": not convolutional and precision != "fp16",
         }
         config = cls(preset=preset, formulation=formulation, **(defaults | given))  # type: ignore[arg-type]
+        if config.data is not None and config.data_summary is None:
+            from ce_ray import own_data
+
+            summary = own_data.load(config.data_spec, config.seed).summary()
+            config = dataclasses.replace(config, data_summary=summary)
         config.check_on_this_machine()
         return config
 
@@ -502,11 +573,13 @@ class SweepConfig:
         record = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("member", "baseline", *RECIPE_FIELDS)
+            if f.name not in ("member", "baseline", *OPTIONAL_SWEEP_FIELDS)
         }
-        # The recipe's fields given, only: a sweep on the preset's recipe stores what it
-        # always has, and resumes.
-        record |= {f: getattr(self, f) for f in RECIPE_FIELDS if getattr(self, f) is not None}
+        # The recipe's and the data's fields given, only: a sweep on the preset's recipe and
+        # data stores what it always has, and resumes.
+        record |= {
+            f: getattr(self, f) for f in OPTIONAL_SWEEP_FIELDS if getattr(self, f) is not None
+        }
         record |= self.space.stored() | ({"baseline": self.baseline} if self.baseline else {})
         record |= {"architecture": self.architecture} if self.architecture else {}
         return record | ({"points": [list(p) for p in self.points]} if self.alpha else {})
@@ -518,7 +591,7 @@ class SweepConfig:
         every trial and worker that reads it trains what the driver chose (ValueError if
         ``data`` is not one)."""
         required = {f.name for f in dataclasses.fields(cls)} - {"member", "baseline"}
-        required -= set(RECIPE_FIELDS)
+        required -= set(OPTIONAL_SWEEP_FIELDS)
         if not isinstance(data, dict) or not required <= set(data):
             raise ValueError("not a sweep configuration written by ce-ray")
         member = your_member(
@@ -534,6 +607,34 @@ class SweepConfig:
             config.__dict__["points"] = tuple((int(n), int(m)) for n, m in data["points"])
         config.__dict__["architecture"] = data.get("architecture", "")
         return config
+
+
+#: What a sweep on your own data stores of it (only when given).
+DATA_FIELDS = (
+    "data",
+    "label_column",
+    "image_size",
+    "test_fraction",
+    "validation_fraction",
+    "data_summary",
+)
+#: The sweep's fields stored only when given (``check_or_write_config``'s ``omitted``).
+OPTIONAL_SWEEP_FIELDS = (*RECIPE_FIELDS, *DATA_FIELDS)
+
+
+def sized_for_data(space: Space, shape: tuple[int, ...], classes: int, data: str | None) -> Space:
+    """A preset's family sized to your data: the MLP to its features (any example shape,
+    flattened), ResNeXt-29 to its classes and image side (3-channel square images)."""
+    if isinstance(space, FCSpace):
+        return dataclasses.replace(space, input_dim=math.prod(shape), num_classes=classes)
+    images = len(shape) == 3 and shape[0] == 3 and shape[1] == shape[2]
+    _require(
+        isinstance(space, CifarResNeXt29Space) and images,
+        f"--data {data}: examples of shape {list(shape)} do not suit the {space.name} preset "
+        f"(tables and vectors: an MLP preset such as digits-mlp; 3-channel square images: "
+        f"cifar10-resnext29; anything else: your own --space)",
+    )
+    return dataclasses.replace(space, num_classes=classes, image_size=shape[1])
 
 
 def default_loader_workers(cpus_per_worker: float) -> int:

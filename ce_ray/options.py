@@ -571,6 +571,7 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seeds", type=integer(1, limits.MAX_SEEDS), help="seeds per point (2)")
     add_recipe_options(parser)
+    add_data_options(parser)
     parser.add_argument(
         "--workers-per-trial",
         type=integer(1, limits.MAX_WORKERS_PER_TRIAL),
@@ -670,6 +671,56 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
         "--label-smoothing",
         type=number(0, 0.999, inclusive=True),
         help="label smoothing of the cross-entropy",
+    )
+
+
+def data_source(text: str) -> str:
+    """An argparse type: ``--data``'s ``parquet:PATH_OR_URI``, ``imagefolder:DIR`` or
+    ``MODULE:CALLABLE`` (a path or URI checked as :func:`location` checks it).
+
+    >>> data_source("parquet:s3://bucket/table.parquet")
+    'parquet:s3://bucket/table.parquet'
+    """
+    from ce_ray.own_data import DATA_PREFIXES
+
+    prefix, colon, rest = text.partition(":")
+    if not colon or not prefix or not rest:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: must be parquet:PATH_OR_URI, imagefolder:DIR or MODULE:CALLABLE"
+        )
+    if prefix in DATA_PREFIXES:
+        return f"{prefix}:{location(rest)}"
+    return member_name(text)
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """``--data`` (your own data instead of the preset's) and how it is read and split."""
+    data = parser.add_argument_group(
+        "your own data instead of the preset's (the preset gives the network family and recipe)"
+    )
+    data.add_argument(
+        "--data",
+        type=data_source,
+        metavar="SOURCE",
+        help="parquet:PATH_OR_URI (with --label-column), imagefolder:DIR (a folder per class) "
+        "or MODULE:CALLABLE returning (train, test) torch Datasets",
+    )
+    data.add_argument("--label-column", metavar="COLUMN", help="a table's class column")
+    data.add_argument(
+        "--image-size",
+        type=integer(1, 1024),
+        help="side images are resized to (imagefolder; default 32)",
+    )
+    data.add_argument(
+        "--test-fraction",
+        type=number(0, 1),
+        help="share of the examples held out for testing when the data has no test split (0.2)",
+    )
+    data.add_argument(
+        "--validation-fraction",
+        type=number(0, 1),
+        help="share of the training examples held out for validation (0.1 of your own data; "
+        "a preset's: none unless given)",
     )
 
 

@@ -8,7 +8,7 @@ import logging
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ce_ray.configs import SweepConfig
 from ce_ray.experiments import local_head, ray_compat
@@ -20,6 +20,7 @@ def init_ray(
     quiet: bool = False,
     address: str | None = None,
     log: Callable[[str], None] = print,
+    also: Sequence[str] = (),
 ) -> None:
     """``ray.init()`` once, in the entry point: join the cluster the user chose
     (:func:`cluster_to_join`), or start one of its own bound to 127.0.0.1 (nothing listens on
@@ -28,8 +29,9 @@ def init_ray(
 
     A plain-script driver passes the non-secret location of ``s3://`` results (endpoint,
     region: ``storage.forwarded_env``) to its tasks and workers; credentials never travel
-    through Ray. A submitted job already has its runtime environment (``ray job submit
-    --runtime-env-json``); Ray refuses the same variable twice, so nothing is passed again.
+    through Ray (``also``: other locations it reads, such as ``--data`` on S3). A submitted job
+    already has its runtime environment (``ray job submit --runtime-env-json``); Ray refuses
+    the same variable twice, so nothing is passed again.
     ``quiet``: the workers' output stays in Ray's logs instead of reaching this process, and
     Ray's console handler prints only warnings and errors (Ray's log records still reach
     other handlers at INFO: a sweep keeps them in its results, ``console.kept_log``).
@@ -44,6 +46,8 @@ def init_ray(
         for handler in logging.getLogger("ray").handlers:  # Ray's own: its stderr
             handler.setLevel(logging.WARNING)
     env = storage.forwarded_env(results)
+    for location in also:
+        env |= storage.forwarded_env(location)
     if env and ray_compat.SUBMITTED_JOB_MARKER not in os.environ:
         options["runtime_env"] = {"env_vars": env}
     joined, line = cluster_to_join(address)

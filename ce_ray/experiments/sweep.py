@@ -25,12 +25,11 @@ import ray
 from ray import tune
 from ray.tune.experiment import Trial
 
-from ce_ray.configs import FitConfig, SweepConfig
+from ce_ray.configs import OPTIONAL_SWEEP_FIELDS, FitConfig, SweepConfig
 from ce_ray.experiments import cluster, console, ray_compat, trackers
 from ce_ray.experiments.tasks import Log, print_line
 from ce_ray.experiments.trial import run_trial, trial_histories, trial_outcomes
 from ce_ray.limits import DEFAULT_STALL_TIMEOUT_S
-from ce_ray.presets import RECIPE_FIELDS
 from ce_ray.results import storage, tables
 from ce_ray.theory.spaces import ensemble_label
 from ce_ray.worker import data
@@ -139,7 +138,9 @@ def _new_tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric="test_error",
+            # What a scheduler judges by: the validation error when one is held out (the test
+            # split chooses nothing), else the test error, as the paper's sweeps did.
+            metric="val_error" if config.validation else "test_error",
             mode="min",
             scheduler=scheduler,
             max_concurrent_trials=concurrency,
@@ -195,7 +196,7 @@ def run_sweep(
     if config.alpha is None:
         alpha = _fit_alpha_first(config, results, experiment, log)
         config = dataclasses.replace(config, alpha=alpha)
-    storage.check_or_write_config(directory, config.to_json(), "sweep.json", RECIPE_FIELDS)
+    storage.check_or_write_config(directory, config.to_json(), "sweep.json", OPTIONAL_SWEEP_FIELDS)
     # The whole log -- ce-ray's lines, and Ray's and Tune's records that the quiet console
     # leaves out -- kept with the results, one file per run of the sweep.
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -207,7 +208,7 @@ def run_sweep(
             f"{config.epochs} epochs -> {directory}"
         )
         write_curves(tables.curves_frame(config), directory)
-        if datasets is None:
+        if datasets is None and config.data is None:  # your own data: each worker reads it
             datasets = data.load(config.spec.dataset, data.resolve_root(config.data_root))
         # Loaded once here instead of once per trial: ~0.8 s of every digits trial (importing
         # scikit-learn and reading the data; benchmarks/sweep_overhead.py), and the read and

@@ -113,6 +113,7 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("mean_test_error_last_epochs", pa.float64()),
         pa.field("last_epochs_averaged", pa.int64()),
         pa.field("final_test_error_top5", pa.float64()),  # null with <= 5 classes
+        pa.field("final_val_error", pa.float64()),  # validation split; null: none held out
         pa.field("final_train_loss", pa.float64()),
         pa.field("epochs_completed", pa.int64()),
         pa.field("epochs_planned", pa.int64()),
@@ -146,6 +147,7 @@ EPOCHS_SCHEMA = pa.schema(
         pa.field("train_loss", pa.float64()),
         pa.field("test_error", pa.float64()),
         pa.field("test_error_top5", pa.float64()),
+        pa.field("val_error", pa.float64()),  # on the validation split; null: none held out
         pa.field("lr", pa.float64()),  # the learning rate this epoch trained with
         pa.field("time_total_s", pa.float64()),  # wall clock since the trial first started
         pa.field("train_time_s", pa.float64()),  # in the training loop, summed over epochs

@@ -87,6 +87,7 @@ def _trial_row(
         else math.nan,
         "last_epochs_averaged": min(done, LAST_EPOCHS),
         "final_test_error_top5": _last(history, "test_error_top5"),
+        "final_val_error": _last(history, "val_error"),
         "final_train_loss": _last(history, "train_loss") if done else math.nan,
         "epochs_completed": done,
         "epochs_planned": config.epochs,

@@ -22,6 +22,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from ce_ray import own_data
 from ce_ray.configs import SweepConfig
 from ce_ray.presets import Recipe
 from ce_ray.theory.models import PackedSeeds
@@ -207,7 +208,7 @@ def train_point(config: dict) -> None:
     n, m = config["point"]["n"], config["point"]["m"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    train_set, test_set = ray.get(config["datasets"])
+    train_set, validation_set, test_set = trial_data(sweep, config["datasets"])
     execution = Execution(sweep.precision, sweep.channels_last, sweep.compile)
     seeds = [derive_seed(sweep.seed, n, m, index) for index in config["seed_indices"]]
     network = trial_network(sweep, m, n, seeds)  # the raw module is what is checkpointed
@@ -262,6 +263,21 @@ def train_point(config: dict) -> None:
         errors = evaluate(
             model, test_set, batch, device, rank, world, top5, execution, len(seeds), beat
         )
+        if validation_set is not None:
+            validation = evaluate(
+                model,
+                validation_set,
+                batch,
+                device,
+                rank,
+                world,
+                False,
+                execution,
+                len(seeds),
+                beat,
+            )
+            for seed_errors, seed_validation in zip(errors, validation, strict=True):
+                seed_errors["val_error"] = seed_validation["test_error"]
         train_time += time.perf_counter() - started
         per_seed = [
             {"seed_index": index, "train_loss": loss} | seed_errors
@@ -271,6 +287,11 @@ def train_point(config: dict) -> None:
             "epoch": epoch,
             "train_loss": float(np.mean(losses)),
             "test_error": float(np.mean([e["test_error"] for e in errors])),
+            **(
+                {"val_error": float(np.mean([e["val_error"] for e in errors]))}
+                if validation_set is not None
+                else {}
+            ),
             "train_time_s": train_time,
             "lr": lr,
             "attempt": record.attempt if record else 0,
@@ -283,6 +304,30 @@ def train_point(config: dict) -> None:
         state = _state(network, optimizer, schedule, scaler, epoch, train_time)
         with beating(beat):  # the checkpoint's upload (S3: seconds to minutes)
             _report_with_checkpoint(metrics, state, world)
+
+
+def trial_data(sweep: SweepConfig, datasets: object) -> tuple[Dataset, Dataset | None, Dataset]:
+    """A trial's ``(train, validation, test)`` splits (validation None: none held out).
+
+    Your own data (``--data``) is read here, by every training worker itself -- from its
+    files, a shared file system or S3 -- and split as the driver split it (the same seeded
+    permutations); nothing passes through the driver or the job's working directory. A
+    preset's datasets come from Ray's object store (``datasets``: the driver's reference),
+    their validation split held out when the sweep asks for one.
+    """
+    import ray
+
+    if sweep.data is not None:
+        splits = own_data.load(sweep.data_spec, sweep.seed)
+        stored = (sweep.data_summary or {}).get("fingerprint")
+        if splits.fingerprint != stored:
+            raise ValueError(f"--data {sweep.data} changed since the sweep started")
+        return splits.train, splits.validation, splits.test
+    train, test = ray.get(datasets)
+    if not sweep.validation:
+        return train, None, test
+    train, validation = own_data.hold_out_validation(train, sweep.validation, sweep.seed)
+    return train, validation, test
 
 
 def seed_losses(
