@@ -198,7 +198,7 @@ def fit_alpha_command(args: argparse.Namespace) -> None:
 def sweep_config(args: argparse.Namespace) -> SweepConfig:
     """The sweep the options describe: ``SweepConfig.from_preset`` with the options given,
     your member's space (``--space``) in place of the preset's."""
-    from ce_ray.configs import SweepConfig
+    from ce_ray.configs import SweepConfig, parse_tune_range
     from ce_ray.experiments.fit_alpha import read_alpha
     from ce_ray.theory.by_name import your_member
 
@@ -219,6 +219,8 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
         "precision": None if args.precision == "auto" else args.precision,
     }
     del settings["preset"], settings["formulation"]
+    if args.tune:
+        settings["tune"] = dict(parse_tune_range(text) for text in args.tune)
     from_file = read_recipe(args.recipe) if args.recipe else {}
     return SweepConfig.from_preset(args.preset, args.formulation, **(from_file | settings))
 
@@ -248,15 +250,26 @@ def read_recipe(location: str) -> dict:
         recipe = storage.read_json(location)
     except ValueError:
         raise ValueError(f"--recipe {location}: not JSON") from None
-    known = ("epochs", *RECIPE_FIELDS)
+    known = ("epochs", *RECIPE_FIELDS, "tune_trials", "tune")
     if not isinstance(recipe, dict):
         raise ValueError(f"--recipe {location}: not a JSON object of {', '.join(known)}")
     if unknown := sorted(set(recipe) - set(known)):
         raise ValueError(
             f"--recipe {location}: unknown field {unknown[0]!r} (allowed: {', '.join(known)})"
         )
-    kinds = {"epochs": int, "batch_size": int, "warmup_epochs": int}
+    kinds = {"epochs": int, "batch_size": int, "warmup_epochs": int, "tune_trials": int}
+    if "tune" in recipe:  # {"lr": "1e-4..1e-1:log", ...}, as --tune's values
+        ranges = recipe.pop("tune")
+        if not isinstance(ranges, dict) or not all(isinstance(v, str) for v in ranges.values()):
+            raise ValueError(
+                f'--recipe {location}: tune must be an object like {{"lr": "1e-4..1e-1:log"}}'
+            )
+        from ce_ray.configs import parse_tune_range
+
+        recipe["tune"] = dict(parse_tune_range(f"{k}={v}") for k, v in ranges.items())
     for key, value in recipe.items():
+        if key == "tune":
+            continue
         kind = kinds.get(key, str if key in ("optimizer", "schedule") else float)
         fits = isinstance(value, kind) or (kind is float and isinstance(value, int))
         if isinstance(value, bool) or not fits:

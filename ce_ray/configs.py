@@ -39,7 +39,7 @@ from ce_ray.choices import (
     Scheduler,
     check_choice,
 )
-from ce_ray.own_data import DEFAULT_VALIDATION_FRACTION, DataSpec
+from ce_ray.own_data import DEFAULT_TEST_FRACTION, DEFAULT_VALIDATION_FRACTION, DataSpec
 from ce_ray.presets import (
     DATASET_EXAMPLES,
     FIT_PRESETS,
@@ -286,6 +286,11 @@ class SweepConfig:
     #: What the driver read of ``data`` (``Splits.summary``: rows per split, input shape,
     #: classes, fingerprint); filled in by :meth:`from_preset`.
     data_summary: dict | None = None
+    #: Tuning (:data:`TUNE_FIELDS`): ``tune_trials`` recipes drawn from the ranges ``tune``
+    #: (``{field: [low, high, "linear" | "log"]}``) are tried on every point, judged on the
+    #: validation split; the best trains the point's seeds (None: the one recipe, untuned).
+    tune_trials: int | None = None
+    tune: dict | None = None
 
     def __post_init__(self) -> None:
         _require(
@@ -334,6 +339,7 @@ class SweepConfig:
         )
         self._check_recipe()
         self._check_data()
+        self._check_tune()
         _require(
             not (self.pack_seeds and self.precision == "fp16"),
             "--pack-seeds cannot train with --precision fp16: one loss scaler would skip every "
@@ -389,25 +395,66 @@ class SweepConfig:
                 f"--validation-fraction must be a number above 0 and below 1; got {fraction!r}",
             )
 
+    def _check_tune(self) -> None:
+        """One line for a search space that cannot be drawn from or packed."""
+        if self.tune_trials is None:
+            _require(not self.tune, "--tune needs --tune-trials K (the recipes tried per point)")
+            return
+        _require(
+            1 <= self.tune_trials <= limits.MAX_TUNE_TRIALS,
+            f"--tune-trials must be from 1 to {limits.MAX_TUNE_TRIALS}; got {self.tune_trials}",
+        )
+        _require(
+            self.tune_trials == 1 or bool(self.tune),
+            f"--tune-trials {self.tune_trials} needs a search space: --tune FIELD=LOW..HIGH[:log] "
+            f"({', '.join(TUNABLE)})",
+        )
+        _require(
+            self.scheduler != "asha",
+            "--scheduler asha cannot stop a point's packed candidates one by one yet; tune "
+            "with --scheduler fifo",
+        )
+        _require(
+            self.precision != "fp16",
+            "--tune-trials trains a point's candidates packed in one model: use bf16 or fp32, "
+            "not --precision fp16 (one loss scaler would skip every candidate's step)",
+        )
+        for field, (low, high, scale) in (self.tune or {}).items():
+            check_tune_range(field, low, high, scale)
+        _require(
+            "momentum" not in (self.tune or {}) or self.recipe.optimizer == "sgd",
+            f"--tune momentum is SGD's; this recipe's optimizer is {self.recipe.optimizer}",
+        )
+
+    @cached_property
+    def candidates(self) -> tuple[dict, ...]:
+        """The recipes every point tries (their fields drawn from ``tune``; the others the
+        sweep's recipe's): the same ``tune_trials`` draws for every point, from the experiment
+        seed alone. Empty when the sweep is not tuned."""
+        if self.tune_trials is None:
+            return ()
+        return draw_candidates(self.tune or {}, self.tune_trials, self.seed)
+
     @property
     def data_spec(self) -> DataSpec:
         """``data`` and its options (ValueError when ``data`` is None)."""
         if self.data is None:
             raise ValueError("this sweep trains on its preset's data")
-        given = {
-            "label_column": self.label_column,
-            "image_size": self.image_size,
-            "test_fraction": self.test_fraction,
-            "validation_fraction": self.validation_fraction,
-        }
-        return DataSpec(self.data, **{k: v for k, v in given.items() if v is not None})
+        return DataSpec(
+            self.data,
+            label_column=self.label_column,
+            image_size=self.image_size,
+            test_fraction=self.test_fraction or DEFAULT_TEST_FRACTION,
+            validation_fraction=self.validation_fraction or DEFAULT_VALIDATION_FRACTION,
+        )
 
     @property
     def validation(self) -> float:
         """The share of the training split held out for validation (0: none)."""
         if self.validation_fraction is not None:
             return self.validation_fraction
-        return DEFAULT_VALIDATION_FRACTION if self.data is not None else 0.0
+        chooses = self.data is not None or self.tune_trials is not None
+        return DEFAULT_VALIDATION_FRACTION if chooses else 0.0
 
     @property
     def example_shape(self) -> tuple[int, ...]:
@@ -467,7 +514,7 @@ class SweepConfig:
         """Refuse a trial whose model state alone would not fit in half this machine's memory:
         fp32 weights, gradients and two optimizer moments (16 bytes a parameter) of the
         largest point, times the seeds packed into one trial."""
-        copies = self.seeds if self.pack_seeds else 1
+        copies = max(self.seeds if self.pack_seeds else 1, self.tune_trials or 1)
         largest = max(int(self.space.num_params(m, n)) for n, m in self.points)
         need, half = 16 * largest * copies, limits.machine_memory_bytes() / 2
         _require(
@@ -618,8 +665,94 @@ DATA_FIELDS = (
     "validation_fraction",
     "data_summary",
 )
+#: What a tuned sweep stores of its search (only when given).
+TUNE_FIELDS = ("tune_trials", "tune")
 #: The sweep's fields stored only when given (``check_or_write_config``'s ``omitted``).
-OPTIONAL_SWEEP_FIELDS = (*RECIPE_FIELDS, *DATA_FIELDS)
+OPTIONAL_SWEEP_FIELDS = (*RECIPE_FIELDS, *DATA_FIELDS, *TUNE_FIELDS)
+
+#: The recipe's fields a search may draw (a point's candidates train packed in one model, so
+#: each may have its own value; the optimizer, batches and epochs are shared).
+TUNABLE = ("lr", "weight_decay", "momentum", "label_smoothing")
+#: Each tunable field's range: (lowest, highest).
+TUNABLE_RANGES = {
+    "lr": (0.0, limits.MAX_LR),
+    "weight_decay": (0.0, limits.MAX_WEIGHT_DECAY),
+    "momentum": (0.0, 0.999),
+    "label_smoothing": (0.0, 0.999),
+}
+# The key of the candidates' draws, beside the experiment seed.
+CANDIDATES_KEY = 7_101
+
+
+def parse_tune_range(text: str) -> tuple[str, list]:
+    """``FIELD=LOW..HIGH`` or ``FIELD=LOW..HIGH:log`` -> ``(field, [low, high, scale])``
+    (``--tune``; ``weight-decay`` or ``weight_decay``), checked.
+
+    >>> parse_tune_range("lr=1e-4..1e-1:log")
+    ('lr', [0.0001, 0.1, 'log'])
+    >>> parse_tune_range("weight-decay=0..1e-3")
+    ('weight_decay', [0.0, 0.001, 'linear'])
+    """
+    field, equals, span = text.partition("=")
+    field = field.strip().replace("-", "_")
+    bounds, _, scale = span.partition(":")
+    low, dots, high = bounds.partition("..")
+    shape = f"--tune {text!r}: must be FIELD=LOW..HIGH or FIELD=LOW..HIGH:log"
+    _require(bool(equals and dots), shape)
+    try:
+        values = [float(low), float(high)]
+    except ValueError:
+        raise ValueError(shape) from None
+    check_tune_range(field, values[0], values[1], scale or "linear")
+    return field, [*values, scale or "linear"]
+
+
+def check_tune_range(field: str, low: float, high: float, scale: str) -> None:
+    """One line for a range that is not a tunable field's, empty, or not on its scale."""
+    _require(
+        field in TUNABLE,
+        f"--tune {field!r}: not a field a search can draw; allowed: {', '.join(TUNABLE)}",
+    )
+    _require(scale in ("linear", "log"), f"--tune {field}: scale must be log; got {scale!r}")
+    lowest, highest = TUNABLE_RANGES[field]
+    name = f"--tune {field}={low!r}..{high!r}"
+    _require(
+        math.isfinite(low) and math.isfinite(high) and lowest <= low < high <= highest,
+        f"{name}: must be LOW < HIGH within {lowest:g}..{highest:g}",
+    )
+    _require(
+        scale != "log" or low > 0,
+        f"{name}:log: a log scale needs LOW > 0",
+    )
+
+
+def draw_candidates(space: dict, count: int, seed: int) -> tuple[dict, ...]:
+    """``count`` recipes' drawn fields: each field of ``space`` uniform on its range (its
+    log on a log scale), fields in sorted order, from a generator seeded by (seed,
+    :data:`CANDIDATES_KEY`) -- a resumed or retried sweep draws the same ones.
+
+    >>> draw_candidates({"lr": [0.01, 1.0, "log"]}, 2, seed=0) == draw_candidates(
+    ...     {"lr": [0.01, 1.0, "log"]}, 2, seed=0)
+    True
+    >>> draw_candidates({}, 1, seed=0)
+    ({},)
+    """
+    import numpy as np
+
+    from ce_ray.theory.seeds import derive_seed
+
+    generator = np.random.default_rng(derive_seed(seed, CANDIDATES_KEY))
+    candidates = []
+    for _ in range(count):
+        drawn = {}
+        for field in sorted(space):
+            low, high, scale = space[field]
+            if scale == "log":
+                drawn[field] = float(math.exp(generator.uniform(math.log(low), math.log(high))))
+            else:
+                drawn[field] = float(generator.uniform(low, high))
+        candidates.append(drawn)
+    return tuple(candidates)
 
 
 def sized_for_data(space: Space, shape: tuple[int, ...], classes: int, data: str | None) -> Space:
@@ -634,6 +767,7 @@ def sized_for_data(space: Space, shape: tuple[int, ...], classes: int, data: str
         f"(tables and vectors: an MLP preset such as digits-mlp; 3-channel square images: "
         f"cifar10-resnext29; anything else: your own --space)",
     )
+    assert isinstance(space, CifarResNeXt29Space)  # for the type checker: _require above
     return dataclasses.replace(space, num_classes=classes, image_size=shape[1])
 
 

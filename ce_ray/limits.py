@@ -31,6 +31,8 @@ MAX_EPOCHS = 100_000
 MAX_LR = 10.0
 MAX_WEIGHT_DECAY = 1.0
 MAX_BATCH_SIZE = 2**20
+# Recipes tried per point by a tuned sweep (packed into one model: each is a copy of it).
+MAX_TUNE_TRIALS = 256
 #: Tune and Train restarts per trial.
 MAX_FAILURES = 100
 #: Ray's resource granularity is 1e-4; below 0.01 CPU a worker is never scheduled sensibly.

@@ -572,6 +572,7 @@ def add_sweep_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=integer(1, limits.MAX_SEEDS), help="seeds per point (2)")
     add_recipe_options(parser)
     add_data_options(parser)
+    add_tune_options(parser)
     parser.add_argument(
         "--workers-per-trial",
         type=integer(1, limits.MAX_WORKERS_PER_TRIAL),
@@ -721,6 +722,27 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
         type=number(0, 1),
         help="share of the training examples held out for validation (0.1 of your own data; "
         "a preset's: none unless given)",
+    )
+
+
+def add_tune_options(parser: argparse.ArgumentParser) -> None:
+    """``--tune-trials`` and ``--tune``: a recipe tuned per point on the validation split."""
+    tune = parser.add_argument_group(
+        "a fair comparison: the recipe tuned per point (judged on the validation split)"
+    )
+    tune.add_argument(
+        "--tune-trials",
+        type=integer(1, limits.MAX_TUNE_TRIALS),
+        metavar="K",
+        help="recipes drawn from --tune's ranges and tried on every point (the same K for each); "
+        "the best on validation trains the point's seeds",
+    )
+    tune.add_argument(
+        "--tune",
+        action="append",
+        metavar="FIELD=LOW..HIGH[:log]",
+        help="a range to draw FIELD from (lr, weight-decay, momentum, label-smoothing); "
+        "repeat for several",
     )
 
 

@@ -507,4 +507,4 @@ def _check_dataset(
         if not x.is_floating_point() or not torch.isfinite(x).all():
             raise ValueError(f"{where}: example {index} is not finite floating-point numbers")
         most = max(most, int(label))
-    return shape, most + 1
+    return shape or (), most + 1

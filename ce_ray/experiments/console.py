@@ -203,8 +203,10 @@ class SweepConsole(tune.Callback):
         result = trial.last_result or {}
         epoch = int(result.get("epoch", 0))
         how = "finished" if epoch >= self.epochs else "stopped early by the scheduler"
-        error = result.get("test_error")
+        error, validation = result.get("test_error"), result.get("val_error")
         figures = f"last-epoch test error {error:.2f} %, " if error is not None else ""
+        if error is None and validation is not None:  # a search: judged on validation alone
+            figures = f"last-epoch validation error {validation:.2f} % (mean of its recipes), "
         self.log(
             f"[sweep] trial {self.name_of(trial)} {how}: {figures}{epoch}/{self.epochs} epochs, "
             f"{_duration(float(result.get('time_total_s', 0.0)))}"

@@ -14,6 +14,7 @@ report's PNGs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from ray.tune.experiment import Trial
 from ce_ray.configs import OPTIONAL_SWEEP_FIELDS, FitConfig, SweepConfig
 from ce_ray.experiments import cluster, console, ray_compat, trackers
 from ce_ray.experiments.tasks import Log, print_line
-from ce_ray.experiments.trial import run_trial, trial_histories, trial_outcomes
+from ce_ray.experiments.trial import point_key, run_trial, trial_histories, trial_outcomes
 from ce_ray.limits import DEFAULT_STALL_TIMEOUT_S
 from ce_ray.results import storage, tables
 from ce_ray.theory.spaces import ensemble_label
@@ -45,15 +46,22 @@ def seed_groups(seeds: int, pack: bool) -> list[list[int]]:
 
 
 def _trial_label(trial: Trial) -> str:
-    """``4x6d seeds [0, 1]``: the point and the seed indices a trial trains."""
+    """``4x6d seeds [0, 1]``: the point and the seed indices a trial trains (``4x6d search
+    of 8 recipes``: a tuned sweep's search of a point)."""
     point, indices = trial.config["point"], trial.config["seed_indices"]
+    if trial.config.get("candidates"):
+        recipes = len(trial.config["candidates"])
+        return f"{ensemble_label(point['m'], point['n'])} search of {recipes} recipes"
     return f"{ensemble_label(point['m'], point['n'])} seeds {indices}"
 
 
 def _trial_name(trial: Trial) -> str:
-    """``<m>x<n>d-seed<s>-<trial id>`` (or ``seeds<a>-<b>`` when packed)."""
+    """``<m>x<n>d-seed<s>-<trial id>`` (or ``seeds<a>-<b>`` when packed, ``search`` for a
+    tuned sweep's search of the point)."""
     point, indices = trial.config["point"], trial.config["seed_indices"]
     seeds = f"seed{indices[0]}" if len(indices) == 1 else f"seeds{indices[0]}-{indices[-1]}"
+    if trial.config.get("candidates"):
+        seeds = "search"
     return f"{ensemble_label(point['m'], point['n'])}-{seeds}-{trial.trial_id}"
 
 
@@ -94,12 +102,17 @@ class FreeOrphanedGroups(tune.Callback):
 
 
 def _callbacks(
-    config: SweepConfig, directory: str, experiment: str, mlflow: str | None, log: Log
+    config: SweepConfig,
+    directory: str,
+    experiment: str,
+    mlflow: str | None,
+    log: Log,
+    trials: int | None = None,
 ) -> list[tune.Callback]:
-    """The console, the freeing of orphaned placement groups, and MLflow's runs when
-    ``mlflow`` names a tracking URI."""
+    """The console (counting ``trials``, default the sweep's), the freeing of orphaned
+    placement groups, and MLflow's runs when ``mlflow`` names a tracking URI."""
     callbacks: list[tune.Callback] = [
-        console.SweepConsole(log, _trial_label, config.epochs, config.trials),
+        console.SweepConsole(log, _trial_label, config.epochs, trials or config.trials),
         FreeOrphanedGroups(log),
     ]
     if mlflow:
@@ -116,7 +129,13 @@ def _new_tuner(
     verbose: bool,
     stall_timeout_s: float,
     callbacks: list[tune.Callback],
+    recipes: dict[str, dict] | None = None,
+    search: bool = False,
 ) -> tune.Tuner:
+    """The Tune run of the sweep's trials (``tune/``): one per (point, seed group), each point
+    with its chosen recipe when the sweep is tuned (``recipes``: point key -> fields); or, with
+    ``search``, of a tuned sweep's search (``search/``): one trial per point training its
+    candidate recipes packed."""
     scheduler = None
     if config.scheduler == "asha":
         scheduler = tune.schedulers.ASHAScheduler(
@@ -125,7 +144,7 @@ def _new_tuner(
             grace_period=max(1, config.epochs // 4),
             reduction_factor=2,
         )
-    groups = seed_groups(config.seeds, config.pack_seeds)
+    groups = [[0]] if search else seed_groups(config.seeds, config.pack_seeds)
     param_space = {
         "point": tune.grid_search([{"n": n, "m": m} for n, m in config.points]),
         "seed_indices": tune.grid_search(groups),
@@ -134,6 +153,8 @@ def _new_tuner(
         "max_failures": max_failures,
         "stall_timeout_s": stall_timeout_s,
     }
+    param_space |= {"candidates": list(config.candidates)} if search else {}
+    param_space |= {"recipes": recipes} if recipes else {}
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -148,7 +169,7 @@ def _new_tuner(
             trial_name_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
-            name="tune",
+            name="search" if search else "tune",
             storage_path=directory,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             callbacks=callbacks,
@@ -157,6 +178,27 @@ def _new_tuner(
             log_to_file=True,
         ),
     )
+
+
+def _fit(
+    tune_path: str,
+    trainable: Callable,
+    callbacks: list[tune.Callback],
+    new_tuner: Callable[[], tune.Tuner],
+    log: Log,
+) -> tune.ResultGrid:
+    """Resume the Tune run at ``tune_path`` (finished trials kept) or start ``new_tuner()``."""
+    if tune.Tuner.can_restore(tune_path):
+        log(f"[sweep] resuming {tune_path}: finished trials are kept")
+        # Same trial ids for unfinished and errored trials: their Train runs resume from
+        # their checkpoints (restart_errored would start them over under new ids).
+        tuner = tune.Tuner.restore(
+            tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+        ray_compat.use_callbacks_on_restore(tuner, callbacks)
+    else:
+        tuner = new_tuner()
+    return tuner.fit()
 
 
 def run_sweep(
@@ -218,32 +260,61 @@ def run_sweep(
         ray_compat.keep_credentials_out_of_trials()
         trainable = tune.with_parameters(run_trial, datasets=[ray.put(datasets)])
         trainable = tune.with_resources(trainable, ray_compat.TRIAL_FUNCTION_RESOURCES)
-        tune_path = storage.join(directory, "tune")
-        callbacks = _callbacks(config, directory, experiment, mlflow, log)
-        if tune.Tuner.can_restore(tune_path):
-            log(f"[sweep] resuming {tune_path}: finished trials are kept")
-            # Same trial ids for unfinished and errored trials: their Train runs resume from
-            # their checkpoints (restart_errored would start them over under new ids).
-            tuner = tune.Tuner.restore(
-                tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True
+        concurrency = max_concurrent_trials or cluster.default_concurrency(config)
+        stage = functools.partial(
+            _new_tuner,
+            trainable,
+            config,
+            directory,
+            concurrency,
+            max_failures,
+            verbose,
+            stall_timeout_s,
+        )
+        chosen, searched = None, []
+        if config.tune_trials:
+            log(
+                f"[sweep] searching {config.tune_trials} recipe(s) per point on the validation "
+                f"split ({', '.join(sorted(config.tune or {})) or 'the recipe as given'})"
             )
-            ray_compat.use_callbacks_on_restore(tuner, callbacks)
-        else:
-            concurrency = max_concurrent_trials or cluster.default_concurrency(config)
-            tuner = _new_tuner(
+            callbacks = _callbacks(
+                config, directory, experiment, None, log, trials=len(config.points)
+            )
+            grid = _fit(
+                storage.join(directory, "search"),
                 trainable,
-                config,
-                directory,
-                concurrency,
-                max_failures,
-                verbose,
-                stall_timeout_s,
                 callbacks,
+                lambda: stage(callbacks, search=True),
+                log,
             )
-        outcomes = trial_outcomes(tuner.fit())
-        histories = trial_histories(directory, outcomes)
-        trials = tables.trials_frame(outcomes, histories, config, experiment)
-        epochs = tables.epochs_frame(outcomes, histories, experiment)
+            searched = trial_outcomes(grid)
+            search_histories = trial_histories(directory, searched)
+            candidates = tables.candidates_frame(searched, search_histories, config, experiment)
+            storage.write_parquet(
+                pa.Table.from_pandas(candidates, preserve_index=False),
+                storage.join(directory, "candidates.parquet"),
+                storage.CANDIDATES_SCHEMA,
+            )
+            chosen = tables.chosen_recipes(candidates, config)
+            if missing := [f"{m}x{n}d" for n, m in config.points if (n, m) not in chosen]:
+                raise RuntimeError(
+                    f"the search of {', '.join(missing)} finished no candidate "
+                    f"({storage.join(directory, 'candidates.parquet')})"
+                )
+            _say_chosen(config, chosen, log)
+        recipes = {point_key({"n": n, "m": m}): c.recipe for (n, m), c in (chosen or {}).items()}
+        callbacks = _callbacks(config, directory, experiment, mlflow, log)
+        grid = _fit(
+            storage.join(directory, "tune"),
+            trainable,
+            callbacks,
+            lambda: stage(callbacks, recipes=recipes),
+            log,
+        )
+        outcomes = trial_outcomes(grid)
+        histories = trial_histories(directory, [*outcomes, *searched])
+        trials = tables.trials_frame(outcomes, histories, config, experiment, chosen)
+        epochs = tables.epochs_frame(outcomes, histories, experiment, searched)
         for frame, name, schema in (
             (trials, "trials", storage.TRIALS_SCHEMA),
             (epochs, "epochs", storage.EPOCHS_SCHEMA),
@@ -251,6 +322,18 @@ def run_sweep(
             location = storage.join(directory, f"{name}.parquet")
             storage.write_parquet(pa.Table.from_pandas(frame), location, schema)
         return SweepResult(config, trials, epochs, directory)
+
+
+def _say_chosen(
+    config: SweepConfig, chosen: dict[tuple[int, int], tables.Chosen], log: Log
+) -> None:
+    """One line per point: the recipe its search chose and that recipe's validation error."""
+    for (n, m), choice in sorted(chosen.items()):
+        fields = ", ".join(f"{k}={v:.3g}" for k, v in sorted(choice.recipe.items()))
+        log(
+            f"[sweep] {config.space.label(m, n)}: candidate {choice.candidate} "
+            f"({fields or 'the recipe as given'}), validation error {choice.val_error:.2f} %"
+        )
 
 
 def default_experiment(config: SweepConfig) -> str:

@@ -57,6 +57,9 @@ def run_trial(trial: dict, datasets: list) -> None:
             "seed_indices": trial["seed_indices"],
             "datasets": datasets[0],
             "record": record,
+            # A tuned sweep: a search trial's candidate recipes, or the recipe its point chose.
+            "candidates": trial.get("candidates", []),
+            "recipe": trial.get("recipes", {}).get(point_key(trial["point"]), {}),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.workers_per_trial,
@@ -73,6 +76,8 @@ def run_trial(trial: dict, datasets: list) -> None:
     )
     point, indices = trial["point"], trial["seed_indices"]
     label = f"{config.space.label(point['m'], point['n'])} seeds {indices}"
+    if trial.get("candidates"):
+        label = f"{config.space.label(point['m'], point['n'])} search"
     report_from_record(
         trainer, record, trial["stall_timeout_s"], label, decide=config.scheduler_stops_trials
     )
@@ -244,14 +249,22 @@ def report_from_record(
         tune.report(epochs[-1])
 
 
+def point_key(point: dict) -> str:
+    """``"<n>x<m>"``: a point's key in a tuned sweep's chosen recipes (JSON keys are text)."""
+    return f"{point['n']}x{point['m']}"
+
+
 def trial_outcomes(grid: tune.ResultGrid) -> list[tables.TrialOutcome]:
-    """One outcome per (trial, seed index it trained)."""
+    """One outcome per (trial, seed index it trained); of a search trial, one per candidate
+    (in its ``seed_index``)."""
     outcomes = []
     for result in (grid[i] for i in range(len(grid))):
         # The trial directory is named by _trial_name: "<m>x<n>d-seed<s>-<trial id>".
         trial_id = os.path.basename(str(result.path).rstrip("/")).rsplit("-", 1)[-1]
         config = result.config or {}  # Tune always records a trial's config
         point, indices = config["point"], config["seed_indices"]
+        if config.get("candidates"):
+            indices = list(range(len(config["candidates"])))
         error = str(result.error).strip().splitlines()[-1] if result.error else None
         outcomes += [
             tables.TrialOutcome(

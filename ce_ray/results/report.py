@@ -18,11 +18,13 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from ce_ray.results import plots, storage
-from ce_ray.results.tables import LAST_EPOCHS
+from ce_ray.results.tables import LAST_EPOCHS, TUNED_COLUMNS
 from ce_ray.theory.seeds import derive_seed
 
 #: The column a trial's test error is read from: the paper's last-epochs mean.
 TEST_ERROR = "mean_test_error_last_epochs"
+#: The recipe fields a tuned sweep's table shows where they differ between points.
+TUNED_FIELDS = TUNED_COLUMNS
 #: The predictor each formulation ranks the points by.
 PREDICTORS = {"primal": "var_ensemble", "dual": "rho"}
 # Identity of the rank-correlation bootstrap's draws (with the sweep's seed when known).
@@ -30,8 +32,17 @@ BOOTSTRAP_STREAM = 0x5EA4
 
 
 def summary(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per point (n, m) of trials.parquet: its curve values and the test error over seeds."""
+    """Per point (n, m) of trials.parquet: its curve values and the test error over seeds;
+    of a tuned sweep also the recipe fields its search chose where they differ between
+    points, that recipe's validation error in the search and the recipes tried."""
     grouped = trials.groupby(["n", "m"], sort=True)
+    tuned: dict = {}
+    if "recipes_tried" in trials and trials["recipes_tried"].notna().any():
+        varied = [f for f in TUNED_FIELDS if f in trials and trials[f].nunique() > 1]
+        tuned = {f: (f, "first") for f in varied} | {
+            "val_error": ("search_val_error", "first"),
+            "tried": ("recipes_tried", "first"),
+        }
     table = grouped.agg(
         label=("label", "first"),
         role=("role", "first"),
@@ -43,8 +54,40 @@ def summary(trials: pd.DataFrame) -> pd.DataFrame:
         test_error_se=(TEST_ERROR, lambda e: e.std(ddof=1) / np.sqrt(len(e))),
         status=("status", lambda s: ",".join(sorted(set(s)))),
         retries=("retries", "sum"),
+        **tuned,
     )
     return table.reset_index()
+
+
+def optimum_against_baseline(table: pd.DataFrame) -> str | None:
+    """Whether the curve's optimum erred less than the baseline beyond the seeds' standard
+    error (of the difference of the two means); None without both points.
+
+    >>> table = pd.DataFrame({"label": ["4x8d", "1x16d"], "role": ["optimum", "baseline"],
+    ...     "test_error": [5.0, 7.0], "test_error_se": [0.3, 0.4]})
+    >>> print(optimum_against_baseline(table))  # doctest: +NORMALIZE_WHITESPACE
+    optimum 4x8d 5.00 % vs baseline 1x16d 7.00 %: -2.00 +- 0.50 (standard error over seeds):
+    the optimum erred less, beyond the seeds' standard error
+    """
+    roles = table.set_index("role")
+    if not {"optimum", "baseline"} <= set(roles.index):
+        return None
+    best, base = roles.loc["optimum"], roles.loc["baseline"]
+    difference = float(best["test_error"] - base["test_error"])
+    se = float(np.hypot(best["test_error_se"], base["test_error_se"]))
+    if not np.isfinite(se):
+        verdict = "one seed per point: no standard error to judge by"
+    elif difference < -se:
+        verdict = "the optimum erred less, beyond the seeds' standard error"
+    elif difference > se:
+        verdict = "the optimum erred MORE, beyond the seeds' standard error"
+    else:
+        verdict = "within the seeds' standard error: no difference shown"
+    return (
+        f"optimum {best['label']} {best['test_error']:.2f} % vs baseline {base['label']} "
+        f"{base['test_error']:.2f} %: {difference:+.2f} +- {se:.2f} (standard error over seeds): "
+        f"{verdict}"
+    )
 
 
 @dataclass(frozen=True)
@@ -120,6 +163,8 @@ def format_summary(table: pd.DataFrame) -> str:
             "var_ensemble": "{:.4f}".format,
             "test_error": "{:.2f}".format,
             "test_error_se": "{:.2f}".format,
+            "val_error": "{:.2f}".format,
+            **{f: "{:.3g}".format for f in TUNED_FIELDS},
         },
     )
 
@@ -162,7 +207,7 @@ def report(directory: str, with_plots: bool = True) -> str:
         columns = storage.read_parquet(trials_path)
     except (OSError, ValueError) as error:
         raise ValueError(f"{trials_path}: not a Parquet file ({error})") from None
-    required = set(storage.TRIALS_SCHEMA.names) - set(storage.RECIPE_COLUMNS)
+    required = set(storage.TRIALS_SCHEMA.names) - set(storage.LATER_TRIALS_COLUMNS)
     if missing := sorted(required - set(columns.column_names)):
         raise ValueError(
             f"{trials_path}: not a trials.parquet of ce-ray sweep (no {', '.join(missing[:3])})"
@@ -183,6 +228,14 @@ def report(directory: str, with_plots: bool = True) -> str:
     if len(trials):
         ranking = rank_correlation(trials, seed=_sweep_seed(directory))
         lines.insert(2, ranking.describe())
+        if against := optimum_against_baseline(table):
+            lines.insert(3, against)
+        if "val_error" in table:
+            lines.insert(
+                2,
+                "tuned: each point's recipe chosen by its search on the validation split "
+                "(val_error; tried: recipes per point; candidates.parquet)",
+            )
     if with_plots and len(trials):
         write_plots(directory, trials, table)
         names = ("curves.png", "test_error.png", "error_vs_variance.png")

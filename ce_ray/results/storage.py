@@ -83,6 +83,8 @@ ALPHA_SCHEMA = pa.schema(
 
 #: trials.parquet's recipe columns, which tables written before them lack (and are read).
 RECIPE_COLUMNS = RECIPE_FIELDS
+#: trials.parquet's columns that tables written before them lack (and are still read).
+LATER_TRIALS_COLUMNS = (*RECIPE_COLUMNS, "final_val_error", "recipes_tried", "search_val_error")
 
 #: One row per (point, seed index) of a sweep (trials.parquet).
 TRIALS_SCHEMA = pa.schema(
@@ -126,6 +128,10 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("schedule", pa.string()),
         pa.field("warmup_epochs", pa.int64()),
         pa.field("label_smoothing", pa.float64()),
+        # A tuned sweep (--tune-trials): the recipes its point tried, and the chosen one's
+        # validation error in the search (its fields are the recipe columns); null untuned.
+        pa.field("recipes_tried", pa.int64()),
+        pa.field("search_val_error", pa.float64()),
         pa.field("wall_time_s", pa.float64()),
         pa.field("status", pa.string()),  # finished | stopped_early (ASHA) | error
         pa.field("retries", pa.int64()),  # restarts: lost worker/node, retried or resumed job
@@ -143,6 +149,9 @@ EPOCHS_SCHEMA = pa.schema(
         pa.field("m", pa.int64()),
         pa.field("seed_index", pa.int64()),
         pa.field("packed_seeds", pa.int64()),  # as in trials.parquet
+        # A tuned sweep's search: the candidate recipe (candidates.parquet) this row trained,
+        # judged on validation (its test_error null); null for the sweep's seeds' own epochs.
+        pa.field("candidate", pa.int64()),
         pa.field("epoch", pa.int64()),
         pa.field("train_loss", pa.float64()),
         pa.field("test_error", pa.float64()),
@@ -153,6 +162,26 @@ EPOCHS_SCHEMA = pa.schema(
         pa.field("train_time_s", pa.float64()),  # in the training loop, summed over epochs
         pa.field("attempt", pa.int64()),  # which start of the trial trained it (0 = first)
         pa.field("node_id", pa.string()),  # the Ray node of the rank-0 training worker
+    ]
+)
+
+#: One row per (point, candidate recipe) of a tuned sweep's search (candidates.parquet).
+CANDIDATES_SCHEMA = pa.schema(
+    [
+        pa.field("experiment", pa.string()),
+        pa.field("n", pa.int64()),
+        pa.field("m", pa.int64()),
+        pa.field("label", pa.string()),
+        pa.field("candidate", pa.int64()),  # 0..K-1: the same recipes at every point
+        pa.field("lr", pa.float64()),
+        pa.field("weight_decay", pa.float64()),
+        pa.field("momentum", pa.float64()),
+        pa.field("label_smoothing", pa.float64()),
+        pa.field("final_val_error", pa.float64()),  # top-1, percent, on the validation split
+        pa.field("epochs_completed", pa.int64()),
+        pa.field("chosen", pa.bool_()),  # the lowest final_val_error of its point
+        pa.field("status", pa.string()),  # finished | error
+        pa.field("trial_id", pa.string()),
     ]
 )
 

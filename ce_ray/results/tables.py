@@ -9,13 +9,17 @@ No Ray here: the Ray layer (``ce_ray.experiments.sweep``) passes what Tune retur
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import pandas as pd
 
-from ce_ray.configs import SweepConfig
+from ce_ray.configs import TUNABLE, SweepConfig
 from ce_ray.results import storage
+
+#: The recipe's fields a candidate may draw (``ce_ray.configs.TUNABLE``), in candidates.parquet.
+TUNED_COLUMNS = TUNABLE
 
 #: The paper reports "test errors averaged over the last 10 epochs over 10 runs".
 LAST_EPOCHS = 10
@@ -56,9 +60,11 @@ def _trial_row(
     config: SweepConfig,
     experiment: str,
     architecture: str,
+    chosen: dict[tuple[int, int], Chosen] | None = None,
 ) -> dict:
     done = int(history["epoch"].max()) if len(history) else 0
-    recipe = config.recipe
+    choice = (chosen or {}).get((outcome.n, outcome.m))
+    recipe = dataclasses.replace(config.recipe, **choice.recipe) if choice else config.recipe
     if outcome.error:
         status = "error"
     else:
@@ -92,6 +98,8 @@ def _trial_row(
         "epochs_completed": done,
         "epochs_planned": config.epochs,
         **{column: getattr(recipe, column) for column in storage.RECIPE_COLUMNS},
+        "recipes_tried": len(config.candidates) if config.candidates else None,
+        "search_val_error": choice.val_error if choice else None,
         "wall_time_s": _last(history, "time_total_s") if done else math.nan,
         "status": status,
         "retries": int(history["attempt"].max()) if done else 0,
@@ -103,10 +111,69 @@ def _trial_row(
 Histories = dict[tuple[str, int], pd.DataFrame]  # (trial id, seed index) -> its epochs
 
 
-def trials_frame(
+@dataclass(frozen=True)
+class Chosen:
+    """A tuned point's choice: the candidate recipe's fields and its validation error."""
+
+    candidate: int
+    recipe: dict
+    val_error: float
+
+
+def candidates_frame(
     outcomes: list[TrialOutcome], histories: Histories, config: SweepConfig, experiment: str
 ) -> pd.DataFrame:
-    """trials.parquet: one row per outcome, i.e. per (point, seed index)."""
+    """candidates.parquet: one row per (point, candidate) of a tuned sweep's search (each
+    outcome's ``seed_index`` is its candidate), ``chosen`` the lowest final validation error
+    of its point among candidates that finished (the first on a tie)."""
+    rows = []
+    for o in outcomes:
+        history = histories[o.trial_id, o.seed_index]
+        done = int(history["epoch"].max()) if len(history) else 0
+        recipe = dataclasses.replace(config.recipe, **config.candidates[o.seed_index])
+        finished = not o.error and done >= config.epochs
+        rows.append(
+            {
+                "experiment": experiment,
+                "n": o.n,
+                "m": o.m,
+                "label": config.space.label(o.m, o.n),
+                "candidate": o.seed_index,
+                **{f: float(getattr(recipe, f)) for f in TUNED_COLUMNS},
+                "final_val_error": _last(history, "val_error") if done else math.nan,
+                "epochs_completed": done,
+                "chosen": False,
+                "status": "finished" if finished else "error",
+                "trial_id": o.trial_id,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=storage.CANDIDATES_SCHEMA.names)
+    frame = frame.sort_values(["n", "candidate"]).reset_index(drop=True)
+    finished = frame[frame["status"] == "finished"].dropna(subset=["final_val_error"])
+    best = finished.sort_values(["final_val_error", "candidate"]).groupby(["n", "m"]).head(1)
+    frame.loc[best.index, "chosen"] = True
+    return frame
+
+
+def chosen_recipes(candidates: pd.DataFrame, config: SweepConfig) -> dict[tuple[int, int], Chosen]:
+    """(n, m) -> the chosen candidate of each point whose search finished."""
+    return {
+        (int(row.n), int(row.m)): Chosen(
+            int(row.candidate), config.candidates[int(row.candidate)], float(row.final_val_error)
+        )
+        for row in candidates[candidates["chosen"]].itertuples()
+    }
+
+
+def trials_frame(
+    outcomes: list[TrialOutcome],
+    histories: Histories,
+    config: SweepConfig,
+    experiment: str,
+    chosen: dict[tuple[int, int], Chosen] | None = None,
+) -> pd.DataFrame:
+    """trials.parquet: one row per outcome, i.e. per (point, seed index); ``chosen``: a
+    tuned sweep's recipe per point (n, m)."""
     by_width = config.point_rows.set_index("n")
     architecture = config.architecture
     rows = [
@@ -117,6 +184,7 @@ def trials_frame(
             config,
             experiment,
             architecture,
+            chosen,
         )
         for o in outcomes
     ]
@@ -129,12 +197,16 @@ def trials_frame(
 
 
 def epochs_frame(
-    outcomes: list[TrialOutcome], histories: Histories, experiment: str
+    outcomes: list[TrialOutcome],
+    histories: Histories,
+    experiment: str,
+    searched: list[TrialOutcome] = (),  # type: ignore[assignment]
 ) -> pd.DataFrame:
     """epochs.parquet: one row per trained epoch of each (point, seed index) (its trial's
-    latest training)."""
+    latest training), then of each (point, candidate) of a tuned sweep's search
+    (``searched``: its ``seed_index`` is the candidate, the row's seed index 0)."""
     frames = []
-    for outcome in outcomes:
+    for outcome in [*outcomes, *searched]:
         history = histories[outcome.trial_id, outcome.seed_index].copy()
         if not len(history):
             continue
@@ -145,11 +217,16 @@ def epochs_frame(
             m=outcome.m,
             seed_index=outcome.seed_index,
             packed_seeds=outcome.packed_seeds,
+            candidate=None,
         )
+        if outcome in searched:
+            history = history.assign(seed_index=0, candidate=outcome.seed_index)
         frames.append(history.reindex(columns=storage.EPOCHS_SCHEMA.names))
     columns = storage.EPOCHS_SCHEMA.names
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    return frame.sort_values(["n", "seed_index", "epoch"]).reset_index(drop=True)
+    frame["candidate"] = frame["candidate"].astype("Int64")
+    order = ["candidate", "n", "seed_index", "epoch"]  # the seeds' epochs first
+    return frame.sort_values(order, na_position="first").reset_index(drop=True)
 
 
 def curves_frame(config: SweepConfig) -> pd.DataFrame:

@@ -5,14 +5,15 @@ GPU, DDP over NCCL; gloo on CPU). Ordinary PyTorch plus ``ray.train.report`` onc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterable
-from typing import cast
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -27,7 +28,11 @@ from ce_ray.configs import SweepConfig
 from ce_ray.presets import Recipe
 from ce_ray.theory.models import PackedSeeds
 from ce_ray.theory.seeds import derive_seed
-from ce_ray.worker.pipeline import Execution, StackedBatches, train_loader
+from ce_ray.worker.pipeline import Execution, RepeatedBatches, StackedBatches, train_loader
+
+if TYPE_CHECKING:
+    import ray
+
 from ce_ray.worker.records import Heartbeat, TrialRecord, beating, wait_for_decision
 
 # Plain fp32, no layout change, no compile: what the loop does unless told otherwise.
@@ -41,17 +46,33 @@ def _no_beat() -> None:
 
 
 def make_optimizer(
-    model: torch.nn.Module, recipe: Recipe
+    model: torch.nn.Module, recipe: Recipe, copies: Sequence[Recipe] = ()
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """The recipe's optimizer and its lr schedule, stepped once per epoch
-    (:class:`~ce_ray.presets.Recipe`; :func:`lr_factor`)."""
+    (:class:`~ce_ray.presets.Recipe`; :func:`lr_factor`).
+
+    ``copies``: one recipe per copy of a :class:`~ce_ray.theory.models.PackedSeeds` (or the
+    one network's): each copy's parameters are a group of their own with its recipe's
+    ``lr``, ``weight_decay`` and ``momentum`` -- an elementwise optimizer steps each copy as it
+    would alone. The optimizer and schedule are ``recipe``'s.
+    """
+    if copies:
+        modules = list(model.seeds) if isinstance(model, PackedSeeds) else [model]
+        groups = [
+            {"params": list(module.parameters()), "lr": copy.lr}
+            | {"weight_decay": copy.weight_decay}
+            | ({"momentum": copy.momentum} if recipe.optimizer == "sgd" else {})
+            for module, copy in zip(modules, copies, strict=True)
+        ]
+    else:
+        groups = [{"params": list(model.parameters())}]
     optimizer: torch.optim.Optimizer
     if recipe.optimizer in ("adam", "adamw"):
         adam = torch.optim.Adam if recipe.optimizer == "adam" else torch.optim.AdamW
-        optimizer = adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+        optimizer = adam(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
     else:
         optimizer = torch.optim.SGD(
-            model.parameters(),
+            groups,
             lr=recipe.lr,
             momentum=recipe.momentum,
             weight_decay=recipe.weight_decay,
@@ -208,12 +229,25 @@ def train_point(config: dict) -> None:
     n, m = config["point"]["n"], config["point"]["m"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    train_set, validation_set, test_set = trial_data(sweep, config["datasets"])
+    train_set, validation_set, test = trial_data(sweep, config["datasets"])
+    test_set: Dataset | None = test
     execution = Execution(sweep.precision, sweep.channels_last, sweep.compile)
-    seeds = [derive_seed(sweep.seed, n, m, index) for index in config["seed_indices"]]
+    # A tuned point trains its seeds with the recipe its search chose ("recipe": its fields).
+    recipe = dataclasses.replace(sweep.recipe, **config.get("recipe", {}))
+    candidates = [dataclasses.replace(recipe, **c) for c in config.get("candidates", [])]
+    if candidates:
+        # A point's search: its candidate recipes as the copies of one packed model, each
+        # from seed index 0's initial weights and data order, so that only the recipe
+        # differs; judged on the validation split (the test split is not even read).
+        indices = list(range(len(candidates)))
+        seeds = [derive_seed(sweep.seed, n, m, 0)] * len(candidates)
+        test_set = None
+    else:
+        indices = config["seed_indices"]
+        seeds = [derive_seed(sweep.seed, n, m, index) for index in indices]
     network = trial_network(sweep, m, n, seeds)  # the raw module is what is checkpointed
-    recipe = sweep.recipe
-    optimizer, schedule = make_optimizer(network, recipe)
+    optimizer, schedule = make_optimizer(network, recipe, candidates)
+    smoothing = [c.label_smoothing for c in candidates] if candidates else recipe.label_smoothing
     device = ray.train.torch.get_device()
     scaler = execution.scaler(device)
     start_epoch, train_time = _restore(network, optimizer, schedule, scaler, rank)
@@ -223,20 +257,23 @@ def train_point(config: dict) -> None:
     model = execution.model(ray.train.torch.prepare_model(network))
     batch = max(1, recipe.batch_size // world)
     samplers, loaders = [], []
-    for seed in seeds:
+    loader_seeds = seeds[:1] if candidates else seeds  # candidates read one seed's batches
+    for seed in loader_seeds:
         loader, sampler = train_loader(
             train_set,
             batch,
             DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed),
             seed,
-            sweep.loader_workers // len(seeds),
+            sweep.loader_workers // len(loader_seeds),
             pin_memory=device.type == "cuda",
-            drop_last=len(train_set) > batch * world,
+            drop_last=len(train_set) > batch * world,  # type: ignore[arg-type]  # map-style
         )
         samplers.append(sampler)
         # prepare_data_loader: device moves.
         loaders.append(ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False))
-    batches: Iterable = loaders[0] if len(seeds) == 1 else StackedBatches(loaders)
+    batches: Iterable = loaders[0] if len(loaders) == 1 else StackedBatches(loaders)
+    if len(candidates) > 1:  # the candidates read the same batches
+        batches = RepeatedBatches(loaders[0], len(candidates))
     top5 = sweep.classes > 5
     for epoch in range(start_epoch, sweep.epochs + 1):
         if record is not None and sweep.scheduler_stops_trials:
@@ -244,6 +281,7 @@ def train_point(config: dict) -> None:
                 wait_for_decision(config["record"], epoch - 2)
         started = time.perf_counter()
         lr = float(optimizer.param_groups[0]["lr"])  # this epoch's, by the recipe's schedule
+        group_lrs = [float(group["lr"]) for group in optimizer.param_groups]
         for sampler in samplers:
             sampler.set_epoch(epoch)
         # A first compiled step can take minutes: beat through this start's first epoch.
@@ -257,12 +295,14 @@ def train_point(config: dict) -> None:
                 execution,
                 scaler,
                 beat,
-                recipe.label_smoothing,
+                smoothing,
             )
         schedule.step()
-        errors = evaluate(
-            model, test_set, batch, device, rank, world, top5, execution, len(seeds), beat
-        )
+        errors: list[dict] = [{} for _ in seeds]
+        if test_set is not None:
+            errors = evaluate(
+                model, test_set, batch, device, rank, world, top5, execution, len(seeds), beat
+            )
         if validation_set is not None:
             validation = evaluate(
                 model,
@@ -281,17 +321,19 @@ def train_point(config: dict) -> None:
         train_time += time.perf_counter() - started
         per_seed = [
             {"seed_index": index, "train_loss": loss} | seed_errors
-            for index, loss, seed_errors in zip(config["seed_indices"], losses, errors, strict=True)
+            for index, loss, seed_errors in zip(indices, losses, errors, strict=True)
         ]
+        if candidates:  # each candidate's own lr this epoch (its parameter group's)
+            for entry, group_lr in zip(per_seed, group_lrs, strict=True):
+                entry["lr"] = group_lr
         metrics = {
             "epoch": epoch,
             "train_loss": float(np.mean(losses)),
-            "test_error": float(np.mean([e["test_error"] for e in errors])),
-            **(
-                {"val_error": float(np.mean([e["val_error"] for e in errors]))}
-                if validation_set is not None
-                else {}
-            ),
+            **{
+                key: float(np.mean([e[key] for e in errors]))
+                for key in ("test_error", "val_error")
+                if key in errors[0]
+            },
             "train_time_s": train_time,
             "lr": lr,
             "attempt": record.attempt if record else 0,
@@ -306,7 +348,9 @@ def train_point(config: dict) -> None:
             _report_with_checkpoint(metrics, state, world)
 
 
-def trial_data(sweep: SweepConfig, datasets: object) -> tuple[Dataset, Dataset | None, Dataset]:
+def trial_data(
+    sweep: SweepConfig, datasets: ray.ObjectRef
+) -> tuple[Dataset, Dataset | None, Dataset]:
     """A trial's ``(train, validation, test)`` splits (validation None: none held out).
 
     Your own data (``--data``) is read here, by every training worker itself -- from its
@@ -331,15 +375,22 @@ def trial_data(sweep: SweepConfig, datasets: object) -> tuple[Dataset, Dataset |
 
 
 def seed_losses(
-    logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0
+    logits: torch.Tensor, y: torch.Tensor, label_smoothing: float | Sequence[float] = 0.0
 ) -> torch.Tensor:
     """Each copy's mean cross-entropy: ``(copies,)``. ``logits`` is ``(batch, classes)`` for
-    one network, ``(copies, batch, classes)`` for a :class:`~ce_ray.theory.models.PackedSeeds`."""
+    one network, ``(copies, batch, classes)`` for a :class:`~ce_ray.theory.models.PackedSeeds`;
+    ``label_smoothing``: one for every copy, or each copy's own."""
     if logits.dim() == 2:
-        return F.cross_entropy(logits, y, label_smoothing=label_smoothing)[None]
-    pairs = zip(logits, y, strict=True)
+        return F.cross_entropy(logits, y, label_smoothing=float(label_smoothing))[None]  # type: ignore[arg-type]
+    copies = len(logits)
+    smoothing = (
+        [float(label_smoothing)] * copies
+        if isinstance(label_smoothing, int | float)
+        else list(label_smoothing)
+    )
+    triples = zip(logits, y, smoothing, strict=True)
     return torch.stack(
-        [F.cross_entropy(out, target, label_smoothing=label_smoothing) for out, target in pairs]
+        [F.cross_entropy(out, target, label_smoothing=eps) for out, target, eps in triples]
     )
 
 
@@ -351,7 +402,7 @@ def train_epoch(
     execution: Execution = FP32,
     scaler: torch.amp.GradScaler | None = None,
     beat: Callable[[], None] = lambda: None,
-    label_smoothing: float = 0.0,
+    label_smoothing: float | Sequence[float] = 0.0,
 ) -> list[float]:
     """One pass over this rank's batches; each copy's mean loss over every rank's examples
     (one value for a single network). The forward runs under ``execution``'s autocast;

@@ -15,7 +15,7 @@ what it computes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import cast
@@ -180,3 +180,25 @@ class StackedBatches:
         for batches in zip(*self.loaders, strict=True):
             xs, ys = zip(*batches, strict=True)
             yield torch.stack(xs), torch.stack(ys)
+
+
+class RepeatedBatches:
+    """One loader's batches for ``copies`` copies of a packed model: ``x`` ``(copies, batch,
+    ...)`` and ``y`` ``(copies, batch)``, every row the same batch -- what
+    :class:`StackedBatches` yields for loaders of one seed, read once instead of ``copies``
+    times (a tuned point's candidates: ``ce_ray.worker.loop.train_point``)."""
+
+    def __init__(self, loader: Iterable, copies: int):
+        self.loader = loader
+        self.copies = copies
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.loader:
+            # Contiguous, as StackedBatches' stack: the same kernels, the same rounding.
+            yield (
+                x.expand(self.copies, *x.shape).contiguous(),
+                y.expand(self.copies, *y.shape).contiguous(),
+            )
