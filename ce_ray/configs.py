@@ -756,10 +756,11 @@ def draw_candidates(space: dict, count: int, seed: int) -> tuple[dict, ...]:
 
 
 def sized_for_data(space: Space, shape: tuple[int, ...], classes: int, data: str | None) -> Space:
-    """A preset's family sized to your data: the MLP to its features (any example shape,
-    flattened), ResNeXt-29 to its classes and image side (3-channel square images)."""
-    if isinstance(space, FCSpace):
-        return dataclasses.replace(space, input_dim=math.prod(shape), num_classes=classes)
+    """A preset's family sized to your data: the MLP to its features and classes (examples
+    of one dimension: a table's rows), ResNeXt-29 to its classes and image side (3-channel
+    square images)."""
+    if isinstance(space, FCSpace) and len(shape) == 1:
+        return dataclasses.replace(space, input_dim=shape[0], num_classes=classes)
     images = len(shape) == 3 and shape[0] == 3 and shape[1] == shape[2]
     _require(
         isinstance(space, CifarResNeXt29Space) and images,

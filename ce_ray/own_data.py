@@ -391,9 +391,10 @@ def _read_image_folder(spec: DataSpec, seed: int) -> Splits:
 def _read_images(
     spec: DataSpec, folder: str, classes: list[str], size: int
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Every image under ``folder/<class>/`` as float RGB in [0, 1], ``size`` x ``size``."""
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2.functional import resize
+    """Every image under ``folder/<class>/`` as float RGB in [0, 1], ``size`` x ``size``
+    (decoded by Pillow, as torchvision's ``ImageFolder`` does)."""
+    from PIL import Image
+    from torchvision.transforms.v2.functional import pil_to_tensor, resize
 
     images, labels, paths = [], [], []
     for index, name in enumerate(classes):
@@ -412,11 +413,12 @@ def _read_images(
             raise ValueError(f"--data {spec.source}: class folder {directory} holds no image")
         for path in files:
             try:
-                image = decode_image(path, mode=ImageReadMode.RGB)
-            except (RuntimeError, ValueError) as error:
+                with Image.open(path) as opened:
+                    image = pil_to_tensor(opened.convert("RGB"))
+            except (OSError, ValueError, Image.DecompressionBombError) as error:
                 raise ValueError(
                     f"--data {spec.source}: {path} does not decode as an image "
-                    f"({str(error).splitlines()[0]})"
+                    f"({str(error).splitlines()[0] if str(error) else type(error).__name__})"
                 ) from None
             images.append(resize(image, [size, size], antialias=True).float() / 255.0)
             labels.append(index)

@@ -125,6 +125,7 @@ def _schemas():
         storage.CURVES_SCHEMA,
         storage.TRIALS_SCHEMA,
         storage.EPOCHS_SCHEMA,
+        storage.CANDIDATES_SCHEMA,
         storage.NMK_SHARD_SCHEMA,
         storage.NMK_SCHEMA,
         storage.NMK_SUMMARY_SCHEMA,

@@ -239,8 +239,8 @@ MUTATIONS = (
     Mutation(
         "a preset's sweep takes the member's path (alpha required, a network check)",
         "ce_ray/configs.py",
-        "        return self.member or self.spec.space",
-        "        return self.member or FIT_PRESETS[self.spec.fit_preset].space",
+        "        return self.spec.space",
+        "        return FIT_PRESETS[self.spec.fit_preset].space",
         ("tests/test_member_sweep.py", "tests/test_bad_input.py", "-k", "sweep"),
     ),
     # --- your own member: tracing, checks, the generic sampler, the ensemble ---
@@ -361,7 +361,7 @@ MUTATIONS = (
     Mutation(
         "label smoothing is dropped",
         "ce_ray/worker/loop.py",
-        "        return F.cross_entropy(logits, y, label_smoothing=label_smoothing)[None]",
+        "        return F.cross_entropy(logits, y, label_smoothing=float(label_smoothing))[None]",
         "        return F.cross_entropy(logits, y)[None]",
         ("tests/worker/test_recipe.py",),
     ),
@@ -723,8 +723,8 @@ MUTATIONS = (
     Mutation(
         "trial seed ignores the seed index",
         "ce_ray/worker/loop.py",
-        'seeds = [derive_seed(sweep.seed, n, m, index) for index in config["seed_indices"]]',
-        'seeds = [derive_seed(sweep.seed, n, m) for index in config["seed_indices"]]',
+        "seeds = [derive_seed(sweep.seed, n, m, index) for index in indices]",
+        "seeds = [derive_seed(sweep.seed, n, m) for index in indices]",
         (
             "tests/experiments/test_sweep.py::test_sweep_writes_parquet_and_resumes_without_retraining",
         ),

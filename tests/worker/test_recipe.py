@@ -1,28 +1,35 @@
 """A sweep's own recipe: its fields over the preset's, the optimizer and schedule they make,
-label smoothing, what sweep.json keeps of it, and a resume with another recipe refused."""
+label smoothing, what sweep.json keeps of it, and a resume with another recipe refused; a
+tuned sweep's candidate recipes: drawn once, packed as each alone, the best on validation
+chosen."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ce_ray import cli
-from ce_ray.configs import SweepConfig
+from ce_ray.configs import SweepConfig, draw_candidates
 from ce_ray.presets import SWEEP_PRESETS, Recipe
 from ce_ray.results import storage
+from ce_ray.results.tables import TrialOutcome, candidates_frame, chosen_recipes
 from ce_ray.theory.models import PackedSeeds
 from ce_ray.worker.loop import lr_factor, make_optimizer, seed_losses
+from ce_ray.worker.pipeline import RepeatedBatches
 
 DIGITS = SWEEP_PRESETS["digits-mlp"].recipe
 
 
 def sweep(**recipe) -> SweepConfig:
-    return SweepConfig.from_preset("digits-mlp", alpha=2.4, num_points=3, **recipe)
+    return SweepConfig.from_preset("digits-mlp", alpha=2.4, **({"num_points": 3} | recipe))
 
 
 def test_the_recipe_is_the_preset_s_with_the_fields_given():
@@ -105,3 +112,91 @@ def test_a_recipe_file_gives_the_fields_the_flags_do_not(tmp_path):
     )
     recipe = cli.sweep_config(args).recipe
     assert (recipe.optimizer, recipe.lr, recipe.epochs) == ("adamw", 0.05, 3)
+
+
+def test_the_candidates_are_one_seeded_draw_within_their_ranges():
+    space = {"lr": [1e-4, 1e-1, "log"], "weight_decay": [0.0, 1e-3, "linear"]}
+    config = sweep(tune_trials=64, tune=space, num_points=5)
+    drawn = config.candidates
+    assert drawn == draw_candidates(space, 64, seed=0) != draw_candidates(space, 64, seed=1)
+    lrs = np.array([c["lr"] for c in drawn])
+    decays = np.array([c["weight_decay"] for c in drawn])
+    assert ((1e-4 <= lrs) & (lrs <= 1e-1)).all() and ((0 <= decays) & (decays <= 1e-3)).all()
+    # Log-uniform: about as many draws in each decade (uniform would put ~90% in the last).
+    assert (lrs < 1e-2).sum() > 25
+    assert sweep(tune_trials=1).candidates == ({},) and sweep().candidates == ()
+    assert sweep(tune_trials=2, tune=space).validation == 0.1  # tuning holds validation out
+    stored = config.to_json()
+    assert stored["tune_trials"] == 64 and SweepConfig.from_json(stored).candidates == drawn
+
+
+def test_packed_candidates_each_step_as_its_recipe_alone():
+    """In float64, as the packed seeds' test: K copies of one network (one initialisation)
+    with their own lr, weight decay, momentum and label smoothing, fed the same batches,
+    end three steps where each alone, with its own recipe, ends."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        base = dataclasses.replace(DIGITS, optimizer="sgd")
+        fields = [
+            {"lr": 0.1, "weight_decay": 0.0, "momentum": 0.9, "label_smoothing": 0.0},
+            {"lr": 0.01, "weight_decay": 1e-3, "momentum": 0.5, "label_smoothing": 0.1},
+            {"lr": 0.3, "weight_decay": 1e-4, "momentum": 0.0, "label_smoothing": 0.2},
+        ]
+        recipes = [dataclasses.replace(base, **f) for f in fields]
+        space = SWEEP_PRESETS["digits-mlp"].space
+        networks = []
+        for _ in recipes:
+            torch.manual_seed(5)
+            networks.append(space.build(3, 8))
+        alone = [copy.deepcopy(network) for network in networks]
+        packed = PackedSeeds(networks)
+        generator = torch.Generator().manual_seed(0)
+        xs, ys = torch.randn(3, 8, 64, generator=generator), torch.randint(0, 10, (3, 8))
+        optimizer, _ = make_optimizer(packed, base, recipes)
+        assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.01, 0.3]
+        smoothing = [r.label_smoothing for r in recipes]
+        batches = RepeatedBatches(list(zip(xs, ys, strict=True)), len(recipes))
+        for x, y in batches:
+            optimizer.zero_grad()
+            seed_losses(packed(x), y, smoothing).sum().backward()
+            optimizer.step()
+        for k, (network, recipe) in enumerate(zip(alone, recipes, strict=True)):
+            optimizer, _ = make_optimizer(network, recipe)
+            for x, y in zip(xs, ys, strict=True):
+                optimizer.zero_grad()
+                F.cross_entropy(network(x), y, label_smoothing=recipe.label_smoothing).backward()
+                optimizer.step()
+            for name, value in network.state_dict().items():
+                torch.testing.assert_close(
+                    packed.seeds[k].state_dict()[name], value, rtol=1e-8, atol=1e-10
+                )
+        first = packed.seeds[0].state_dict()["input_weight"]
+        assert not torch.equal(first, packed.seeds[1].state_dict()["input_weight"])
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_each_point_chooses_its_lowest_validation_error_among_finished_candidates():
+    config = sweep(tune_trials=3, tune={"lr": [1e-3, 1e-1, "log"]}, num_points=2, epochs=2)
+    (n1, m1), (n2, m2) = config.points
+
+    def history(errors: list[float]) -> pd.DataFrame:
+        return pd.DataFrame({"epoch": range(1, len(errors) + 1), "val_error": errors})
+
+    outcomes = [TrialOutcome("a", n1, m1, k, None, 3) for k in range(3)]
+    outcomes += [
+        TrialOutcome("b", n2, m2, k, "RuntimeError: lost" if k == 0 else None, 3) for k in range(3)
+    ]
+    histories = {
+        ("a", 0): history([50.0, 20.0]),
+        ("a", 1): history([10.0, 12.0]),  # best at its first epoch: judged by its last
+        ("a", 2): history([30.0, 12.0]),  # a tie with candidate 1: the first wins
+        ("b", 0): history([1.0, 1.0]),  # failed: not a choice
+        ("b", 1): history([9.0]),  # stopped before the last epoch: not a choice
+        ("b", 2): history([40.0, 30.0]),
+    }
+    frame = candidates_frame(outcomes, histories, config, "e")
+    assert frame[frame["chosen"]][["n", "candidate"]].values.tolist() == [[n1, 1], [n2, 2]]
+    assert frame.groupby("candidate")["lr"].nunique().eq(1).all()  # the same K at each point
+    chosen = chosen_recipes(frame, config)
+    assert chosen[n1, m1].val_error == 12.0 and chosen[n2, m2].recipe == config.candidates[2]
