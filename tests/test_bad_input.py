@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from ce_ray import cli
 from ce_ray.results import storage
@@ -191,6 +192,51 @@ CASES = [
     ("sweep primal --recipe {tmp}/recipe_kind.json", "batch_size must be a int; got 32.5"),
     ("sweep primal --recipe {tmp}/recipe_range.json", "--lr must be a finite number > 0"),
     ("sweep primal --recipe s3://AKIA:SeCrEt@bucket/r.json", "must not carry credentials"),
+    ("sweep primal --recipe {tmp}/recipe_tune.json", "tune must be an object like"),
+    # your own data (--data): one line each, before Ray, nothing written
+    ("sweep primal --data table.parquet", "argument --data: 'table.parquet': must be parquet:"),
+    ("sweep primal --data parquet:{tmp}/table.parquet", "a table needs --label-column COLUMN"),
+    ("sweep primal --label-column y", "--label-column is for --data (your own data) only"),
+    ("sweep primal --data tests.data_callables:table --image-size 8", "--image-size is for"),
+    ("sweep primal --data tests.data_callables:table --validation-fraction 1", "below 1"),
+    ("sweep primal --data parquet:{tmp}/missing.parquet --label-column y", "no such file or"),
+    ("sweep primal --data parquet:{tmp}/not_parquet.txt --label-column y", "not a Parquet table"),
+    ("sweep primal --data parquet:{tmp}/table.parquet --label-column y", "'y' is not a column"),
+    ("sweep primal --data parquet:{tmp}/one_class.parquet --label-column label", "has 1 class"),
+    ("sweep primal --data parquet:{tmp}/text.parquet --label-column label", "is string, not"),
+    ("sweep primal --data parquet:{tmp}/nan.parquet --label-column label", "row 2 is nan"),
+    ("sweep primal --data parquet:{tmp}/ragged.parquet --label-column label", "different shape"),
+    ("sweep primal --data imagefolder:{tmp}/broken_images", "b/1.png does not decode"),
+    ("sweep primal --data imagefolder:{tmp}/empty_class", "class folder"),
+    ("sweep primal --data imagefolder:{tmp}/file", "file: no such directory"),
+    ("sweep primal --data tests.nowhere:data", "cannot import 'tests.nowhere'"),
+    ("sweep primal --data tests.data_callables:a_list", "returned a list; it must return"),
+    ("sweep primal --data tests.data_callables:raises", "raised RuntimeError: the data server"),
+    ("sweep primal --data tests.data_callables:ragged", "examples of different shapes: [4]"),
+    ("sweep primal --data tests.data_callables:untrained_class", "class 2 has no training"),
+    (
+        "sweep primal --preset cifar10-resnext29 --data tests.data_callables:table",
+        "examples of shape [16] do not suit the cifar-resnext29 preset",
+    ),
+    (
+        "sweep primal --space examples.transformer_mlp:member --alpha 2 --input-shape 8,8 "
+        "--data tests.data_callables:table",
+        "--input-shape 8,8 holds 64 values; the examples of --data tests.data_callables:table",
+    ),
+    # a tuned sweep (--tune-trials, --tune)
+    ("sweep primal --tune lr=0.01..0.1", "--tune needs --tune-trials K"),
+    ("sweep primal --tune-trials 4", "--tune-trials 4 needs a search space: --tune FIELD="),
+    ("sweep primal --tune-trials 0", "argument --tune-trials: must be an integer >= 1"),
+    ("sweep primal --tune-trials 2 --tune depth=1..4", "'depth': not a field a search can"),
+    ("sweep primal --tune-trials 2 --tune lr=0.1..0.01", "must be LOW < HIGH within 0..10"),
+    ("sweep primal --tune-trials 2 --tune lr=0..0.1:log", "a log scale needs LOW > 0"),
+    ("sweep primal --tune-trials 2 --tune lr=0.01..0.1:cubic", "scale must be log; got 'cubic'"),
+    ("sweep primal --tune-trials 2 --tune lr=a..b", "must be FIELD=LOW..HIGH or FIELD=LOW.."),
+    ("sweep primal --tune-trials 2 --tune momentum=0..0.9", "--tune momentum is SGD's"),
+    (
+        "sweep primal --tune-trials 2 --tune lr=0.01..0.1 --scheduler asha",
+        "--scheduler asha cannot stop a point's packed candidates",
+    ),
     ("sweep primal --epochs 100000000", "argument --epochs: must be an integer <="),
     ("sweep primal --alpha -1", "argument --alpha: must be a finite number > 0"),
     ("sweep primal --alpha 1e308", "argument --alpha: must be a finite number <="),
@@ -285,6 +331,7 @@ def make_files(tmp: Path) -> None:
         ("key", {"learning_rate": 0.1}),
         ("kind", {"batch_size": 32.5}),
         ("range", {"lr": 0, "optimizer": "sgd"}),
+        ("tune", {"tune": {"lr": 5}}),
     ):
         (tmp / f"recipe_{name}.json").write_text(json.dumps(recipe))
     for name, alpha in (("nan_alpha", math.nan), ("negative_alpha", -1.5)):
@@ -307,6 +354,22 @@ def make_files(tmp: Path) -> None:
     )
     (tmp / "listed/sweep.json").write_text("[1, 2, 3]")
     (tmp / "blocked/test_error.png").mkdir()  # the report cannot write its plot there
+    # --data: tables and image folders that cannot train
+    label = [0, 1, 0, 1]
+    pq.write_table(pa.table({"x": [0.1, 0.2, 0.3, 0.4], "label": label}), tmp / "table.parquet")
+    pq.write_table(
+        pa.table({"x": [0.1, 0.2, 0.3, 0.4], "label": [3] * 4}), tmp / "one_class.parquet"
+    )
+    pq.write_table(pa.table({"x": ["a", "b", "c", "d"], "label": label}), tmp / "text.parquet")
+    nan = [0.1, 0.2, math.nan, 0.4]
+    pq.write_table(pa.table({"x": nan, "label": label}), tmp / "nan.parquet")
+    ragged = pa.array([[1.0, 2.0], [1.0, 2.0], [1.0], [1.0, 2.0]])
+    pq.write_table(pa.table({"x": ragged, "label": label}), tmp / "ragged.parquet")
+    for name in ("broken_images/a", "broken_images/b", "empty_class/a", "empty_class/b"):
+        (tmp / name).mkdir(parents=True)
+    for name in ("broken_images/a/0.png", "broken_images/b/0.png", "empty_class/a/0.png"):
+        Image.new("RGB", (4, 4)).save(tmp / name)
+    (tmp / "broken_images/b/1.png").write_bytes(b"\x89PNG but not an image")
 
 
 def _snapshot(tmp: Path) -> dict[str, int]:
