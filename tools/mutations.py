@@ -361,7 +361,7 @@ MUTATIONS = (
     Mutation(
         "label smoothing is dropped",
         "ce_ray/worker/loop.py",
-        "        return F.cross_entropy(logits, y, label_smoothing=float(label_smoothing))[None]",
+        "        return F.cross_entropy(logits, y, label_smoothing=one)[None]",
         "        return F.cross_entropy(logits, y)[None]",
         ("tests/worker/test_recipe.py",),
     ),

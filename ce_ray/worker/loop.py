@@ -380,14 +380,15 @@ def seed_losses(
     """Each copy's mean cross-entropy: ``(copies,)``. ``logits`` is ``(batch, classes)`` for
     one network, ``(copies, batch, classes)`` for a :class:`~ce_ray.theory.models.PackedSeeds`;
     ``label_smoothing``: one for every copy, or each copy's own."""
-    if logits.dim() == 2:
-        return F.cross_entropy(logits, y, label_smoothing=float(label_smoothing))[None]  # type: ignore[arg-type]
-    copies = len(logits)
+    copies = 1 if logits.dim() == 2 else len(logits)
     smoothing = (
         [float(label_smoothing)] * copies
         if isinstance(label_smoothing, int | float)
         else list(label_smoothing)
     )
+    if logits.dim() == 2:
+        (one,) = smoothing
+        return F.cross_entropy(logits, y, label_smoothing=one)[None]
     triples = zip(logits, y, smoothing, strict=True)
     return torch.stack(
         [F.cross_entropy(out, target, label_smoothing=eps) for out, target, eps in triples]
