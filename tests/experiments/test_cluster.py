@@ -1,13 +1,18 @@
 """Several nodes: a 0-CPU head and two 1-CPU workers (separate raylets) on 127.0.0.1, results
-on a real S3 API, and worker nodes removed mid-run. The nodes are started with S3 credentials
-of their own (as an instance profile gives them) but without the endpoint: the driver passes
-only that, non-secret, to its tasks and workers.
+(and a sweep's own data, a Parquet table) on a real S3 API, and worker nodes removed
+mid-run. The nodes are started with S3 credentials of their own (as an instance profile gives
+them) but without the endpoint: the driver passes only that, non-secret, to its tasks and
+workers.
 """
 
+import json
 import threading
 import time
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from ce_ray import cli
@@ -16,6 +21,7 @@ from ce_ray.experiments import fit_alpha as fa
 from ce_ray.experiments.shards import plan_shards, sample_shard
 from ce_ray.results import storage
 from ce_ray.worker import records
+from tests import data_callables
 
 SWEEP = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "1"]
 #: Epochs of the sweep that loses a node after its 5th: each writes a checkpoint to S3.
@@ -124,7 +130,14 @@ def test_a_sweep_trains_on_the_workers_writes_to_s3_and_outlives_a_lost_node(
     server, bucket = s3
     results = f"s3://{bucket}/sweeps"
     experiment = f"{results}/lost"
+    # Its data is a Parquet table on S3 too (a list column): each training worker reads it.
+    x, y = data_callables.table_arrays()
+    table = pa.table({"x": pa.array(list(x), pa.list_(pa.float32())), "label": y})
+    fs, path = pafs.FileSystem.from_uri(f"s3://{bucket}/data/table.parquet")
+    pq.write_table(table, path, filesystem=fs)
+    data = ["--data", f"parquet:s3://{bucket}/data/table.parquet", "--label-column", "label"]
     args = [*SWEEP, "--epochs", str(LOST_EPOCHS), "--results", results, "--experiment", "lost"]
+    args += data
     outcome = {}
     thread = threading.Thread(
         target=lambda: outcome.setdefault("rc", cli.main(["sweep", "dual", *args]))
@@ -148,6 +161,11 @@ def test_a_sweep_trains_on_the_workers_writes_to_s3_and_outlives_a_lost_node(
     trials = pd.read_parquet(f"{experiment}/trials.parquet")  # pandas alone reads S3
     epochs = pd.read_parquet(f"{experiment}/epochs.parquet")
     assert len(trials) == 2 and trials.groupby(["n", "seed_index"]).size().eq(1).all()
+    stored = json.loads(
+        server.client().get_object(Bucket=bucket, Key="sweeps/lost/sweep.json")["Body"].read()
+    )
+    assert stored["data_summary"]["rows"] == {"train": 230, "validation": 26, "test": 64}
+    assert trials["final_val_error"].notna().all()  # held out of the table, on every worker
     assert (trials["status"] == "finished").all() and set(trials["formulation"]) == {"dual"}
     assert (
         epochs.groupby("trial_id")["epoch"]
