@@ -222,3 +222,41 @@ def test_every_mutation_still_applies_once():
         for test in mutation.tests:
             if test.startswith("tests/"):
                 assert (ROOT / test.split("::")[0]).exists(), (mutation.name, test)
+
+
+def test_the_own_data_guide_matches_the_code(tmp_path, capsys, monkeypatch):
+    """docs/your-own-data.md: its forms, defaults and image kinds are the code's, and the
+    refusal it shows is what the command prints."""
+    from ce_ray import cli, own_data
+
+    guide = DOCS["your-own-data.md"]
+    for prefix in own_data.DATA_PREFIXES:
+        assert f"`{prefix}:" in guide, prefix
+    assert all(f"`{suffix}`" in guide for suffix in own_data.IMAGE_SUFFIXES)
+    assert f"`--test-fraction` (default {own_data.DEFAULT_TEST_FRACTION})" in guide
+    assert f"`--validation-fraction` (default {own_data.DEFAULT_VALIDATION_FRACTION})" in guide
+    assert f"`--image-size` (default {own_data.DEFAULT_IMAGE_SIZE})" in guide
+    monkeypatch.chdir(tmp_path)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"x": [0.5, 1.5], "label": [0, 1]}), "table.parquet")
+    (line,) = re.findall(r"^ce-ray sweep: error: .*$", guide, re.M)
+    argv = ["sweep", "primal", "--data", "parquet:table.parquet", "--label-column", "y"]
+    assert cli.main([*argv, "--results", "results"]) == 2
+    assert capsys.readouterr().err.strip() == line
+    for command in re.findall(r"^ce-ray (sweep .*?)(?:  +#.*)?$", guide, re.M):
+        build_parser().parse_args(command.split())  # every flag shown is real
+    assert "docs/your-own-data.md" in README and "docs/a-fair-comparison.md" in README
+
+
+def test_the_fair_comparison_guide_names_what_a_search_draws():
+    from ce_ray.configs import TUNABLE
+
+    guide = DOCS["a-fair-comparison.md"]
+    drawn = re.search(r"The fields a search may draw are (.*?) while", guide, re.S)
+    assert drawn and re.findall(r"`([a-z-]+)`", drawn.group(1)) == [
+        field.replace("_", "-") for field in TUNABLE
+    ]
+    for command in re.findall(r"^ce-ray (sweep .*?)(?:  +#.*)?$", guide, re.M):
+        build_parser().parse_args(command.split())
