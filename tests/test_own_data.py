@@ -111,3 +111,24 @@ def test_a_sweep_on_your_data_sizes_the_preset_s_family_to_it(tmp_path):
             "cifar10-resnext29", data=f"parquet:{path}", label_column="label", num_points=2
         )
     assert np.isfinite(config.alpha)
+
+
+def test_a_resume_on_other_data_is_refused_in_one_line(tmp_path):
+    from ce_ray.configs import OPTIONAL_SWEEP_FIELDS
+    from ce_ray.results import storage
+
+    path = write_table(tmp_path / "t.parquet", "list")
+
+    def config() -> dict:
+        data = {"data": f"parquet:{path}", "label_column": "label"}
+        return SweepConfig.from_preset("digits-mlp", alpha=2.4, num_points=2, **data).to_json()
+
+    first = config()
+    storage.check_or_write_config(str(tmp_path), first, "sweep.json", OPTIONAL_SWEEP_FIELDS)
+    storage.check_or_write_config(str(tmp_path), config(), "sweep.json", OPTIONAL_SWEEP_FIELDS)
+    x, y = data_callables.table_arrays()
+    x[0, 0] += 1.0  # one value of one row changed
+    pq.write_table(pa.table({"x": pa.array(list(x), pa.list_(pa.float32())), "label": y}), path)
+    with pytest.raises(ValueError, match="different configuration \\(data_summary: ") as error:
+        storage.check_or_write_config(str(tmp_path), config(), "sweep.json", OPTIONAL_SWEEP_FIELDS)
+    assert "\n" not in str(error.value)
