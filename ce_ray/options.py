@@ -715,7 +715,8 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--test-fraction",
         type=number(0, 1),
-        help="share of the examples held out for testing when the data has no test split (0.2)",
+        help="share of the examples held out for testing when the data has no test split: "
+        "0.2 unless given",
     )
     data.add_argument(
         "--validation-fraction",

@@ -290,6 +290,12 @@ def run_sweep(
             searched = trial_outcomes(grid)
             search_histories = trial_histories(directory, searched)
             candidates = tables.candidates_frame(searched, search_histories, config, experiment)
+            expected = len(config.points) * len(config.candidates)
+            if len(candidates) < expected or (candidates["status"] == "stopped").any():
+                raise SweepStopped(
+                    "the sweep was stopped during its search; run the same command again to "
+                    "resume (finished searches are kept)"
+                )
             storage.write_parquet(
                 pa.Table.from_pandas(candidates, preserve_index=False),
                 storage.join(directory, "candidates.parquet"),
@@ -314,6 +320,14 @@ def run_sweep(
         outcomes = trial_outcomes(grid)
         histories = trial_histories(directory, [*outcomes, *searched])
         trials = tables.trials_frame(outcomes, histories, config, experiment, chosen)
+        # Stopped (Ctrl+C: Tune saves its state and returns) before every trial ended: rows
+        # missing, or short without an error and without ASHA's stop.
+        short = (trials["status"] == "stopped_early").any() and config.scheduler != "asha"
+        if len(trials) < len(config.points) * config.seeds or short:
+            log(
+                "[sweep] stopped before every trial ended; run the same command again to "
+                "resume (finished trials are kept, unfinished ones go on from their checkpoints)"
+            )
         epochs = tables.epochs_frame(outcomes, histories, experiment, searched)
         for frame, name, schema in (
             (trials, "trials", storage.TRIALS_SCHEMA),
@@ -322,6 +336,10 @@ def run_sweep(
             location = storage.join(directory, f"{name}.parquet")
             storage.write_parquet(pa.Table.from_pandas(frame), location, schema)
         return SweepResult(config, trials, epochs, directory)
+
+
+class SweepStopped(RuntimeError):
+    """The sweep was stopped (Ctrl+C, a stop signal) before its search ended."""
 
 
 def _say_chosen(

@@ -261,7 +261,9 @@ def trial_outcomes(grid: tune.ResultGrid) -> list[tables.TrialOutcome]:
     for result in (grid[i] for i in range(len(grid))):
         # The trial directory is named by _trial_name: "<m>x<n>d-seed<s>-<trial id>".
         trial_id = os.path.basename(str(result.path).rstrip("/")).rsplit("-", 1)[-1]
-        config = result.config or {}  # Tune always records a trial's config
+        config = result.config or {}
+        if "point" not in config:  # never started: the sweep was stopped before it ran
+            continue
         point, indices = config["point"], config["seed_indices"]
         if config.get("candidates"):
             indices = list(range(len(config["candidates"])))

@@ -180,7 +180,7 @@ CANDIDATES_SCHEMA = pa.schema(
         pa.field("final_val_error", pa.float64()),  # top-1, percent, on the validation split
         pa.field("epochs_completed", pa.int64()),
         pa.field("chosen", pa.bool_()),  # the lowest final_val_error of its point
-        pa.field("status", pa.string()),  # finished | error
+        pa.field("status", pa.string()),  # finished | error | stopped (the sweep was)
         pa.field("trial_id", pa.string()),
     ]
 )

@@ -131,7 +131,7 @@ def candidates_frame(
         history = histories[o.trial_id, o.seed_index]
         done = int(history["epoch"].max()) if len(history) else 0
         recipe = dataclasses.replace(config.recipe, **config.candidates[o.seed_index])
-        finished = not o.error and done >= config.epochs
+        status = "error" if o.error else "finished" if done >= config.epochs else "stopped"
         rows.append(
             {
                 "experiment": experiment,
@@ -143,7 +143,7 @@ def candidates_frame(
                 "final_val_error": _last(history, "val_error") if done else math.nan,
                 "epochs_completed": done,
                 "chosen": False,
-                "status": "finished" if finished else "error",
+                "status": status,
                 "trial_id": o.trial_id,
             }
         )
@@ -224,7 +224,8 @@ def epochs_frame(
         frames.append(history.reindex(columns=storage.EPOCHS_SCHEMA.names))
     columns = storage.EPOCHS_SCHEMA.names
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    frame["candidate"] = frame["candidate"].astype("Int64")
+    # As pandas reads the column back (int64 with nulls: float64, NaN for the seeds' rows).
+    frame["candidate"] = frame["candidate"].astype("float64")
     order = ["candidate", "n", "seed_index", "epoch"]  # the seeds' epochs first
     return frame.sort_values(order, na_position="first").reset_index(drop=True)
 

@@ -24,6 +24,7 @@ from ce_ray.theory.curves import curve, select_points
 from ce_ray.theory.spaces import FCSpace
 from ce_ray.worker import records
 from tests.conftest import epochs_by_trial, training_workers
+from tests.test_own_data import write_images
 
 TINY = ["--preset", "synthetic-mlp", "--alpha", "2.0", "--points", "2", "--seeds", "2"]
 #: Epochs of the shared run: enough for a worker to be hit after its trial's 3rd epoch with
@@ -171,15 +172,24 @@ def test_sweep_writes_parquet_and_resumes_without_retraining(shared_run, capsys)
 
 def test_a_sweep_trains_with_its_own_recipe(ray_cluster, tmp_path):
     """--recipe's file and the flags over it reach every training worker: each epoch's lr
-    follows the warm-up and the cosine schedule, and trials.parquet records the recipe."""
+    follows the warm-up and the cosine schedule, and trials.parquet records the recipe. The
+    sweep trains ResNeXt-29, sized to its data: your own image folder of PNGs (3 classes,
+    resized to 8x8; docs/your-own-data.md)."""
+    write_images(tmp_path / "images", {"cat": 10, "dog": 8, "owl": 8}, (12, 9))
     recipe_file = tmp_path / "recipe.json"
     recipe_file.write_text('{"optimizer": "sgd", "lr": 0.2, "momentum": 0.5, "epochs": 3}')
-    argv = [*TINY, "--seeds", "1", "--recipe", str(recipe_file), "--lr", "0.1"]
+    argv = ["--preset", "cifar10-resnext29", "--alpha", "1.6", "--baseline", "8"]
+    argv += ["--points", "2", "--seeds", "1", "--recipe", str(recipe_file), "--lr", "0.1"]
     argv += ["--schedule", "cosine", "--warmup-epochs", "1", "--label-smoothing", "0.1"]
-    assert cli.main(["sweep", "primal", *argv, "--results", str(tmp_path), "--no-report"]) == 0
-    (directory,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    argv += ["--data", f"imagefolder:{tmp_path / 'images'}", "--image-size", "8"]
+    results = tmp_path / "results"
+    assert cli.main(["sweep", "primal", *argv, "--results", str(results), "--no-report"]) == 0
+    (directory,) = [p for p in results.iterdir() if p.is_dir()]
     trials = pd.read_parquet(directory / "trials.parquet")
     assert len(trials) == 2 and (trials["status"] == "finished").all()
+    assert set(trials["space"]) == {"cifar-resnext29"} and trials["final_val_error"].notna().all()
+    summary = json.loads((directory / "sweep.json").read_text())["data_summary"]
+    assert (summary["input_shape"], summary["classes"]) == ([3, 8, 8], 3)
     recorded = trials[["optimizer", "lr", "momentum", "schedule", "warmup_epochs"]]
     assert (recorded.drop_duplicates().values.tolist()) == [["sgd", 0.1, 0.5, "cosine", 1]]
     assert (trials["label_smoothing"] == 0.1).all() and (trials["epochs_planned"] == 3).all()
