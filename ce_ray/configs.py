@@ -410,11 +410,6 @@ class SweepConfig:
             f"({', '.join(TUNABLE)})",
         )
         _require(
-            self.scheduler != "asha",
-            "--scheduler asha cannot stop a point's packed candidates one by one yet; tune "
-            "with --scheduler fifo",
-        )
-        _require(
             self.precision != "fp16",
             "--tune-trials trains a point's candidates packed in one model: use bf16 or fp32, "
             "not --precision fp16 (one loss scaler would skip every candidate's step)",
@@ -508,7 +503,7 @@ class SweepConfig:
     def scheduler_stops_trials(self) -> bool:
         """Whether Tune may stop a trial before its last epoch: then a trial's training waits
         for Tune's decision on its epoch before last (ce_ray.worker.records.wait_for_decision)."""
-        return self.scheduler == "asha"
+        return self.scheduler == "asha" and self.tune_trials is None
 
     def check_trial_memory(self) -> None:
         """Refuse a trial whose model state alone would not fit in half this machine's memory:

@@ -233,10 +233,7 @@ CASES = [
     ("sweep primal --tune-trials 2 --tune lr=0.01..0.1:cubic", "scale must be log; got 'cubic'"),
     ("sweep primal --tune-trials 2 --tune lr=a..b", "must be FIELD=LOW..HIGH or FIELD=LOW.."),
     ("sweep primal --tune-trials 2 --tune momentum=0..0.9", "--tune momentum is SGD's"),
-    (
-        "sweep primal --tune-trials 2 --tune lr=0.01..0.1 --scheduler asha",
-        "--scheduler asha cannot stop a point's packed candidates",
-    ),
+    ("sweep primal --tune-trials 2 --tune lr=0.01..0.1 --precision fp16", "not --precision fp16"),
     ("sweep primal --epochs 100000000", "argument --epochs: must be an integer <="),
     ("sweep primal --alpha -1", "argument --alpha: must be a finite number > 0"),
     ("sweep primal --alpha 1e308", "argument --alpha: must be a finite number <="),

@@ -137,7 +137,9 @@ def _new_tuner(
     ``search``, of a tuned sweep's search (``search/``): one trial per point training its
     candidate recipes packed."""
     scheduler = None
-    if config.scheduler == "asha":
+    # Tuned, ASHA halves each point's candidates inside its search trial (the worker loop);
+    # every point's seeds then train to the end, to be compared.
+    if config.scheduler == "asha" and not config.tune_trials:
         scheduler = tune.schedulers.ASHAScheduler(
             time_attr="epoch",
             max_t=config.epochs,

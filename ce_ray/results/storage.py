@@ -180,7 +180,8 @@ CANDIDATES_SCHEMA = pa.schema(
         pa.field("final_val_error", pa.float64()),  # top-1, percent, on the validation split
         pa.field("epochs_completed", pa.int64()),
         pa.field("chosen", pa.bool_()),  # the lowest final_val_error of its point
-        pa.field("status", pa.string()),  # finished | error | stopped (the sweep was)
+        # finished | stopped_early (halved out: --scheduler asha) | error | stopped (the sweep)
+        pa.field("status", pa.string()),
         pa.field("trial_id", pa.string()),
     ]
 )

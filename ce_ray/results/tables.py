@@ -132,6 +132,8 @@ def candidates_frame(
         done = int(history["epoch"].max()) if len(history) else 0
         recipe = dataclasses.replace(config.recipe, **config.candidates[o.seed_index])
         status = "error" if o.error else "finished" if done >= config.epochs else "stopped"
+        if status == "stopped" and config.scheduler == "asha":
+            status = "stopped_early"  # halved out at a rung
         rows.append(
             {
                 "experiment": experiment,

@@ -247,9 +247,17 @@ def train_point(config: dict) -> None:
         seeds = [derive_seed(sweep.seed, n, m, index) for index in indices]
     network = trial_network(sweep, m, n, seeds)  # the raw module is what is checkpointed
     optimizer, schedule = make_optimizer(network, recipe, candidates)
-    smoothing = [c.label_smoothing for c in candidates] if candidates else recipe.label_smoothing
+    halving = bool(candidates) and sweep.scheduler == "asha"  # successive halving
     device = ray.train.torch.get_device()
     scaler = execution.scaler(device)
+    # A search with ASHA halves its candidates at rungs: the copies still training ("alive",
+    # in a checkpoint) are the model's; a resumed search shrinks to them before it loads.
+    alive = list(range(len(candidates)))
+    if candidates and (kept := _checkpointed_alive()) is not None and kept != alive:
+        network, optimizer, schedule = keep_copies(
+            network, optimizer, schedule, recipe, candidates, kept
+        )
+        alive = kept
     start_epoch, train_time = _restore(network, optimizer, schedule, scaler, rank)
     record = TrialRecord(config["record"], start_epoch) if rank == 0 else None
     beat = Heartbeat(config["record"], record.attempt) if record else _no_beat
@@ -272,10 +280,14 @@ def train_point(config: dict) -> None:
         # prepare_data_loader: device moves.
         loaders.append(ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False))
     batches: Iterable = loaders[0] if len(loaders) == 1 else StackedBatches(loaders)
-    if len(candidates) > 1:  # the candidates read the same batches
-        batches = RepeatedBatches(loaders[0], len(candidates))
     top5 = sweep.classes > 5
     for epoch in range(start_epoch, sweep.epochs + 1):
+        smoothing: float | list[float] = recipe.label_smoothing
+        if candidates:  # the candidates still training read the same batches
+            packed = isinstance(network, PackedSeeds)
+            batches = RepeatedBatches(loaders[0], len(alive)) if packed else loaders[0]
+            smoothing = [candidates[k].label_smoothing for k in alive]
+            indices = list(alive)
         if record is not None and sweep.scheduler_stops_trials:
             with beating(beat):
                 wait_for_decision(config["record"], epoch - 2)
@@ -298,10 +310,10 @@ def train_point(config: dict) -> None:
                 smoothing,
             )
         schedule.step()
-        errors: list[dict] = [{} for _ in seeds]
+        errors: list[dict] = [{} for _ in indices]
         if test_set is not None:
             errors = evaluate(
-                model, test_set, batch, device, rank, world, top5, execution, len(seeds), beat
+                model, test_set, batch, device, rank, world, top5, execution, len(indices), beat
             )
         if validation_set is not None:
             validation = evaluate(
@@ -313,7 +325,7 @@ def train_point(config: dict) -> None:
                 world,
                 False,
                 execution,
-                len(seeds),
+                len(indices),
                 beat,
             )
             for seed_errors, seed_validation in zip(errors, validation, strict=True):
@@ -343,9 +355,79 @@ def train_point(config: dict) -> None:
         if record is not None:
             metrics["time_total_s"] = time.time() - record.first_started_at
             record.add(metrics | {"seeds": per_seed})
+        if halving and len(alive) > 1 and epoch in rungs(sweep.epochs):
+            # Successive halving: the better half (by validation error, the first on a tie)
+            # goes on; the others stop here, their curves in the record ending at this rung.
+            now = {k: e["val_error"] for k, e in zip(alive, errors, strict=True)}
+            ranked = sorted(alive, key=lambda k: (now[k], k))
+            kept = sorted(ranked[: math.ceil(len(alive) / 2)])
+            network, optimizer, schedule = keep_copies(
+                network, optimizer, schedule, recipe, candidates, kept, alive
+            )
+            alive = kept
+            model = execution.model(ray.train.torch.prepare_model(network))
         state = _state(network, optimizer, schedule, scaler, epoch, train_time)
+        if candidates:
+            state["alive"] = alive
         with beating(beat):  # the checkpoint's upload (S3: seconds to minutes)
             _report_with_checkpoint(metrics, state, world)
+
+
+def rungs(epochs: int) -> list[int]:
+    """The epochs after which a search with ASHA halves its candidates: the sweep's ASHA
+    rungs -- grace period max(1, epochs // 4), then each twice the one before -- below the
+    last epoch.
+
+    >>> rungs(15), rungs(4), rungs(1)
+    ([3, 6, 12], [1, 2], [])
+    """
+    found, rung = [], max(1, epochs // 4)
+    while rung < epochs:
+        found.append(rung)
+        rung *= 2
+    return found
+
+
+def keep_copies(
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: LRScheduler,
+    recipe: Recipe,
+    candidates: Sequence[Recipe],
+    kept: Sequence[int],
+    alive: Sequence[int] | None = None,
+) -> tuple[PackedSeeds, torch.optim.Optimizer, LRScheduler]:
+    """The packed candidates ``kept`` (candidate indices; ``alive``: the candidates the
+    model holds now, in order, default all) as a model of their own, with an optimizer and
+    schedule that go on where these were: each kept parameter keeps its state (momentum,
+    Adam's moments and step count), its group its current lr, the schedule its step."""
+    alive = list(range(len(candidates))) if alive is None else list(alive)
+    positions = [alive.index(k) for k in kept]
+    modules = list(network.seeds) if isinstance(network, PackedSeeds) else [network]
+    smaller = PackedSeeds([modules[p] for p in positions])
+    new_optimizer, new_schedule = make_optimizer(smaller, recipe, [candidates[k] for k in kept])
+    for group, p in zip(new_optimizer.param_groups, positions, strict=True):
+        old = optimizer.param_groups[p]
+        group["lr"], group["initial_lr"] = old["lr"], old.get("initial_lr", old["lr"])
+        for parameter in group["params"]:
+            if parameter in optimizer.state:
+                new_optimizer.state[parameter] = optimizer.state[parameter]
+    new_schedule.last_epoch = schedule.last_epoch
+    new_schedule._last_lr = [g["lr"] for g in new_optimizer.param_groups]
+    return smaller, new_optimizer, new_schedule
+
+
+def _checkpointed_alive() -> list[int] | None:
+    """The candidates a resumed search's checkpoint holds (None: no checkpoint, or not a
+    search's)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        state = torch.load(os.path.join(directory, CHECKPOINT_FILE), weights_only=True)
+    return state.get("alive")
 
 
 def trial_data(

@@ -88,11 +88,14 @@ def stop_once_its_seeds_are_due(experiment: Path) -> threading.Thread:
 def test_a_tuned_sweep_chooses_on_validation_alone_and_resumes_where_it_was_stopped(
     ray_cluster, tmp_path, capsys
 ):
-    """Every point tries the same 3 recipes; each chooses its lowest validation error, whose
-    seed 0 then trains exactly as the candidate did. Stopped (as Ctrl+C stops Tune) after its
-    search, the sweep resumes: the search is kept, not run again, and no epoch is trained
-    twice. The same sweep with adversarial test labels chooses the same recipes."""
+    """Every point tries the same 3 recipes, halved by ASHA inside its search (rungs after
+    epochs 1 and 2: 3 -> 2 -> 1); each chooses its lowest validation error among those that
+    finished, and its seed 0 then trains exactly as that candidate did in the shrinking pack.
+    Stopped (as Ctrl+C stops Tune) after its search, the sweep resumes: the search is kept,
+    not run again, and no epoch is trained twice. The same sweep with adversarial test labels
+    chooses the same recipes."""
     tuned = ["--seeds", "1", "--epochs", "4", "--tune-trials", "3", "--tune", "lr=0.002..0.3:log"]
+    tuned += ["--scheduler", "asha"]
     experiment = tmp_path / "tuned"
     stopper = stop_once_its_seeds_are_due(experiment)
     sweep(tmp_path, "tuned", *tuned, "--data", "tests.data_callables:split_table")
@@ -115,13 +118,23 @@ def test_a_tuned_sweep_chooses_on_validation_alone_and_resumes_where_it_was_stop
     trials = read(tmp_path, "tuned", "trials")
     assert (trials["status"] == "finished").all()
     assert not epochs.duplicated(["trial_id", "candidate", "seed_index", "epoch"]).any()
-    assert (epochs.groupby(["trial_id", "candidate"], dropna=False).size() == 4).all()
+    seeds = epochs[epochs["candidate"].isna()]
+    assert (seeds.groupby("trial_id").size() == 4).all()  # every point's seeds: all epochs
+    trained = epochs.dropna(subset=["candidate"]).groupby(["n", "candidate"]).size()
+    assert (trained.groupby("n").apply(sorted) == pd.Series([[1, 2, 4]] * 2).values).all()
 
     candidates = read(tmp_path, "tuned", "candidates")
     assert candidates.groupby("candidate")["lr"].nunique().eq(1).all()  # the same 3 per point
     assert candidates.groupby(["n", "m"]).size().eq(3).all()
+    assert (
+        candidates.groupby(["n", "m"])["status"]
+        .apply(sorted)
+        .map(lambda s: s == ["finished", "stopped_early", "stopped_early"])
+        .all()
+    )
     for (n, m), point in candidates.groupby(["n", "m"]):
-        best = point.sort_values(["final_val_error", "candidate"]).iloc[0]
+        finished = point[point["status"] == "finished"]
+        best = finished.sort_values(["final_val_error", "candidate"]).iloc[0]
         assert point.loc[point["chosen"], "candidate"].tolist() == [best["candidate"]]
         (row,) = trials[(trials["n"] == n) & (trials["m"] == m)].itertuples()
         assert (row.lr, row.search_val_error, row.recipes_tried) == (

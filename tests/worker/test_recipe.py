@@ -22,7 +22,7 @@ from ce_ray.presets import SWEEP_PRESETS, Recipe
 from ce_ray.results import storage
 from ce_ray.results.tables import TrialOutcome, candidates_frame, chosen_recipes
 from ce_ray.theory.models import PackedSeeds
-from ce_ray.worker.loop import lr_factor, make_optimizer, seed_losses
+from ce_ray.worker.loop import keep_copies, lr_factor, make_optimizer, rungs, seed_losses
 from ce_ray.worker.pipeline import RepeatedBatches
 
 DIGITS = SWEEP_PRESETS["digits-mlp"].recipe
@@ -200,3 +200,57 @@ def test_each_point_chooses_its_lowest_validation_error_among_finished_candidate
     assert frame.groupby("candidate")["lr"].nunique().eq(1).all()  # the same K at each point
     chosen = chosen_recipes(frame, config)
     assert chosen[n1, m1].val_error == 12.0 and chosen[n2, m2].recipe == config.candidates[2]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_candidates_halved_at_a_rung_go_on_as_each_alone(optimizer):
+    """ASHA's halving inside a search: 4 packed candidates step twice, the 2nd and 4th go on
+    alone in a smaller model (their momentum or Adam moments and their lr schedule carried
+    over) for two more steps, and end where each, alone with its recipe, ends (float64)."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        base = dataclasses.replace(
+            DIGITS, optimizer=optimizer, schedule="cosine", warmup_epochs=1, epochs=4
+        )
+        recipes = [
+            dataclasses.replace(base, lr=lr, weight_decay=wd, momentum=0.5)
+            for lr, wd in ((0.01, 0.0), (0.02, 1e-3), (0.005, 0.0), (0.03, 1e-4))
+        ]
+        space = SWEEP_PRESETS["digits-mlp"].space
+        networks = []
+        for _ in recipes:
+            torch.manual_seed(7)
+            networks.append(space.build(2, 8))
+        alone = [copy.deepcopy(network) for network in networks]
+        generator = torch.Generator().manual_seed(1)
+        xs, ys = torch.randn(4, 8, 64, generator=generator), torch.randint(0, 10, (4, 8))
+        model: torch.nn.Module = PackedSeeds(networks)
+        optimizer_, schedule = make_optimizer(model, base, recipes)
+        alive = [0, 1, 2, 3]
+        for step, (x, y) in enumerate(zip(xs, ys, strict=True)):
+            if step == 2:
+                model, optimizer_, schedule = keep_copies(
+                    model, optimizer_, schedule, base, recipes, [1, 3], alive
+                )
+                alive = [1, 3]
+            optimizer_.zero_grad()
+            seed_losses(
+                model(x.expand(len(alive), *x.shape)), y.expand(len(alive), 8)
+            ).sum().backward()
+            optimizer_.step()
+            schedule.step()
+        for position, k in enumerate(alive):
+            network = alone[k]
+            optimizer_, schedule = make_optimizer(network, recipes[k])
+            for x, y in zip(xs, ys, strict=True):
+                optimizer_.zero_grad()
+                F.cross_entropy(network(x), y).backward()
+                optimizer_.step()
+                schedule.step()
+            for name, value in network.state_dict().items():
+                torch.testing.assert_close(
+                    model.seeds[position].state_dict()[name], value, rtol=1e-8, atol=1e-10
+                )
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert rungs(15) == [3, 6, 12] and rungs(4) == [1, 2] and rungs(1) == []
