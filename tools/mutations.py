@@ -409,6 +409,20 @@ MUTATIONS = (
         ("tests/worker/test_recipe.py", "-k", "chooses"),
     ),
     Mutation(
+        "tuning: ASHA's halving keeps the worse half of a point's candidates",
+        "ce_ray/worker/loop.py",
+        "    return sorted(ranked[: math.ceil(len(alive) / 2)])",
+        "    return sorted(ranked[-math.ceil(len(alive) / 2) :])",
+        ("tests/test_docs.py", "-k", "docstring"),
+    ),
+    Mutation(
+        "tuning: a halved candidate loses its optimizer state",
+        "ce_ray/worker/loop.py",
+        "                new_optimizer.state[parameter] = optimizer.state[parameter]",
+        "                pass",
+        ("tests/worker/test_recipe.py", "-k", "halved"),
+    ),
+    Mutation(
         "tuning: a search judges its candidates on the test split",
         "ce_ray/worker/loop.py",
         "        test_set = None\n",

@@ -132,11 +132,14 @@ def evaluate(
     execution: Execution = FP32,
     copies: int = 1,
     beat: Callable[[], None] = lambda: None,
+    packed: bool | None = None,
 ) -> list[dict]:
     """Top-1 (and top-5) test error in percent over the WHOLE test set, one dict per copy of
-    the network (``copies`` > 1: a :class:`~ce_ray.theory.models.PackedSeeds` model, each copy fed
-    the same test batch). Each rank scores the examples rank, rank + world, ... and the
-    counts are summed (no padding, no repeats); ``test_examples`` is that sum."""
+    the network (``packed``, by default ``copies`` > 1: a
+    :class:`~ce_ray.theory.models.PackedSeeds` model of ``copies`` copies -- one, once a search
+    is halved to its last -- each copy fed the same test batch). Each rank scores the examples
+    rank, rank + world, ... and the counts are summed (no padding, no repeats);
+    ``test_examples`` is that sum."""
     size = len(test_set)  # type: ignore[arg-type]  # map-style datasets have a length
     loader: DataLoader = DataLoader(Subset(test_set, range(rank, size, world)), batch_size)
     model.eval()
@@ -144,7 +147,7 @@ def evaluate(
     with torch.no_grad():
         for x, y in loader:
             x, y = execution.inputs(x.to(device)), y.to(device)
-            if copies > 1:
+            if (copies > 1) if packed is None else packed:
                 x = x.expand(copies, *x.shape)
             with execution.autocast(device):
                 logits = model(x).view(copies, len(y), -1)
@@ -313,7 +316,17 @@ def train_point(config: dict) -> None:
         errors: list[dict] = [{} for _ in indices]
         if test_set is not None:
             errors = evaluate(
-                model, test_set, batch, device, rank, world, top5, execution, len(indices), beat
+                model,
+                test_set,
+                batch,
+                device,
+                rank,
+                world,
+                top5,
+                execution,
+                len(indices),
+                beat,
+                isinstance(network, PackedSeeds),
             )
         if validation_set is not None:
             validation = evaluate(
@@ -327,6 +340,7 @@ def train_point(config: dict) -> None:
                 execution,
                 len(indices),
                 beat,
+                isinstance(network, PackedSeeds),
             )
             for seed_errors, seed_validation in zip(errors, validation, strict=True):
                 seed_errors["val_error"] = seed_validation["test_error"]
@@ -358,9 +372,7 @@ def train_point(config: dict) -> None:
         if halving and len(alive) > 1 and epoch in rungs(sweep.epochs):
             # Successive halving: the better half (by validation error, the first on a tie)
             # goes on; the others stop here, their curves in the record ending at this rung.
-            now = {k: e["val_error"] for k, e in zip(alive, errors, strict=True)}
-            ranked = sorted(alive, key=lambda k: (now[k], k))
-            kept = sorted(ranked[: math.ceil(len(alive) / 2)])
+            kept = better_half(alive, [e["val_error"] for e in errors])
             network, optimizer, schedule = keep_copies(
                 network, optimizer, schedule, recipe, candidates, kept, alive
             )
@@ -386,6 +398,18 @@ def rungs(epochs: int) -> list[int]:
         found.append(rung)
         rung *= 2
     return found
+
+
+def better_half(alive: Sequence[int], errors: Sequence[float]) -> list[int]:
+    """The candidates ``alive`` that go on at a rung: the ceil(half) with the lowest
+    validation ``errors`` (the lower index on a tie), in index order.
+
+    >>> better_half([0, 2, 5, 7], [9.0, 3.0, 3.0, 1.0]), better_half([1, 4, 6], [2.0, 1.0, 5.0])
+    ([2, 7], [1, 4])
+    """
+    error_of = dict(zip(alive, errors, strict=True))
+    ranked = sorted(alive, key=lambda k: (error_of[k], k))
+    return sorted(ranked[: math.ceil(len(alive) / 2)])
 
 
 def keep_copies(
