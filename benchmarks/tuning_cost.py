@@ -8,9 +8,11 @@ alpha given so that only the sweep is timed) twice on one 2-CPU local Ray cluste
 trials), and tuned with ``--tune-trials 8 --tune lr=1e-3..3e-2:log --tune
 weight-decay=0..1e-3`` (a search trial per point, its 8 candidate recipes packed into one
 model and judged on the validation split; then the chosen recipe's seeds, 5 more trials).
-Reports each sweep's wall time and its ratio to the untuned one, where the tuned sweep's time
-goes (search, seeds), the training time inside the trials, and the tuned sweep's table (does
-the optimum still beat the baseline when every point is tuned?). Same run, same machine;
+With ``--asha``, a third sweep tuned with ``--scheduler asha`` (each point's candidates
+halved at the rungs). Reports each sweep's wall time and its ratio to the untuned one, where
+the tuned sweep's time goes (search, seeds), the training time inside the trials, and the
+tuned sweep's table (does the optimum still beat the baseline when every point is tuned?).
+Same run, same machine;
 prints a table and, last, one JSON object.
 """
 
@@ -80,14 +82,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--recipes", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument(
+        "--asha", action="store_true", help="also tuned with --scheduler asha (halving)"
+    )
     args = parser.parse_args()
     tuned = ["--tune-trials", str(args.recipes), *SEARCH]
+    variants = [("untuned", []), ("tuned", tuned)]
+    if args.asha:
+        variants.append(("tuned-asha", [*tuned, "--scheduler", "asha"]))
     ray.init(num_cpus=2, dashboard_host="127.0.0.1", log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory() as results:
             runs = {
                 name: sweep(results, name, extra, args.points, args.seeds, args.epochs)
-                for name, extra in (("untuned", []), ("tuned", tuned))
+                for name, extra in variants
             }
     finally:
         ray.shutdown()
@@ -97,12 +105,12 @@ def main() -> None:
         f"tuned: {args.recipes} recipes per point ({' '.join(SEARCH)}), 2 CPUs, same run"
     )
     print(
-        f"{'':<9}{'trials':>7}{'wall s':>9}{'x untuned':>11}{'search stage s':>16}"
+        f"{'':<11}{'trials':>7}{'wall s':>9}{'x untuned':>11}{'search stage s':>16}"
         f"{'training s':>12}{'of it search':>14}"
     )
     for name, run in runs.items():
         print(
-            f"{name:<9}{run['trials']:>7}{run['wall_s']:>9.1f}"
+            f"{name:<11}{run['trials']:>7}{run['wall_s']:>9.1f}"
             f"{run['wall_s'] / base['wall_s']:>11.2f}{run['search_stage_s']:>16.1f}"
             f"{run['training_s']:>12.1f}{run['search_training_s']:>14.1f}"
         )
