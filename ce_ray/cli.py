@@ -204,7 +204,7 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
 
     settings = _given(args, SweepConfig.__dataclass_fields__)
     if args.data:  # read and checked once here; the member reads its examples' shape
-        summary = data_summary(args, settings)
+        summary = data_summary(args)
         settings["data_summary"] = summary
         if args.member and not args.input_shape:
             args.input_shape = tuple(summary["input_shape"])
@@ -225,16 +225,18 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
     return SweepConfig.from_preset(args.preset, args.formulation, **(from_file | settings))
 
 
-def data_summary(args: argparse.Namespace, settings: dict) -> dict:
+def data_summary(args: argparse.Namespace) -> dict:
     """``--data`` read and checked (``ce_ray.own_data``): what the sweep records of it."""
     from ce_ray import own_data
 
-    given = {
-        key: settings[key]
-        for key in ("label_column", "image_size", "test_fraction", "validation_fraction")
-        if key in settings
-    }
-    return own_data.load(own_data.DataSpec(args.data, **given), args.seed or 0).summary()
+    spec = own_data.DataSpec.given(
+        args.data,
+        label_column=args.label_column,
+        image_size=args.image_size,
+        test_fraction=args.test_fraction,
+        validation_fraction=args.validation_fraction,
+    )
+    return own_data.load(spec, args.seed or 0).summary()
 
 
 def read_recipe(location: str) -> dict:

@@ -39,7 +39,7 @@ from ce_ray.choices import (
     Scheduler,
     check_choice,
 )
-from ce_ray.own_data import DEFAULT_TEST_FRACTION, DEFAULT_VALIDATION_FRACTION, DataSpec
+from ce_ray.own_data import DEFAULT_VALIDATION_FRACTION, DataSpec
 from ce_ray.presets import (
     DATASET_EXAMPLES,
     FIT_PRESETS,
@@ -435,12 +435,12 @@ class SweepConfig:
         """``data`` and its options (ValueError when ``data`` is None)."""
         if self.data is None:
             raise ValueError("this sweep trains on its preset's data")
-        return DataSpec(
+        return DataSpec.given(
             self.data,
             label_column=self.label_column,
             image_size=self.image_size,
-            test_fraction=self.test_fraction or DEFAULT_TEST_FRACTION,
-            validation_fraction=self.validation_fraction or DEFAULT_VALIDATION_FRACTION,
+            test_fraction=self.test_fraction,
+            validation_fraction=self.validation_fraction,
         )
 
     @property

@@ -90,6 +90,12 @@ class DataSpec:
             if not (math.isfinite(value) and 0 < value < 1):
                 raise ValueError(f"{name} must be a number above 0 and below 1; got {value!r}")
 
+    @classmethod
+    def given(cls, source: str, **options: Any) -> DataSpec:
+        """The spec of ``source`` with the options given (None: the default), as the command
+        line and a stored configuration name them."""
+        return cls(source, **{k: v for k, v in options.items() if v is not None})
+
     @property
     def kind(self) -> DataKind:
         prefix = self.source.partition(":")[0]
@@ -135,7 +141,8 @@ def load(spec: DataSpec, seed: int) -> Splits:
     for data that cannot train)."""
     if spec.kind == "parquet":
         x, y, classes, fingerprint = _read_table(spec)
-        return _split_tensors(spec, x, y, None, classes, fingerprint, seed)
+        splits = _split(spec, TensorDataset(x, y), None, classes, seed)
+        return Splits(*splits, tuple(x.shape[1:]), classes, fingerprint)
     if spec.kind == "imagefolder":
         return _read_image_folder(spec, seed)
     return _read_callable(spec, seed)
@@ -169,34 +176,23 @@ def _rows(dataset: Dataset, indices: np.ndarray) -> Dataset:
     return Subset(dataset, indices.tolist())
 
 
-def _split_tensors(
-    spec: DataSpec,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    test: tuple[torch.Tensor, torch.Tensor] | None,
-    classes: int,
-    fingerprint: str,
-    seed: int,
-) -> Splits:
-    full = TensorDataset(x, y)
+def _split(
+    spec: DataSpec, train: Dataset, test: Dataset | None, classes: int, seed: int
+) -> tuple[Dataset, Dataset, Dataset]:
+    """``(train, validation, test)``: the test split held out of ``train`` when ``test`` is
+    None, then the validation split; every class must keep a training example."""
     if test is None:
-        kept, held = hold_out(len(y), spec.test_fraction, seed, TEST_SPLIT_KEY)
-        train, test_set = _rows(full, kept), _rows(full, held)
-    else:
-        train, test_set = full, TensorDataset(*test)
+        kept, held = hold_out(len(train), spec.test_fraction, seed, TEST_SPLIT_KEY)  # type: ignore[arg-type]
+        train, test = _rows(train, kept), _rows(train, held)
     train, validation = hold_out_validation(train, spec.validation_fraction, seed)
-    _check_every_class_trains(spec, train, classes)  # type: ignore[arg-type]
-    return Splits(train, validation, test_set, tuple(x.shape[1:]), classes, fingerprint)
-
-
-def _check_every_class_trains(spec: DataSpec, train: TensorDataset, classes: int) -> None:
-    counts = torch.bincount(train.tensors[1], minlength=classes)
+    counts = np.bincount(_labels(train), minlength=classes)
     if (counts == 0).any():
-        missing = int((counts == 0).nonzero()[0, 0])
         raise ValueError(
-            f"--data {spec.source}: class {missing} has no training example once the test and "
-            f"validation splits are held out; give it more examples or smaller fractions"
+            f"--data {spec.source}: class {int(np.argmin(counts))} has no training example "
+            f"once the test and validation splits are held out; give it more examples or "
+            f"smaller fractions"
         )
+    return train, validation, test
 
 
 def _filesystem(location: str) -> tuple[Any, str]:
@@ -207,8 +203,9 @@ def _filesystem(location: str) -> tuple[Any, str]:
     return pafs.LocalFileSystem(), os.path.abspath(location)
 
 
-def _files(spec: DataSpec, suffixes: tuple[str, ...]) -> tuple[Any, list[str]]:
-    """The data's files, sorted (ValueError when the path does not exist or holds none)."""
+def _files(spec: DataSpec, suffixes: tuple[str, ...]) -> tuple[Any, str, list[str]]:
+    """``(filesystem, base, files)``: the data's files, sorted, and the folder their names in
+    the fingerprint are relative to (ValueError when the path does not exist or holds none)."""
     import pyarrow as pa
     import pyarrow.fs as pafs
 
@@ -216,7 +213,7 @@ def _files(spec: DataSpec, suffixes: tuple[str, ...]) -> tuple[Any, list[str]]:
         fs, path = _filesystem(spec.location)
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.File:
-            return fs, [path]
+            return fs, os.path.dirname(path), [path]
         if info.type != pafs.FileType.Directory:
             raise ValueError(f"--data {spec.source}: no such file or directory")
         found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
@@ -229,18 +226,17 @@ def _files(spec: DataSpec, suffixes: tuple[str, ...]) -> tuple[Any, list[str]]:
     )
     if not names:
         raise ValueError(f"--data {spec.source}: holds no {'/'.join(suffixes)} file")
-    return fs, names
+    return fs, path, names
 
 
-def _fingerprint(fs: Any, root: str, paths: list[str]) -> str:
-    """sha256 over each file's path (relative to ``root``) and contents."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(os.path.relpath(path, root).encode() + b"\0")
-        with fs.open_input_stream(path) as stream:
-            while chunk := stream.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
+def _read_into(digest: Any, fs: Any, base: str, path: str) -> bytes:
+    """``path``'s contents, read once; ``digest`` (the fingerprint: sha256 over each file's
+    name relative to ``base`` and contents, in order) updated with them."""
+    with fs.open_input_stream(path) as stream:
+        contents = stream.read()
+    digest.update(os.path.relpath(path, base).encode() + b"\0")
+    digest.update(contents)
+    return contents
 
 
 def _read_table(spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor, int, str]:
@@ -250,9 +246,11 @@ def _read_table(spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor, int, str]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    fs, paths = _files(spec, (".parquet", ".pq"))
+    fs, base, paths = _files(spec, (".parquet", ".pq"))
+    digest = hashlib.sha256()
     try:
-        table = pa.concat_tables([pq.read_table(p, filesystem=fs) for p in paths])
+        contents = [_read_into(digest, fs, base, p) for p in paths]
+        table = pa.concat_tables([pq.read_table(pa.BufferReader(c)) for c in contents])
     except (OSError, pa.ArrowException) as error:
         raise ValueError(
             f"--data {spec.source}: not a Parquet table: {str(error).splitlines()[0]}"
@@ -326,9 +324,7 @@ def _read_table(spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor, int, str]:
             f"--data {spec.source}: column {names_of_columns[col]!r} row {row} is {x[row, col]} "
             f"(features must be finite numbers)"
         )
-    root = paths[0] if len(paths) == 1 else _filesystem(spec.location)[1]
-    fingerprint = _fingerprint(fs, os.path.dirname(root) if len(paths) == 1 else root, paths)
-    return torch.from_numpy(np.array(x)), y, len(names), fingerprint
+    return torch.from_numpy(np.array(x)), y, len(names), digest.hexdigest()
 
 
 def _check_numeric(spec: DataSpec, column: str, kind: Any) -> None:
@@ -363,14 +359,12 @@ def _read_image_folder(spec: DataSpec, seed: int) -> Splits:
             f"--data {spec.source}: {len(classes)} class folder(s); a classifier needs 2 or more"
         )
     size = spec.image_size or DEFAULT_IMAGE_SIZE
-    read = [_read_images(spec, os.path.join(root, part), classes, size) for part in parts]
-    paths = [p for _, _, part_paths in read for p in part_paths]
-    fingerprint = _fingerprint(_filesystem(root)[0], os.path.abspath(root), paths)
-    images, labels, _ = read[0]
-    test = (read[1][0], read[1][1]) if own_test else None
-    splits = _split_tensors(spec, images, labels, test, len(classes), fingerprint, seed)
+    digest = hashlib.sha256()
+    read = [_read_images(spec, root, part, classes, size, digest) for part in parts]
+    test = read[1] if own_test else None
+    train, validation, test_set = _split(spec, read[0], test, len(classes), seed)
     # Per-channel statistics of the training split (validation and test held out).
-    train_images = splits.train.tensors[0]  # type: ignore[attr-defined]
+    train_images = train.tensors[0]  # type: ignore[attr-defined]
     mean = train_images.mean(dim=(0, 2, 3), keepdim=True)
     std = train_images.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
 
@@ -379,26 +373,31 @@ def _read_image_folder(spec: DataSpec, seed: int) -> Splits:
         return TensorDataset((x - mean) / std, y)
 
     return Splits(
-        normalised(splits.train),
-        normalised(splits.validation),
-        normalised(splits.test),
-        splits.input_shape,
-        splits.classes,
-        fingerprint,
+        normalised(train),
+        normalised(validation),
+        normalised(test_set),
+        (3, size, size),
+        len(classes),
+        digest.hexdigest(),
     )
 
 
 def _read_images(
-    spec: DataSpec, folder: str, classes: list[str], size: int
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Every image under ``folder/<class>/`` as float RGB in [0, 1], ``size`` x ``size``
-    (decoded by Pillow, as torchvision's ``ImageFolder`` does)."""
+    spec: DataSpec, root: str, part: str, classes: list[str], size: int, digest: Any
+) -> TensorDataset:
+    """Every image under ``root/part/<class>/`` as float RGB in [0, 1], ``size`` x ``size``
+    (decoded by Pillow, as torchvision's ``ImageFolder`` does); each file read once, into the
+    fingerprint ``digest`` too."""
+    import io
+
+    import pyarrow.fs as pafs
     from PIL import Image
     from torchvision.transforms.v2.functional import pil_to_tensor, resize
 
-    images, labels, paths = [], [], []
+    fs, base = pafs.LocalFileSystem(), os.path.abspath(root)
+    images, labels = [], []
     for index, name in enumerate(classes):
-        directory = os.path.join(folder, name)
+        directory = os.path.join(base, part, name)
         if not os.path.isdir(directory):
             raise ValueError(
                 f"--data {spec.source}: {directory} is missing "
@@ -412,8 +411,9 @@ def _read_images(
         if not files:
             raise ValueError(f"--data {spec.source}: class folder {directory} holds no image")
         for path in files:
+            contents = _read_into(digest, fs, base, path)
             try:
-                with Image.open(path) as opened:
+                with Image.open(io.BytesIO(contents)) as opened:
                     image = pil_to_tensor(opened.convert("RGB"))
             except (OSError, ValueError, Image.DecompressionBombError) as error:
                 raise ValueError(
@@ -422,8 +422,7 @@ def _read_images(
                 ) from None
             images.append(resize(image, [size, size], antialias=True).float() / 255.0)
             labels.append(index)
-            paths.append(path)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.long), paths
+    return TensorDataset(torch.stack(images), torch.tensor(labels, dtype=torch.long))
 
 
 def _read_callable(spec: DataSpec, seed: int) -> Splits:
@@ -456,18 +455,8 @@ def _read_callable(spec: DataSpec, seed: int) -> Splits:
             f"--data {spec.location}: the labels hold {classes} class(es); a classifier "
             f"needs 2 or more"
         )
-    if test is None:
-        kept, held = hold_out(len(train), spec.test_fraction, seed, TEST_SPLIT_KEY)
-        train, test = _rows(train, kept), _rows(train, held)
-    train, validation = hold_out_validation(train, spec.validation_fraction, seed)
-    counts = np.bincount(_labels(train), minlength=classes)
-    if (counts == 0).any():
-        raise ValueError(
-            f"--data {spec.location}: class {int(np.argmin(counts))} has no training example "
-            f"once the test and validation splits are held out; give it more examples or "
-            f"smaller fractions"
-        )
-    return Splits(train, validation, test, shape, classes, f"callable:{spec.location}")
+    splits = _split(spec, train, test, classes, seed)
+    return Splits(*splits, shape, classes, f"callable:{spec.location}")
 
 
 def _labels(dataset: Dataset) -> list[int]:

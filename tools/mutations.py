@@ -383,8 +383,8 @@ MUTATIONS = (
     Mutation(
         "own data: the files' contents are left out of the fingerprint",
         "ce_ray/own_data.py",
-        "                digest.update(chunk)",
-        "                pass",
+        "    digest.update(contents)",
+        "    pass",
         ("tests/test_own_data.py", "-k", "fingerprint or resume"),
     ),
     Mutation(

@@ -273,43 +273,14 @@ def run_sweep(
             verbose,
             stall_timeout_s,
         )
-        chosen, searched = None, []
+        chosen: dict[tuple[int, int], tables.Chosen] | None = None
+        searched: list[tables.TrialOutcome] = []
+        searched_histories: tables.Histories = {}
         if config.tune_trials:
-            log(
-                f"[sweep] searching {config.tune_trials} recipe(s) per point on the validation "
-                f"split ({', '.join(sorted(config.tune or {})) or 'the recipe as given'})"
+            search = functools.partial(stage, search=True)
+            chosen, searched, searched_histories = _search_recipes(
+                config, directory, experiment, trainable, search, log
             )
-            callbacks = _callbacks(
-                config, directory, experiment, None, log, trials=len(config.points)
-            )
-            grid = _fit(
-                storage.join(directory, "search"),
-                trainable,
-                callbacks,
-                lambda: stage(callbacks, search=True),
-                log,
-            )
-            searched = trial_outcomes(grid)
-            search_histories = trial_histories(directory, searched)
-            candidates = tables.candidates_frame(searched, search_histories, config, experiment)
-            expected = len(config.points) * len(config.candidates)
-            if len(candidates) < expected or (candidates["status"] == "stopped").any():
-                raise SweepStopped(
-                    "the sweep was stopped during its search; run the same command again to "
-                    "resume (finished searches are kept)"
-                )
-            storage.write_parquet(
-                pa.Table.from_pandas(candidates, preserve_index=False),
-                storage.join(directory, "candidates.parquet"),
-                storage.CANDIDATES_SCHEMA,
-            )
-            chosen = tables.chosen_recipes(candidates, config)
-            if missing := [f"{m}x{n}d" for n, m in config.points if (n, m) not in chosen]:
-                raise RuntimeError(
-                    f"the search of {', '.join(missing)} finished no candidate "
-                    f"({storage.join(directory, 'candidates.parquet')})"
-                )
-            _say_chosen(config, chosen, log)
         recipes = {point_key({"n": n, "m": m}): c.recipe for (n, m), c in (chosen or {}).items()}
         callbacks = _callbacks(config, directory, experiment, mlflow, log)
         grid = _fit(
@@ -320,7 +291,7 @@ def run_sweep(
             log,
         )
         outcomes = trial_outcomes(grid)
-        histories = trial_histories(directory, [*outcomes, *searched])
+        histories = trial_histories(directory, outcomes) | searched_histories
         trials = tables.trials_frame(outcomes, histories, config, experiment, chosen)
         # Stopped (Ctrl+C: Tune saves its state and returns) before every trial ended: rows
         # missing, or short without an error and without ASHA's stop.
@@ -338,6 +309,46 @@ def run_sweep(
             location = storage.join(directory, f"{name}.parquet")
             storage.write_parquet(pa.Table.from_pandas(frame), location, schema)
         return SweepResult(config, trials, epochs, directory)
+
+
+def _search_recipes(
+    config: SweepConfig,
+    directory: str,
+    experiment: str,
+    trainable: Callable,
+    new_tuner: Callable[..., tune.Tuner],
+    log: Log,
+) -> tuple[dict[tuple[int, int], tables.Chosen], list[tables.TrialOutcome], tables.Histories]:
+    """A tuned sweep's search (``search/``): one trial per point trains its candidate recipes
+    packed; writes candidates.parquet and returns each point's choice, the candidates'
+    outcomes and their epochs. A search stopped before it ended is :class:`SweepStopped`."""
+    log(
+        f"[sweep] searching {config.tune_trials} recipe(s) per point on the validation "
+        f"split ({', '.join(sorted(config.tune or {})) or 'the recipe as given'})"
+    )
+    callbacks = _callbacks(config, directory, experiment, None, log, trials=len(config.points))
+    grid = _fit(
+        storage.join(directory, "search"), trainable, callbacks, lambda: new_tuner(callbacks), log
+    )
+    searched = trial_outcomes(grid)
+    histories = trial_histories(directory, searched)
+    candidates = tables.candidates_frame(searched, histories, config, experiment)
+    if (
+        len(candidates) < len(config.points) * len(config.candidates)
+        or (candidates["status"] == "stopped").any()
+    ):
+        raise SweepStopped(
+            "the sweep was stopped during its search; run the same command again to "
+            "resume (finished searches are kept)"
+        )
+    location = storage.join(directory, "candidates.parquet")
+    table = pa.Table.from_pandas(candidates, preserve_index=False)
+    storage.write_parquet(table, location, storage.CANDIDATES_SCHEMA)
+    chosen = tables.chosen_recipes(candidates, config)
+    if missing := [f"{m}x{n}d" for n, m in config.points if (n, m) not in chosen]:
+        raise RuntimeError(f"the search of {', '.join(missing)} finished no candidate ({location})")
+    _say_chosen(config, chosen, log)
+    return chosen, searched, histories
 
 
 class SweepStopped(RuntimeError):

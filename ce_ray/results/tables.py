@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -202,13 +203,14 @@ def epochs_frame(
     outcomes: list[TrialOutcome],
     histories: Histories,
     experiment: str,
-    searched: list[TrialOutcome] = (),  # type: ignore[assignment]
+    searched: Sequence[TrialOutcome] = (),
 ) -> pd.DataFrame:
     """epochs.parquet: one row per trained epoch of each (point, seed index) (its trial's
     latest training), then of each (point, candidate) of a tuned sweep's search
     (``searched``: its ``seed_index`` is the candidate, the row's seed index 0)."""
     frames = []
-    for outcome in [*outcomes, *searched]:
+    rows = [(o, None) for o in outcomes] + [(o, o.seed_index) for o in searched]
+    for outcome, candidate in rows:
         history = histories[outcome.trial_id, outcome.seed_index].copy()
         if not len(history):
             continue
@@ -217,12 +219,10 @@ def epochs_frame(
             trial_id=outcome.trial_id,
             n=outcome.n,
             m=outcome.m,
-            seed_index=outcome.seed_index,
+            seed_index=outcome.seed_index if candidate is None else 0,
             packed_seeds=outcome.packed_seeds,
-            candidate=None,
+            candidate=candidate,
         )
-        if outcome in searched:
-            history = history.assign(seed_index=0, candidate=outcome.seed_index)
         frames.append(history.reindex(columns=storage.EPOCHS_SCHEMA.names))
     columns = storage.EPOCHS_SCHEMA.names
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
